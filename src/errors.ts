@@ -1,0 +1,58 @@
+/**
+ * Errors are values. Each carries a stable `code` operators and tests can match on, and the
+ * SQLSTATE the client is sent when the error ends its connection.
+ */
+export const SqlState = {
+  protocolViolation: "08P01",
+  connectionFailure: "08006",
+  connectionRejected: "08004",
+  invalidAuthorization: "28000",
+  invalidPassword: "28P01",
+  tooManyConnections: "53300",
+  adminShutdown: "57P01",
+  cannotConnectNow: "57P03",
+  featureNotSupported: "0A000",
+  internalError: "XX000",
+} as const;
+export type SqlState = (typeof SqlState)[keyof typeof SqlState];
+
+/** Stable codes: the part of an error that never changes wording. */
+export type ErrorCode =
+  | "PGW_PROTOCOL"
+  | "PGW_MESSAGE_TOO_LARGE"
+  | "PGW_STARTUP_TOO_LARGE"
+  | "PGW_UNSUPPORTED_PROTOCOL"
+  | "PGW_ILLEGAL_MESSAGE"
+  | "PGW_AUTH_FAILED"
+  | "PGW_AUTH_UNSUPPORTED"
+  | "PGW_AUTH_TIMEOUT"
+  | "PGW_TOO_MANY_CONNECTIONS"
+  | "PGW_UPSTREAM_UNAVAILABLE"
+  | "PGW_UPSTREAM_AUTH"
+  | "PGW_UPSTREAM_CLOSED"
+  | "PGW_SHUTDOWN"
+  | "PGW_CONFIG"
+  | "PGW_USERS_FILE"
+  | "PGW_INTERNAL";
+
+export interface PgwardenError {
+  readonly _tag: "PgwardenError";
+  readonly code: ErrorCode;
+  readonly sqlstate: SqlState;
+  /** Safe to show the client and to log: never holds secrets. */
+  readonly message: string;
+  readonly detail?: string;
+}
+
+export const pgwardenError = (
+  code: ErrorCode,
+  sqlstate: SqlState,
+  message: string,
+  detail?: string,
+): PgwardenError => (detail === undefined ? { _tag: "PgwardenError", code, sqlstate, message } : { _tag: "PgwardenError", code, sqlstate, message, detail });
+
+export const protocolError = (message: string, detail?: string): PgwardenError =>
+  pgwardenError("PGW_PROTOCOL", SqlState.protocolViolation, message, detail);
+
+export const isPgwardenError = (u: unknown): u is PgwardenError =>
+  typeof u === "object" && u !== null && (u as { _tag?: unknown })._tag === "PgwardenError";
