@@ -1,0 +1,96 @@
+import type { Socket } from "node:net";
+import { type PgwardenError, pgwardenError, protocolError, SqlState } from "../errors.ts";
+import { DROP, MessageScanner, type ScanPolicy } from "../protocol/MessageScanner.ts";
+
+export type Next = Buffer | PgwardenError | "closed";
+
+/**
+ * Reads whole messages from a socket one at a time, for the request/response exchanges of the
+ * startup and authentication phases. The relay takes over afterwards with `handOff`.
+ */
+export class MessageStream {
+  private readonly socket: Socket;
+  private readonly scanner: MessageScanner;
+  private readonly queue: Buffer[] = [];
+  private failure: PgwardenError | "closed" | undefined;
+  private waiter: ((m: Next) => void) | undefined;
+  private readonly sink: Uint8Array[] = [];
+  private readonly onData = (chunk: Buffer) => {
+    const err = this.scanner.scan(chunk, this.sink);
+    this.sink.length = 0;
+    if (err !== undefined) this.fail(err);
+    this.wake();
+  };
+  private readonly onEnd = () => {
+    this.fail("closed");
+    this.wake();
+  };
+
+  constructor(socket: Socket, policy: ScanPolicy, leftover?: Buffer) {
+    this.socket = socket;
+    this.scanner = new MessageScanner(policy, (_type, msg) => {
+      this.queue.push(msg);
+      return DROP;
+    });
+    if (leftover !== undefined && leftover.length > 0) this.onData(leftover);
+    socket.on("data", this.onData);
+    socket.on("close", this.onEnd);
+    socket.on("error", this.onEnd);
+  }
+
+  private fail(f: PgwardenError | "closed"): void {
+    this.failure ??= f;
+  }
+
+  private wake(): void {
+    const w = this.waiter;
+    if (w === undefined) return;
+    const m = this.take();
+    if (m === undefined) return;
+    this.waiter = undefined;
+    w(m);
+  }
+
+  private take(): Next | undefined {
+    const m = this.queue.shift();
+    if (m !== undefined) return m;
+    return this.failure;
+  }
+
+  /** The next whole message, or why there is none. */
+  next(): Promise<Next> {
+    const m = this.take();
+    if (m !== undefined) return Promise.resolve(m);
+    return new Promise((resolve) => {
+      this.waiter = resolve;
+    });
+  }
+
+  /** Like next(), but gives up after `ms` with a timeout error. */
+  nextWithin(ms: number, what: string): Promise<Next> {
+    const m = this.take();
+    if (m !== undefined) return Promise.resolve(m);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.waiter = undefined;
+        resolve(pgwardenError("PGW_AUTH_TIMEOUT", SqlState.connectionFailure, `timed out waiting for ${what}`));
+      }, ms);
+      this.waiter = (v) => {
+        clearTimeout(timer);
+        resolve(v);
+      };
+    });
+  }
+
+  /**
+   * Stops reading and returns the messages that arrived but were not consumed. A message cut in
+   * half at this point means the peer sent ahead of the protocol: that is a violation.
+   */
+  handOff(): Buffer[] | PgwardenError {
+    this.socket.off("data", this.onData);
+    this.socket.off("close", this.onEnd);
+    this.socket.off("error", this.onEnd);
+    if (!this.scanner.atBoundary) return protocolError("message sent before the previous phase completed");
+    return this.queue.splice(0);
+  }
+}

@@ -1,0 +1,178 @@
+import { connect, type Socket } from "node:net";
+import { md5PasswordMessage } from "../auth/md5.ts";
+import { createScramClient } from "../auth/scramClient.ts";
+import { isPgwardenError, type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
+import {
+  type BackendKeyData,
+  decodeAuthentication,
+  decodeBackendKeyData,
+  decodeFields,
+  decodeReadyForQuery,
+} from "../protocol/backend.ts";
+import {
+  encodePasswordMessage,
+  encodeSASLInitialResponse,
+  encodeSASLResponse,
+  encodeTerminate,
+} from "../protocol/frontend.ts";
+import { Backend } from "../protocol/messageTypes.ts";
+import { serverStartupPolicy } from "../protocol/policies.ts";
+import { encodeCancelRequest, encodeStartup } from "../protocol/startup.ts";
+import { MessageStream } from "./MessageStream.ts";
+
+export interface UpstreamTarget {
+  readonly host: string;
+  readonly port: number;
+  readonly connectTimeoutMs: number;
+}
+
+export interface UpstreamLogin extends UpstreamTarget {
+  /** Startup parameters to send: user, database, and the client's own settings. */
+  readonly parameters: ReadonlyMap<string, string>;
+  readonly password: string | undefined;
+}
+
+/** An authenticated server connection, ready for queries. */
+export interface Upstream {
+  readonly socket: Socket;
+  readonly key: BackendKeyData;
+  /** ParameterStatus and NoticeResponse messages of the startup, as received, to relay. */
+  readonly startupMessages: readonly Buffer[];
+  /** The ReadyForQuery that ended the startup. */
+  readonly ready: Buffer;
+  /** Messages that followed ReadyForQuery in the same read. */
+  readonly pending: readonly Buffer[];
+}
+
+/** The server refused: its ErrorResponse goes to the client as it is. */
+export interface UpstreamRefusal {
+  readonly _tag: "UpstreamRefusal";
+  readonly errorResponse: Buffer;
+  readonly sqlstate: string;
+  readonly message: string;
+}
+
+const unavailable = (message: string): PgwardenError =>
+  pgwardenError("PGW_UPSTREAM_UNAVAILABLE", SqlState.connectionFailure, message);
+const authProblem = (message: string): PgwardenError =>
+  pgwardenError("PGW_UPSTREAM_AUTH", SqlState.invalidAuthorization, message);
+
+/** Opens a TCP connection with a deadline. */
+export const openSocket = (t: UpstreamTarget): Promise<Socket | PgwardenError> =>
+  new Promise((resolve) => {
+    const socket = connect({ host: t.host, port: t.port, noDelay: true, keepAlive: true });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      resolve(unavailable(`connecting to PostgreSQL at ${t.host}:${t.port} timed out`));
+    }, t.connectTimeoutMs);
+    socket.once("connect", () => {
+      clearTimeout(timer);
+      socket.removeAllListeners("error");
+      resolve(socket);
+    });
+    socket.once("error", (e) => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(unavailable(`cannot connect to PostgreSQL at ${t.host}:${t.port}: ${(e as NodeJS.ErrnoException).code ?? e.message}`));
+    });
+  });
+
+/**
+ * Connects and logs in to PostgreSQL as a client: trust, cleartext, md5 or SCRAM-SHA-256,
+ * with the password from pgwarden's configuration, so clients never hold it.
+ */
+export const connectUpstream = async (login: UpstreamLogin): Promise<Upstream | UpstreamRefusal | PgwardenError> => {
+  const socket = await openSocket(login);
+  if (isPgwardenError(socket)) return socket;
+  const result = await startup(socket, login);
+  if (isPgwardenError(result) || "_tag" in result) {
+    socket.end(encodeTerminate());
+    socket.destroy();
+  }
+  return result;
+};
+
+const startup = async (socket: Socket, login: UpstreamLogin): Promise<Upstream | UpstreamRefusal | PgwardenError> => {
+  const stream = new MessageStream(socket, serverStartupPolicy);
+  const deadline = Date.now() + login.connectTimeoutMs;
+  const next = () => stream.nextWithin(Math.max(1, deadline - Date.now()), "PostgreSQL to finish the startup");
+  const user = login.parameters.get("user") ?? "";
+  const password = login.password;
+  socket.write(encodeStartup(login.parameters));
+  let scram: ReturnType<typeof createScramClient> | undefined;
+  const startupMessages: Buffer[] = [];
+  let key: BackendKeyData | undefined;
+  for (;;) {
+    const msg = await next();
+    if (msg === "closed") return unavailable("PostgreSQL closed the connection during startup");
+    if (isPgwardenError(msg)) return msg;
+    switch (msg[0]) {
+      case Backend.Authentication: {
+        const auth = decodeAuthentication(msg);
+        if (isPgwardenError(auth)) return auth;
+        if (auth.kind === "Ok") break;
+        if (auth.kind === "Unsupported") return authProblem(`PostgreSQL asked for unsupported authentication (code ${auth.code})`);
+        if (password === undefined) return authProblem(`PostgreSQL asked for a password for role "${user}" and upstream.password is not set`);
+        if (auth.kind === "CleartextPassword") socket.write(encodePasswordMessage(password));
+        else if (auth.kind === "MD5Password") socket.write(encodePasswordMessage(md5PasswordMessage(user, password, auth.salt)));
+        else if (auth.kind === "SASL") {
+          if (!auth.mechanisms.includes("SCRAM-SHA-256")) {
+            return authProblem(`PostgreSQL offered only ${auth.mechanisms.join(", ")}; pgwarden speaks SCRAM-SHA-256`);
+          }
+          scram = createScramClient(password);
+          socket.write(encodeSASLInitialResponse("SCRAM-SHA-256", Buffer.from(scram.clientFirst())));
+        } else if (auth.kind === "SASLContinue") {
+          if (scram === undefined) return authProblem("SASLContinue before SASL");
+          const final = scram.handleServerFirst(auth.data.toString("utf8"));
+          if (isPgwardenError(final)) return final;
+          socket.write(encodeSASLResponse(Buffer.from(final)));
+        } else if (auth.kind === "SASLFinal") {
+          if (scram === undefined) return authProblem("SASLFinal before SASL");
+          const ok = scram.verifyServerFinal(auth.data.toString("utf8"));
+          if (isPgwardenError(ok)) return ok;
+        }
+        break;
+      }
+      case Backend.ErrorResponse: {
+        const fields = decodeFields(msg);
+        if (isPgwardenError(fields)) return fields;
+        return {
+          _tag: "UpstreamRefusal",
+          errorResponse: msg,
+          sqlstate: fields.get("C") ?? SqlState.connectionFailure,
+          message: fields.get("M") ?? "PostgreSQL refused the connection",
+        };
+      }
+      case Backend.BackendKeyData: {
+        const k = decodeBackendKeyData(msg);
+        if (isPgwardenError(k)) return k;
+        key = k;
+        break;
+      }
+      case Backend.ParameterStatus:
+      case Backend.NoticeResponse:
+        startupMessages.push(msg);
+        break;
+      case Backend.NegotiateProtocolVersion:
+        // The server speaks an older minor version; the client's version is pgwarden's business.
+        break;
+      case Backend.ReadyForQuery: {
+        const status = decodeReadyForQuery(msg);
+        if (isPgwardenError(status)) return status;
+        const pending = stream.handOff();
+        if (isPgwardenError(pending)) return pending;
+        return { socket, key: key ?? { processId: 0, secret: Buffer.alloc(4) }, startupMessages, ready: msg, pending };
+      }
+      default:
+        return unavailable(`unexpected message 0x${msg[0]!.toString(16)} from PostgreSQL during startup`);
+    }
+  }
+};
+
+/** Sends a CancelRequest on a fresh connection, as PostgreSQL requires, and closes it. */
+export const sendCancel = async (target: UpstreamTarget, key: BackendKeyData): Promise<void> => {
+  const socket = await openSocket(target);
+  if (isPgwardenError(socket)) return;
+  socket.on("error", () => socket.destroy());
+  socket.end(encodeCancelRequest(key.processId, key.secret));
+};

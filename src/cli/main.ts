@@ -1,0 +1,88 @@
+import { readFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+import { runDiagrams } from "./diagramsCommand.ts";
+import { runServe, serveOptions } from "./serveCommand.ts";
+import { runUsersCommand } from "./usersCommand.ts";
+
+const version = (): string =>
+  (JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string }).version;
+
+const help = `pgwarden ${version()} — PostgreSQL wire-protocol proxy
+
+Usage:
+  pgwarden serve [options]          run the proxy (no --config: in front of an embedded PostgreSQL)
+  pgwarden diagrams [--out DIR] [--check]
+                                    write the state diagrams (Mermaid) generated from the machines
+  pgwarden users add NAME [--file F] [--password-stdin] [--iterations N]
+  pgwarden users list [--file F]    manage the SCRAM verifiers clients log in with
+  pgwarden --help | --version
+
+serve options:
+  --config FILE       YAML configuration (also PGWARDEN_CONFIG)
+  --listen HOST:PORT  where clients connect (default 127.0.0.1:6432)
+  --upstream HOST:PORT  the PostgreSQL server
+  --auth METHOD       scram-sha-256 (default) or trust
+  --users-file FILE   SCRAM verifiers for client authentication
+  --log-level LEVEL   fatal, error, warn, info, debug, trace, silent
+  --data-dir DIR      embedded mode: where PostgreSQL and generated secrets live
+
+Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.
+See docs/configuration.md for every setting.`;
+
+const usage = (message: string): number => {
+  process.stderr.write(`pgwarden: ${message}\nRun 'pgwarden --help' for usage.\n`);
+  return 2;
+};
+
+export const main = async (argv: string[]): Promise<number> => {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case undefined:
+    case "--help":
+    case "-h":
+    case "help":
+      process.stdout.write(`${help}\n`);
+      return command === undefined ? 2 : 0;
+    case "--version":
+    case "-v":
+      process.stdout.write(`${version()}\n`);
+      return 0;
+    case "serve": {
+      let parsed: ReturnType<typeof parseArgs<{ options: typeof serveOptions }>>;
+      try {
+        parsed = parseArgs({ args: rest, options: serveOptions, strict: true, allowPositionals: false });
+      } catch (e) {
+        return usage((e as Error).message);
+      }
+      return runServe(parsed.values);
+    }
+    case "diagrams": {
+      try {
+        const { values } = parseArgs({
+          args: rest,
+          options: { out: { type: "string", default: "docs/diagrams" }, check: { type: "boolean", default: false } },
+          strict: true,
+        });
+        return await runDiagrams(values.out, values.check, (s) => process.stdout.write(`${s}\n`));
+      } catch (e) {
+        return usage((e as Error).message);
+      }
+    }
+    case "users":
+      return runUsersCommand(rest, { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr });
+    default:
+      return usage(`unknown command '${command}'`);
+  }
+};
+
+if (import.meta.url === `file://${process.argv[1]}` || process.argv[1]?.endsWith("bin/pgwarden.js")) {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (e: unknown) => {
+      process.stderr.write(`pgwarden: ${(e as Error).stack ?? String(e)}\n`);
+      process.exitCode = 1;
+    },
+  );
+}

@@ -1,0 +1,155 @@
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { defaultDataHome, type EmbeddedInstance, persistentSecret, startEmbeddedPostgres } from "../adapters/embeddedPostgres.ts";
+import { createScramVerifier, type ScramVerifier } from "../auth/scramVerifier.ts";
+import { loadUsers, ensureUser } from "../runtime/users.ts";
+import { isPgwardenError } from "../errors.ts";
+import { applyEnv, decodeConfig, type PgwardenConfig, parseConfigText, setPath } from "../runtime/config.ts";
+import { createLogger } from "../runtime/logger.ts";
+import { startServer } from "../runtime/Server.ts";
+
+export const serveOptions = {
+  config: { type: "string" },
+  listen: { type: "string" },
+  upstream: { type: "string" },
+  auth: { type: "string" },
+  "users-file": { type: "string" },
+  "log-level": { type: "string" },
+  "data-dir": { type: "string" },
+} as const;
+
+export type ServeFlags = { [K in keyof typeof serveOptions]?: string };
+
+const fail = (message: string, code = 2): number => {
+  process.stderr.write(`pgwarden: ${message}\n`);
+  return code;
+};
+
+/** Flags are the last layer over file and environment; `--listen` and `--upstream` take HOST:PORT. */
+const applyFlags = (base: Record<string, unknown>, flags: ServeFlags): Record<string, unknown> | string => {
+  const out = structuredClone(base);
+  for (const [flag, key] of [
+    ["listen", "listen"],
+    ["upstream", "upstream"],
+  ] as const) {
+    const v = flags[flag];
+    if (v === undefined) continue;
+    const m = /^(.*):(\d+)$/.exec(v);
+    if (m === null) return `--${flag} expects HOST:PORT, got '${v}'`;
+    setPath(out, `${key}.host`, m[1]!.replace(/^\[(.*)\]$/, "$1"));
+    setPath(out, `${key}.port`, m[2]!);
+  }
+  if (flags.auth !== undefined) setPath(out, "auth.method", flags.auth);
+  if (flags["users-file"] !== undefined) setPath(out, "auth.usersFile", flags["users-file"]);
+  if (flags["log-level"] !== undefined) setPath(out, "log.level", flags["log-level"]);
+  return out;
+};
+
+export const runServe = async (flags: ServeFlags): Promise<number> => {
+  const configPath = flags.config ?? process.env.PGWARDEN_CONFIG;
+  let input: Record<string, unknown> = {};
+  if (configPath !== undefined && configPath !== "") {
+    const text = await readFile(configPath, "utf8").catch((e: NodeJS.ErrnoException) => e);
+    if (text instanceof Error) return fail(`cannot read config file ${configPath}: ${text.code ?? text.message}`);
+    const parsed = parseConfigText(text, configPath);
+    if (isPgwardenError(parsed)) return fail(parsed.message);
+    input = parsed;
+  }
+  const layered = applyFlags(applyEnv(input, process.env), flags);
+  if (typeof layered === "string") return fail(layered);
+
+  let embedded: EmbeddedInstance | undefined;
+  let clientPassword: string | undefined;
+  if (configPath === undefined || configPath === "") {
+    // Embedded mode: a private PostgreSQL, its own generated secrets, SCRAM for clients.
+    const home = flags["data-dir"] ?? defaultDataHome();
+    process.stderr.write(`pgwarden: no --config given; starting an embedded PostgreSQL in ${home}\n`);
+    try {
+      embedded = await startEmbeddedPostgres(home, () => {});
+    } catch (e) {
+      return fail(`embedded PostgreSQL failed to start: ${(e as Error).message}`, 1);
+    }
+    clientPassword = await persistentSecret(join(home, "client-password"));
+    const usersFile = join(home, "users.txt");
+    const ensured = await ensureUser(usersFile, "postgres", () => createScramVerifier(clientPassword!));
+    if (isPgwardenError(ensured)) return fail(ensured.message, 1);
+    setPath(layered, "upstream.host", embedded.host);
+    setPath(layered, "upstream.port", String(embedded.port));
+    setPath(layered, "upstream.password", embedded.password);
+    if (flags["users-file"] === undefined) setPath(layered, "auth.usersFile", usersFile);
+  }
+
+  const config = decodeConfig(layered);
+  if (isPgwardenError(config)) {
+    await embedded?.stop();
+    return fail(config.message);
+  }
+  return serveWith(config, embedded, clientPassword);
+};
+
+const serveWith = async (
+  config: PgwardenConfig,
+  embedded: EmbeddedInstance | undefined,
+  clientPassword: string | undefined,
+): Promise<number> => {
+  const log = createLogger(config.log.level);
+  let users: ReadonlyMap<string, ScramVerifier> = new Map();
+  if (config.auth.method === "trust") {
+    const banner = "client authentication is 'trust': anyone who can reach the listener gets in. Use only for local development.";
+    log.warn(banner);
+    process.stderr.write(`\n  WARNING: ${banner}\n\n`);
+  } else {
+    const loaded = await loadUsers(config.auth.usersFile);
+    if (isPgwardenError(loaded)) {
+      await embedded?.stop();
+      return fail(`${loaded.message}\n  create entries with: pgwarden users add NAME --file ${config.auth.usersFile}`);
+    }
+    users = loaded;
+  }
+
+  let server: Awaited<ReturnType<typeof startServer>>;
+  try {
+    server = await startServer({ config, log, users: () => users });
+  } catch (e) {
+    await embedded?.stop();
+    return fail((e as Error).message, 1);
+  }
+
+  const where = `${server.host.includes(":") ? `[${server.host}]` : server.host}:${server.port}`;
+  if (embedded !== undefined && clientPassword !== undefined) {
+    process.stdout.write(
+      `\npgwarden is listening on ${where}, in front of an embedded PostgreSQL.\nConnect with:\n\n` +
+        `  psql "postgresql://postgres:${encodeURIComponent(clientPassword)}@${where}/postgres"\n\nCtrl-C stops both.\n`,
+    );
+  } else {
+    process.stdout.write(`pgwarden is listening on ${where} (upstream ${config.upstream.host}:${config.upstream.port})\n`);
+  }
+
+  let signals = 0;
+  const onSignal = (name: string) => {
+    signals++;
+    if (signals === 1) {
+      log.info({ signal: name }, "draining; send the signal again to stop at once");
+      void server.drain();
+    } else void server.stop();
+  };
+  process.on("SIGINT", () => onSignal("SIGINT"));
+  process.on("SIGTERM", () => onSignal("SIGTERM"));
+  process.on("SIGHUP", () => {
+    if (config.auth.method === "trust") return;
+    void loadUsers(config.auth.usersFile).then((u) => {
+      if (isPgwardenError(u)) log.error({ reason: u.message }, "users file reload failed; keeping the old one");
+      else {
+        users = u;
+        log.info({ users: u.size }, "users file reloaded");
+      }
+    });
+  });
+
+  await server.stopped;
+  if (embedded !== undefined) {
+    await embedded.stop().catch(() => {});
+    process.stderr.write("pgwarden: embedded PostgreSQL stopped\n");
+  }
+  return 0;
+};

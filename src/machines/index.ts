@@ -1,0 +1,3 @@
+export * from "./connectionMachine.ts";
+export * from "./events.ts";
+export * from "./MachineRunner.ts";

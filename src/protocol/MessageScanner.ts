@@ -1,0 +1,158 @@
+import { type PgwardenError, pgwardenError, protocolError, SqlState } from "../errors.ts";
+
+/**
+ * What a handler decides about one complete control message:
+ * `undefined` forwards it as is, a Buffer replaces it (DROP removes it), an error stops the stream.
+ */
+export type Verdict = undefined | Uint8Array | PgwardenError;
+export const DROP: Uint8Array = new Uint8Array(0);
+
+export type MessageHandler = (type: number, message: Buffer) => Verdict;
+
+export interface ScanPolicy {
+  /** Types flagged 1 stream through untouched and never reach the handler: the data path. */
+  readonly streamed: Uint8Array;
+  /** Largest allowed value of the length field for a type. */
+  readonly maxLength: (type: number) => number;
+}
+
+/** Builds the 256-entry flag table a ScanPolicy wants. */
+export const typeSet = (...types: number[]): Uint8Array => {
+  const set = new Uint8Array(256);
+  for (const t of types) set[t] = 1;
+  return set;
+};
+
+const HEADER = 5;
+
+/**
+ * Frames one direction of a v3 stream (after the first packet) across arbitrary chunk boundaries.
+ *
+ * Forwarded bytes are emitted as views of the input chunks: a chunk of whole messages that the
+ * handler lets through comes out as one slice. Streamed (data-path) messages are never buffered,
+ * so a 1 GB DataRow costs a 5-byte header read. Control messages split across chunks are assembled
+ * once into a buffer of their exact size, so the handler always sees a whole message.
+ */
+export class MessageScanner {
+  private readonly policy: ScanPolicy;
+  private readonly handler: MessageHandler;
+  private readonly head = Buffer.alloc(HEADER);
+  private headLen = 0;
+  private held: Buffer | null = null;
+  private heldPos = 0;
+  private streamRemaining = 0;
+
+  constructor(policy: ScanPolicy, handler: MessageHandler) {
+    this.policy = policy;
+    this.handler = handler;
+  }
+
+  /** True when no message is partly received: the stream sits on a message boundary. */
+  get atBoundary(): boolean {
+    return this.headLen === 0 && this.held === null && this.streamRemaining === 0;
+  }
+
+  /**
+   * Scans a chunk and appends what should be forwarded to `out`.
+   * Returns an error (and stops) when the stream is malformed or a handler rejects a message.
+   */
+  scan(chunk: Buffer, out: Uint8Array[]): PgwardenError | undefined {
+    const n = chunk.length;
+    let pos = 0;
+    let runStart = 0;
+
+    if (this.headLen > 0) {
+      const take = Math.min(HEADER - this.headLen, n);
+      chunk.copy(this.head, this.headLen, 0, take);
+      this.headLen += take;
+      pos = runStart = take;
+      if (this.headLen < HEADER) return undefined;
+      this.headLen = 0;
+      const type = this.head[0]!;
+      const len = this.head.readInt32BE(1);
+      const bad = this.checkLength(type, len);
+      if (bad !== undefined) return bad;
+      if (this.policy.streamed[type] === 1) {
+        out.push(Buffer.from(this.head));
+        this.streamRemaining = len - 4;
+      } else {
+        this.held = Buffer.allocUnsafe(len + 1);
+        this.head.copy(this.held, 0);
+        this.heldPos = HEADER;
+      }
+    }
+
+    if (this.streamRemaining > 0) {
+      const take = Math.min(this.streamRemaining, n - pos);
+      this.streamRemaining -= take;
+      pos += take;
+    } else if (this.held !== null) {
+      const held = this.held;
+      const take = Math.min(held.length - this.heldPos, n - pos);
+      chunk.copy(held, this.heldPos, pos, pos + take);
+      this.heldPos += take;
+      pos = runStart = pos + take;
+      if (this.heldPos < held.length) return undefined;
+      this.held = null;
+      const verdict = this.handler(held[0]!, held);
+      if (verdict === undefined) out.push(held);
+      else if (verdict instanceof Uint8Array) {
+        if (verdict.length > 0) out.push(verdict);
+      } else return verdict;
+    }
+
+    while (pos < n) {
+      if (n - pos < HEADER) {
+        if (pos > runStart) out.push(chunk.subarray(runStart, pos));
+        chunk.copy(this.head, 0, pos, n);
+        this.headLen = n - pos;
+        return undefined;
+      }
+      const type = chunk[pos]!;
+      const len = chunk.readInt32BE(pos + 1);
+      const bad = this.checkLength(type, len);
+      if (bad !== undefined) return bad;
+      const end = pos + len + 1;
+      if (this.policy.streamed[type] === 1) {
+        if (end > n) {
+          this.streamRemaining = end - n;
+          pos = n;
+          break;
+        }
+        pos = end;
+        continue;
+      }
+      if (end > n) {
+        if (pos > runStart) out.push(chunk.subarray(runStart, pos));
+        const held = Buffer.allocUnsafe(len + 1);
+        chunk.copy(held, 0, pos, n);
+        this.held = held;
+        this.heldPos = n - pos;
+        return undefined;
+      }
+      const verdict = this.handler(type, chunk.subarray(pos, end));
+      if (verdict !== undefined) {
+        if (!(verdict instanceof Uint8Array)) return verdict;
+        if (pos > runStart) out.push(chunk.subarray(runStart, pos));
+        if (verdict.length > 0) out.push(verdict);
+        runStart = end;
+      }
+      pos = end;
+    }
+    if (pos > runStart) out.push(chunk.subarray(runStart, pos));
+    return undefined;
+  }
+
+  private checkLength(type: number, len: number): PgwardenError | undefined {
+    if (len < 4) return protocolError(`invalid message length ${len} for message type 0x${type.toString(16)}`);
+    const max = this.policy.maxLength(type);
+    if (len > max) {
+      return pgwardenError(
+        "PGW_MESSAGE_TOO_LARGE",
+        SqlState.protocolViolation,
+        `message of type 0x${type.toString(16)} is ${len} bytes, over the limit of ${max}`,
+      );
+    }
+    return undefined;
+  }
+}

@@ -1,0 +1,32 @@
+import { AUTH_MESSAGE_LIMIT, Backend, Frontend, SMALL_MESSAGE_LIMIT } from "./messageTypes.ts";
+import { type ScanPolicy, typeSet } from "./MessageScanner.ts";
+
+/** Client messages PostgreSQL lets grow large; every other type is capped at 10,000 bytes like PostgreSQL. */
+const largeClientTypes = typeSet(Frontend.Query, Frontend.Parse, Frontend.Bind, Frontend.FunctionCall, Frontend.CopyData);
+
+const clientMaxLength = (maxMessageBytes: number) => (type: number) =>
+  largeClientTypes[type] === 1 ? maxMessageBytes : type === Frontend.Password ? AUTH_MESSAGE_LIMIT : SMALL_MESSAGE_LIMIT;
+
+/** Client stream once the session is ready: CopyData is the data path. */
+export const clientSessionPolicy = (maxMessageBytes: number): ScanPolicy => ({
+  streamed: typeSet(Frontend.CopyData),
+  maxLength: clientMaxLength(maxMessageBytes),
+});
+
+/** Client stream during authentication: everything is held so nothing slips through unchecked. */
+export const clientAuthPolicy = (maxMessageBytes: number): ScanPolicy => ({
+  streamed: typeSet(),
+  maxLength: clientMaxLength(maxMessageBytes),
+});
+
+/** Server stream once ready: rows and copy data are the data path, never buffered whatever their size. */
+export const serverSessionPolicy = (maxMessageBytes: number): ScanPolicy => ({
+  streamed: typeSet(Backend.DataRow, Backend.CopyData),
+  maxLength: () => maxMessageBytes,
+});
+
+/** Server stream during its startup: small messages only. */
+export const serverStartupPolicy: ScanPolicy = {
+  streamed: typeSet(),
+  maxLength: () => 1_048_576,
+};

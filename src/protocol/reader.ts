@@ -1,0 +1,95 @@
+import { type PgwardenError, protocolError } from "../errors.ts";
+
+/** Thrown only inside this module's decoders and turned into a PgwardenError at their boundary. */
+class Malformed extends Error {}
+
+/**
+ * A cursor over one message body. Reads return views into the source buffer, never copies,
+ * so decoding a 64 MB Bind costs no more memory than the bytes already received.
+ */
+export class Reader {
+  private pos: number;
+  private readonly end: number;
+  private readonly buf: Buffer;
+
+  constructor(buf: Buffer, start = 0, end = buf.length) {
+    this.buf = buf;
+    this.pos = start;
+    this.end = end;
+  }
+
+  get remaining(): number {
+    return this.end - this.pos;
+  }
+
+  private need(n: number, what: string): void {
+    if (n < 0 || this.pos + n > this.end) throw new Malformed(`${what} runs past the end of the message`);
+  }
+
+  byte(what = "byte"): number {
+    this.need(1, what);
+    return this.buf[this.pos++]!;
+  }
+
+  int16(what = "int16"): number {
+    this.need(2, what);
+    const v = this.buf.readInt16BE(this.pos);
+    this.pos += 2;
+    return v;
+  }
+
+  int32(what = "int32"): number {
+    this.need(4, what);
+    const v = this.buf.readInt32BE(this.pos);
+    this.pos += 4;
+    return v;
+  }
+
+  uint32(what = "uint32"): number {
+    this.need(4, what);
+    const v = this.buf.readUInt32BE(this.pos);
+    this.pos += 4;
+    return v;
+  }
+
+  bytes(n: number, what = "bytes"): Buffer {
+    this.need(n, what);
+    const v = this.buf.subarray(this.pos, this.pos + n);
+    this.pos += n;
+    return v;
+  }
+
+  /** A NUL-terminated string; PostgreSQL strings never contain NUL. */
+  cstring(what = "string"): string {
+    const nul = this.buf.indexOf(0, this.pos);
+    if (nul < 0 || nul >= this.end) throw new Malformed(`${what} is not NUL-terminated`);
+    const v = this.buf.toString("utf8", this.pos, nul);
+    this.pos = nul + 1;
+    return v;
+  }
+
+  rest(): Buffer {
+    const v = this.buf.subarray(this.pos, this.end);
+    this.pos = this.end;
+    return v;
+  }
+
+  done(what: string): void {
+    if (this.pos !== this.end) throw new Malformed(`${what} has ${this.end - this.pos} unexpected trailing bytes`);
+  }
+}
+
+/** Runs a decoder; a malformed message becomes an 08P01 error value naming the message. */
+export const decodeWith = <A>(message: string, f: () => A): A | PgwardenError => {
+  try {
+    return f();
+  } catch (e) {
+    if (e instanceof Malformed) return protocolError(`invalid ${message} message: ${e.message}`);
+    throw e;
+  }
+};
+
+/** Fails decoding from inside a decoder with a reason. */
+export const malformed = (reason: string): never => {
+  throw new Malformed(reason);
+};

@@ -1,0 +1,145 @@
+import { Effect, Schema } from "effect";
+import { parse as parseYaml } from "yaml";
+import { type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
+
+/**
+ * The one configuration schema. YAML file, environment and flags are merged in that order and
+ * validated here, so every error names the key and what it expected. docs/configuration.md is
+ * checked against `configReference` by a test.
+ */
+
+const withDefault = <S extends Schema.Constraint>(schema: S, value: S["Encoded"]) =>
+  Schema.withDecodingDefaultKey<S>(Effect.succeed(value))(schema);
+
+const Port = Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 65535 }));
+const PositiveInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(1));
+const Millis = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0));
+
+export const LogLevel = Schema.Literals(["fatal", "error", "warn", "info", "debug", "trace", "silent"]);
+export const AuthMethod = Schema.Literals(["scram-sha-256", "trust"]);
+
+export const ListenConfig = Schema.Struct({
+  host: withDefault(Schema.String, "127.0.0.1"),
+  port: withDefault(Port, 6432),
+});
+
+export const UpstreamConfig = Schema.Struct({
+  host: withDefault(Schema.String, "127.0.0.1"),
+  port: withDefault(Port, 5432),
+  /** Role pgwarden logs in as; by default the client's user name. */
+  user: Schema.optionalKey(Schema.String),
+  /** Database to connect to; by default the client's database. */
+  database: Schema.optionalKey(Schema.String),
+  password: Schema.optionalKey(Schema.String),
+  connectTimeoutMs: withDefault(Millis, 5000),
+});
+
+export const AuthConfig = Schema.Struct({
+  method: withDefault(AuthMethod, "scram-sha-256"),
+  usersFile: withDefault(Schema.String, "pgwarden-users.txt"),
+  timeoutMs: withDefault(Millis, 15_000),
+});
+
+export const LimitsConfig = Schema.Struct({
+  maxClientConnections: withDefault(PositiveInt, 1000),
+  /** Largest client message pgwarden buffers (Query, Parse, Bind, FunctionCall, CopyData). */
+  maxMessageBytes: withDefault(PositiveInt.check(Schema.isLessThanOrEqualTo(1_073_741_823)), 268_435_456),
+});
+
+export const ShutdownConfig = Schema.Struct({
+  drainTimeoutMs: withDefault(Millis, 30_000),
+});
+
+export const LogConfig = Schema.Struct({
+  level: withDefault(LogLevel, "info"),
+});
+
+export const PgwardenConfig = Schema.Struct({
+  listen: withDefault(ListenConfig, {}),
+  upstream: withDefault(UpstreamConfig, {}),
+  auth: withDefault(AuthConfig, {}),
+  limits: withDefault(LimitsConfig, {}),
+  shutdown: withDefault(ShutdownConfig, {}),
+  log: withDefault(LogConfig, {}),
+});
+export type PgwardenConfig = typeof PgwardenConfig.Type;
+
+/** Every leaf key with its default, for the reference document and its test. */
+export const configReference = (): Record<string, unknown> => {
+  const defaults = Schema.decodeUnknownSync(PgwardenConfig)({});
+  const out: Record<string, unknown> = {};
+  const walk = (prefix: string, v: unknown) => {
+    if (typeof v === "object" && v !== null) {
+      for (const [k, x] of Object.entries(v)) walk(prefix === "" ? k : `${prefix}.${k}`, x);
+    } else out[prefix] = v;
+  };
+  walk("", defaults);
+  for (const k of ["upstream.user", "upstream.database", "upstream.password"]) out[k] = undefined;
+  return out;
+};
+
+/** Environment variables and the key each sets; numbers are parsed, the schema checks them. */
+export const envKeys: Readonly<Record<string, string>> = {
+  PGWARDEN_LISTEN_HOST: "listen.host",
+  PGWARDEN_LISTEN_PORT: "listen.port",
+  PGWARDEN_UPSTREAM_HOST: "upstream.host",
+  PGWARDEN_UPSTREAM_PORT: "upstream.port",
+  PGWARDEN_UPSTREAM_USER: "upstream.user",
+  PGWARDEN_UPSTREAM_DATABASE: "upstream.database",
+  PGWARDEN_UPSTREAM_PASSWORD: "upstream.password",
+  PGWARDEN_AUTH_METHOD: "auth.method",
+  PGWARDEN_USERS_FILE: "auth.usersFile",
+  PGWARDEN_LOG_LEVEL: "log.level",
+};
+
+const numericKeys = new Set(["listen.port", "upstream.port"]);
+
+/** Sets a dotted key in a nested plain object, creating levels as needed. */
+export const setPath = (target: Record<string, unknown>, path: string, raw: string): void => {
+  const parts = path.split(".");
+  let o = target;
+  for (const p of parts.slice(0, -1)) {
+    const next = o[p];
+    if (typeof next !== "object" || next === null) o[p] = {};
+    o = o[p] as Record<string, unknown>;
+  }
+  o[parts.at(-1)!] = numericKeys.has(path) && /^\d+$/.test(raw) ? Number(raw) : raw;
+};
+
+const configError = (message: string): PgwardenError =>
+  pgwardenError("PGW_CONFIG", SqlState.internalError, message);
+
+/** Parses YAML text into a plain object, or an error naming the file and line. */
+export const parseConfigText = (text: string, source: string): Record<string, unknown> | PgwardenError => {
+  try {
+    const doc = parseYaml(text) as unknown;
+    if (doc === null || doc === undefined) return {};
+    if (typeof doc !== "object" || Array.isArray(doc)) return configError(`${source}: expected a mapping at the top level`);
+    return doc as Record<string, unknown>;
+  } catch (e) {
+    return configError(`${source}: ${(e as Error).message}`);
+  }
+};
+
+/** Validates merged input; unknown keys are errors because a typo in a security setting must not pass. */
+export const decodeConfig = (input: unknown): PgwardenConfig | PgwardenError => {
+  const result = Schema.decodeUnknownExit(PgwardenConfig)(input, { onExcessProperty: "error", errors: "all" });
+  if (result._tag === "Success") return result.value;
+  const failure = result.cause.reasons.find((r) => r._tag === "Fail");
+  const text = failure?._tag === "Fail" ? String((failure.error as { message?: string }).message) : String(result.cause);
+  const readable = text.replace(/at ((?:\["[^"]*"\])+)/g, (_m, path: string) => `at ${JSON.parse(`[${path.slice(1, -1).split("][").join(",")}]`).join(".")}`);
+  return configError(`invalid configuration:\n${readable.replace(/^/gm, "  ")}`);
+};
+
+/** Layers environment overrides over file contents. */
+export const applyEnv = (
+  base: Record<string, unknown>,
+  env: Readonly<Record<string, string | undefined>>,
+): Record<string, unknown> => {
+  const out = structuredClone(base);
+  for (const [name, key] of Object.entries(envKeys)) {
+    const v = env[name];
+    if (v !== undefined && v !== "") setPath(out, key, v);
+  }
+  return out;
+};
