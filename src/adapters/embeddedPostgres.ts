@@ -68,8 +68,9 @@ export const startEmbeddedPostgres = async (
     onLog,
     onError: (e) => onLog(String(e)),
   });
-  if (!existsSync(join(databaseDir, "PG_VERSION"))) await pg.initialise();
+  // As root, PostgreSQL runs as the `postgres` user, who must be able to enter `home`.
   if (asRoot) await chmod(home, 0o755);
+  if (!existsSync(join(databaseDir, "PG_VERSION"))) await pg.initialise();
   await pg.start();
   return { host: "127.0.0.1", port, user: "postgres", password, stop: () => pg.stop() };
 };

@@ -1,0 +1,82 @@
+// Runs `pgbench -S` against one target and parses its summary.
+
+import type { Target } from "./targets.ts";
+import { spawnChild } from "./util.ts";
+
+export const PROTOCOL_MODES = ["simple", "extended"] as const;
+export type ProtocolMode = (typeof PROTOCOL_MODES)[number];
+
+export interface PgbenchRun {
+  readonly clients: number;
+  readonly threads: number;
+  readonly durationSec: number;
+  readonly mode: ProtocolMode;
+}
+
+export interface PgbenchResult {
+  readonly ok: boolean;
+  readonly tps: number | undefined;
+  readonly latencyMs: number | undefined;
+  readonly failedTransactions: number | undefined;
+  readonly error: string | undefined;
+}
+
+/** Extracts tps, average latency and failed-transaction count from pgbench's report. */
+export function parsePgbenchOutput(text: string): {
+  tps: number | undefined;
+  latencyMs: number | undefined;
+  failedTransactions: number | undefined;
+} {
+  const num = (re: RegExp): number | undefined => {
+    const value = re.exec(text)?.[1];
+    return value === undefined ? undefined : Number(value);
+  };
+  return {
+    tps: num(/^tps = ([\d.]+) \(without initial connection time\)/m),
+    latencyMs: num(/^latency average = ([\d.]+) ms/m),
+    failedTransactions: num(/^number of failed transactions: (\d+)/m),
+  };
+}
+
+export async function runPgbench(target: Target, run: PgbenchRun): Promise<PgbenchResult> {
+  const env: NodeJS.ProcessEnv = { ...process.env, PGSSLMODE: "disable", PGGSSENCMODE: "disable" };
+  delete env.PGPASSWORD;
+  delete env.PGSERVICE;
+  if (target.password !== undefined) env.PGPASSWORD = target.password;
+  const args = [
+    "-n", // no vacuum before the run (tables were vacuumed by -i)
+    "-S",
+    "-M",
+    run.mode,
+    "-c",
+    String(run.clients),
+    "-j",
+    String(Math.min(run.threads, run.clients)),
+    "-T",
+    String(run.durationSec),
+    "-h",
+    target.host,
+    "-p",
+    String(target.port),
+    "-U",
+    target.user,
+    "postgres",
+  ];
+  const child = spawnChild("pgbench", args, { env });
+  const watchdog = setTimeout(() => child.process.kill("SIGKILL"), (run.durationSec + 60) * 1000);
+  await child.exited;
+  clearTimeout(watchdog);
+  const output = child.output();
+  const parsed = parsePgbenchOutput(output);
+  const code = child.process.exitCode;
+  let error: string | undefined;
+  if (code !== 0) error = `pgbench exited with ${code ?? child.process.signalCode}`;
+  else if (parsed.tps === undefined) error = "no tps line in pgbench output";
+  else if (parsed.failedTransactions === undefined) error = "no failed-transactions line in pgbench output";
+  else if (parsed.failedTransactions > 0) error = `${parsed.failedTransactions} failed transactions`;
+  if (error) {
+    const tail = output.trim().split("\n").slice(-8).join("\n");
+    error = `${error}${tail ? `\n${tail}` : ""}`;
+  }
+  return { ok: error === undefined, ...parsed, error };
+}
