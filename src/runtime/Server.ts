@@ -45,7 +45,8 @@ const listen = (host: string, port: number): Effect.Effect<NetServer, PgwardenEr
         resume(Effect.succeed(server));
       });
     }),
-    (server) => Effect.callback<void>((resume) => void server.close(() => resume(Effect.void))),
+    // close() only stops accepting here: sessions end through their fibers, not through the listener.
+    (server) => Effect.sync(() => server.listening && server.close()),
   );
 
 /** Waits for a session to end; interrupting it ends the session with 57P01 first. */
@@ -93,6 +94,7 @@ const program = (
       if (sessions.size >= config.limits.maxClientConnections) {
         log.warn({ limit: config.limits.maxClientConnections }, "connection refused: too many clients");
         socket.on("error", () => socket.destroy());
+        setTimeout(() => socket.destroy(), 1000).unref();
         socket.end(encodeError({ severity: "FATAL", code: SqlState.tooManyConnections, message: "sorry, too many clients already" }));
         return;
       }
@@ -111,7 +113,7 @@ const program = (
       Deferred.await(signals.drain).pipe(Effect.as("drain" as const)),
       Deferred.await(signals.stop).pipe(Effect.as("stop" as const)),
     );
-    yield* Effect.callback<void>((resume) => void server.close(() => resume(Effect.void)));
+    server.close();
     if (first === "drain" && sessions.size > 0) {
       log.info({ sessions: sessions.size, timeoutMs: config.shutdown.drainTimeoutMs }, "draining");
       yield* Effect.raceFirst(

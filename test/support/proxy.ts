@@ -37,7 +37,8 @@ export const startProxy = async (
     shutdown: { drainTimeoutMs: 2000, ...overrides.shutdown },
     log: { level: "debug", ...overrides.log },
   };
-  const config = decodeConfig(input);
+  // A key set to undefined in overrides means "leave it out".
+  const config = decodeConfig(JSON.parse(JSON.stringify(input)));
   if (isPgwardenError(config)) throw new Error(config.message);
   const logs: Record<string, unknown>[] = [];
   const sink = new Writable({

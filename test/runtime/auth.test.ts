@@ -1,0 +1,128 @@
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createScramVerifier, parseScramVerifier, type ScramVerifier } from "../../src/auth/scramVerifier.ts";
+import { isPgwardenError } from "../../src/errors.ts";
+import { postgresInfo } from "../support/postgres.ts";
+import { startProxy, type TestProxy } from "../support/proxy.ts";
+
+const verifier = (password: string): ScramVerifier => {
+  const v = parseScramVerifier(createScramVerifier(password));
+  if (isPgwardenError(v)) throw new Error(v.message);
+  return v;
+};
+
+const connect = async (proxy: TestProxy, user: string, password?: string) => {
+  const c = new pg.Client({ ...proxy.connection(user), password });
+  c.on("error", () => {});
+  await c.connect();
+  return c;
+};
+
+const errorOf = async (p: Promise<unknown>): Promise<{ code?: string; message: string }> => {
+  try {
+    await p;
+  } catch (e) {
+    return e as { code?: string; message: string };
+  }
+  throw new Error("expected a failure");
+};
+
+describe("client authentication: SCRAM-SHA-256 against the users file", () => {
+  let proxy: TestProxy;
+  const clientPassword = "client-side-secret-1";
+  beforeAll(async () => {
+    proxy = await startProxy({ auth: { method: "scram-sha-256" } }, new Map([["postgres", verifier(clientPassword)]]));
+  });
+  afterAll(() => proxy.close());
+
+  it("lets a client in with the right password, and the client never holds the database password", async () => {
+    expect(clientPassword).not.toBe(postgresInfo().password);
+    const c = await connect(proxy, "postgres", clientPassword);
+    expect((await c.query("SELECT current_user AS u")).rows).toEqual([{ u: "postgres" }]);
+    await c.end();
+  });
+
+  it("refuses a wrong password with 28P01", async () => {
+    const e = await errorOf(connect(proxy, "postgres", "wrong"));
+    expect(e.code).toBe("28P01");
+    expect(e.message).toBe('password authentication failed for user "postgres"');
+  });
+
+  it("answers an unknown user exactly like a wrong password", async () => {
+    const e = await errorOf(connect(proxy, "nobody", "whatever"));
+    expect(e.code).toBe("28P01");
+    expect(e.message).toBe('password authentication failed for user "nobody"');
+  });
+
+  it("never writes a password to the log", () => {
+    const text = JSON.stringify(proxy.logs);
+    expect(text).not.toContain(clientPassword);
+    expect(text).not.toContain(postgresInfo().password);
+    expect(proxy.logs.some((l) => l.msg === "password authentication failed")).toBe(true);
+  });
+});
+
+describe("upstream login: pgwarden as a client of every PostgreSQL method", () => {
+  const cases = [
+    ["u_trust", "trust"],
+    ["u_password", "cleartext password"],
+    ["u_md5", "md5"],
+    ["u_scram", "SCRAM-SHA-256"],
+  ] as const;
+  for (const [role, method] of cases) {
+    it(`logs in with ${method}`, async () => {
+      const proxy = await startProxy({ upstream: { user: role, password: postgresInfo().rolePassword } });
+      try {
+        const c = await connect(proxy, "someone");
+        expect((await c.query("SELECT current_user AS u, session_user AS s")).rows).toEqual([{ u: role, s: role }]);
+        await c.end();
+      } finally {
+        await proxy.close();
+      }
+    });
+  }
+
+  it("relays PostgreSQL's refusal when the configured password is wrong", async () => {
+    const proxy = await startProxy({ upstream: { user: "u_scram", password: "not-it" } });
+    try {
+      const e = await errorOf(connect(proxy, "someone"));
+      expect(e.code).toBe("28P01");
+      expect(e.message).toContain('password authentication failed for user "u_scram"');
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it("says which setting is missing when PostgreSQL wants a password and none is configured", async () => {
+    const proxy = await startProxy({ upstream: { user: "u_scram", password: undefined } });
+    try {
+      const e = await errorOf(connect(proxy, "someone"));
+      expect(e.code).toBe("28000");
+      expect(e.message).toContain("upstream.password is not set");
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it("reports an unreachable server as 08006 without hanging", async () => {
+    const proxy = await startProxy({ upstream: { port: 1, connectTimeoutMs: 2000 } });
+    try {
+      const e = await errorOf(connect(proxy, "someone"));
+      expect(e.code).toBe("08006");
+      expect(e.message).toContain("cannot connect to PostgreSQL");
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it("relays the server's own error for a database that does not exist", async () => {
+    const proxy = await startProxy();
+    try {
+      const c = new pg.Client({ ...proxy.connection(), database: "no_such_db" });
+      const e = await errorOf(c.connect());
+      expect(e.code).toBe("3D000");
+    } finally {
+      await proxy.close();
+    }
+  });
+});
