@@ -1,6 +1,6 @@
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { defaultDataHome, type EmbeddedInstance, persistentSecret, startEmbeddedPostgres } from "../adapters/embeddedPostgres.ts";
+import type { EmbeddedInstance } from "../adapters/embeddedPostgres.ts";
 import { createScramVerifier, type ScramVerifier } from "../auth/scramVerifier.ts";
 import { loadUsers, ensureUser } from "../runtime/users.ts";
 import { isPgwardenError } from "../errors.ts";
@@ -62,6 +62,8 @@ export const runServe = async (flags: ServeFlags): Promise<number> => {
   let clientPassword: string | undefined;
   if (configPath === undefined || configPath === "") {
     // Embedded mode: a private PostgreSQL, its own generated secrets, SCRAM for clients.
+    // Loaded only here: the package is heavy and installs exit hooks.
+    const { defaultDataHome, persistentSecret, startEmbeddedPostgres } = await import("../adapters/embeddedPostgres.ts");
     const home = flags["data-dir"] ?? defaultDataHome();
     process.stderr.write(`pgwarden: no --config given; starting an embedded PostgreSQL in ${home}\n`);
     try {
