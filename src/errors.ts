@@ -49,7 +49,10 @@ export const pgwardenError = (
   sqlstate: SqlState,
   message: string,
   detail?: string,
-): PgwardenError => (detail === undefined ? { _tag: "PgwardenError", code, sqlstate, message } : { _tag: "PgwardenError", code, sqlstate, message, detail });
+): PgwardenError =>
+  detail === undefined
+    ? { _tag: "PgwardenError", code, sqlstate, message }
+    : { _tag: "PgwardenError", code, sqlstate, message, detail };
 
 export const protocolError = (message: string, detail?: string): PgwardenError =>
   pgwardenError("PGW_PROTOCOL", SqlState.protocolViolation, message, detail);

@@ -5,7 +5,11 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 
 const cli = (args: string[], input?: string) => {
-  const r = spawnSync(process.execPath, ["src/cli/main.ts", ...args], { encoding: "utf8", input, timeout: 30_000 });
+  const r = spawnSync(process.execPath, ["src/cli/main.ts", ...args], {
+    encoding: "utf8",
+    input,
+    timeout: 30_000,
+  });
   return { code: r.status, out: r.stdout, err: r.stderr };
 };
 
@@ -41,7 +45,10 @@ describe("pgwarden CLI", () => {
   it("refuses to start with SCRAM and no users file, saying how to create one", async () => {
     const dir = await mkdtemp(join(tmpdir(), "pgw-cli-"));
     const file = join(dir, "pgwarden.yaml");
-    await writeFile(file, `listen: { port: 0 }\nauth: { usersFile: ${join(dir, "users.txt")} }\nlog: { level: silent }\n`);
+    await writeFile(
+      file,
+      `listen: { port: 0 }\nauth: { usersFile: ${join(dir, "users.txt")} }\nlog: { level: silent }\n`,
+    );
     const r = cli(["serve", "--config", file]);
     expect(r.code).toBe(2);
     expect(r.err).toContain("does not exist");

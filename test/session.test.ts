@@ -21,7 +21,9 @@ describe("session mode through pgwarden with node-postgres", () => {
     const c = await client();
     const r = await c.query("SELECT 1 AS one, 'x'::text AS t");
     expect(r.rows).toEqual([{ one: 1, t: "x" }]);
-    const multi = (await c.query("SELECT 1 AS a; SELECT 2 AS b; SELECT 3 AS c")) as unknown as pg.QueryResult[];
+    const multi = (await c.query(
+      "SELECT 1 AS a; SELECT 2 AS b; SELECT 3 AS c",
+    )) as unknown as pg.QueryResult[];
     expect(multi.map((m) => m.rows[0])).toEqual([{ a: 1 }, { b: 2 }, { c: 3 }]);
     await c.end();
   });

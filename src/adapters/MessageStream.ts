@@ -73,7 +73,9 @@ export class MessageStream {
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
         this.waiter = undefined;
-        resolve(pgwardenError("PGW_AUTH_TIMEOUT", SqlState.connectionFailure, `timed out waiting for ${what}`));
+        resolve(
+          pgwardenError("PGW_AUTH_TIMEOUT", SqlState.connectionFailure, `timed out waiting for ${what}`),
+        );
       }, ms);
       this.waiter = (v) => {
         clearTimeout(timer);

@@ -73,7 +73,11 @@ export const openSocket = (t: UpstreamTarget): Promise<Socket | PgwardenError> =
     socket.once("error", (e) => {
       clearTimeout(timer);
       socket.destroy();
-      resolve(unavailable(`cannot connect to PostgreSQL at ${t.host}:${t.port}: ${(e as NodeJS.ErrnoException).code ?? e.message}`));
+      resolve(
+        unavailable(
+          `cannot connect to PostgreSQL at ${t.host}:${t.port}: ${(e as NodeJS.ErrnoException).code ?? e.message}`,
+        ),
+      );
     });
   });
 
@@ -81,7 +85,9 @@ export const openSocket = (t: UpstreamTarget): Promise<Socket | PgwardenError> =
  * Connects and logs in to PostgreSQL as a client: trust, cleartext, md5 or SCRAM-SHA-256,
  * with the password from pgwarden's configuration, so clients never hold it.
  */
-export const connectUpstream = async (login: UpstreamLogin): Promise<Upstream | UpstreamRefusal | PgwardenError> => {
+export const connectUpstream = async (
+  login: UpstreamLogin,
+): Promise<Upstream | UpstreamRefusal | PgwardenError> => {
   const socket = await openSocket(login);
   if (isPgwardenError(socket)) return socket;
   const result = await startup(socket, login);
@@ -92,10 +98,14 @@ export const connectUpstream = async (login: UpstreamLogin): Promise<Upstream | 
   return result;
 };
 
-const startup = async (socket: Socket, login: UpstreamLogin): Promise<Upstream | UpstreamRefusal | PgwardenError> => {
+const startup = async (
+  socket: Socket,
+  login: UpstreamLogin,
+): Promise<Upstream | UpstreamRefusal | PgwardenError> => {
   const stream = new MessageStream(socket, serverStartupPolicy);
   const deadline = Date.now() + login.connectTimeoutMs;
-  const next = () => stream.nextWithin(Math.max(1, deadline - Date.now()), "PostgreSQL to finish the startup");
+  const next = () =>
+    stream.nextWithin(Math.max(1, deadline - Date.now()), "PostgreSQL to finish the startup");
   const user = login.parameters.get("user") ?? "";
   const password = login.password;
   socket.write(encodeStartup(login.parameters));
@@ -111,13 +121,20 @@ const startup = async (socket: Socket, login: UpstreamLogin): Promise<Upstream |
         const auth = decodeAuthentication(msg);
         if (isPgwardenError(auth)) return auth;
         if (auth.kind === "Ok") break;
-        if (auth.kind === "Unsupported") return authProblem(`PostgreSQL asked for unsupported authentication (code ${auth.code})`);
-        if (password === undefined) return authProblem(`PostgreSQL asked for a password for role "${user}" and upstream.password is not set`);
+        if (auth.kind === "Unsupported")
+          return authProblem(`PostgreSQL asked for unsupported authentication (code ${auth.code})`);
+        if (password === undefined)
+          return authProblem(
+            `PostgreSQL asked for a password for role "${user}" and upstream.password is not set`,
+          );
         if (auth.kind === "CleartextPassword") socket.write(encodePasswordMessage(password));
-        else if (auth.kind === "MD5Password") socket.write(encodePasswordMessage(md5PasswordMessage(user, password, auth.salt)));
+        else if (auth.kind === "MD5Password")
+          socket.write(encodePasswordMessage(md5PasswordMessage(user, password, auth.salt)));
         else if (auth.kind === "SASL") {
           if (!auth.mechanisms.includes("SCRAM-SHA-256")) {
-            return authProblem(`PostgreSQL offered only ${auth.mechanisms.join(", ")}; pgwarden speaks SCRAM-SHA-256`);
+            return authProblem(
+              `PostgreSQL offered only ${auth.mechanisms.join(", ")}; pgwarden speaks SCRAM-SHA-256`,
+            );
           }
           scram = createScramClient(password);
           socket.write(encodeSASLInitialResponse("SCRAM-SHA-256", Buffer.from(scram.clientFirst())));
@@ -161,7 +178,13 @@ const startup = async (socket: Socket, login: UpstreamLogin): Promise<Upstream |
         if (isPgwardenError(status)) return status;
         const pending = stream.handOff();
         if (isPgwardenError(pending)) return pending;
-        return { socket, key: key ?? { processId: 0, secret: Buffer.alloc(4) }, startupMessages, ready: msg, pending };
+        return {
+          socket,
+          key: key ?? { processId: 0, secret: Buffer.alloc(4) },
+          startupMessages,
+          ready: msg,
+          pending,
+        };
       }
       default:
         return unavailable(`unexpected message 0x${msg[0]!.toString(16)} from PostgreSQL during startup`);

@@ -1,4 +1,4 @@
-import { readFile, writeFile, mkdir } from "node:fs/promises";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { toMarkdown, toMermaid } from "../diagrams/mermaid.ts";
 import { connectionMachine } from "../machines/connectionMachine.ts";
@@ -24,7 +24,11 @@ export const diagramFiles = (): { name: string; content: string }[] =>
   ]);
 
 /** Writes the diagrams, or with `check` reports which committed files are stale. */
-export const runDiagrams = async (outDir: string, check: boolean, log: (s: string) => void): Promise<number> => {
+export const runDiagrams = async (
+  outDir: string,
+  check: boolean,
+  log: (s: string) => void,
+): Promise<number> => {
   const stale: string[] = [];
   if (!check) await mkdir(outDir, { recursive: true });
   for (const f of diagramFiles()) {

@@ -5,7 +5,8 @@ import { runServe, serveOptions } from "./serveCommand.ts";
 import { runUsersCommand } from "./usersCommand.ts";
 
 const version = (): string =>
-  (JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string }).version;
+  (JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string })
+    .version;
 
 const help = `pgwarden ${version()} — PostgreSQL wire-protocol proxy
 
@@ -60,7 +61,10 @@ export const main = async (argv: string[]): Promise<number> => {
       try {
         const { values } = parseArgs({
           args: rest,
-          options: { out: { type: "string", default: "docs/diagrams" }, check: { type: "boolean", default: false } },
+          options: {
+            out: { type: "string", default: "docs/diagrams" },
+            check: { type: "boolean", default: false },
+          },
           strict: true,
         });
         return await runDiagrams(values.out, values.check, (s) => process.stdout.write(`${s}\n`));

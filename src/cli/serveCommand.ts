@@ -2,11 +2,11 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { EmbeddedInstance } from "../adapters/embeddedPostgres.ts";
 import { createScramVerifier, type ScramVerifier } from "../auth/scramVerifier.ts";
-import { loadUsers, ensureUser } from "../runtime/users.ts";
 import { isPgwardenError } from "../errors.ts";
 import { applyEnv, decodeConfig, type PgwardenConfig, parseConfigText, setPath } from "../runtime/config.ts";
 import { createLogger } from "../runtime/logger.ts";
 import { startServer } from "../runtime/Server.ts";
+import { ensureUser, loadUsers } from "../runtime/users.ts";
 
 export const serveOptions = {
   config: { type: "string" },
@@ -50,7 +50,8 @@ export const runServe = async (flags: ServeFlags): Promise<number> => {
   let input: Record<string, unknown> = {};
   if (configPath !== undefined && configPath !== "") {
     const text = await readFile(configPath, "utf8").catch((e: NodeJS.ErrnoException) => e);
-    if (text instanceof Error) return fail(`cannot read config file ${configPath}: ${text.code ?? text.message}`);
+    if (text instanceof Error)
+      return fail(`cannot read config file ${configPath}: ${text.code ?? text.message}`);
     const parsed = parseConfigText(text, configPath);
     if (isPgwardenError(parsed)) return fail(parsed.message);
     input = parsed;
@@ -63,7 +64,9 @@ export const runServe = async (flags: ServeFlags): Promise<number> => {
   if (configPath === undefined || configPath === "") {
     // Embedded mode: a private PostgreSQL, its own generated secrets, SCRAM for clients.
     // Loaded only here: the package is heavy and installs exit hooks.
-    const { defaultDataHome, persistentSecret, startEmbeddedPostgres } = await import("../adapters/embeddedPostgres.ts");
+    const { defaultDataHome, persistentSecret, startEmbeddedPostgres } = await import(
+      "../adapters/embeddedPostgres.ts"
+    );
     const home = flags["data-dir"] ?? defaultDataHome();
     process.stderr.write(`pgwarden: no --config given; starting an embedded PostgreSQL in ${home}\n`);
     try {
@@ -97,14 +100,17 @@ const serveWith = async (
   const log = createLogger(config.log.level);
   let users: ReadonlyMap<string, ScramVerifier> = new Map();
   if (config.auth.method === "trust") {
-    const banner = "client authentication is 'trust': anyone who can reach the listener gets in. Use only for local development.";
+    const banner =
+      "client authentication is 'trust': anyone who can reach the listener gets in. Use only for local development.";
     log.warn(banner);
     process.stderr.write(`\n  WARNING: ${banner}\n\n`);
   } else {
     const loaded = await loadUsers(config.auth.usersFile);
     if (isPgwardenError(loaded)) {
       await embedded?.stop();
-      return fail(`${loaded.message}\n  create entries with: pgwarden users add NAME --file ${config.auth.usersFile}`);
+      return fail(
+        `${loaded.message}\n  create entries with: pgwarden users add NAME --file ${config.auth.usersFile}`,
+      );
     }
     users = loaded;
   }
@@ -124,7 +130,9 @@ const serveWith = async (
         `  psql "postgresql://postgres:${encodeURIComponent(clientPassword)}@${where}/postgres"\n\nCtrl-C stops both.\n`,
     );
   } else {
-    process.stdout.write(`pgwarden is listening on ${where} (upstream ${config.upstream.host}:${config.upstream.port})\n`);
+    process.stdout.write(
+      `pgwarden is listening on ${where} (upstream ${config.upstream.host}:${config.upstream.port})\n`,
+    );
   }
 
   let signals = 0;
@@ -140,7 +148,8 @@ const serveWith = async (
   process.on("SIGHUP", () => {
     if (config.auth.method === "trust") return;
     void loadUsers(config.auth.usersFile).then((u) => {
-      if (isPgwardenError(u)) log.error({ reason: u.message }, "users file reload failed; keeping the old one");
+      if (isPgwardenError(u))
+        log.error({ reason: u.message }, "users file reload failed; keeping the old one");
       else {
         users = u;
         log.info({ users: u.size }, "users file reloaded");

@@ -44,7 +44,12 @@ const collect = (node: AnyStateNode, edges: Map<string, Edge>, accepted: Map<str
   for (const child of Object.values(node.states) as AnyStateNode[]) collect(child, edges, accepted);
 };
 
-const declare = (node: AnyStateNode, indent: string, out: string[], accepted: Map<string, string[]>): void => {
+const declare = (
+  node: AnyStateNode,
+  indent: string,
+  out: string[],
+  accepted: Map<string, string[]>,
+): void => {
   const id = nodeId(node);
   const children = Object.values(node.states) as AnyStateNode[];
   if (children.length === 0) {
@@ -70,7 +75,8 @@ export const toMermaid = (machine: AnyStateMachine): string => {
   if (initial !== undefined) out.push(`  [*] --> ${nodeId(initial)}`);
   for (const child of Object.values(root.states) as AnyStateNode[]) declare(child, "  ", out, accepted);
   for (const e of edges.values()) out.push(`  ${e.from} --> ${e.to} : ${e.labels.join(", ")}`);
-  for (const [id, events] of accepted) out.push(`  note right of ${id}\n    accepts without change: ${events.join(", ")}\n  end note`);
+  for (const [id, events] of accepted)
+    out.push(`  note right of ${id}\n    accepts without change: ${events.join(", ")}\n  end note`);
   return `${out.join("\n")}\n`;
 };
 

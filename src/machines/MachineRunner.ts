@@ -84,7 +84,13 @@ export class MachineRunner {
     }
     if (to !== from) {
       this.node = to;
-      this.listener?.({ connectionId: this.connectionId, from: from.key, to: to.key, cause: event.type, at: Date.now() });
+      this.listener?.({
+        connectionId: this.connectionId,
+        from: from.key,
+        to: to.key,
+        cause: event.type,
+        at: Date.now(),
+      });
     }
     return to.key;
   }

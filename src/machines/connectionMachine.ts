@@ -113,7 +113,15 @@ export const connectionMachine = setup({
           states: {
             in: {
               description: "COPY FROM STDIN: only CopyData, CopyDone, CopyFail, Flush, Sync are legal.",
-              on: { ...lifecycle, CopyDone: "done", CopyFail: "done", ...accept("Flush", "Sync"), Terminate: TERMINATING },
+              on: {
+                ...lifecycle,
+                CopyDone: "done",
+                CopyFail: "done",
+                ...accept("Flush", "Sync"),
+                // PostgreSQL ends COPY IN itself on a bad row: ErrorResponse, then ReadyForQuery.
+                ReadyForQuery: readyForQuery("#connection.busy.copy.done"),
+                Terminate: TERMINATING,
+              },
             },
             out: {
               description: "COPY TO STDOUT: the server streams; client requests queue behind it.",
@@ -127,6 +135,7 @@ export const connectionMachine = setup({
                 CopyFail: "done",
                 ServerCopyDone: "in",
                 ...accept("Flush", "Sync"),
+                ReadyForQuery: readyForQuery("#connection.busy.copy.done"),
                 Terminate: TERMINATING,
               },
             },

@@ -63,7 +63,8 @@ export interface ReadyForQueryEvent {
   readonly more: boolean;
 }
 
-const ready = (status: TxStatus, more: boolean): ReadyForQueryEvent => ev({ type: "ReadyForQuery", status, more });
+const ready = (status: TxStatus, more: boolean): ReadyForQueryEvent =>
+  ev({ type: "ReadyForQuery", status, more });
 
 /** ReadyForQuery events indexed by status, then by `more`. */
 export const ReadyForQuery: Readonly<Record<TxStatus, readonly [ReadyForQueryEvent, ReadyForQueryEvent]>> = {

@@ -132,8 +132,9 @@ export class MessageScanner {
       }
       const verdict = this.handler(type, chunk.subarray(pos, end));
       if (verdict !== undefined) {
-        if (!(verdict instanceof Uint8Array)) return verdict;
         if (pos > runStart) out.push(chunk.subarray(runStart, pos));
+        // What came before a rejected message is still delivered: the peer may need it (an error, say).
+        if (!(verdict instanceof Uint8Array)) return verdict;
         if (verdict.length > 0) out.push(verdict);
         runStart = end;
       }
@@ -144,7 +145,8 @@ export class MessageScanner {
   }
 
   private checkLength(type: number, len: number): PgwardenError | undefined {
-    if (len < 4) return protocolError(`invalid message length ${len} for message type 0x${type.toString(16)}`);
+    if (len < 4)
+      return protocolError(`invalid message length ${len} for message type 0x${type.toString(16)}`);
     const max = this.policy.maxLength(type);
     if (len > max) {
       return pgwardenError(

@@ -90,7 +90,8 @@ export const decodeBackendKeyData = (msg: Buffer): BackendKeyData | PgwardenErro
     const r = body(msg);
     const processId = r.int32("process id");
     const secret = r.rest();
-    if (secret.length < 4 || secret.length > MAX_CANCEL_SECRET) malformed(`secret key of ${secret.length} bytes`);
+    if (secret.length < 4 || secret.length > MAX_CANCEL_SECRET)
+      malformed(`secret key of ${secret.length} bytes`);
     return { processId, secret };
   });
 
@@ -165,7 +166,8 @@ export const decodeNotification = (
 
 // Encoders ------------------------------------------------------------------------------------
 
-const authHeader = (extra: number, code: number): Writer => Writer.message(Backend.Authentication, 4 + extra).int32(code);
+const authHeader = (extra: number, code: number): Writer =>
+  Writer.message(Backend.Authentication, 4 + extra).int32(code);
 
 export const encodeAuthentication = (a: Authentication): Buffer => {
   switch (a.kind) {
@@ -192,15 +194,23 @@ export const encodeAuthentication = (a: Authentication): Buffer => {
 };
 
 export const encodeParameterStatus = (name: string, value: string): Buffer =>
-  Writer.message(Backend.ParameterStatus, cstringSize(name) + cstringSize(value)).cstring(name).cstring(value).end();
+  Writer.message(Backend.ParameterStatus, cstringSize(name) + cstringSize(value))
+    .cstring(name)
+    .cstring(value)
+    .end();
 
 export const encodeBackendKeyData = (k: BackendKeyData): Buffer =>
-  Writer.message(Backend.BackendKeyData, 4 + k.secret.length).int32(k.processId).bytes(k.secret).end();
+  Writer.message(Backend.BackendKeyData, 4 + k.secret.length)
+    .int32(k.processId)
+    .bytes(k.secret)
+    .end();
 
 export const encodeNegotiateProtocolVersion = (n: NegotiateProtocolVersion): Buffer => {
   let size = 8;
   for (const o of n.unrecognized) size += cstringSize(o);
-  const w = Writer.message(Backend.NegotiateProtocolVersion, size).int32(n.newestMinor).int32(n.unrecognized.length);
+  const w = Writer.message(Backend.NegotiateProtocolVersion, size)
+    .int32(n.newestMinor)
+    .int32(n.unrecognized.length);
   for (const o of n.unrecognized) w.cstring(o);
   return w.end();
 };
@@ -265,8 +275,12 @@ const encodeCopyResponseAs =
     return w.end();
   };
 export const encodeCopyInResponse: (c: CopyResponse) => Buffer = encodeCopyResponseAs(Backend.CopyInResponse);
-export const encodeCopyOutResponse: (c: CopyResponse) => Buffer = encodeCopyResponseAs(Backend.CopyOutResponse);
-export const encodeCopyBothResponse: (c: CopyResponse) => Buffer = encodeCopyResponseAs(Backend.CopyBothResponse);
+export const encodeCopyOutResponse: (c: CopyResponse) => Buffer = encodeCopyResponseAs(
+  Backend.CopyOutResponse,
+);
+export const encodeCopyBothResponse: (c: CopyResponse) => Buffer = encodeCopyResponseAs(
+  Backend.CopyBothResponse,
+);
 
 export const encodeNotification = (n: { processId: number; channel: string; payload: string }): Buffer =>
   Writer.message(Backend.NotificationResponse, 4 + cstringSize(n.channel) + cstringSize(n.payload))

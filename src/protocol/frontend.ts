@@ -113,7 +113,8 @@ const decodeDescribeOrClose = (what: string) => (msg: Buffer) =>
     r.done(what);
     return { target: t, name };
   });
-export const decodeDescribe: (msg: Buffer) => DescribeOrClose | PgwardenError = decodeDescribeOrClose("Describe");
+export const decodeDescribe: (msg: Buffer) => DescribeOrClose | PgwardenError =
+  decodeDescribeOrClose("Describe");
 export const decodeClose: (msg: Buffer) => DescribeOrClose | PgwardenError = decodeDescribeOrClose("Close");
 
 export const decodeExecute = (msg: Buffer): Execute | PgwardenError =>
@@ -176,7 +177,8 @@ export const decodeSASLResponse = (msg: Buffer): Buffer => msg.subarray(5);
 
 const empty = (type: number) => (): Buffer => Writer.message(type, 0).end();
 
-export const encodeQuery = (sql: string): Buffer => Writer.message(Frontend.Query, cstringSize(sql)).cstring(sql).end();
+export const encodeQuery = (sql: string): Buffer =>
+  Writer.message(Frontend.Query, cstringSize(sql)).cstring(sql).end();
 
 export const encodeParse = (p: Parse): Buffer =>
   Writer.message(Frontend.Parse, cstringSize(p.name) + cstringSize(p.query) + 2 + 4 * p.paramTypes.length)
@@ -228,12 +230,18 @@ export const encodeBind = (b: Bind): Buffer =>
 const encodeDescribeOrClose =
   (type: number) =>
   (d: DescribeOrClose): Buffer =>
-    Writer.message(type, 1 + cstringSize(d.name)).byte(d.target.charCodeAt(0)).cstring(d.name).end();
+    Writer.message(type, 1 + cstringSize(d.name))
+      .byte(d.target.charCodeAt(0))
+      .cstring(d.name)
+      .end();
 export const encodeDescribe: (d: DescribeOrClose) => Buffer = encodeDescribeOrClose(Frontend.Describe);
 export const encodeClose: (d: DescribeOrClose) => Buffer = encodeDescribeOrClose(Frontend.Close);
 
 export const encodeExecute = (e: Execute): Buffer =>
-  Writer.message(Frontend.Execute, cstringSize(e.portal) + 4).cstring(e.portal).int32(e.maxRows).end();
+  Writer.message(Frontend.Execute, cstringSize(e.portal) + 4)
+    .cstring(e.portal)
+    .int32(e.maxRows)
+    .end();
 
 export const encodeSync: () => Buffer = empty(Frontend.Sync);
 export const encodeFlush: () => Buffer = empty(Frontend.Flush);

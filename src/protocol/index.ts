@@ -2,5 +2,5 @@ export * from "./backend.ts";
 export * from "./frontend.ts";
 export * from "./MessageScanner.ts";
 export * from "./messageTypes.ts";
-export * from "./startup.ts";
 export * from "./policies.ts";
+export * from "./startup.ts";

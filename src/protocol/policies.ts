@@ -1,11 +1,21 @@
-import { AUTH_MESSAGE_LIMIT, Backend, Frontend, SMALL_MESSAGE_LIMIT } from "./messageTypes.ts";
 import { type ScanPolicy, typeSet } from "./MessageScanner.ts";
+import { AUTH_MESSAGE_LIMIT, Backend, Frontend, SMALL_MESSAGE_LIMIT } from "./messageTypes.ts";
 
 /** Client messages PostgreSQL lets grow large; every other type is capped at 10,000 bytes like PostgreSQL. */
-const largeClientTypes = typeSet(Frontend.Query, Frontend.Parse, Frontend.Bind, Frontend.FunctionCall, Frontend.CopyData);
+const largeClientTypes = typeSet(
+  Frontend.Query,
+  Frontend.Parse,
+  Frontend.Bind,
+  Frontend.FunctionCall,
+  Frontend.CopyData,
+);
 
 const clientMaxLength = (maxMessageBytes: number) => (type: number) =>
-  largeClientTypes[type] === 1 ? maxMessageBytes : type === Frontend.Password ? AUTH_MESSAGE_LIMIT : SMALL_MESSAGE_LIMIT;
+  largeClientTypes[type] === 1
+    ? maxMessageBytes
+    : type === Frontend.Password
+      ? AUTH_MESSAGE_LIMIT
+      : SMALL_MESSAGE_LIMIT;
 
 /** Client stream once the session is ready: CopyData is the data path. */
 export const clientSessionPolicy = (maxMessageBytes: number): ScanPolicy => ({

@@ -75,7 +75,8 @@ export class Reader {
   }
 
   done(what: string): void {
-    if (this.pos !== this.end) throw new Malformed(`${what} has ${this.end - this.pos} unexpected trailing bytes`);
+    if (this.pos !== this.end)
+      throw new Malformed(`${what} has ${this.end - this.pos} unexpected trailing bytes`);
   }
 }
 

@@ -90,7 +90,11 @@ export const encodeStartup = (parameters: ReadonlyMap<string, string>, minor = 0
 };
 
 export const encodeCancelRequest = (processId: number, secret: Uint8Array): Buffer =>
-  Writer.untagged(8 + secret.length).int32(RequestCode.cancel).int32(processId).bytes(secret).end();
+  Writer.untagged(8 + secret.length)
+    .int32(RequestCode.cancel)
+    .int32(processId)
+    .bytes(secret)
+    .end();
 
 export const encodeSSLRequest = (): Buffer => Writer.untagged(4).int32(RequestCode.ssl).end();
 export const encodeGSSENCRequest = (): Buffer => Writer.untagged(4).int32(RequestCode.gssenc).end();

@@ -60,7 +60,8 @@ export class Writer {
   }
 
   end(): Buffer {
-    if (this.pos !== this.buf.length) throw new Error(`writer size mismatch: wrote ${this.pos} of ${this.buf.length}`);
+    if (this.pos !== this.buf.length)
+      throw new Error(`writer size mismatch: wrote ${this.pos} of ${this.buf.length}`);
     return this.buf;
   }
 }

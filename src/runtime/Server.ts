@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { createServer, type Server as NetServer, type Socket } from "node:net";
-import { Deferred, Effect, FiberMap, Scope } from "effect";
+import { Deferred, Effect, FiberMap, type Scope } from "effect";
 import type { Logger } from "pino";
 import { connectUpstream, sendCancel } from "../adapters/upstream.ts";
 import type { ScramVerifier } from "../auth/scramVerifier.ts";
@@ -38,7 +38,15 @@ const listen = (host: string, port: number): Effect.Effect<NetServer, PgwardenEr
     Effect.callback<NetServer, PgwardenError>((resume) => {
       const server = createServer({ noDelay: true, keepAlive: true, pauseOnConnect: false });
       server.once("error", (e) =>
-        resume(Effect.fail(pgwardenError("PGW_CONFIG", SqlState.internalError, `cannot listen on ${host}:${port}: ${e.message}`))),
+        resume(
+          Effect.fail(
+            pgwardenError(
+              "PGW_CONFIG",
+              SqlState.internalError,
+              `cannot listen on ${host}:${port}: ${e.message}`,
+            ),
+          ),
+        ),
       );
       server.listen({ host, port, backlog: 4096 }, () => {
         server.removeAllListeners("error");
@@ -95,7 +103,13 @@ const program = (
         log.warn({ limit: config.limits.maxClientConnections }, "connection refused: too many clients");
         socket.on("error", () => socket.destroy());
         setTimeout(() => socket.destroy(), 1000).unref();
-        socket.end(encodeError({ severity: "FATAL", code: SqlState.tooManyConnections, message: "sorry, too many clients already" }));
+        socket.end(
+          encodeError({
+            severity: "FATAL",
+            code: SqlState.tooManyConnections,
+            message: "sorry, too many clients already",
+          }),
+        );
         return;
       }
       const id = nextId();
@@ -132,14 +146,18 @@ export const startServer = async (options: ServerOptions): Promise<RunningServer
   const stop = Deferred.makeUnsafe<void>();
   let ready!: (v: { server: NetServer; sessions: Map<string, Session>; cancels: CancelRegistry }) => void;
   let failed!: (e: unknown) => void;
-  const listening = new Promise<{ server: NetServer; sessions: Map<string, Session>; cancels: CancelRegistry }>(
-    (res, rej) => {
-      ready = res;
-      failed = rej;
-    },
-  );
+  const listening = new Promise<{
+    server: NetServer;
+    sessions: Map<string, Session>;
+    cancels: CancelRegistry;
+  }>((res, rej) => {
+    ready = res;
+    failed = rej;
+  });
   const fiber = Effect.runFork(
-    Effect.scoped(program(options, { drain, stop }, (server, sessions, cancels) => ready({ server, sessions, cancels }))),
+    Effect.scoped(
+      program(options, { drain, stop }, (server, sessions, cancels) => ready({ server, sessions, cancels })),
+    ),
   );
   const stopped = new Promise<void>((resolve) => {
     fiber.addObserver((exit) => {

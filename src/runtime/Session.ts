@@ -3,8 +3,8 @@ import type { Logger } from "pino";
 import { batchWrite } from "../adapters/batchWrite.ts";
 import { MessageStream } from "../adapters/MessageStream.ts";
 import type { connectUpstream, sendCancel, Upstream } from "../adapters/upstream.ts";
-import type { ScramVerifier } from "../auth/scramVerifier.ts";
 import { createScramServer } from "../auth/scramServer.ts";
+import type { ScramVerifier } from "../auth/scramVerifier.ts";
 import { isPgwardenError, type PgwardenError, protocolError, SqlState } from "../errors.ts";
 import { Events, ReadyForQuery } from "../machines/events.ts";
 import { MachineRunner, type TransitionListener } from "../machines/MachineRunner.ts";
@@ -17,7 +17,7 @@ import {
 } from "../protocol/backend.ts";
 import { decodeSASLInitialResponse, decodeSASLResponse, encodeTerminate } from "../protocol/frontend.ts";
 import { MessageScanner } from "../protocol/MessageScanner.ts";
-import { Backend, Frontend, frontendName } from "../protocol/messageTypes.ts";
+import { Backend, frontendName } from "../protocol/messageTypes.ts";
 import { clientAuthPolicy, clientSessionPolicy, serverSessionPolicy } from "../protocol/policies.ts";
 import { decodeFirstPacket, type FirstPacket, firstPacketLength, SSL_REFUSE } from "../protocol/startup.ts";
 import type { CancelRegistry } from "./CancelRegistry.ts";
@@ -38,7 +38,7 @@ export interface SessionDeps {
 
 type Startup = Extract<FirstPacket, { kind: "Startup" }>;
 
-const STATUS: Record<number, "I" | "T" | "E"> = { 0x49: "I", 0x54: "T", 0x45: "E" };
+const STATUS: Record<number, "I" | "T" | "E"> = { 73: "I", 84: "T", 69: "E" };
 
 /**
  * One client connection in session mode: first packet, client authentication, upstream login,
@@ -123,12 +123,18 @@ export class Session {
         this.client.destroy();
         return;
       }
-      if (isPgwardenError(len)) return this.violation(len);
+      if (isPgwardenError(len)) {
+        this.violation(len);
+        return;
+      }
       if (buf.length < len) return;
       const packet = decodeFirstPacket(buf.subarray(0, len));
       const rest = buf.subarray(len);
       this.startBuf = rest;
-      if (isPgwardenError(packet)) return this.violation(packet);
+      if (isPgwardenError(packet)) {
+        this.violation(packet);
+        return;
+      }
       switch (packet.kind) {
         case "SSLRequest":
         case "GSSENCRequest":
@@ -180,7 +186,11 @@ export class Session {
       this.client.write(encodeNegotiateProtocolVersion({ newestMinor: this.minor, unrecognized: options }));
     }
 
-    const stream = new MessageStream(this.client, clientAuthPolicy(this.deps.config.limits.maxMessageBytes), leftover);
+    const stream = new MessageStream(
+      this.client,
+      clientAuthPolicy(this.deps.config.limits.maxMessageBytes),
+      leftover,
+    );
     const authOk = await this.authenticateClient(stream, user);
     if (!authOk) return;
     this.machine.send(Events.ClientAuthOk);
@@ -225,7 +235,10 @@ export class Session {
     const init = decodeSASLInitialResponse(first);
     if (isPgwardenError(init)) return this.violationFalse(init);
     if (init.mechanism !== "SCRAM-SHA-256" || init.data === null) {
-      return this.authFailed(SqlState.protocolViolation, "client selected an invalid SASL authentication mechanism");
+      return this.authFailed(
+        SqlState.protocolViolation,
+        "client selected an invalid SASL authentication mechanism",
+      );
     }
     const serverFirst = scram.handleClientFirst(init.data.toString("utf8"));
     if (isPgwardenError(serverFirst)) return this.authFailed(serverFirst.sqlstate, serverFirst.message);
@@ -251,14 +264,20 @@ export class Session {
     if (isPgwardenError(msg)) {
       if (msg.code === "PGW_AUTH_TIMEOUT") {
         this.machine.send(Events.Timeout);
-        this.closeWith({ severity: "FATAL", code: SqlState.connectionFailure, message: "authentication timed out" });
+        this.closeWith({
+          severity: "FATAL",
+          code: SqlState.connectionFailure,
+          message: "authentication timed out",
+        });
       } else this.violation(msg);
       return undefined;
     }
     const type = msg[0]!;
     const state = this.machine.state;
     if (this.machine.send(clientEvents[type]!) === "violation") {
-      this.violation(protocolError(`expected an authentication response, got ${frontendName(type)} in state ${state}`));
+      this.violation(
+        protocolError(`expected an authentication response, got ${frontendName(type)} in state ${state}`),
+      );
       return undefined;
     }
     return msg;
@@ -281,13 +300,18 @@ export class Session {
   }
 
   /** The client's settings go upstream; identity and database come from configuration when set. */
-  private upstreamParameters(params: ReadonlyMap<string, string>, user: string, database: string): Map<string, string> {
+  private upstreamParameters(
+    params: ReadonlyMap<string, string>,
+    user: string,
+    database: string,
+  ): Map<string, string> {
     const up = this.deps.config.upstream;
     const out = new Map<string, string>([
       ["user", up.user ?? user],
       ["database", up.database ?? database],
     ]);
-    for (const [k, v] of params) if (k !== "user" && k !== "database" && !k.startsWith("_pq_.")) out.set(k, v);
+    for (const [k, v] of params)
+      if (k !== "user" && k !== "database" && !k.startsWith("_pq_.")) out.set(k, v);
     return out;
   }
 
@@ -342,7 +366,8 @@ export class Session {
     const err = this.clientScanner!.scan(chunk, this.toServer);
     if (err !== undefined) {
       this.toServer.length = 0;
-      return this.violation(err);
+      this.violation(err);
+      return;
     }
     batchWrite(this.server!, this.toServer, this.client);
   };
@@ -352,7 +377,8 @@ export class Session {
     const err = this.serverScanner!.scan(chunk, this.toClient);
     if (err !== undefined) {
       batchWrite(this.client, this.toClient, this.server!);
-      return this.violation(protocolError(`PostgreSQL sent an invalid stream: ${err.message}`));
+      this.violation(protocolError(`PostgreSQL sent an invalid stream: ${err.message}`));
+      return;
     }
     batchWrite(this.client, this.toClient, this.server!);
   };
@@ -363,14 +389,15 @@ export class Session {
     const from = m.state;
     const copyIn = from === "busy.copy.in" || from === "busy.copy.both";
     if (m.send(clientEvents[type]!) === "violation") {
-      return protocolError(`unexpected message type ${frontendName(type)} (0x${type.toString(16)}) in state ${from}`);
+      return protocolError(
+        `unexpected message type ${frontendName(type)} (0x${type.toString(16)}) in state ${from}`,
+      );
     }
+    // PostgreSQL ignores Flush and Sync during COPY IN: they owe nothing and leave nothing pending.
+    if (copyIn) return undefined;
     if (isSyncPoint(type)) {
-      // PostgreSQL ignores Sync during COPY IN, so it owes no ReadyForQuery for it.
-      if (!(copyIn && type === Frontend.Sync)) {
-        this.outstanding++;
-        this.unsynced = false;
-      }
+      this.outstanding++;
+      this.unsynced = false;
     } else if (isExtended(type)) this.unsynced = true;
     return undefined;
   };
@@ -406,7 +433,8 @@ export class Session {
       default:
         return undefined;
     }
-    if (state === "violation") return protocolError(`PostgreSQL sent message 0x${type.toString(16)} out of turn`);
+    if (state === "violation")
+      return protocolError(`PostgreSQL sent message 0x${type.toString(16)} out of turn`);
     return undefined;
   };
 

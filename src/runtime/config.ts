@@ -114,7 +114,8 @@ export const parseConfigText = (text: string, source: string): Record<string, un
   try {
     const doc = parseYaml(text) as unknown;
     if (doc === null || doc === undefined) return {};
-    if (typeof doc !== "object" || Array.isArray(doc)) return configError(`${source}: expected a mapping at the top level`);
+    if (typeof doc !== "object" || Array.isArray(doc))
+      return configError(`${source}: expected a mapping at the top level`);
     return doc as Record<string, unknown>;
   } catch (e) {
     return configError(`${source}: ${(e as Error).message}`);
@@ -123,11 +124,18 @@ export const parseConfigText = (text: string, source: string): Record<string, un
 
 /** Validates merged input; unknown keys are errors because a typo in a security setting must not pass. */
 export const decodeConfig = (input: unknown): PgwardenConfig | PgwardenError => {
-  const result = Schema.decodeUnknownExit(PgwardenConfig)(input, { onExcessProperty: "error", errors: "all" });
+  const result = Schema.decodeUnknownExit(PgwardenConfig)(input, {
+    onExcessProperty: "error",
+    errors: "all",
+  });
   if (result._tag === "Success") return result.value;
   const failure = result.cause.reasons.find((r) => r._tag === "Fail");
-  const text = failure?._tag === "Fail" ? String((failure.error as { message?: string }).message) : String(result.cause);
-  const readable = text.replace(/at ((?:\["[^"]*"\])+)/g, (_m, path: string) => `at ${JSON.parse(`[${path.slice(1, -1).split("][").join(",")}]`).join(".")}`);
+  const text =
+    failure?._tag === "Fail" ? String((failure.error as { message?: string }).message) : String(result.cause);
+  const readable = text.replace(
+    /at ((?:\["[^"]*"\])+)/g,
+    (_m, path: string) => `at ${JSON.parse(`[${path.slice(1, -1).split("][").join(",")}]`).join(".")}`,
+  );
   return configError(`invalid configuration:\n${readable.replace(/^/gm, "  ")}`);
 };
 

@@ -4,10 +4,15 @@ import { loadUsersFile, readUsersFileText, writeUsersFileAtomic } from "../auth/
 import { isPgwardenError, type PgwardenError } from "../errors.ts";
 
 /** The client identities pgwarden accepts: user name → SCRAM verifier. */
-export const loadUsers = (path: string): Promise<ReadonlyMap<string, ScramVerifier> | PgwardenError> => loadUsersFile(path);
+export const loadUsers = (path: string): Promise<ReadonlyMap<string, ScramVerifier> | PgwardenError> =>
+  loadUsersFile(path);
 
 /** Adds `name` to the users file unless it is there already (embedded mode's first run). */
-export const ensureUser = async (path: string, name: string, verifier: () => string): Promise<PgwardenError | undefined> => {
+export const ensureUser = async (
+  path: string,
+  name: string,
+  verifier: () => string,
+): Promise<PgwardenError | undefined> => {
   const text = await readUsersFileText(path);
   if (isPgwardenError(text)) return text;
   const current = text ?? "";

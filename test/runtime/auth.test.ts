@@ -31,7 +31,10 @@ describe("client authentication: SCRAM-SHA-256 against the users file", () => {
   let proxy: TestProxy;
   const clientPassword = "client-side-secret-1";
   beforeAll(async () => {
-    proxy = await startProxy({ auth: { method: "scram-sha-256" } }, new Map([["postgres", verifier(clientPassword)]]));
+    proxy = await startProxy(
+      { auth: { method: "scram-sha-256" } },
+      new Map([["postgres", verifier(clientPassword)]]),
+    );
   });
   afterAll(() => proxy.close());
 
@@ -74,7 +77,9 @@ describe("upstream login: pgwarden as a client of every PostgreSQL method", () =
       const proxy = await startProxy({ upstream: { user: role, password: postgresInfo().rolePassword } });
       try {
         const c = await connect(proxy, "someone");
-        expect((await c.query("SELECT current_user AS u, session_user AS s")).rows).toEqual([{ u: role, s: role }]);
+        expect((await c.query("SELECT current_user AS u, session_user AS s")).rows).toEqual([
+          { u: role, s: role },
+        ]);
         await c.end();
       } finally {
         await proxy.close();

@@ -53,7 +53,9 @@ describe("configuration", () => {
   it("reports YAML syntax errors with the file name", () => {
     const r = parseConfigText("listen: [1, 2\n", "pgwarden.yaml");
     expect(isPgwardenError(r) && r.message.startsWith("pgwarden.yaml:")).toBe(true);
-    expect(parseConfigText("- a\n- b\n", "x.yaml")).toMatchObject({ message: "x.yaml: expected a mapping at the top level" });
+    expect(parseConfigText("- a\n- b\n", "x.yaml")).toMatchObject({
+      message: "x.yaml: expected a mapping at the top level",
+    });
   });
 
   it("lists every setting in the reference, documented in docs/configuration.md", async () => {

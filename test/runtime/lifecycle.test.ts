@@ -12,14 +12,7 @@ afterEach(async () => {
 });
 
 const startup = (minor = 0, extra: [string, string][] = []) =>
-  encodeStartup(
-    new Map([
-      ["user", "postgres"],
-      ["database", "postgres"],
-      ...extra,
-    ]),
-    minor,
-  );
+  encodeStartup(new Map([["user", "postgres"], ["database", "postgres"], ...extra]), minor);
 
 const readyCount = (c: WireClient) => c.messages().filter((m) => m.type === "Z").length;
 
@@ -35,7 +28,9 @@ describe("first packet", () => {
     expect(c.received.toString("latin1", 0, 2)).toBe("NN");
     c.send(startup());
     await c.until((x) => x.messages(2).some((m) => m.type === "Z"), 5000, "ReadyForQuery");
-    const causes = proxy.transitions.filter((t) => t.connectionId === [...proxy!.server.sessions.keys()][0]).map((t) => t.cause);
+    const causes = proxy.transitions
+      .filter((t) => t.connectionId === [...proxy!.server.sessions.keys()][0])
+      .map((t) => t.cause);
     expect(causes).toEqual(["Startup", "ClientAuthOk", "UpstreamReady"]);
     c.close();
   });
@@ -110,7 +105,9 @@ describe("limits and shutdown", () => {
     const idle = new pg.Client(proxy.connection());
     await busy.connect();
     await idle.connect();
-    const idleError = new Promise<{ code?: string }>((resolve) => idle.on("error", (e) => resolve(e as { code?: string })));
+    const idleError = new Promise<{ code?: string }>((resolve) =>
+      idle.on("error", (e) => resolve(e as { code?: string })),
+    );
     const running = busy.query("SELECT pg_sleep(0.5) AS slept");
     await new Promise((r) => setTimeout(r, 100));
     const started = Date.now();
@@ -131,7 +128,9 @@ describe("limits and shutdown", () => {
     proxy = await startProxy({ shutdown: { drainTimeoutMs: 60_000 } });
     const c = new pg.Client(proxy.connection());
     await c.connect();
-    const err = new Promise<{ code?: string }>((resolve) => c.on("error", (e) => resolve(e as { code?: string })));
+    const err = new Promise<{ code?: string }>((resolve) =>
+      c.on("error", (e) => resolve(e as { code?: string })),
+    );
     const started = Date.now();
     await proxy.server.stop();
     expect((await err).code).toBe("57P01");

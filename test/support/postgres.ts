@@ -23,7 +23,13 @@ export const postgresInfo = (): PostgresInfo => inject("postgres");
 /** A direct superuser connection, for setting up and checking from the server's side. */
 export const directClient = async (): Promise<pg.Client> => {
   const i = postgresInfo();
-  const c = new pg.Client({ host: i.host, port: i.port, user: i.user, password: i.password, database: "postgres" });
+  const c = new pg.Client({
+    host: i.host,
+    port: i.port,
+    user: i.user,
+    password: i.password,
+    database: "postgres",
+  });
   await c.connect();
   return c;
 };

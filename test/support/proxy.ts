@@ -43,7 +43,8 @@ export const startProxy = async (
   const logs: Record<string, unknown>[] = [];
   const sink = new Writable({
     write(chunk, _enc, cb) {
-      for (const line of String(chunk).split("\n")) if (line !== "") logs.push(JSON.parse(line) as Record<string, unknown>);
+      for (const line of String(chunk).split("\n"))
+        if (line !== "") logs.push(JSON.parse(line) as Record<string, unknown>);
       cb();
     },
   });
