@@ -86,6 +86,11 @@ export class Session {
     this.machine = new MachineRunner(id, deps.onTransition);
   }
 
+  /** The PostgreSQL backend's PID once logged in upstream. */
+  get pid(): number | undefined {
+    return this.upstreamKey?.processId;
+  }
+
   start(): void {
     const c = this.client;
     c.setNoDelay(true);
@@ -377,7 +382,11 @@ export class Session {
     const err = this.serverScanner!.scan(chunk, this.toClient);
     if (err !== undefined) {
       batchWrite(this.client, this.toClient, this.server!);
-      this.violation(protocolError(`PostgreSQL sent an invalid stream: ${err.message}`));
+      this.violation(
+        err.message.startsWith("PostgreSQL")
+          ? err
+          : protocolError(`PostgreSQL sent an invalid stream: ${err.message}`),
+      );
       return;
     }
     batchWrite(this.client, this.toClient, this.server!);
