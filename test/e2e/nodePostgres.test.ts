@@ -37,16 +37,26 @@ const eventually = async (f: () => Promise<boolean>, ms: number): Promise<number
 };
 
 const backendGone = (application: string) => async () =>
-  (await admin.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1", [application])).rows[0]
-    .n === 0;
+  (
+    await admin.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1", [
+      application,
+    ])
+  ).rows[0].n === 0;
 
 describe("node-postgres through pgwarden", () => {
   it("runs extended queries with binary parameters and binary results", async () => {
     const c = await client();
     const blob = Buffer.from([0, 1, 2, 255, 0, 128]);
-    const r = await c.query({ text: "SELECT $1::bytea AS b, $2::int4 + 1 AS n, $3::text AS t", values: [blob, 41, "héllo"] });
+    const r = await c.query({
+      text: "SELECT $1::bytea AS b, $2::int4 + 1 AS n, $3::text AS t",
+      values: [blob, 41, "héllo"],
+    });
     expect(r.rows).toEqual([{ b: blob, n: 42, t: "héllo" }]);
-    const bin = await c.query({ text: "SELECT $1::int4 AS n, 'abc'::text AS t", values: [1234567], binary: true });
+    const bin = await c.query({
+      text: "SELECT $1::int4 AS n, 'abc'::text AS t",
+      values: [1234567],
+      binary: true,
+    });
     expect(bin.fields.map((f) => f.format)).toEqual(["binary", "binary"]);
     expect(bin.rows).toEqual([{ n: 1234567, t: "abc" }]);
     await c.end();
@@ -147,7 +157,9 @@ describe("node-postgres through pgwarden", () => {
   it("gives the client a clean 57P01 when its backend is terminated, and keeps serving others", async () => {
     const c = await client();
     const pid = (await c.query("SELECT pg_backend_pid() AS p")).rows[0].p as number;
-    const failed = new Promise<{ code?: string }>((resolve) => c.on("error", (e) => resolve(e as { code?: string })));
+    const failed = new Promise<{ code?: string }>((resolve) =>
+      c.on("error", (e) => resolve(e as { code?: string })),
+    );
     await admin.query("SELECT pg_terminate_backend($1)", [pid]);
     expect((await failed).code).toBe("57P01");
     const next = await client();
