@@ -111,7 +111,10 @@ export class MessageScanner {
       const type = chunk[pos]!;
       const len = chunk.readInt32BE(pos + 1);
       const bad = this.checkLength(type, len);
-      if (bad !== undefined) return bad;
+      if (bad !== undefined) {
+        if (pos > runStart) out.push(chunk.subarray(runStart, pos));
+        return bad;
+      }
       const end = pos + len + 1;
       if (this.policy.streamed[type] === 1) {
         if (end > n) {

@@ -144,8 +144,7 @@ export const decodeCopyResponse = (msg: Buffer): CopyResponse | PgwardenError =>
   decodeWith("Copy response", () => {
     const r = body(msg);
     const format = r.byte("format");
-    const n = r.int16("column count");
-    if (n < 0) malformed("negative column count");
+    const n = r.uint16("column count");
     const columnFormats: number[] = [];
     for (let i = 0; i < n; i++) columnFormats.push(r.int16("column format"));
     r.done("Copy response");
@@ -270,7 +269,7 @@ const encodeCopyResponseAs =
   (c: CopyResponse): Buffer => {
     const w = Writer.message(type, 3 + 2 * c.columnFormats.length)
       .byte(c.format)
-      .int16(c.columnFormats.length);
+      .uint16(c.columnFormats.length);
     for (const f of c.columnFormats) w.int16(f);
     return w.end();
   };

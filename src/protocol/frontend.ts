@@ -43,16 +43,14 @@ export interface SASLInitialResponse {
 }
 
 const int16s = (r: Reader, what: string): number[] => {
-  const n = r.int16(`${what} count`);
-  if (n < 0) malformed(`negative ${what} count`);
+  const n = r.uint16(`${what} count`);
   const out = new Array<number>(n);
   for (let i = 0; i < n; i++) out[i] = r.int16(what);
   return out;
 };
 
 const values = (r: Reader, what: string): (Buffer | null)[] => {
-  const n = r.int16(`${what} count`);
-  if (n < 0) malformed(`negative ${what} count`);
+  const n = r.uint16(`${what} count`);
   const out = new Array<Buffer | null>(n);
   for (let i = 0; i < n; i++) {
     const len = r.int32(`${what} length`);
@@ -83,8 +81,7 @@ export const decodeParse = (msg: Buffer): Parse | PgwardenError =>
     const name = r.cstring("statement name");
     const query = r.cstring("query string");
     const paramTypes = new Array<number>(0);
-    const n = r.int16("parameter type count");
-    if (n < 0) malformed("negative parameter type count");
+    const n = r.uint16("parameter type count");
     for (let i = 0; i < n; i++) paramTypes.push(r.uint32("parameter type"));
     r.done("Parse");
     return { name, query, paramTypes };
@@ -184,7 +181,7 @@ export const encodeParse = (p: Parse): Buffer =>
   Writer.message(Frontend.Parse, cstringSize(p.name) + cstringSize(p.query) + 2 + 4 * p.paramTypes.length)
     .cstring(p.name)
     .cstring(p.query)
-    .int16(p.paramTypes.length)
+    .uint16(p.paramTypes.length)
     .apply((w) => {
       for (const t of p.paramTypes) w.int32(t | 0);
     })
@@ -196,14 +193,14 @@ const valuesSize = (vs: readonly (Buffer | null)[]): number => {
   return n;
 };
 const writeValues = (w: Writer, vs: readonly (Buffer | null)[]): void => {
-  w.int16(vs.length);
+  w.uint16(vs.length);
   for (const v of vs) {
     if (v === null) w.int32(-1);
     else w.int32(v.length).bytes(v);
   }
 };
 const writeInt16s = (w: Writer, xs: readonly number[]): void => {
-  w.int16(xs.length);
+  w.uint16(xs.length);
   for (const x of xs) w.int16(x);
 };
 

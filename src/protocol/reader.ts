@@ -38,6 +38,14 @@ export class Reader {
     return v;
   }
 
+  /** Counts are unsigned 16-bit on the wire: PostgreSQL accepts up to 65,535 parameters. */
+  uint16(what = "uint16"): number {
+    this.need(2, what);
+    const v = this.buf.readUInt16BE(this.pos);
+    this.pos += 2;
+    return v;
+  }
+
   int32(what = "int32"): number {
     this.need(4, what);
     const v = this.buf.readInt32BE(this.pos);

@@ -35,6 +35,12 @@ export class Writer {
     return this;
   }
 
+  uint16(v: number): this {
+    this.buf.writeUInt16BE(v, this.pos);
+    this.pos += 2;
+    return this;
+  }
+
   int32(v: number): this {
     this.buf.writeInt32BE(v, this.pos);
     this.pos += 4;

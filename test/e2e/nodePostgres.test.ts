@@ -52,11 +52,12 @@ describe("node-postgres through pgwarden", () => {
       values: [blob, 41, "héllo"],
     });
     expect(r.rows).toEqual([{ b: blob, n: 42, t: "héllo" }]);
-    const bin = await c.query({
+    // `binary` is a real option of node-postgres that its type definitions omit.
+    const bin: pg.QueryResult = await c.query({
       text: "SELECT $1::int4 AS n, 'abc'::text AS t",
       values: [1234567],
       binary: true,
-    });
+    } as pg.QueryConfig);
     expect(bin.fields.map((f) => f.format)).toEqual(["binary", "binary"]);
     expect(bin.rows).toEqual([{ n: 1234567, t: "abc" }]);
     await c.end();
@@ -89,7 +90,7 @@ describe("node-postgres through pgwarden", () => {
 
   it("relays notices", async () => {
     const c = await client();
-    const notice = new Promise<pg.NoticeMessage>((resolve) => c.on("notice", resolve));
+    const notice = new Promise<{ message?: string }>((resolve) => c.on("notice", resolve));
     await c.query("DO $$ BEGIN RAISE NOTICE 'hello from plpgsql %', 7; END $$");
     expect((await notice).message).toBe("hello from plpgsql 7");
     await c.end();
