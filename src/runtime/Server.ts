@@ -68,6 +68,18 @@ const superviseSession = (session: Session, socket: Socket): Effect.Effect<void>
     });
   });
 
+/** At debug level every transition is also a log line; otherwise logging costs nothing here. */
+const withDebugLog = (
+  log: Logger,
+  listener: TransitionListener | undefined,
+): TransitionListener | undefined => {
+  if (!log.isLevelEnabled("debug")) return listener;
+  return (t) => {
+    log.debug({ conn: t.connectionId, from: t.from, to: t.to, cause: t.cause }, "transition");
+    listener?.(t);
+  };
+};
+
 let counter = 0;
 /** Connection ids: unique within the process, ordered, short. */
 const nextId = (): string => `c${(++counter).toString(36)}`;
@@ -93,7 +105,7 @@ const program = (
       mockSecret: randomBytes(32),
       cancels,
       log,
-      onTransition: options.onTransition,
+      onTransition: withDebugLog(log, options.onTransition),
       connectUpstream,
       sendCancel,
     };

@@ -131,3 +131,30 @@ describe("upstream login: pgwarden as a client of every PostgreSQL method", () =
     }
   });
 });
+
+describe("transition log", () => {
+  it("logs every transition at debug level, in order", async () => {
+    const proxy = await startProxy({ log: { level: "debug" } });
+    try {
+      const c = await connect(proxy, "postgres");
+      await c.query("SELECT 1");
+      await c.end();
+      for (let i = 0; i < 40 && !proxy.transitions.some((t) => t.to === "closed"); i++) {
+        await new Promise((r) => setTimeout(r, 25));
+      }
+      const logged = proxy.logs
+        .filter((l) => l.msg === "transition")
+        .map((l) => `${l.from}>${l.to}:${l.cause}`);
+      expect(logged).toEqual(proxy.transitions.map((t) => `${t.from}>${t.to}:${t.cause}`));
+      expect(logged.slice(0, 5)).toEqual([
+        "startup>authenticating.client:Startup",
+        "authenticating.client>authenticating.upstream:ClientAuthOk",
+        "authenticating.upstream>ready.idle:UpstreamReady",
+        "ready.idle>busy.simpleQuery:Query",
+        "busy.simpleQuery>ready.idle:ReadyForQuery",
+      ]);
+    } finally {
+      await proxy.close();
+    }
+  });
+});
