@@ -1,3 +1,5 @@
 #!/usr/bin/env node
-// Entry for `npx pgwarden`: Node >= 22.12 runs the TypeScript sources directly (type stripping).
-import "../src/cli/main.ts";
+// Entry for an installed `pgwarden`: Node runs the TypeScript sources directly (type stripping).
+import { run } from "../src/cli/main.ts";
+
+run(process.argv.slice(2));

