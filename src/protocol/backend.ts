@@ -24,7 +24,8 @@ export interface BackendKeyData {
   readonly secret: Buffer;
 }
 export interface NegotiateProtocolVersion {
-  readonly newestMinor: number;
+  /** The newest version the server speaks, as a full protocol number: 3.2 is 0x00030002. */
+  readonly newestVersion: number;
   readonly unrecognized: readonly string[];
 }
 /** 'I' idle, 'T' in a transaction block, 'E' in a failed transaction block. */
@@ -98,13 +99,13 @@ export const decodeBackendKeyData = (msg: Buffer): BackendKeyData | PgwardenErro
 export const decodeNegotiateProtocolVersion = (msg: Buffer): NegotiateProtocolVersion | PgwardenError =>
   decodeWith("NegotiateProtocolVersion", () => {
     const r = body(msg);
-    const newestMinor = r.int32("newest minor version");
+    const newestVersion = r.int32("newest protocol version");
     const n = r.int32("option count");
     if (n < 0) malformed("negative option count");
     const unrecognized: string[] = [];
     for (let i = 0; i < n; i++) unrecognized.push(r.cstring("option name"));
     r.done("NegotiateProtocolVersion");
-    return { newestMinor, unrecognized };
+    return { newestVersion, unrecognized };
   });
 
 /** ReadyForQuery's status byte, read straight from the message: the hot path calls this. */
@@ -208,7 +209,7 @@ export const encodeNegotiateProtocolVersion = (n: NegotiateProtocolVersion): Buf
   let size = 8;
   for (const o of n.unrecognized) size += cstringSize(o);
   const w = Writer.message(Backend.NegotiateProtocolVersion, size)
-    .int32(n.newestMinor)
+    .int32(n.newestVersion)
     .int32(n.unrecognized.length);
   for (const o of n.unrecognized) w.cstring(o);
   return w.end();

@@ -32,7 +32,8 @@ export const clientAuthPolicy = (maxMessageBytes: number): ScanPolicy => ({
 /** Server stream once ready: rows and copy data are the data path, never buffered whatever their size. */
 export const serverSessionPolicy = (maxMessageBytes: number): ScanPolicy => ({
   streamed: typeSet(Backend.DataRow, Backend.CopyData),
-  maxLength: () => maxMessageBytes,
+  // Streamed messages are never buffered, so only PostgreSQL's own 1 GB field limit applies to them.
+  maxLength: (type) => (type === Backend.DataRow || type === Backend.CopyData ? 0x7fffffff : maxMessageBytes),
 });
 
 /** Server stream during its startup: small messages only. */

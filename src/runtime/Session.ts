@@ -187,8 +187,11 @@ export class Session {
     // pgwarden speaks 3.0 and 3.2 to clients and supports no `_pq_` protocol options yet.
     const options = [...params.keys()].filter((k) => k.startsWith("_pq_."));
     this.minor = startup.minor >= 2 ? 2 : 0;
-    if (options.length > 0 || (startup.minor !== 0 && startup.minor !== 2)) {
-      this.client.write(encodeNegotiateProtocolVersion({ newestMinor: this.minor, unrecognized: options }));
+    // As PostgreSQL does: negotiate only for a newer minor than ours or for unknown options.
+    if (options.length > 0 || startup.minor > 2) {
+      this.client.write(
+        encodeNegotiateProtocolVersion({ newestVersion: (3 << 16) | this.minor, unrecognized: options }),
+      );
     }
 
     const stream = new MessageStream(
