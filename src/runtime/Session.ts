@@ -55,6 +55,7 @@ export class Session {
   private upstreamKey: BackendKeyData | undefined;
   private clientKey: BackendKeyData | undefined;
   private startBuf: Buffer | undefined;
+  private startupTimer: NodeJS.Timeout | undefined;
   private minor = 0;
   /** ReadyForQuery messages the server still owes. */
   private outstanding = 0;
@@ -98,6 +99,15 @@ export class Session {
     c.on("error", (e) => this.log.debug({ err: e.message }, "client socket error"));
     c.on("close", () => this.onClientGone());
     c.on("data", this.onStartupData);
+    // A connection that never completes its first packet must not hold a slot (PostgreSQL's
+    // authentication_timeout covers this phase too).
+    this.startupTimer = setTimeout(() => {
+      if (!this.machine.in("startup")) return;
+      this.log.warn("incomplete startup packet: timed out");
+      this.machine.send(Events.Timeout);
+      this.client.destroy();
+    }, this.deps.config.auth.timeoutMs);
+    this.startupTimer.unref();
     this.log.info({ remote: `${c.remoteAddress}:${c.remotePort}` }, "client connected");
   }
 
@@ -156,6 +166,7 @@ export class Session {
           this.client.end();
           return;
         case "Startup":
+          clearTimeout(this.startupTimer);
           this.client.off("data", this.onStartupData);
           this.startBuf = undefined;
           this.machine.send(Events.Startup);
@@ -509,6 +520,7 @@ export class Session {
 
   private finish(): void {
     if (!this.clientGone || (this.server !== undefined && !this.serverGone)) return;
+    clearTimeout(this.startupTimer);
     if (!this.machine.done) this.machine.send(Events.Closed);
     if (this.clientKey !== undefined) this.deps.cancels.revoke(this.clientKey);
     this.log.info(

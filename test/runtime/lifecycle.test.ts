@@ -138,3 +138,25 @@ describe("limits and shutdown", () => {
     proxy = undefined;
   });
 });
+
+describe("timeouts", () => {
+  it("drops a connection that never completes its first packet, and one that stalls in SCRAM", async () => {
+    proxy = await startProxy({ auth: { method: "scram-sha-256", timeoutMs: 300 } });
+    const silent = await WireClient.open(proxy.port);
+    silent.send(Buffer.from([0, 0, 0, 40]));
+    const t0 = Date.now();
+    await silent.waitClosed(3000);
+    expect(Date.now() - t0).toBeLessThan(2000);
+    expect(silent.received.length).toBe(0);
+
+    const stalled = await WireClient.open(proxy.port);
+    stalled.send(startup());
+    await stalled.waitClosed(3000);
+    const types = stalled.messages().map((m) => m.type);
+    expect(types).toEqual(["R", "E"]);
+    expect(stalled.errorCode()).toBe("08006");
+    for (let i = 0; i < 40 && proxy.server.sessions.size > 0; i++)
+      await new Promise((r) => setTimeout(r, 25));
+    expect(proxy.server.sessions.size).toBe(0);
+  });
+});

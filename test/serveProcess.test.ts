@@ -1,0 +1,89 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtemp, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import pg from "pg";
+import { describe, expect, it } from "vitest";
+import { freePort } from "../src/adapters/embeddedPostgres.ts";
+import { postgresInfo } from "./support/postgres.ts";
+
+/** `pgwarden serve` as a real process, with its output collected. */
+const serve = (args: string[], env: Record<string, string> = {}) => {
+  const child = spawn(process.execPath, ["src/cli/main.ts", "serve", ...args], {
+    env: { ...process.env, ...env },
+  });
+  const out = { stdout: "", stderr: "" };
+  child.stdout.on("data", (d) => {
+    out.stdout += d;
+  });
+  child.stderr.on("data", (d) => {
+    out.stderr += d;
+  });
+  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+  return { child, out, exited };
+};
+
+const waitFor = async (f: () => boolean, ms: number, what: string) => {
+  const start = Date.now();
+  while (!f()) {
+    if (Date.now() - start > ms) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+};
+
+const stop = (child: ChildProcess) => {
+  if (child.exitCode === null) child.kill("SIGKILL");
+};
+
+describe("pgwarden serve as a process", () => {
+  it("drains on SIGTERM: idle sessions get 57P01 at the deadline, then it exits 0", async () => {
+    const info = postgresInfo();
+    const dir = await mkdtemp(join(tmpdir(), "pgw-serve-"));
+    const port = await freePort();
+    const config = join(dir, "pgwarden.yaml");
+    await writeFile(
+      config,
+      `listen: { port: ${port} }\nupstream: { host: ${info.host}, port: ${info.port}, user: u_trust }\n` +
+        "auth: { method: trust }\nshutdown: { drainTimeoutMs: 800 }\nlog: { level: info }\n",
+    );
+    const p = serve(["--config", config]);
+    try {
+      await waitFor(() => p.out.stdout.includes("listening"), 20_000, "the listening line");
+      expect(p.out.stderr).toContain("WARNING: client authentication is 'trust'");
+      const c = new pg.Client({ host: "127.0.0.1", port, user: "anyone", database: "postgres" });
+      await c.connect();
+      expect((await c.query("SELECT current_user AS u")).rows).toEqual([{ u: "u_trust" }]);
+      const ended = new Promise<{ code?: string }>((resolve) =>
+        c.on("error", (e) => resolve(e as { code?: string })),
+      );
+      p.child.kill("SIGTERM");
+      expect((await ended).code).toBe("57P01");
+      expect(await p.exited).toBe(0);
+      expect(p.out.stderr).toContain('"msg":"draining');
+    } finally {
+      stop(p.child);
+    }
+  }, 60_000);
+
+  it("without --config starts an embedded PostgreSQL, prints a psql line that works, and stops both on SIGINT", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "pgw-embedded-"));
+    const port = await freePort();
+    const p = serve(["--data-dir", dir, "--listen", `127.0.0.1:${port}`, "--log-level", "warn"]);
+    try {
+      await waitFor(() => p.out.stdout.includes('psql "'), 90_000, "the psql line");
+      const url = /psql "([^"]+)"/.exec(p.out.stdout)![1]!;
+      expect(url).toMatch(new RegExp(`^postgresql://postgres:[^@]+@127\\.0\\.0\\.1:${port}/postgres$`));
+      const c = new pg.Client({ connectionString: url });
+      await c.connect();
+      expect((await c.query("SELECT 6 * 7 AS n")).rows).toEqual([{ n: 42 }]);
+      await c.end();
+      const wrong = new pg.Client({ connectionString: url.replace(/:[^:@]+@/, ":wrong@") });
+      await expect(wrong.connect()).rejects.toMatchObject({ code: "28P01" });
+      p.child.kill("SIGINT");
+      expect(await p.exited).toBe(0);
+      expect(p.out.stderr).toContain("embedded PostgreSQL stopped");
+    } finally {
+      stop(p.child);
+    }
+  }, 120_000);
+});
