@@ -101,6 +101,29 @@ function aggregate(target: TargetName, mode: ProtocolMode, list: readonly Pgbenc
   };
 }
 
+/**
+ * pgwarden / bare relay per round, then the median: rounds interleave the targets, so a ratio
+ * within one round cancels most of the machine's drift that medians of raw TPS keep.
+ */
+function pairedRatios(measurements: readonly Measurement[]): string {
+  const parts: string[] = [];
+  for (const mode of PROTOCOL_MODES) {
+    const w = measurements.find((m) => m.target === "pgwarden" && m.mode === mode);
+    const r = measurements.find((m) => m.target === "relay" && m.mode === mode);
+    if (w === undefined || r === undefined || w.rounds.length < 2) continue;
+    const ratios = w.rounds.flatMap((x, i) => {
+      const base = r.rounds[i]?.tps;
+      return x.tps !== undefined && base !== undefined && base > 0 ? [x.tps / base] : [];
+    });
+    const m = median(ratios);
+    if (m !== undefined)
+      parts.push(`${mode} ${m.toFixed(2)} (rounds ${ratios.map((x) => x.toFixed(2)).join(", ")})`);
+  }
+  return parts.length > 0
+    ? `paired pgwarden / bare relay, median of per-round ratios: ${parts.join("; ")}\n`
+    : "";
+}
+
 /** JSON with missing values written as null, so every key is present. */
 function toJson(document: unknown): string {
   return `${JSON.stringify(document, (_key, value: unknown) => (value === undefined ? null : value), 2)}\n`;
@@ -200,7 +223,7 @@ async function main(): Promise<number> {
       );
       process.stdout.write(
         `\n${header}\n\n${formatTables(measurements)}\n\n${notes.length ? `${notes.join("\n")}\n` : ""}` +
-          `${formatSummary(summary)}\n`,
+          `${formatSummary(summary)}\n${pairedRatios(measurements)}`,
       );
     }
     return measurements.some((m) => !m.ok) ? 1 : 0;
