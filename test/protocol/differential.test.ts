@@ -19,7 +19,7 @@ import {
 } from "../../src/protocol/index.ts";
 import { directClient, postgresInfo } from "../support/postgres.ts";
 import { startProxy, type TestProxy } from "../support/proxy.ts";
-import { WireClient } from "../support/wire.ts";
+import { splitMessages, WireClient } from "../support/wire.ts";
 
 /**
  * Differential tests: the same bytes sent to PostgreSQL directly and through pgwarden must come
@@ -71,18 +71,7 @@ interface Message {
   readonly msg: Buffer;
 }
 
-const parseMessages = (buf: Buffer): Message[] => {
-  const out: Message[] = [];
-  let p = 0;
-  while (p < buf.length) {
-    if (p + 5 > buf.length) throw new Error(`incomplete message header at ${p}`);
-    const len = buf.readInt32BE(p + 1);
-    if (len < 4 || p + 1 + len > buf.length) throw new Error(`incomplete message at ${p}`);
-    out.push({ type: String.fromCharCode(buf[p]!), msg: buf.subarray(p, p + 1 + len) });
-    p += 1 + len;
-  }
-  return out;
-};
+const parseMessages = splitMessages;
 
 /** Message types with runs collapsed: `H d×3000 c C Z`. */
 const shape = (msgs: readonly Message[]): string => {

@@ -21,7 +21,7 @@ import {
 } from "../../src/protocol/index.ts";
 import { directClient } from "../support/postgres.ts";
 import { startProxy, type TestProxy } from "../support/proxy.ts";
-import { WireClient } from "../support/wire.ts";
+import { splitMessages, WireClient } from "../support/wire.ts";
 
 /**
  * Malformed traffic against a running proxy over real sockets. For every input an oracle written
@@ -63,19 +63,7 @@ const be32 = (n: number): Buffer => {
 const header = (type: number, len: number): Buffer => Buffer.concat([Buffer.from([type]), be32(len)]);
 const hex = (t: number) => `0x${t.toString(16)}`;
 
-/** Splits backend messages; throws on trailing bytes that do not form a whole message. */
-const parseMessages = (buf: Buffer): { type: string; msg: Buffer }[] => {
-  const out: { type: string; msg: Buffer }[] = [];
-  let p = 0;
-  while (p < buf.length) {
-    if (p + 5 > buf.length) throw new Error(`incomplete message header at ${p}`);
-    const len = buf.readInt32BE(p + 1);
-    if (len < 4 || p + 1 + len > buf.length) throw new Error(`incomplete message at ${p}`);
-    out.push({ type: String.fromCharCode(buf[p]!), msg: buf.subarray(p, p + 1 + len) });
-    p += 1 + len;
-  }
-  return out;
-};
+const parseMessages = splitMessages;
 
 const fieldsOf = (msg: Buffer): Map<string, string> => {
   const f = decodeFields(msg);

@@ -1,5 +1,24 @@
 import { connect, type Socket } from "node:net";
 
+export interface WireMessage {
+  readonly type: string;
+  readonly msg: Buffer;
+}
+
+/** Splits a buffer of backend messages; throws on bytes that do not form a whole message. */
+export const splitMessages = (buf: Buffer): WireMessage[] => {
+  const out: WireMessage[] = [];
+  let p = 0;
+  while (p < buf.length) {
+    if (p + 5 > buf.length) throw new Error(`incomplete message header at ${p}`);
+    const len = buf.readInt32BE(p + 1);
+    if (len < 4 || p + 1 + len > buf.length) throw new Error(`incomplete message at ${p}`);
+    out.push({ type: String.fromCharCode(buf[p]!), msg: buf.subarray(p, p + 1 + len) });
+    p += 1 + len;
+  }
+  return out;
+};
+
 /** A raw protocol client for tests: collects every byte and splits backend messages. */
 export class WireClient {
   readonly socket: Socket;
