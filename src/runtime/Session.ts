@@ -3,7 +3,6 @@ import type { Logger } from "pino";
 import { batchWrite } from "../adapters/batchWrite.ts";
 import { MessageStream } from "../adapters/MessageStream.ts";
 import type { connectUpstream, sendCancel, Upstream } from "../adapters/upstream.ts";
-import { createScramServer } from "../auth/scramServer.ts";
 import type { ScramVerifier } from "../auth/scramVerifier.ts";
 import { isPgwardenError, type PgwardenError, protocolError, SqlState } from "../errors.ts";
 import { Events, ReadyForQuery } from "../machines/events.ts";
@@ -15,12 +14,13 @@ import {
   encodeError,
   encodeNegotiateProtocolVersion,
 } from "../protocol/backend.ts";
-import { decodeSASLInitialResponse, decodeSASLResponse, encodeTerminate } from "../protocol/frontend.ts";
+import { encodeTerminate } from "../protocol/frontend.ts";
 import { MessageScanner } from "../protocol/MessageScanner.ts";
 import { Backend, frontendName } from "../protocol/messageTypes.ts";
 import { clientAuthPolicy, clientSessionPolicy, serverSessionPolicy } from "../protocol/policies.ts";
 import { decodeFirstPacket, type FirstPacket, firstPacketLength, SSL_REFUSE } from "../protocol/startup.ts";
 import type { CancelRegistry } from "./CancelRegistry.ts";
+import { authenticateClient } from "./clientAuth.ts";
 import { clientEvents, isExtended, isSyncPoint } from "./clientEvents.ts";
 import type { PgwardenConfig } from "./config.ts";
 
@@ -210,8 +210,41 @@ export class Session {
       clientAuthPolicy(this.deps.config.limits.maxMessageBytes),
       leftover,
     );
-    const authOk = await this.authenticateClient(stream, user);
-    if (!authOk) return;
+    const { method, timeoutMs } = this.deps.config.auth;
+    const outcome = await authenticateClient(stream, {
+      method,
+      timeoutMs,
+      user,
+      verifier: this.deps.users().get(user),
+      mockSecret: this.deps.mockSecret,
+      send: (m) => this.client.write(m),
+      check: (m) => {
+        const state = this.machine.state;
+        if (this.machine.send(clientEvents[m[0]!]!) !== "violation") return undefined;
+        return protocolError(
+          `expected an authentication response, got ${frontendName(m[0]!)} in state ${state}`,
+        );
+      },
+    });
+    switch (outcome.kind) {
+      case "closed":
+        return;
+      case "violation":
+        return this.violation(outcome.error);
+      case "timeout":
+      case "failed": {
+        if (outcome.kind === "failed")
+          log.warn({ user, reason: outcome.error.message }, "client authentication failed");
+        this.machine.send(outcome.kind === "timeout" ? Events.Timeout : Events.ClientAuthFailed);
+        return this.closeWith({
+          severity: "FATAL",
+          code: outcome.error.sqlstate,
+          message: outcome.error.message,
+        });
+      }
+      case "ok":
+        if (method !== "trust") log.info({ user }, "client authenticated");
+    }
     this.machine.send(Events.ClientAuthOk);
     this.client.write(encodeAuthentication({ kind: "Ok" }));
     const pending = stream.handOff();
@@ -240,77 +273,6 @@ export class Session {
       return;
     }
     this.beginRelay(upstream, pending);
-  }
-
-  /** Runs the client side of authentication; false when the session is over. */
-  private async authenticateClient(stream: MessageStream, user: string): Promise<boolean> {
-    const { method, timeoutMs } = this.deps.config.auth;
-    if (method === "trust") return true;
-    const scram = createScramServer(this.deps.users().get(user), { mockSecret: this.deps.mockSecret, user });
-    this.client.write(encodeAuthentication({ kind: "SASL", mechanisms: ["SCRAM-SHA-256"] }));
-
-    const first = await this.authMessage(stream, timeoutMs);
-    if (first === undefined) return false;
-    const init = decodeSASLInitialResponse(first);
-    if (isPgwardenError(init)) return this.violationFalse(init);
-    if (init.mechanism !== "SCRAM-SHA-256" || init.data === null) {
-      return this.authFailed(
-        SqlState.protocolViolation,
-        "client selected an invalid SASL authentication mechanism",
-      );
-    }
-    const serverFirst = scram.handleClientFirst(init.data.toString("utf8"));
-    if (isPgwardenError(serverFirst)) return this.authFailed(serverFirst.sqlstate, serverFirst.message);
-    this.client.write(encodeAuthentication({ kind: "SASLContinue", data: Buffer.from(serverFirst) }));
-
-    const final = await this.authMessage(stream, timeoutMs);
-    if (final === undefined) return false;
-    const outcome = scram.handleClientFinal(decodeSASLResponse(final).toString("utf8"));
-    if (isPgwardenError(outcome)) {
-      if (outcome.code !== "PGW_AUTH_FAILED") return this.authFailed(outcome.sqlstate, outcome.message);
-      this.log.warn({ user }, "password authentication failed");
-      return this.authFailed(SqlState.invalidPassword, `password authentication failed for user "${user}"`);
-    }
-    this.client.write(encodeAuthentication({ kind: "SASLFinal", data: Buffer.from(outcome.serverFinal) }));
-    this.log.info({ user }, "client authenticated");
-    return true;
-  }
-
-  /** The next authentication message, or undefined after the session was closed. */
-  private async authMessage(stream: MessageStream, timeoutMs: number): Promise<Buffer | undefined> {
-    const msg = await stream.nextWithin(timeoutMs, "the client's authentication response");
-    if (msg === "closed") return undefined;
-    if (isPgwardenError(msg)) {
-      if (msg.code === "PGW_AUTH_TIMEOUT") {
-        this.machine.send(Events.Timeout);
-        this.closeWith({
-          severity: "FATAL",
-          code: SqlState.connectionFailure,
-          message: "authentication timed out",
-        });
-      } else this.violation(msg);
-      return undefined;
-    }
-    const type = msg[0]!;
-    const state = this.machine.state;
-    if (this.machine.send(clientEvents[type]!) === "violation") {
-      this.violation(
-        protocolError(`expected an authentication response, got ${frontendName(type)} in state ${state}`),
-      );
-      return undefined;
-    }
-    return msg;
-  }
-
-  private authFailed(code: string, message: string): false {
-    this.machine.send(Events.ClientAuthFailed);
-    this.closeWith({ severity: "FATAL", code, message });
-    return false;
-  }
-
-  private violationFalse(e: PgwardenError): false {
-    this.violation(e);
-    return false;
   }
 
   private upstreamTarget() {

@@ -61,7 +61,7 @@ describe("client authentication: SCRAM-SHA-256 against the users file", () => {
     const text = JSON.stringify(proxy.logs);
     expect(text).not.toContain(clientPassword);
     expect(text).not.toContain(postgresInfo().password);
-    expect(proxy.logs.some((l) => l.msg === "password authentication failed")).toBe(true);
+    expect(proxy.logs.some((l) => l.msg === "client authentication failed")).toBe(true);
   });
 });
 
