@@ -1,4 +1,4 @@
-import { randomBytes } from "node:crypto";
+import { createHmac, randomBytes } from "node:crypto";
 import { createServer, type Server as NetServer, type Socket } from "node:net";
 import { Deferred, Effect, FiberMap, type Scope } from "effect";
 import type { Logger } from "pino";
@@ -80,6 +80,16 @@ const withDebugLog = (
   };
 };
 
+/**
+ * The key for unknown users' mock SCRAM salts must survive restarts, or a changing salt would
+ * give them away. Derived (with its own label) from the upstream password when there is one;
+ * random per process otherwise.
+ */
+const mockSecretFor = (config: PgwardenConfig): Buffer =>
+  config.upstream.password === undefined
+    ? randomBytes(32)
+    : createHmac("sha256", config.upstream.password).update("pgwarden mock SCRAM salt key v1").digest();
+
 let counter = 0;
 /** Connection ids: unique within the process, ordered, short. */
 const nextId = (): string => `c${(++counter).toString(36)}`;
@@ -102,7 +112,7 @@ const program = (
     const deps: SessionDeps = {
       config,
       users: options.users,
-      mockSecret: randomBytes(32),
+      mockSecret: mockSecretFor(config),
       cancels,
       log,
       onTransition: withDebugLog(log, options.onTransition),

@@ -2,8 +2,11 @@ import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createScramVerifier, parseScramVerifier, type ScramVerifier } from "../../src/auth/scramVerifier.ts";
 import { isPgwardenError } from "../../src/errors.ts";
+import { encodeSASLInitialResponse } from "../../src/protocol/frontend.ts";
+import { encodeStartup } from "../../src/protocol/startup.ts";
 import { postgresInfo } from "../support/postgres.ts";
 import { startProxy, type TestProxy } from "../support/proxy.ts";
+import { WireClient } from "../support/wire.ts";
 
 const verifier = (password: string): ScramVerifier => {
   const v = parseScramVerifier(createScramVerifier(password));
@@ -156,5 +159,40 @@ describe("transition log", () => {
     } finally {
       await proxy.close();
     }
+  });
+});
+
+describe("unknown users across restarts", () => {
+  it("see the same mock salt from a restarted proxy with the same upstream password", async () => {
+    const saltFrom = async () => {
+      const proxy = await startProxy({ auth: { method: "scram-sha-256" } });
+      try {
+        const c = await WireClient.open(proxy.port);
+        c.send(
+          encodeStartup(
+            new Map([
+              ["user", "ghost"],
+              ["database", "postgres"],
+            ]),
+          ),
+        );
+        await c.until((x) => x.messages().some((m) => m.type === "R"), 3000, "SASL request");
+        c.send(encodeSASLInitialResponse("SCRAM-SHA-256", Buffer.from("n,,n=,r=abcdefghijklmnop")));
+        await c.until((x) => x.messages().filter((m) => m.type === "R").length === 2, 3000, "server-first");
+        const serverFirst = c
+          .messages()
+          .filter((m) => m.type === "R")[1]!
+          .msg.subarray(9)
+          .toString();
+        c.close();
+        return /,s=([^,]+),/.exec(serverFirst)![1];
+      } finally {
+        await proxy.close();
+      }
+    };
+    const a = await saltFrom();
+    const b = await saltFrom();
+    expect(a).toMatch(/^[A-Za-z0-9+/]+=*$/);
+    expect(b).toBe(a);
   });
 });
