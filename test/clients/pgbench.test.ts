@@ -1,8 +1,8 @@
-import { spawn } from "node:child_process";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { directClient, postgresInfo } from "../support/postgres.ts";
 import { startProxy, type TestProxy } from "../support/proxy.ts";
+import { type Run, runClient } from "../support/run.ts";
 
 /** pgbench (PostgreSQL 15 client) through pgwarden, in its own database. */
 
@@ -24,38 +24,8 @@ afterAll(async () => {
   await admin.end();
 });
 
-interface Run {
-  readonly code: number | null;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
 const pgbench = (args: string[]): Promise<Run> =>
-  new Promise((resolve, reject) => {
-    const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, LANG: "C.UTF-8", PGCONNECT_TIMEOUT: "5" };
-    const child = spawn(
-      "pgbench",
-      ["-h", "127.0.0.1", "-p", String(proxy.port), "-U", "postgres", ...args, DB],
-      {
-        env,
-        stdio: ["ignore", "pipe", "pipe"],
-      },
-    );
-    let stdout = "";
-    let stderr = "";
-    child.stdout.setEncoding("utf8").on("data", (d: string) => {
-      stdout += d;
-    });
-    child.stderr.setEncoding("utf8").on("data", (d: string) => {
-      stderr += d;
-    });
-    const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
-    child.on("error", reject);
-    child.on("close", (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
+  runClient("pgbench", ["-h", "127.0.0.1", "-p", String(proxy.port), "-U", "postgres", ...args, DB]);
 
 /** A direct connection to the benchmark database, to check what pgbench left there. */
 const benchQuery = async (text: string): Promise<Record<string, unknown>[]> => {

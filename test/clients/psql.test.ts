@@ -1,4 +1,3 @@
-import { spawn } from "node:child_process";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -6,6 +5,7 @@ import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { directClient } from "../support/postgres.ts";
 import { startProxy, type TestProxy } from "../support/proxy.ts";
+import { type Run, runClient } from "../support/run.ts";
 
 /** The psql binary (PostgreSQL 15 client) through pgwarden, scripts in files, outputs compared exactly. */
 
@@ -31,52 +31,29 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-interface Run {
-  readonly code: number | null;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
 /** Runs psql against the proxy with `script` in the file `file` (`-f`), so errors name its lines. */
 const psql = async (file: string, script: string, extra: string[] = []): Promise<Run> => {
   await writeFile(join(dir, file), script);
-  return new Promise((resolve, reject) => {
-    const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, LANG: "C.UTF-8", PGCONNECT_TIMEOUT: "5" };
-    const child = spawn(
-      "psql",
-      [
-        "-X",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        String(proxy.port),
-        "-U",
-        "postgres",
-        "-d",
-        "postgres",
-        "-f",
-        file,
-        ...extra,
-      ],
-      { env, cwd: dir, stdio: ["ignore", "pipe", "pipe"] },
-    );
-    let stdout = "";
-    let stderr = "";
-    child.stdout.setEncoding("utf8").on("data", (d: string) => {
-      stdout += d;
-    });
-    child.stderr.setEncoding("utf8").on("data", (d: string) => {
-      stderr += d;
-    });
-    const timer = setTimeout(() => child.kill("SIGKILL"), 20_000);
-    child.on("error", reject);
-    child.on("close", (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
+  return runClient(
+    "psql",
+    [
+      "-X",
+      "-v",
+      "ON_ERROR_STOP=1",
+      "-h",
+      "127.0.0.1",
+      "-p",
+      String(proxy.port),
+      "-U",
+      "postgres",
+      "-d",
+      "postgres",
+      "-f",
+      file,
+      ...extra,
+    ],
+    { cwd: dir, timeoutMs: 20_000 },
+  );
 };
 
 const waitNoSessions = async () => {
