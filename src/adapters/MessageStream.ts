@@ -7,6 +7,11 @@ export type Next = Buffer | PgwardenError | "closed";
 /**
  * Reads whole messages from a socket one at a time, for the request/response exchanges of the
  * startup and authentication phases. The relay takes over afterwards with `handOff`.
+ *
+ * Bounded: once a read has produced a whole message the socket is paused until that message is
+ * taken, so a peer that floods ahead of the exchange fills its own TCP window, not pgwarden's
+ * memory (at most one read of unconsumed messages is held). After a malformed message nothing
+ * more is read.
  */
 export class MessageStream {
   private readonly socket: Socket;
@@ -16,9 +21,14 @@ export class MessageStream {
   private waiter: ((m: Next) => void) | undefined;
   private readonly sink: Uint8Array[] = [];
   private readonly onData = (chunk: Buffer) => {
+    if (this.failure !== undefined) return;
     const err = this.scanner.scan(chunk, this.sink);
     this.sink.length = 0;
-    if (err !== undefined) this.fail(err);
+    if (err !== undefined) {
+      this.fail(err);
+      this.detach();
+      this.socket.pause();
+    } else if (this.queue.length > 0) this.socket.pause();
     this.wake();
   };
   private readonly onEnd = () => {
@@ -53,8 +63,27 @@ export class MessageStream {
 
   private take(): Next | undefined {
     const m = this.queue.shift();
-    if (m !== undefined) return m;
+    if (m !== undefined) {
+      if (this.queue.length === 0 && this.failure === undefined && this.attached) this.socket.resume();
+      return m;
+    }
     return this.failure;
+  }
+
+  private attached = true;
+
+  private detach(): void {
+    this.attached = false;
+    this.socket.off("data", this.onData);
+    this.socket.off("close", this.onEnd);
+    this.socket.off("error", this.onEnd);
+  }
+
+  /** Stops reading for good: the exchange was abandoned (the connection is ending). */
+  abandon(): void {
+    this.detach();
+    this.fail("closed");
+    this.wake();
   }
 
   /** The next whole message, or why there is none. */
@@ -89,9 +118,8 @@ export class MessageStream {
    * half at this point means the peer sent ahead of the protocol: that is a violation.
    */
   handOff(): Buffer[] | PgwardenError {
-    this.socket.off("data", this.onData);
-    this.socket.off("close", this.onEnd);
-    this.socket.off("error", this.onEnd);
+    this.detach();
+    this.socket.pause();
     if (!this.scanner.atBoundary) return protocolError("message sent before the previous phase completed");
     return this.queue.splice(0);
   }

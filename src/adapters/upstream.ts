@@ -1,6 +1,7 @@
 import { connect, type Socket } from "node:net";
 import { md5PasswordMessage } from "../auth/md5.ts";
-import { createScramClient } from "../auth/scramClient.ts";
+import { SaltedPasswordCache, scramSaltOf } from "../auth/SaltedPasswordCache.ts";
+import { createScramClient, SCRAM_CLIENT_MAX_ITERATIONS } from "../auth/scramClient.ts";
 import { isPgwardenError, type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
 import {
   type BackendKeyData,
@@ -27,9 +28,24 @@ export interface UpstreamTarget {
 }
 
 export interface UpstreamLogin extends UpstreamTarget {
-  /** Startup parameters to send: user, database, and the client's own settings. */
+  /** Startup parameters to send: user, database, and the client's allowlisted settings. */
   readonly parameters: ReadonlyMap<string, string>;
-  readonly password: string | undefined;
+  /** The upstream password, with its SaltedPassword cache; undefined when none is configured. */
+  readonly credentials: UpstreamCredentials | undefined;
+  /** Aborting destroys the socket: the login deadline passed, or the client went away. */
+  readonly signal?: AbortSignal;
+  /** Told when TCP is up and the startup packet is about to go. */
+  readonly onConnected?: () => void;
+}
+
+/** The password pgwarden logs in upstream with, and what SCRAM derived from it before. */
+export class UpstreamCredentials {
+  readonly password: string;
+  readonly salted: SaltedPasswordCache;
+  constructor(password: string) {
+    this.password = password;
+    this.salted = new SaltedPasswordCache(password);
+  }
 }
 
 /** An authenticated server connection, ready for queries. */
@@ -44,10 +60,12 @@ export interface Upstream {
   readonly pending: readonly Buffer[];
 }
 
-/** The server refused: its ErrorResponse goes to the client as it is. */
+/**
+ * The server refused the login. Its own message names pgwarden's service role and is for
+ * pgwarden's log; the client is told only the SQLSTATE.
+ */
 export interface UpstreamRefusal {
   readonly _tag: "UpstreamRefusal";
-  readonly errorResponse: Buffer;
   readonly sqlstate: string;
   readonly message: string;
 }
@@ -58,9 +76,13 @@ const authProblem = (message: string): PgwardenError =>
   pgwardenError("PGW_UPSTREAM_AUTH", SqlState.invalidAuthorization, message);
 
 /** Opens a TCP connection with a deadline. */
-export const openSocket = (t: UpstreamTarget): Promise<Socket | PgwardenError> =>
+export const openSocket = (t: UpstreamTarget, signal?: AbortSignal): Promise<Socket | PgwardenError> =>
   new Promise((resolve) => {
     const socket = connect({ host: t.host, port: t.port, noDelay: true, keepAlive: true });
+    if (signal !== undefined) {
+      if (signal.aborted) socket.destroy();
+      else signal.addEventListener("abort", () => socket.destroy(), { once: true });
+    }
     const timer = setTimeout(() => {
       socket.destroy();
       resolve(unavailable(`connecting to PostgreSQL at ${t.host}:${t.port} timed out`));
@@ -88,9 +110,12 @@ export const openSocket = (t: UpstreamTarget): Promise<Socket | PgwardenError> =
 export const connectUpstream = async (
   login: UpstreamLogin,
 ): Promise<Upstream | UpstreamRefusal | PgwardenError> => {
-  const socket = await openSocket(login);
+  const socket = await openSocket(login, login.signal);
   if (isPgwardenError(socket)) return socket;
-  const result = await startup(socket, login);
+  login.onConnected?.();
+  const result = await startup(socket, login).catch(
+    (e: unknown): PgwardenError => unavailable(`upstream login failed: ${(e as Error).message}`),
+  );
   if (isPgwardenError(result) || "_tag" in result) {
     socket.end(encodeTerminate());
     socket.destroy();
@@ -107,7 +132,8 @@ const startup = async (
   const next = () =>
     stream.nextWithin(Math.max(1, deadline - Date.now()), "PostgreSQL to finish the startup");
   const user = login.parameters.get("user") ?? "";
-  const password = login.password;
+  const credentials = login.credentials;
+  const password = credentials?.password;
   socket.write(encodeStartup(login.parameters));
   let scram: ReturnType<typeof createScramClient> | undefined;
   const startupMessages: Buffer[] = [];
@@ -139,8 +165,15 @@ const startup = async (
           scram = createScramClient(password);
           socket.write(encodeSASLInitialResponse("SCRAM-SHA-256", Buffer.from(scram.clientFirst())));
         } else if (auth.kind === "SASLContinue") {
-          if (scram === undefined) return authProblem("SASLContinue before SASL");
-          const final = scram.handleServerFirst(auth.data.toString("utf8"));
+          if (scram === undefined || credentials === undefined)
+            return authProblem("SASLContinue before SASL");
+          const serverFirst = auth.data.toString("utf8");
+          const params = scramSaltOf(serverFirst);
+          let salted: Buffer | undefined;
+          // PBKDF2 off the event loop, once per (salt, iterations); absurd counts are refused below.
+          if (params !== undefined && params.iterations <= SCRAM_CLIENT_MAX_ITERATIONS)
+            salted = await credentials.salted.get(params.salt, params.iterations);
+          const final = scram.handleServerFirst(serverFirst, salted);
           if (isPgwardenError(final)) return final;
           socket.write(encodeSASLResponse(Buffer.from(final)));
         } else if (auth.kind === "SASLFinal") {
@@ -155,7 +188,6 @@ const startup = async (
         if (isPgwardenError(fields)) return fields;
         return {
           _tag: "UpstreamRefusal",
-          errorResponse: msg,
           sqlstate: fields.get("C") ?? SqlState.connectionFailure,
           message: fields.get("M") ?? "PostgreSQL refused the connection",
         };
@@ -192,10 +224,23 @@ const startup = async (
   }
 };
 
-/** Sends a CancelRequest on a fresh connection, as PostgreSQL requires, and closes it. */
+/**
+ * Sends a CancelRequest on a fresh connection, as PostgreSQL requires, and resolves once
+ * PostgreSQL has closed it: PostgreSQL closes only after signalling the backend, and clients
+ * such as libpq wait for that close so a cancel cannot land on their next statement. Bounded by
+ * `target.connectTimeoutMs`.
+ */
 export const sendCancel = async (target: UpstreamTarget, key: BackendKeyData): Promise<void> => {
   const socket = await openSocket(target);
   if (isPgwardenError(socket)) return;
-  socket.on("error", () => socket.destroy());
-  socket.end(encodeCancelRequest(key.processId, key.secret));
+  await new Promise<void>((resolve) => {
+    const timer = setTimeout(() => socket.destroy(), target.connectTimeoutMs);
+    socket.on("error", () => socket.destroy());
+    socket.on("close", () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    socket.resume();
+    socket.write(encodeCancelRequest(key.processId, key.secret));
+  });
 };

@@ -28,7 +28,7 @@ export interface ScramClient {
   /** client-first-message, for SASLInitialResponse. The same text on every call. */
   clientFirst(): string;
   /** Takes server-first-message (AuthenticationSASLContinue), returns client-final-message (SASLResponse). */
-  handleServerFirst(message: string): string | PgwardenError;
+  handleServerFirst(message: string, saltedPassword?: Buffer): string | PgwardenError;
   /** Checks server-final-message (AuthenticationSASLFinal): the server proves it knew the verifier. */
   verifyServerFinal(message: string): true | PgwardenError;
 }
@@ -80,14 +80,16 @@ export const createScramClient = (
     return gs2Header + clientFirstBare;
   };
 
-  const handleServerFirst = (message: string): string | PgwardenError => {
+  const handleServerFirst = (message: string, precomputed?: Buffer): string | PgwardenError => {
     if (state.step !== "server-first" || passwordBytes === undefined) {
       return fail("unexpected SCRAM server-first-message: the client is not waiting for one");
     }
     const parsed = parseServerFirst(message, nonce, maxIterations);
     if (!parsed.ok) return fail(`malformed SCRAM message from upstream: ${parsed.reason}`);
     const { salt, iterations } = parsed.value;
-    const salted = saltedPassword(passwordBytes, salt, iterations);
+    // A precomputed SaltedPassword (from a cache) is copied: this exchange wipes its own.
+    const salted =
+      precomputed !== undefined ? Buffer.from(precomputed) : saltedPassword(passwordBytes, salt, iterations);
     passwordBytes.fill(0);
     passwordBytes = undefined;
     const clientKey = clientKeyOf(salted);

@@ -1,13 +1,20 @@
-import { initialTransition, type SnapshotFrom, transition } from "xstate";
+import { type AnyStateMachine, initialTransition, type SnapshotFrom, transition } from "xstate";
+import type { ClientAction, ServerAction } from "./actions.ts";
 import { type ConnectionMachine, connectionMachine } from "./connectionMachine.ts";
-import type { ConnectionEvent, ConnectionEventType } from "./events.ts";
+import type { ConnectionEvent } from "./events.ts";
+import type { ServerEvent } from "./serverEvents.ts";
+import { type ServerMachine, serverMachine } from "./serverMachine.ts";
+
+/** Which machine a transition belongs to: the client connection's or the server connection's. */
+export type MachineName = "client" | "server";
 
 /** A change of state, as the audit pipeline and the logs receive it. */
 export interface Transition {
   readonly connectionId: string;
+  readonly machine: MachineName;
   readonly from: string;
   readonly to: string;
-  readonly cause: ConnectionEventType;
+  readonly cause: string;
   /** Milliseconds since the epoch. */
   readonly at: number;
 }
@@ -21,43 +28,111 @@ export const stateKey = (value: unknown): string => {
   return `${k}.${stateKey(v)}`;
 };
 
-interface Node {
-  readonly key: string;
-  readonly snapshot: SnapshotFrom<ConnectionMachine>;
-  readonly final: boolean;
-  readonly next: Map<ConnectionEvent, Node>;
+/** One step of a machine: where it leads and what the host must do, as XState answered once. */
+interface Step<A> {
+  readonly to: Node<A>;
+  readonly actions: readonly A[];
 }
 
-const nodes = new Map<string, Node>();
-const nodeFor = (snapshot: SnapshotFrom<ConnectionMachine>): Node => {
-  const key = stateKey(snapshot.value);
-  let node = nodes.get(key);
-  if (node === undefined) {
-    node = { key, snapshot, final: snapshot.status === "done", next: new Map() };
-    nodes.set(key, node);
-  }
-  return node;
-};
+interface Node<A> {
+  readonly key: string;
+  readonly snapshot: SnapshotFrom<AnyStateMachine>;
+  readonly final: boolean;
+  readonly next: Map<object, Step<A>>;
+}
 
-const initial = nodeFor(initialTransition(connectionMachine)[0]);
+const NONE: readonly never[] = Object.freeze([]);
+
+/** Actions as plain frozen values: XState's executable objects carry closures the host never needs. */
+const plainActions = <A>(actions: readonly { type: string; params?: unknown }[]): readonly A[] =>
+  actions.length === 0
+    ? NONE
+    : Object.freeze(
+        actions.map((a) =>
+          Object.freeze(
+            a.params === undefined ? { type: a.type } : { type: a.type, params: Object.freeze(a.params) },
+          ),
+        ),
+      ) as readonly A[];
 
 /**
- * Runs the connection machine for one connection.
- *
- * XState's interpreter costs about 3.5 µs per event here, far too much for a message path that
- * sees several control messages per transaction. Because the machine's guards read only the
- * event and events are interned constants, `transition(machine, state, event)` is a pure function
- * of two identities: the runner asks XState once per (state, event) pair and caches the answer,
- * so every connection follows exactly the machine's semantics at the cost of two Map lookups.
+ * The cache of one machine: state nodes by key, each with its steps by event identity. XState's
+ * interpreter costs about 3.5 µs per event, far too much for a message path; because guards read
+ * only the event and events are interned constants, `transition(machine, state, event)` is a pure
+ * function of two identities, asked once per pair and cached with its actions.
  */
-export class MachineRunner {
-  readonly connectionId: string;
-  private node: Node = initial;
-  private readonly listener: TransitionListener | undefined;
+export class MachineGraph<E extends object, A> {
+  readonly machine: AnyStateMachine;
+  private readonly nodes = new Map<string, Node<A>>();
+  readonly initial: Node<A>;
+  readonly initialActions: readonly A[];
 
-  constructor(connectionId: string, listener?: TransitionListener) {
+  constructor(machine: AnyStateMachine) {
+    this.machine = machine;
+    const [snapshot, actions] = initialTransition(machine);
+    this.initial = this.nodeFor(snapshot);
+    this.initialActions = plainActions<A>(actions);
+  }
+
+  private nodeFor(snapshot: SnapshotFrom<AnyStateMachine>): Node<A> {
+    const key = stateKey(snapshot.value);
+    let node = this.nodes.get(key);
+    if (node === undefined) {
+      node = { key, snapshot, final: snapshot.status === "done", next: new Map() };
+      this.nodes.set(key, node);
+    }
+    return node;
+  }
+
+  step(from: Node<A>, event: E): Step<A> {
+    let s = from.next.get(event);
+    if (s === undefined) {
+      const [snapshot, actions] = transition(this.machine, from.snapshot, event as never);
+      s = { to: this.nodeFor(snapshot), actions: plainActions<A>(actions) };
+      from.next.set(event, s);
+    }
+    return s;
+  }
+}
+
+export const clientGraph = new MachineGraph<ConnectionEvent, ClientAction>(connectionMachine);
+export const serverGraph = new MachineGraph<ServerEvent, ServerAction>(serverMachine);
+
+/** Whoever hosts a machine executes its actions. */
+export type ActionHost<A> = (action: A) => void;
+
+/**
+ * Runs one machine for one connection: two Map lookups per event, then the cached actions are
+ * handed to the host in order. A state change is emitted as a Transition before the actions run,
+ * so the audit trail shows the decision ahead of its effects.
+ */
+export class MachineRunner<E extends object = ConnectionEvent, A = ClientAction> {
+  readonly connectionId: string;
+  readonly name: MachineName;
+  private readonly graph: MachineGraph<E, A>;
+  private node: Node<A>;
+  private host: ActionHost<A> | undefined;
+  private readonly listener: TransitionListener | undefined;
+  private running = false;
+  private queued: E[] | undefined;
+
+  constructor(
+    connectionId: string,
+    listener?: TransitionListener,
+    graph: MachineGraph<E, A> = clientGraph as unknown as MachineGraph<E, A>,
+    name: MachineName = "client",
+  ) {
     this.connectionId = connectionId;
     this.listener = listener;
+    this.graph = graph;
+    this.name = name;
+    this.node = graph.initial;
+  }
+
+  /** Attaches the executor of actions and runs the initial state's entry actions. */
+  start(host: ActionHost<A>): void {
+    this.host = host;
+    for (const a of this.graph.initialActions) host(a);
   }
 
   get state(): string {
@@ -74,24 +149,59 @@ export class MachineRunner {
     return key === path || (key.startsWith(path) && key.charCodeAt(path.length) === 0x2e);
   }
 
-  /** Applies an event; returns the new state key. */
-  send(event: ConnectionEvent): string {
-    const from = this.node;
-    let to = from.next.get(event);
-    if (to === undefined) {
-      to = nodeFor(transition(connectionMachine, from.snapshot, event)[0]);
-      from.next.set(event, to);
+  /**
+   * Applies an event, executes its actions, and returns the new state key. An event sent by an
+   * action while actions run waits its turn, as in XState's own mailbox, so every transition's
+   * actions run whole and in order; the key returned is then the state before the queued event.
+   */
+  send(event: E): string {
+    if (this.running) {
+      (this.queued ??= []).push(event);
+      return this.node.key;
     }
+    this.running = true;
+    try {
+      this.apply(event);
+      const q = this.queued;
+      if (q !== undefined) for (let i = 0; i < q.length; i++) this.apply(q[i]!);
+      this.queued = undefined;
+    } finally {
+      this.running = false;
+    }
+    return this.node.key;
+  }
+
+  private apply(event: E): void {
+    const from = this.node;
+    const step = this.graph.step(from, event);
+    const to = step.to;
     if (to !== from) {
       this.node = to;
       this.listener?.({
         connectionId: this.connectionId,
+        machine: this.name,
         from: from.key,
         to: to.key,
-        cause: event.type,
+        cause: (event as { type: string }).type,
         at: Date.now(),
       });
     }
-    return to.key;
+    const actions = step.actions;
+    const host = this.host;
+    if (host !== undefined) for (let i = 0; i < actions.length; i++) host(actions[i]!);
+  }
+
+  /** What `event` would do from the current state, without doing it: for tests and diagrams. */
+  peek(event: E): { readonly to: string; readonly actions: readonly A[] } {
+    const s = this.graph.step(this.node, event);
+    return { to: s.to.key, actions: s.actions };
   }
 }
+
+export type ClientRunner = MachineRunner<ConnectionEvent, ClientAction>;
+export type ServerRunner = MachineRunner<ServerEvent, ServerAction>;
+
+export const serverRunner = (connectionId: string, listener?: TransitionListener): ServerRunner =>
+  new MachineRunner<ServerEvent, ServerAction>(connectionId, listener, serverGraph, "server");
+
+export type { ConnectionMachine, ServerMachine };

@@ -18,7 +18,11 @@ export const Events = {
   DirectTLS: ev({ type: "DirectTLS", tlsAvailable: false }),
   DirectTLSAvailable: ev({ type: "DirectTLS", tlsAvailable: true }),
   Startup: ev({ type: "Startup" }),
+  /** A first packet PostgreSQL drops without a word (bad length, bad cancel packet): so does pgwarden. */
+  StartupInvalid: ev({ type: "StartupInvalid" }),
   CancelRequest: ev({ type: "CancelRequest" }),
+  /** The forwarded cancel is done: PostgreSQL closed its cancel connection, or the wait timed out. */
+  CancelDone: ev({ type: "CancelDone" }),
   TlsEstablished: ev({ type: "TlsEstablished" }),
   TlsFailed: ev({ type: "TlsFailed" }),
   // Authentication
@@ -47,6 +51,8 @@ export const Events = {
   CopyOutResponse: ev({ type: "CopyOutResponse" }),
   CopyBothResponse: ev({ type: "CopyBothResponse" }),
   ServerCopyDone: ev({ type: "ServerCopyDone" }),
+  /** PostgreSQL sent an ErrorResponse of severity FATAL or PANIC: it is relayed, and the session ends. */
+  ServerFatal: ev({ type: "ServerFatal" }),
   // Lifecycle
   ProtocolViolation: ev({ type: "ProtocolViolation" }),
   Shutdown: ev({ type: "Shutdown" }),

@@ -10,6 +10,8 @@ export const DROP: Uint8Array = new Uint8Array(0);
 export type MessageHandler = (type: number, message: Buffer) => Verdict;
 
 export interface ScanPolicy {
+  /** Types flagged 1 exist in this direction; any other type byte is rejected on sight, before its body. */
+  readonly known: Uint8Array;
   /** Types flagged 1 stream through untouched and never reach the handler: the data path. */
   readonly streamed: Uint8Array;
   /** Largest allowed value of the length field for a type. */
@@ -24,6 +26,9 @@ export const typeSet = (...types: number[]): Uint8Array => {
 };
 
 const HEADER = 5;
+
+const unknownType = (type: number): PgwardenError =>
+  protocolError(`invalid message type 0x${type.toString(16).padStart(2, "0")}`);
 
 /**
  * Frames one direction of a v3 stream (after the first packet) across arbitrary chunk boundaries.
@@ -102,6 +107,10 @@ export class MessageScanner {
     }
 
     while (pos < n) {
+      if (this.policy.known[chunk[pos]!] !== 1) {
+        if (pos > runStart) out.push(chunk.subarray(runStart, pos));
+        return unknownType(chunk[pos]!);
+      }
       if (n - pos < HEADER) {
         if (pos > runStart) out.push(chunk.subarray(runStart, pos));
         chunk.copy(this.head, 0, pos, n);

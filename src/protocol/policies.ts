@@ -10,6 +10,22 @@ const largeClientTypes = typeSet(
   Frontend.CopyData,
 );
 
+const frontendTypes = Object.values(Frontend).filter((t) => t !== Frontend.Password);
+/** After authentication PostgreSQL knows these client types; 'p' belongs to the authentication phase. */
+const clientSessionTypes = typeSet(...frontendTypes);
+/** During authentication only authentication responses are legal. */
+const clientAuthTypes = typeSet(Frontend.Password);
+const serverTypes = typeSet(...Object.values(Backend));
+const serverStartupTypes = typeSet(
+  Backend.Authentication,
+  Backend.ErrorResponse,
+  Backend.BackendKeyData,
+  Backend.ParameterStatus,
+  Backend.NoticeResponse,
+  Backend.NegotiateProtocolVersion,
+  Backend.ReadyForQuery,
+);
+
 const clientMaxLength = (maxMessageBytes: number) => (type: number) =>
   largeClientTypes[type] === 1
     ? maxMessageBytes
@@ -19,18 +35,21 @@ const clientMaxLength = (maxMessageBytes: number) => (type: number) =>
 
 /** Client stream once the session is ready: CopyData is the data path. */
 export const clientSessionPolicy = (maxMessageBytes: number): ScanPolicy => ({
+  known: clientSessionTypes,
   streamed: typeSet(Frontend.CopyData),
   maxLength: clientMaxLength(maxMessageBytes),
 });
 
 /** Client stream during authentication: everything is held so nothing slips through unchecked. */
 export const clientAuthPolicy = (maxMessageBytes: number): ScanPolicy => ({
+  known: clientAuthTypes,
   streamed: typeSet(),
   maxLength: clientMaxLength(maxMessageBytes),
 });
 
 /** Server stream once ready: rows and copy data are the data path, never buffered whatever their size. */
 export const serverSessionPolicy = (maxMessageBytes: number): ScanPolicy => ({
+  known: serverTypes,
   streamed: typeSet(Backend.DataRow, Backend.CopyData),
   // Streamed messages are never buffered, so only PostgreSQL's own 1 GB field limit applies to them.
   maxLength: (type) => (type === Backend.DataRow || type === Backend.CopyData ? 0x7fffffff : maxMessageBytes),
@@ -38,6 +57,7 @@ export const serverSessionPolicy = (maxMessageBytes: number): ScanPolicy => ({
 
 /** Server stream during its startup: small messages only. */
 export const serverStartupPolicy: ScanPolicy = {
+  known: serverStartupTypes,
   streamed: typeSet(),
   maxLength: () => 1_048_576,
 };

@@ -1,3 +1,4 @@
+import { isUtf8 } from "node:buffer";
 import { type PgwardenError, protocolError } from "../errors.ts";
 
 /** Thrown only inside this module's decoders and turned into a PgwardenError at their boundary. */
@@ -74,6 +75,16 @@ export class Reader {
     const v = this.buf.toString("utf8", this.pos, nul);
     this.pos = nul + 1;
     return v;
+  }
+
+  /** Like cstring, but refuses bytes that are not valid UTF-8 instead of replacing them. */
+  strictCstring(what = "string"): string {
+    const nul = this.buf.indexOf(0, this.pos);
+    if (nul < 0 || nul >= this.end) throw new Malformed(`${what} is not NUL-terminated`);
+    const bytes = this.buf.subarray(this.pos, nul);
+    if (!isUtf8(bytes)) throw new Malformed(`${what} is not valid UTF-8`);
+    this.pos = nul + 1;
+    return bytes.toString("utf8");
   }
 
   rest(): Buffer {

@@ -26,16 +26,46 @@ export const firstPacketLength = (buf: Buffer): number | "need-more" | "direct-t
   if (buf.length >= 1 && buf[0] === TLS_HANDSHAKE_BYTE) return "direct-tls";
   if (buf.length < 4) return "need-more";
   const len = buf.readInt32BE(0);
-  if (len < 8) return protocolError(`invalid length of startup packet: ${len}`);
-  if (len > MAX_STARTUP_PACKET) {
+  // PostgreSQL only logs these and closes: the client gets no ErrorResponse (see isSilent).
+  if (len < 8) return silentStartupError(`invalid length of startup packet: ${len}`);
+  // PostgreSQL's limit counts the packet without its length word.
+  if (len - 4 > MAX_STARTUP_PACKET) {
     return pgwardenError(
       "PGW_STARTUP_TOO_LARGE",
       SqlState.protocolViolation,
-      `startup packet of ${len} bytes exceeds the limit of ${MAX_STARTUP_PACKET}`,
+      `invalid length of startup packet: ${len}`,
     );
   }
   return len;
 };
+
+const silentStartupError = (message: string): PgwardenError =>
+  pgwardenError("PGW_STARTUP_INVALID", SqlState.protocolViolation, message);
+
+/**
+ * First-packet errors PostgreSQL answers with silence: it logs them and closes the socket
+ * (a client that sent garbage is not owed a reply, and libpq's Terminate-before-startup race
+ * must not turn into a failed connect). Every other first-packet error gets a FATAL.
+ */
+export const isSilent = (e: PgwardenError): boolean =>
+  e.code === "PGW_STARTUP_INVALID" || e.code === "PGW_STARTUP_TOO_LARGE";
+
+/** What PostgreSQL says to a second SSLRequest or GSSENCRequest: their codes read as a version. */
+export const repeatedNegotiation = (code: number): PgwardenError =>
+  pgwardenError(
+    "PGW_UNSUPPORTED_PROTOCOL",
+    SqlState.featureNotSupported,
+    `unsupported frontend protocol ${code >>> 16}.${code & 0xffff}: server supports 3.0 to 3.2`,
+  );
+
+/** Bytes that arrived after an encryption request and before its answer could be acted on. */
+export const dataAfterNegotiation = (kind: "SSLRequest" | "GSSENCRequest"): PgwardenError =>
+  protocolError(
+    kind === "SSLRequest"
+      ? "received unencrypted data after SSL request"
+      : "received unencrypted data after GSSAPI encryption request",
+    "This could be either a client-software bug or evidence of an attempted man-in-the-middle attack.",
+  );
 
 /** Decodes a complete first packet (length prefix included). */
 export const decodeFirstPacket = (packet: Buffer): FirstPacket | PgwardenError => {
@@ -55,7 +85,7 @@ export const decodeFirstPacket = (packet: Buffer): FirstPacket | PgwardenError =
         const processId = r.int32("process id");
         const secret = r.rest();
         if (secret.length < 4 || secret.length > MAX_CANCEL_SECRET) {
-          return malformed(`cancel key of ${secret.length} bytes (expected 4 to ${MAX_CANCEL_SECRET})`);
+          return silentStartupError(`invalid length of query cancel packet: cancel key of ${secret.length} bytes`);
         }
         return { kind: "CancelRequest", processId, secret };
       }
@@ -71,10 +101,11 @@ export const decodeFirstPacket = (packet: Buffer): FirstPacket | PgwardenError =
     }
     const parameters = new Map<string, string>();
     for (;;) {
-      const name = r.cstring("parameter name");
+      // Strict: a lossy decode would let two different byte strings pass as one name or value.
+      const name = r.strictCstring("parameter name");
       if (name === "") break;
       if (parameters.has(name)) return malformed(`duplicate parameter "${name}"`);
-      parameters.set(name, r.cstring(`value of parameter "${name}"`));
+      parameters.set(name, r.strictCstring(`value of parameter "${name}"`));
     }
     r.done("StartupMessage");
     return { kind: "Startup", major, minor, parameters };

@@ -1,15 +1,21 @@
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import type { BackendKeyData } from "../protocol/backend.ts";
 
-/** Something that can cancel the query its client is running. */
+/**
+ * A client connection, as a cancel reaches it: it cancels whatever its link's server connection
+ * runs at that moment, and resolves once PostgreSQL has closed the cancel connection.
+ */
 export interface Cancellable {
-  cancel(): void;
+  cancel(): Promise<void>;
 }
 
 /**
- * Maps the keys pgwarden hands to clients onto sessions. The PID a client sees is its backend's
- * real PID (session mode), so tools that join it with pg_stat_activity stay correct; the secret is
- * pgwarden's own random one, so a cancel must come through pgwarden to count.
+ * Maps the keys pgwarden hands to clients onto client connections — not onto backends, so a
+ * pooled client's key follows it from server connection to server connection. In session mode
+ * the PID a client sees is its backend's real PID, so tools that join it with pg_stat_activity
+ * stay correct; the secret is pgwarden's own random one, so a cancel must come through pgwarden
+ * to count. Pooled modes will issue pgwarden-chosen PIDs; protocol 3.2's 32-byte secret leaves
+ * room for an instance id so that instances can forward each other's cancels.
  */
 export class CancelRegistry {
   private readonly byPid = new Map<number, { secret: Buffer; target: Cancellable }[]>();

@@ -1,36 +1,46 @@
 import { createHmac, randomBytes } from "node:crypto";
 import { createServer, type Server as NetServer, type Socket } from "node:net";
-import { Deferred, Effect, FiberMap, type Scope } from "effect";
+import { Deferred, Effect, FiberMap, FiberSet, Redacted, type Scope } from "effect";
 import type { Logger } from "pino";
-import { connectUpstream, sendCancel } from "../adapters/upstream.ts";
-import type { ScramVerifier } from "../auth/scramVerifier.ts";
+import { connectUpstream, sendCancel, UpstreamCredentials } from "../adapters/upstream.ts";
+import { SCRAM_DEFAULT_ITERATIONS, type ScramVerifier } from "../auth/scramVerifier.ts";
 import { type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
 import type { TransitionListener } from "../machines/MachineRunner.ts";
 import { encodeError } from "../protocol/backend.ts";
 import { CancelRegistry } from "./CancelRegistry.ts";
+import { type Admission, ClientConnection, type ConnectionDeps } from "./ClientConnection.ts";
 import type { PgwardenConfig } from "./config.ts";
-import { Session, type SessionDeps } from "./Session.ts";
+import { Deadlines } from "./Deadlines.ts";
+import { discardEvents, type EventSink } from "./EventSink.ts";
+import { Cancels, Config, Events, Users } from "./services.ts";
 
 export interface ServerOptions {
   readonly config: PgwardenConfig;
   readonly log: Logger;
   readonly users: () => ReadonlyMap<string, ScramVerifier>;
   readonly onTransition?: TransitionListener;
+  readonly events?: EventSink;
+}
+
+/** How the program ended: `ok` false when it failed rather than being drained or stopped. */
+export interface StopResult {
+  readonly ok: boolean;
+  readonly cause?: string;
 }
 
 /** A running proxy, as the CLI and tests hold it. */
 export interface RunningServer {
   readonly host: string;
   readonly port: number;
-  /** Live sessions by connection id. */
-  readonly sessions: ReadonlyMap<string, Session>;
+  /** Live client connections by connection id. */
+  readonly sessions: ReadonlyMap<string, ClientConnection>;
   readonly cancels: CancelRegistry;
   /** Stops accepting, lets sessions finish within the drain timeout, then ends them with 57P01. */
   drain(): Promise<void>;
   /** Ends every session now (57P01) and stops. */
   stop(): Promise<void>;
   /** Settles when the server has stopped, however that happened. */
-  readonly stopped: Promise<void>;
+  readonly stopped: Promise<StopResult>;
 }
 
 const listen = (host: string, port: number): Effect.Effect<NetServer, PgwardenError, Scope.Scope> =>
@@ -53,29 +63,44 @@ const listen = (host: string, port: number): Effect.Effect<NetServer, PgwardenEr
         resume(Effect.succeed(server));
       });
     }),
-    // close() only stops accepting here: sessions end through their fibers, not through the listener.
+    // close() only stops accepting here: connections end through their fibers, not the listener.
     (server) => Effect.sync(() => server.listening && server.close()),
   );
 
-/** Waits for a session to end; interrupting it ends the session with 57P01 first. */
-const superviseSession = (session: Session, socket: Socket): Effect.Effect<void> =>
-  Effect.callback<void>((resume) => {
-    void session.closed.then(() => resume(Effect.void));
-    return Effect.promise(async () => {
-      session.shutdown();
-      await Promise.race([session.closed, new Promise((r) => setTimeout(r, 1000).unref())]);
-      socket.destroy();
-    });
-  });
+/**
+ * One connection's fiber: its scope owns the connection (both sockets and, through the shared
+ * Deadlines, its timers), released however the fiber ends. Interrupting it — a shutdown — ends
+ * the connection with 57P01 and gives it the linger to close before the scope destroys it.
+ */
+const superviseConnection = (conn: ClientConnection, lingerMs: number): Effect.Effect<void> =>
+  Effect.scoped(
+    Effect.gen(function* () {
+      yield* Effect.acquireRelease(Effect.succeed(conn), (c) => Effect.sync(() => c.destroy()));
+      yield* Effect.callback<void>((resume) => {
+        void conn.closed.then(() => resume(Effect.void));
+        return Effect.promise(async () => {
+          conn.shutdown();
+          await Promise.race([conn.closed, new Promise((r) => setTimeout(r, lingerMs + 500).unref())]);
+        });
+      });
+    }),
+  );
 
 /** At debug level every transition is also a log line; otherwise logging costs nothing here. */
 const withDebugLog = (
   log: Logger,
+  events: EventSink,
   listener: TransitionListener | undefined,
 ): TransitionListener | undefined => {
-  if (!log.isLevelEnabled("debug")) return listener;
+  const debug = log.isLevelEnabled("debug");
+  if (!debug && events === discardEvents) return listener;
   return (t) => {
-    log.debug({ conn: t.connectionId, from: t.from, to: t.to, cause: t.cause }, "transition");
+    if (debug)
+      log.debug(
+        { conn: t.connectionId, machine: t.machine, from: t.from, to: t.to, cause: t.cause },
+        "transition",
+      );
+    events.emit({ kind: "transition", ...t });
     listener?.(t);
   };
 };
@@ -88,43 +113,120 @@ const withDebugLog = (
 const mockSecretFor = (config: PgwardenConfig): Buffer =>
   config.upstream.password === undefined
     ? randomBytes(32)
-    : createHmac("sha256", config.upstream.password).update("pgwarden mock SCRAM salt key v1").digest();
+    : createHmac("sha256", Redacted.value(config.upstream.password))
+        .update("pgwarden mock SCRAM salt key v1")
+        .digest();
+
+/** The iteration count most of the users file's verifiers use: what unknown users are shown. */
+const commonIterations = (users: ReadonlyMap<string, ScramVerifier>): number => {
+  const counts = new Map<number, number>();
+  let best = SCRAM_DEFAULT_ITERATIONS;
+  let bestCount = 0;
+  for (const v of users.values()) {
+    const n = (counts.get(v.iterations) ?? 0) + 1;
+    counts.set(v.iterations, n);
+    if (n > bestCount || (n === bestCount && v.iterations > best)) {
+      best = v.iterations;
+      bestCount = n;
+    }
+  }
+  return best;
+};
+
+/** Memoises a derived value per users map: recomputed only when the file was reloaded. */
+const perUsers = <A>(users: () => ReadonlyMap<string, ScramVerifier>, f: (u: ReadonlyMap<string, ScramVerifier>) => A) => {
+  let seen: ReadonlyMap<string, ScramVerifier> | undefined;
+  let value: A;
+  return (): A => {
+    const u = users();
+    if (u !== seen) {
+      seen = u;
+      value = f(u);
+    }
+    return value;
+  };
+};
 
 let counter = 0;
 /** Connection ids: unique within the process, ordered, short. */
 const nextId = (): string => `c${(++counter).toString(36)}`;
+
+/** Client and cancel slots, counted apart: a full server still serves cancels. */
+const admission = (max: number, maxCancels: number): Admission & { clients: number; cancels: number } => {
+  const a = {
+    clients: 0,
+    cancels: 0,
+    admitClient: () => (a.clients < max ? (a.clients++, true) : false),
+    releaseClient: () => void a.clients--,
+    admitCancel: () => (a.cancels < maxCancels ? (a.cancels++, true) : false),
+    releaseCancel: () => void a.cancels--,
+  };
+  return a;
+};
+
+interface Listening {
+  server: NetServer;
+  sessions: Map<string, ClientConnection>;
+  cancels: CancelRegistry;
+}
 
 /**
  * The proxy as an Effect program: a scoped listener, one supervised fiber per connection in a
  * FiberMap keyed by connection id, and a drain on request.
  */
 const program = (
-  options: ServerOptions,
+  options: Pick<ServerOptions, "log" | "onTransition">,
   signals: { drain: Deferred.Deferred<void>; stop: Deferred.Deferred<void> },
-  onListening: (server: NetServer, sessions: Map<string, Session>, cancels: CancelRegistry) => void,
+  onListening: (l: Listening) => void,
 ) =>
   Effect.gen(function* () {
-    const { config, log } = options;
+    const { log } = options;
+    const config = yield* Config;
+    const users = yield* Users;
+    const cancels = yield* Cancels;
+    const events = yield* Events;
     const fibers = yield* FiberMap.make<string>();
     const run = yield* FiberMap.runtime(fibers)<never>();
-    const sessions = new Map<string, Session>();
-    const cancels = new CancelRegistry();
-    const deps: SessionDeps = {
-      config,
-      users: options.users,
+    const forkTimer = yield* FiberSet.makeRuntime<never>();
+    const sessions = new Map<string, ClientConnection>();
+    const limits = config.limits;
+    const slots = admission(limits.maxClientConnections, limits.maxCancelConnections);
+    const { host, port, connectTimeoutMs } = config.upstream;
+    const deps: ConnectionDeps = {
+      auth: config.auth,
+      limits,
+      startup: config.startup,
+      grants: {
+        grants: config.access.grants,
+        defaultRole: config.upstream.user,
+        fallbackToClientUser: config.upstream.fallbackToClientUser,
+      },
+      target: { host, port, connectTimeoutMs },
+      credentials:
+        config.upstream.password === undefined
+          ? undefined
+          : new UpstreamCredentials(Redacted.value(config.upstream.password)),
+      users,
+      mockIterations: perUsers(users, commonIterations),
       mockSecret: mockSecretFor(config),
       cancels,
+      admission: slots,
+      deadlines: new Deadlines((e) => forkTimer(e)),
+      events,
       log,
-      onTransition: withDebugLog(log, options.onTransition),
+      onTransition: withDebugLog(log, events, options.onTransition),
       connectUpstream,
       sendCancel,
     };
+    // Sockets still in their first packet are bounded too: every live one is a client, a cancel,
+    // or one that will be either within auth.timeoutMs.
+    const maxSockets = limits.maxClientConnections + limits.maxCancelConnections;
     const server = yield* listen(config.listen.host, config.listen.port);
     server.on("connection", (socket: Socket) => {
-      if (sessions.size >= config.limits.maxClientConnections) {
-        log.warn({ limit: config.limits.maxClientConnections }, "connection refused: too many clients");
+      if (sessions.size >= maxSockets) {
+        log.warn({ limit: maxSockets }, "connection refused: too many connections");
         socket.on("error", () => socket.destroy());
-        setTimeout(() => socket.destroy(), 1000).unref();
+        setTimeout(() => socket.destroy(), limits.lingerMs).unref();
         socket.end(
           encodeError({
             severity: "FATAL",
@@ -135,15 +237,14 @@ const program = (
         return;
       }
       const id = nextId();
-      const session = new Session(id, socket, deps);
-      sessions.set(id, session);
-      void session.closed.then(() => sessions.delete(id));
-      session.start();
-      run(id, superviseSession(session, socket));
+      const conn = new ClientConnection(id, socket, deps);
+      sessions.set(id, conn);
+      void conn.closed.then(() => sessions.delete(id));
+      conn.start();
+      run(id, superviseConnection(conn, limits.lingerMs));
     });
-    onListening(server, sessions, cancels);
-    const address = server.address();
-    log.info({ address }, "listening");
+    onListening({ server, sessions, cancels });
+    log.info({ address: server.address() }, "listening");
 
     const first = yield* Effect.raceFirst(
       Deferred.await(signals.drain).pipe(Effect.as("drain" as const)),
@@ -162,32 +263,35 @@ const program = (
     log.info("stopped");
   });
 
-/** Starts the proxy; resolves once it listens. */
+/** Starts the proxy; resolves once it listens, rejects when it cannot. */
 export const startServer = async (options: ServerOptions): Promise<RunningServer> => {
   const drain = Deferred.makeUnsafe<void>();
   const stop = Deferred.makeUnsafe<void>();
-  let ready!: (v: { server: NetServer; sessions: Map<string, Session>; cancels: CancelRegistry }) => void;
+  let ready!: (l: Listening) => void;
   let failed!: (e: unknown) => void;
-  const listening = new Promise<{
-    server: NetServer;
-    sessions: Map<string, Session>;
-    cancels: CancelRegistry;
-  }>((res, rej) => {
+  const listening = new Promise<Listening>((res, rej) => {
     ready = res;
     failed = rej;
   });
+  const cancels = new CancelRegistry();
   const fiber = Effect.runFork(
-    Effect.scoped(
-      program(options, { drain, stop }, (server, sessions, cancels) => ready({ server, sessions, cancels })),
+    Effect.scoped(program(options, { drain, stop }, ready)).pipe(
+      Effect.provideService(Config, options.config),
+      Effect.provideService(Users, options.users),
+      Effect.provideService(Cancels, cancels),
+      Effect.provideService(Events, options.events ?? discardEvents),
     ),
   );
-  const stopped = new Promise<void>((resolve) => {
+  const stopped = new Promise<StopResult>((resolve) => {
     fiber.addObserver((exit) => {
-      if (exit._tag === "Failure") failed(new Error(String(exit.cause)));
-      resolve();
+      if (exit._tag === "Failure") {
+        const cause = String(exit.cause);
+        failed(new Error(cause));
+        resolve({ ok: false, cause });
+      } else resolve({ ok: true });
     });
   });
-  const { server, sessions, cancels } = await listening;
+  const { server, sessions } = await listening;
   const addr = server.address();
   if (addr === null || typeof addr === "string") throw new Error("listener has no TCP address");
   return {

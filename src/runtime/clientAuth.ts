@@ -10,38 +10,42 @@ export type AuthOutcome =
   | { readonly kind: "ok" }
   /** The client went away; nothing is left to say. */
   | { readonly kind: "closed" }
-  | { readonly kind: "failed" | "timeout" | "violation"; readonly error: PgwardenError };
+  | { readonly kind: "violation"; readonly error: PgwardenError }
+  /** `reason` says why, for pgwarden's log only: the client sees the same error either way. */
+  | { readonly kind: "failed"; readonly error: PgwardenError; readonly reason?: string };
 
 export interface ClientAuthContext {
   readonly method: "trust" | "scram-sha-256";
-  readonly timeoutMs: number;
   readonly user: string;
   /** Undefined for an unknown user: the exchange then runs against a mock verifier. */
   readonly verifier: ScramVerifier | undefined;
   readonly mockSecret: Buffer;
+  /** Iteration count the mock verifier shows: the real verifiers' own, so none stands out. */
+  readonly mockIterations: number;
   readonly send: (message: Buffer) => void;
-  /** Puts a client message to the connection machine; undefined if legal, else the violation. */
-  readonly check: (message: Buffer) => PgwardenError | undefined;
+  /**
+   * Puts a client message to the connection machine: undefined if legal, the violation if not,
+   * or "abandoned" when the connection has moved on (a shutdown or the deadline).
+   */
+  readonly check: (message: Buffer) => PgwardenError | "abandoned" | undefined;
 }
 
-const failed = (sqlstate: string, message: string): AuthOutcome => ({
+const failed = (sqlstate: string, message: string, reason?: string): AuthOutcome => ({
   kind: "failed",
   error: pgwardenError("PGW_AUTH_FAILED", sqlstate as SqlState, message),
+  ...(reason === undefined ? {} : { reason }),
 });
 
-/** The next authentication message, or the outcome that ends the exchange. */
+/**
+ * The next authentication message, or the outcome that ends the exchange. No timer here: the
+ * connection's one login deadline bounds the whole exchange.
+ */
 const next = async (stream: MessageStream, ctx: ClientAuthContext): Promise<Buffer | AuthOutcome> => {
-  const msg = await stream.nextWithin(ctx.timeoutMs, "the client's authentication response");
+  const msg = await stream.next();
   if (msg === "closed") return { kind: "closed" };
-  if (isPgwardenError(msg)) {
-    return msg.code === "PGW_AUTH_TIMEOUT"
-      ? {
-          kind: "timeout",
-          error: pgwardenError("PGW_AUTH_TIMEOUT", SqlState.connectionFailure, "authentication timed out"),
-        }
-      : { kind: "violation", error: msg };
-  }
+  if (isPgwardenError(msg)) return { kind: "violation", error: msg };
   const illegal = ctx.check(msg);
+  if (illegal === "abandoned") return { kind: "closed" };
   return illegal === undefined ? msg : { kind: "violation", error: illegal };
 };
 
@@ -54,7 +58,11 @@ export const authenticateClient = async (
   ctx: ClientAuthContext,
 ): Promise<AuthOutcome> => {
   if (ctx.method === "trust") return { kind: "ok" };
-  const scram = createScramServer(ctx.verifier, { mockSecret: ctx.mockSecret, user: ctx.user });
+  const scram = createScramServer(ctx.verifier, {
+    mockSecret: ctx.mockSecret,
+    user: ctx.user,
+    mockIterations: ctx.mockIterations,
+  });
   ctx.send(encodeAuthentication({ kind: "SASL", mechanisms: ["SCRAM-SHA-256"] }));
 
   const first = await next(stream, ctx);
@@ -65,15 +73,17 @@ export const authenticateClient = async (
     return failed(SqlState.protocolViolation, "client selected an invalid SASL authentication mechanism");
   }
   const serverFirst = scram.handleClientFirst(init.data.toString("utf8"));
-  if (isPgwardenError(serverFirst)) return failed(serverFirst.sqlstate, serverFirst.message);
+  if (isPgwardenError(serverFirst))
+    return failed(serverFirst.sqlstate, serverFirst.message, scram.failureReason());
   ctx.send(encodeAuthentication({ kind: "SASLContinue", data: Buffer.from(serverFirst) }));
 
   const final = await next(stream, ctx);
   if (!Buffer.isBuffer(final)) return final;
   const outcome = scram.handleClientFinal(decodeSASLResponse(final).toString("utf8"));
   if (isPgwardenError(outcome)) {
-    if (outcome.code !== "PGW_AUTH_FAILED") return failed(outcome.sqlstate, outcome.message);
-    return failed(SqlState.invalidPassword, `password authentication failed for user "${ctx.user}"`);
+    const reason = scram.failureReason();
+    if (outcome.code !== "PGW_AUTH_FAILED") return failed(outcome.sqlstate, outcome.message, reason);
+    return failed(SqlState.invalidPassword, `password authentication failed for user "${ctx.user}"`, reason);
   }
   ctx.send(encodeAuthentication({ kind: "SASLFinal", data: Buffer.from(outcome.serverFinal) }));
   return { kind: "ok" };

@@ -23,27 +23,70 @@ export const ListenConfig = Schema.Struct({
   port: withDefault(Port, 6432),
 });
 
+/** A secret: decoded into Redacted so that printing or logging the config never shows it. */
+const Secret = Schema.String.pipe(Schema.decodeTo(Schema.RedactedFromValue(Schema.String)));
+
 export const UpstreamConfig = Schema.Struct({
   host: withDefault(Schema.String, "127.0.0.1"),
   port: withDefault(Port, 5432),
-  /** Role pgwarden logs in as; by default the client's user name. */
+  /** Role pgwarden logs in as when the client's grant names none. */
   user: Schema.optionalKey(Schema.String),
-  /** Database to connect to; by default the client's database. */
-  database: Schema.optionalKey(Schema.String),
-  password: Schema.optionalKey(Schema.String),
+  /** Only when true may the client's own user name serve as the upstream role. */
+  fallbackToClientUser: withDefault(Schema.Boolean, false),
+  password: Schema.optionalKey(Secret),
   connectTimeoutMs: withDefault(Millis, 5000),
 });
 
 export const AuthConfig = Schema.Struct({
   method: withDefault(AuthMethod, "scram-sha-256"),
   usersFile: withDefault(Schema.String, "pgwarden-users.txt"),
-  timeoutMs: withDefault(Millis, 15_000),
+  /** One deadline for everything before the first ReadyForQuery, upstream login included. */
+  timeoutMs: withDefault(Millis, 10_000),
 });
 
 export const LimitsConfig = Schema.Struct({
   maxClientConnections: withDefault(PositiveInt, 1000),
+  /** CancelRequests are served outside the client cap, with a small cap of their own. */
+  maxCancelConnections: withDefault(PositiveInt, 16),
   /** Largest client message pgwarden buffers (Query, Parse, Bind, FunctionCall, CopyData). */
   maxMessageBytes: withDefault(PositiveInt.check(Schema.isLessThanOrEqualTo(1_073_741_823)), 268_435_456),
+  /** Bytes waiting in one connection's write queues beyond which it is ended. */
+  maxBufferedBytesPerConnection: withDefault(PositiveInt, 1_048_576),
+  /** How long an ending connection may take to close before its sockets are destroyed. */
+  lingerMs: withDefault(Millis, 500),
+});
+
+/** Startup parameters PostgreSQL sessions may receive from clients: the default allowlist. */
+export const defaultStartupParameters = [
+  "application_name",
+  "client_encoding",
+  "DateStyle",
+  "TimeZone",
+  "IntervalStyle",
+  "extra_float_digits",
+  "search_path",
+];
+
+export const StartupConfig = Schema.Struct({
+  /** Only these go upstream; names compare case-insensitively, as PostgreSQL's GUCs do. */
+  parameters: withDefault(Schema.Array(Schema.String), defaultStartupParameters),
+  /** The `options` parameter: refused, or reduced to allowlisted `-c name=value` settings. */
+  options: withDefault(Schema.Literals(["refuse", "filter"]), "refuse"),
+});
+
+export const Grant = Schema.Struct({
+  /** A client identity, or "*" for any. */
+  identity: Schema.String,
+  /** Databases the identity may ask for; "*" for any. */
+  databases: Schema.Array(Schema.String),
+  /** Upstream role; when absent, upstream.user. */
+  role: Schema.optionalKey(Schema.String),
+});
+export type Grant = typeof Grant.Type;
+
+export const AccessConfig = Schema.Struct({
+  /** First grant whose identity matches decides; none matching is a 28000. */
+  grants: withDefault(Schema.Array(Grant), []),
 });
 
 export const ShutdownConfig = Schema.Struct({
@@ -57,6 +100,8 @@ export const LogConfig = Schema.Struct({
 export const PgwardenConfig = Schema.Struct({
   listen: withDefault(ListenConfig, {}),
   upstream: withDefault(UpstreamConfig, {}),
+  startup: withDefault(StartupConfig, {}),
+  access: withDefault(AccessConfig, {}),
   auth: withDefault(AuthConfig, {}),
   limits: withDefault(LimitsConfig, {}),
   shutdown: withDefault(ShutdownConfig, {}),
@@ -69,12 +114,12 @@ export const configReference = (): Record<string, unknown> => {
   const defaults = Schema.decodeUnknownSync(PgwardenConfig)({});
   const out: Record<string, unknown> = {};
   const walk = (prefix: string, v: unknown) => {
-    if (typeof v === "object" && v !== null) {
+    if (typeof v === "object" && v !== null && !Array.isArray(v)) {
       for (const [k, x] of Object.entries(v)) walk(prefix === "" ? k : `${prefix}.${k}`, x);
     } else out[prefix] = v;
   };
   walk("", defaults);
-  for (const k of ["upstream.user", "upstream.database", "upstream.password"]) out[k] = undefined;
+  for (const k of ["upstream.user", "upstream.password"]) out[k] = undefined;
   return out;
 };
 
@@ -85,7 +130,6 @@ export const envKeys: Readonly<Record<string, string>> = {
   PGWARDEN_UPSTREAM_HOST: "upstream.host",
   PGWARDEN_UPSTREAM_PORT: "upstream.port",
   PGWARDEN_UPSTREAM_USER: "upstream.user",
-  PGWARDEN_UPSTREAM_DATABASE: "upstream.database",
   PGWARDEN_UPSTREAM_PASSWORD: "upstream.password",
   PGWARDEN_AUTH_METHOD: "auth.method",
   PGWARDEN_USERS_FILE: "auth.usersFile",

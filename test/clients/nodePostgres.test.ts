@@ -2,7 +2,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { connect, type Socket } from "node:net";
 import pg from "pg";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import type { Session } from "../../src/runtime/Session.ts";
+import type { ClientConnection as Session } from "../../src/runtime/ClientConnection.ts";
 import { directClient } from "../support/postgres.ts";
 import { startProxy, type TestProxy } from "../support/proxy.ts";
 import { splitMessages } from "../support/wire.ts";

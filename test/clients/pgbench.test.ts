@@ -15,7 +15,7 @@ beforeAll(async () => {
   proxy = await startProxy({ log: { level: "info" } });
   admin = await directClient();
   await admin.query(`DROP DATABASE IF EXISTS ${DB} WITH (FORCE)`);
-  await admin.query(`CREATE DATABASE ${DB}`);
+  await admin.query(`CREATE DATABASE ${DB} OWNER pgw_app`);
 });
 
 afterAll(async () => {

@@ -5,7 +5,7 @@ import { pipeline } from "node:stream/promises";
 import type pg from "pg";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Session } from "../../src/runtime/Session.ts";
+import type { ClientConnection as Session } from "../../src/runtime/ClientConnection.ts";
 import { directClient } from "../support/postgres.ts";
 import { startProxy, type TestProxy } from "../support/proxy.ts";
 

@@ -25,7 +25,7 @@ import {
   encodeTerminate,
 } from "../../src/protocol/index.ts";
 import { encodeCancelRequest } from "../../src/protocol/startup.ts";
-import type { Session } from "../../src/runtime/Session.ts";
+import type { ClientConnection as Session } from "../../src/runtime/ClientConnection.ts";
 import { directClient } from "../support/postgres.ts";
 import { startProxy, type TestProxy } from "../support/proxy.ts";
 
@@ -821,7 +821,7 @@ beforeAll(async () => {
   } finally {
     await c.end();
   }
-  proxy = await startProxy();
+  proxy = await startProxy({ auth: { method: "trust" } });
 });
 
 afterAll(async () => {

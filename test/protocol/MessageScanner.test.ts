@@ -76,7 +76,9 @@ const split = (input: Buffer, cuts: Cuts): { chunks: Buffer[]; ends: number[] } 
   return { chunks, ends };
 };
 
+const everyType = new Uint8Array(256).fill(1);
 const policy = (max: (type: number) => number = () => 1 << 20): ScanPolicy => ({
+  known: everyType,
   streamed: typeSet(...STREAMED),
   maxLength: max,
 });

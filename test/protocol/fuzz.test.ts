@@ -37,7 +37,7 @@ let proxy: TestProxy;
 let copyTable: string;
 beforeAll(async () => {
   // Upstream as u_trust (trust in pg_hba): no SCRAM round trips, so each case costs little.
-  proxy = await startProxy({ upstream: { user: "u_trust" }, log: { level: "warn" } });
+  proxy = await startProxy({ upstream: { user: "u_trust" }, auth: { method: "trust" }, log: { level: "warn" } });
   copyTable = `fuzz_copy_${randomBytes(4).toString("hex")}`;
   const c = await directClient();
   await c.query(`CREATE TABLE ${copyTable} (a int, b text)`);
@@ -577,6 +577,7 @@ describe("message size limits", () => {
   it("a 2000-byte Query over limits.maxMessageBytes = 1024 is refused, naming the limit", async () => {
     const small = await startProxy({
       upstream: { user: "u_trust" },
+      auth: { method: "trust" },
       limits: { maxMessageBytes: 1024 },
       log: { level: "warn" },
     });
@@ -613,6 +614,7 @@ describe("message size limits", () => {
   it("rows from PostgreSQL larger than limits.maxMessageBytes stream through", async () => {
     const small = await startProxy({
       upstream: { user: "u_trust" },
+      auth: { method: "trust" },
       limits: { maxMessageBytes: 1024 },
       log: { level: "warn" },
     });

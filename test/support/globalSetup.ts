@@ -53,6 +53,14 @@ export default async function setup(project: TestProject): Promise<() => Promise
   await client.query("RESET password_encryption");
   await client.query(`CREATE ROLE u_scram LOGIN PASSWORD '${rolePassword}'`);
   await client.query("GRANT ALL ON SCHEMA public TO PUBLIC");
+  // The default test proxy's upstream role: no superuser, owner of its own database.
+  await client.query(
+    `CREATE ROLE pgw_app LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB PASSWORD '${rolePassword}'`,
+  );
+  await client.query("CREATE DATABASE pgw_app OWNER pgw_app");
+  // Tests create fixtures directly as the superuser and use them through the proxy.
+  await client.query("ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT ALL ON TABLES TO pgw_app");
+  await client.query("ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT ALL ON SEQUENCES TO pgw_app");
   await client.end();
 
   const info: PostgresInfo = { host: "127.0.0.1", port, user: "postgres", password, rolePassword, dir };

@@ -1,5 +1,5 @@
 import { Writable } from "node:stream";
-import type { ScramVerifier } from "../../src/auth/scramVerifier.ts";
+import { deriveScramVerifier, type ScramVerifier } from "../../src/auth/scramVerifier.ts";
 import { isPgwardenError } from "../../src/errors.ts";
 import type { Transition } from "../../src/machines/MachineRunner.ts";
 import { decodeConfig } from "../../src/runtime/config.ts";
@@ -13,29 +13,47 @@ export interface TestProxy {
   readonly transitions: Transition[];
   /** Log lines as JSON objects, for assertions about what was (not) logged. */
   readonly logs: Record<string, unknown>[];
-  /** Connection options for pg/postgres.js through the proxy. */
-  readonly connection: (user?: string) => { host: string; port: number; user: string; database: string };
+  /** Connection options for pg/postgres.js through the proxy (the default identity has a password). */
+  readonly connection: (user?: string) => {
+    host: string;
+    port: number;
+    user: string;
+    password: string;
+    database: string;
+  };
   close(): Promise<void>;
 }
 
 type DeepPartial<T> = { [K in keyof T]?: T[K] extends object ? DeepPartial<T[K]> : T[K] };
 
+/** The default test identity and its password, as in `connection()`. */
+export const TEST_USER = "postgres";
+export const TEST_PASSWORD = "test-client-password";
+const defaultUsers: ReadonlyMap<string, ScramVerifier> = new Map([
+  [TEST_USER, deriveScramVerifier(TEST_PASSWORD, { salt: Buffer.alloc(16, 7) })],
+]);
+
 /**
- * Starts pgwarden in-process in front of the test PostgreSQL. Defaults: trust for clients,
- * upstream as the superuser with its password, any free port.
+ * Starts pgwarden in-process in front of the test PostgreSQL, as a deployment would run it:
+ * SCRAM on the client leg (identity `postgres`, TEST_PASSWORD), upstream as the non-superuser
+ * role `pgw_app`, every database granted; any free port. Tests that speak raw bytes pass
+ * `auth: { method: "trust" }`.
  */
 export const startProxy = async (
-  overrides: Record<string, DeepPartial<Record<string, unknown>>> = {},
-  users: ReadonlyMap<string, ScramVerifier> = new Map(),
+  overrides: Record<string, DeepPartial<Record<string, unknown>> | unknown> = {},
+  users: ReadonlyMap<string, ScramVerifier> = defaultUsers,
 ): Promise<TestProxy> => {
   const pg = postgresInfo();
+  const o = overrides as Record<string, Record<string, unknown> | undefined>;
   const input = {
-    listen: { host: "127.0.0.1", port: 0, ...overrides.listen },
-    upstream: { host: pg.host, port: pg.port, password: pg.password, ...overrides.upstream },
-    auth: { method: "trust", ...overrides.auth },
-    limits: { ...overrides.limits },
-    shutdown: { drainTimeoutMs: 2000, ...overrides.shutdown },
-    log: { level: "debug", ...overrides.log },
+    ...overrides,
+    listen: { host: "127.0.0.1", port: 0, ...o.listen },
+    upstream: { host: pg.host, port: pg.port, user: "pgw_app", password: pg.rolePassword, ...o.upstream },
+    access: { grants: [{ identity: "*", databases: ["*"] }], ...o.access },
+    auth: { method: "scram-sha-256", ...o.auth },
+    limits: { ...o.limits },
+    shutdown: { drainTimeoutMs: 2000, ...o.shutdown },
+    log: { level: "debug", ...o.log },
   };
   // A key set to undefined in overrides means "leave it out".
   const config = decodeConfig(JSON.parse(JSON.stringify(input)));
@@ -60,7 +78,13 @@ export const startProxy = async (
     port: server.port,
     transitions,
     logs,
-    connection: (user = "postgres") => ({ host: "127.0.0.1", port: server.port, user, database: "postgres" }),
+    connection: (user = TEST_USER) => ({
+      host: "127.0.0.1",
+      port: server.port,
+      user,
+      password: TEST_PASSWORD,
+      database: "postgres",
+    }),
     close: () => server.stop(),
   };
 };

@@ -1,3 +1,4 @@
+import { TEST_PASSWORD } from "./proxy.ts";
 import { spawn } from "node:child_process";
 
 export interface Run {
@@ -13,10 +14,17 @@ export interface Run {
 export const runClient = (
   command: string,
   args: readonly string[],
-  options: { cwd?: string; timeoutMs?: number } = {},
+  options: { cwd?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {},
 ): Promise<Run> =>
   new Promise((resolve, reject) => {
-    const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, LANG: "C.UTF-8", PGCONNECT_TIMEOUT: "5" };
+    // The default test proxy's client password: psql and pgbench read it like any libpq client.
+    const env: NodeJS.ProcessEnv = {
+      PATH: process.env.PATH,
+      LANG: "C.UTF-8",
+      PGCONNECT_TIMEOUT: "5",
+      PGPASSWORD: TEST_PASSWORD,
+      ...options.env,
+    };
     const child = spawn(command, [...args], { env, cwd: options.cwd, stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";

@@ -1,0 +1,588 @@
+import type { Socket } from "node:net";
+import type { Logger } from "pino";
+import { MessageStream } from "../adapters/MessageStream.ts";
+import type {
+  connectUpstream,
+  sendCancel,
+  Upstream,
+  UpstreamCredentials,
+  UpstreamTarget,
+} from "../adapters/upstream.ts";
+import type { ScramVerifier } from "../auth/scramVerifier.ts";
+import { isPgwardenError, type PgwardenError, pgwardenError, protocolError, SqlState } from "../errors.ts";
+import type { ClientAction, DeadlinePhase, FinalError } from "../machines/actions.ts";
+import { Events } from "../machines/events.ts";
+import { type ClientRunner, MachineRunner, type TransitionListener } from "../machines/MachineRunner.ts";
+import { encodeAuthentication, encodeBackendKeyData, encodeError, encodeNegotiateProtocolVersion } from "../protocol/backend.ts";
+import { frontendName, RequestCode } from "../protocol/messageTypes.ts";
+import { clientAuthPolicy } from "../protocol/policies.ts";
+import {
+  dataAfterNegotiation,
+  decodeFirstPacket,
+  type FirstPacket,
+  firstPacketLength,
+  isSilent,
+  repeatedNegotiation,
+  SSL_REFUSE,
+} from "../protocol/startup.ts";
+import { resolveGrant, type Destination, type GrantPolicy } from "../policy/grants.ts";
+import { filterStartupParameters, type StartupPolicy } from "../policy/startupParameters.ts";
+import type { CancelRegistry } from "./CancelRegistry.ts";
+import { authenticateClient } from "./clientAuth.ts";
+import { clientEvents } from "./clientEvents.ts";
+import type { Deadlines } from "./Deadlines.ts";
+import type { EventSink } from "./EventSink.ts";
+import { Link } from "./Link.ts";
+import { ServerConnection } from "./ServerConnection.ts";
+
+/** What every client connection shares: configuration turned into policies, and the services. */
+export interface ConnectionDeps {
+  readonly auth: { readonly method: "trust" | "scram-sha-256"; readonly timeoutMs: number };
+  readonly limits: {
+    readonly maxMessageBytes: number;
+    readonly maxBufferedBytesPerConnection: number;
+    readonly lingerMs: number;
+  };
+  readonly startup: StartupPolicy;
+  readonly grants: GrantPolicy;
+  readonly target: UpstreamTarget;
+  readonly credentials: UpstreamCredentials | undefined;
+  readonly users: () => ReadonlyMap<string, ScramVerifier>;
+  /** Iteration count unknown users' mock SCRAM shows: the users file's own. */
+  readonly mockIterations: () => number;
+  /** Keys the mock SCRAM exchange for unknown users, so they look like wrong passwords. */
+  readonly mockSecret: Buffer;
+  readonly cancels: CancelRegistry;
+  /** Client and cancel slots, taken once the first packet says which the connection is. */
+  readonly admission: Admission;
+  readonly deadlines: Deadlines;
+  readonly events: EventSink;
+  readonly log: Logger;
+  readonly onTransition: TransitionListener | undefined;
+  readonly connectUpstream: typeof connectUpstream;
+  readonly sendCancel: typeof sendCancel;
+}
+
+/** Counts clients and cancel connections separately, as PostgreSQL serves cancels when full. */
+export interface Admission {
+  admitClient(): boolean;
+  releaseClient(): void;
+  admitCancel(): boolean;
+  releaseCancel(): void;
+}
+
+type Startup = Extract<FirstPacket, { kind: "Startup" }>;
+
+let serverCounter = 0;
+/** Server connections have ids of their own: in pooled modes one serves many clients. */
+const nextServerId = (): string => `s${(++serverCounter).toString(36)}`;
+
+const adminShutdown = pgwardenError(
+  "PGW_SHUTDOWN",
+  SqlState.adminShutdown,
+  "terminating connection due to administrator command",
+);
+const connectionLost = pgwardenError(
+  "PGW_UPSTREAM_CLOSED",
+  SqlState.connectionFailure,
+  "server closed the connection unexpectedly",
+);
+const loginTimeout = pgwardenError("PGW_AUTH_TIMEOUT", SqlState.connectionFailure, "authentication timed out");
+const tooManyClients = pgwardenError(
+  "PGW_TOO_MANY_CONNECTIONS",
+  SqlState.tooManyConnections,
+  "sorry, too many clients already",
+);
+
+/** What the client is told when PostgreSQL refuses pgwarden's login: the class of failure, no names. */
+const refusalForClient = (sqlstate: string, database: string): PgwardenError => {
+  switch (sqlstate) {
+    case "3D000":
+      return pgwardenError("PGW_UPSTREAM_AUTH", "3D000" as SqlState, `database "${database}" does not exist`);
+    case SqlState.tooManyConnections:
+      return pgwardenError("PGW_UPSTREAM_AUTH", SqlState.tooManyConnections, "sorry, too many clients already");
+    case SqlState.cannotConnectNow:
+      return pgwardenError("PGW_UPSTREAM_AUTH", SqlState.cannotConnectNow, "the database system is not accepting connections");
+    default:
+      return pgwardenError(
+        "PGW_UPSTREAM_AUTH",
+        SqlState.connectionRejected,
+        `the database server rejected the connection (SQLSTATE ${sqlstate})`,
+      );
+  }
+};
+
+/**
+ * The client half of a connection: the client socket, the first packet, client authentication,
+ * the startup boundary and the connection machine — whose transitions' actions this class
+ * executes (`exec`). It reaches PostgreSQL only through a Link to a ServerConnection.
+ *
+ * Every ending is a transition to `violation` or `terminating`; their actions send the final
+ * error (or nothing, where PostgreSQL sends nothing), end both legs and arm a linger after which
+ * both sockets are destroyed. Nothing else closes a socket.
+ */
+export class ClientConnection {
+  readonly id: string;
+  readonly machine: ClientRunner;
+  readonly socket: Socket;
+  private readonly deps: ConnectionDeps;
+  private firstBuf: Buffer | undefined;
+  private startup: Startup | undefined;
+  private leftover: Buffer | undefined;
+  private minor = 0;
+  private stream: MessageStream | undefined;
+  private server: ServerConnection | undefined;
+  private link: Link | undefined;
+  private clientKey: ReturnType<CancelRegistry["issue"]> | undefined;
+  private destination: Destination | undefined;
+  /** The error that travelled beside the event whose actions send it. */
+  private finalError: PgwardenError | undefined;
+  private errorSent = false;
+  private clientGone = false;
+  private admitted: "client" | "cancel" | undefined;
+  private readonly openedAt = Date.now();
+  user: string | undefined;
+  database: string | undefined;
+  private resolveClosed!: () => void;
+  /** Settles once both sockets are closed and the machine is final. */
+  readonly closed: Promise<void> = new Promise((r) => {
+    this.resolveClosed = r;
+  });
+
+  constructor(id: string, socket: Socket, deps: ConnectionDeps) {
+    this.id = id;
+    this.socket = socket;
+    this.deps = deps;
+    this.machine = new MachineRunner(id, deps.onTransition);
+  }
+
+  /** The PostgreSQL backend's PID once logged in upstream. */
+  get pid(): number | undefined {
+    return this.server?.pid;
+  }
+
+  get bytesFromClient(): number {
+    return this.socket.bytesRead;
+  }
+
+  get bytesFromServer(): number {
+    return this.server?.socket?.bytesRead ?? 0;
+  }
+
+  start(): void {
+    const c = this.socket;
+    c.setNoDelay(true);
+    c.setKeepAlive(true);
+    c.on("error", this.onSocketError);
+    c.on("close", this.onClientClose);
+    c.on("data", this.onFirstData);
+    this.machine.start(this.exec);
+    const log = this.deps.log;
+    if (log.isLevelEnabled("info")) log.info({ conn: this.id, remote: `${c.remoteAddress}:${c.remotePort}` }, "client connected");
+  }
+
+  /** Ends the connection for a shutdown: the client is told why, as PostgreSQL does. */
+  shutdown(): void {
+    this.machine.send(Events.Shutdown);
+  }
+
+  /** Destroys both sockets now: the end of the linger, or the scope closing. */
+  destroy(): void {
+    this.socket.destroy();
+    this.server?.destroy();
+  }
+
+  // Actions ----------------------------------------------------------------------------------------
+
+  private readonly exec = (action: ClientAction): void => {
+    switch (action.type) {
+      case "armDeadline":
+        return this.arm(action.params.phase);
+      case "clearDeadline":
+        return this.deps.deadlines.clear(this.id, action.params.phase);
+      case "refuseEncryption":
+        this.socket.write(SSL_REFUSE);
+        return;
+      case "forwardCancel":
+        return void this.forwardCancel();
+      case "authenticate":
+        return this.authenticate();
+      case "sendAuthOk":
+        this.socket.write(encodeAuthentication({ kind: "Ok" }));
+        return;
+      case "connectServer":
+        return void this.connectServer();
+      case "startRelay":
+        return this.startRelay();
+      case "sendError":
+        return this.sendError(action.params.error);
+      case "cancelQuery":
+        void this.server?.cancel();
+        return;
+      case "stopReading":
+        return this.stopReading();
+      case "closeClient":
+        // After the current read's writes: a FATAL being relayed must reach the client first.
+        queueMicrotask(this.endClient);
+        return;
+      case "closeServer":
+        this.link?.unlink();
+        this.server?.close();
+        return;
+    }
+  };
+
+  private arm(phase: DeadlinePhase): void {
+    const ms = phase === "login" ? this.deps.auth.timeoutMs : this.deps.limits.lingerMs;
+    this.deps.deadlines.arm(this.id, phase, ms, phase === "login" ? this.onLoginDeadline : this.onLinger);
+  }
+
+  private readonly onLoginDeadline = (): void => {
+    if (this.deps.log.isLevelEnabled("warn"))
+      this.deps.log.warn({ conn: this.id, state: this.machine.state }, "login deadline passed");
+    this.machine.send(Events.Timeout);
+  };
+
+  private readonly onLinger = (): void => {
+    this.destroy();
+  };
+
+  private sendError(which: FinalError): void {
+    if (this.errorSent || this.clientGone || !this.socket.writable) return;
+    const e =
+      which === "given"
+        ? (this.finalError ?? protocolError("protocol violation"))
+        : which === "adminShutdown"
+          ? adminShutdown
+          : which === "connectionLost"
+            ? connectionLost
+            : loginTimeout;
+    this.errorSent = true;
+    this.socket.write(
+      encodeError({
+        severity: "FATAL",
+        code: e.sqlstate,
+        message: e.message,
+        ...(e.detail === undefined ? {} : { detail: e.detail }),
+      }),
+    );
+  }
+
+  private stopReading(): void {
+    const c = this.socket;
+    c.off("data", this.onFirstData);
+    this.stream?.abandon();
+    this.link?.unlink();
+    c.pause();
+  }
+
+  private readonly endClient = (): void => {
+    if (!this.clientGone) this.socket.end();
+  };
+
+  /** Ends the connection on a violation: `error` is what the client is told (08P01, mostly). */
+  violation(error: PgwardenError): void {
+    if (this.machine.in("violation") || this.machine.in("terminating") || this.machine.done) return;
+    this.finalError = error;
+    if (this.deps.log.isLevelEnabled("warn"))
+      this.deps.log.warn({ conn: this.id, code: error.code, reason: error.message }, "protocol violation");
+    this.machine.send(Events.ProtocolViolation);
+  }
+
+  /** Ends the connection with `error` through `event` (whose transition sends the given error). */
+  private failWith(event: (typeof Events)[keyof typeof Events], error: PgwardenError): void {
+    this.finalError = error;
+    this.machine.send(event);
+  }
+
+  // First packet -----------------------------------------------------------------------------------
+
+  /**
+   * Reads untagged first packets: encryption requests are answered and the next one read, until
+   * a startup packet or a cancel request. At most one packet (10,000 bytes) is buffered.
+   */
+  private readonly onFirstData = (chunk: Buffer): void => {
+    this.firstBuf = this.firstBuf === undefined ? chunk : Buffer.concat([this.firstBuf, chunk]);
+    for (;;) {
+      const buf: Buffer | undefined = this.firstBuf;
+      if (buf === undefined) return;
+      const len = firstPacketLength(buf);
+      if (len === "need-more") return;
+      if (len === "direct-tls") {
+        this.firstBuf = undefined;
+        this.socket.off("data", this.onFirstData);
+        this.deps.log.warn({ conn: this.id }, "direct TLS attempted but TLS is not configured; closing");
+        this.machine.send(Events.DirectTLS);
+        return;
+      }
+      if (isPgwardenError(len)) return this.firstPacketError(len);
+      if (buf.length < len) return;
+      const packet = decodeFirstPacket(buf.subarray(0, len));
+      const rest: Buffer = buf.subarray(len);
+      this.firstBuf = rest.length > 0 ? rest : undefined;
+      if (isPgwardenError(packet)) return this.firstPacketError(packet);
+      switch (packet.kind) {
+        case "SSLRequest":
+        case "GSSENCRequest": {
+          const event = packet.kind === "SSLRequest" ? Events.SSLRequest : Events.GSSENCRequest;
+          // A repeated request reads, to PostgreSQL, as a protocol version it lacks.
+          if (this.machine.peek(event).to === "violation")
+            this.finalError = repeatedNegotiation(packet.kind === "SSLRequest" ? RequestCode.ssl : RequestCode.gssenc);
+          if (this.machine.send(event) === "violation") return;
+          // Bytes sent before the answer was read were sent in the clear: an injection, perhaps.
+          if (rest.length > 0) return this.failWith(Events.ProtocolViolation, dataAfterNegotiation(packet.kind));
+          continue;
+        }
+        case "DirectTLS":
+          continue;
+        case "CancelRequest":
+          this.socket.off("data", this.onFirstData);
+          this.firstBuf = undefined;
+          this.cancelPacket = packet;
+          this.machine.send(Events.CancelRequest);
+          return;
+        case "Startup":
+          this.socket.off("data", this.onFirstData);
+          this.socket.pause();
+          this.firstBuf = undefined;
+          this.startup = packet;
+          this.leftover = rest;
+          this.machine.send(Events.Startup);
+          return;
+      }
+    }
+  };
+
+  private cancelPacket: Extract<FirstPacket, { kind: "CancelRequest" }> | undefined;
+
+  private firstPacketError(e: PgwardenError): void {
+    this.firstBuf = undefined;
+    this.socket.off("data", this.onFirstData);
+    if (this.deps.log.isLevelEnabled("info"))
+      this.deps.log.info({ conn: this.id, code: e.code, reason: e.message }, "invalid first packet");
+    if (isSilent(e)) this.machine.send(Events.StartupInvalid);
+    else this.failWith(Events.ProtocolViolation, e);
+  }
+
+  private async forwardCancel(): Promise<void> {
+    const p = this.cancelPacket!;
+    this.cancelPacket = undefined;
+    if (this.deps.admission.admitCancel()) {
+      this.admitted = "cancel";
+      const target = this.deps.cancels.find(p.processId, p.secret);
+      if (target !== undefined) {
+        this.deps.log.info({ conn: this.id }, "cancel request forwarded");
+        await target.cancel().catch(() => {});
+      }
+    } else this.deps.log.warn({ conn: this.id }, "cancel request dropped: too many cancel connections");
+    this.machine.send(Events.CancelDone);
+  }
+
+  // Authentication ---------------------------------------------------------------------------------
+
+  private authenticate(): void {
+    const startup = this.startup!;
+    this.startup = undefined;
+    if (!this.deps.admission.admitClient()) {
+      this.deps.log.warn({ conn: this.id }, "connection refused: too many clients");
+      return this.failWith(Events.ClientAuthFailed, tooManyClients);
+    }
+    this.admitted = "client";
+    void this.runAuthentication(startup).catch((e: unknown) => this.internalError(e));
+  }
+
+  private async runAuthentication(startup: Startup): Promise<void> {
+    const params = startup.parameters;
+    const log = this.deps.log;
+    const user = params.get("user");
+    if (user === undefined || user === "") {
+      return this.failWith(
+        Events.ClientAuthFailed,
+        pgwardenError("PGW_AUTH_FAILED", SqlState.invalidAuthorization, "no PostgreSQL user name specified in startup packet"),
+      );
+    }
+    const database = params.get("database") || user;
+    this.user = user;
+    this.database = database;
+    log.info({ conn: this.id, user, database, application: params.get("application_name") }, "startup");
+
+    // The startup boundary, before any credential is read: what may go upstream, and where.
+    const filtered = filterStartupParameters(this.deps.startup, params);
+    if (isPgwardenError(filtered)) {
+      log.warn({ conn: this.id, user, reason: filtered.message }, "startup refused");
+      return this.failWith(Events.ClientAuthFailed, filtered);
+    }
+    if (filtered.dropped.length > 0) log.info({ conn: this.id, dropped: filtered.dropped }, "startup parameters not forwarded");
+    const destination = resolveGrant(this.deps.grants, user, database);
+    if (isPgwardenError(destination)) {
+      log.warn({ conn: this.id, user, database, reason: destination.message }, "access denied");
+      return this.failWith(Events.ClientAuthFailed, destination);
+    }
+    this.destination = destination;
+    this.upstreamParameters = new Map([
+      ["user", destination.role],
+      ["database", destination.database],
+      ...filtered.parameters,
+    ]);
+
+    // pgwarden speaks 3.0 and 3.2 to clients and supports no `_pq_` protocol options yet.
+    const options = [...params.keys()].filter((k) => k.startsWith("_pq_."));
+    this.minor = startup.minor >= 2 ? 2 : 0;
+    // As PostgreSQL does: negotiate only for a newer minor than ours or for unknown options.
+    if (options.length > 0 || startup.minor > 2) {
+      this.socket.write(
+        encodeNegotiateProtocolVersion({ newestVersion: (3 << 16) | this.minor, unrecognized: options }),
+      );
+    }
+
+    const stream = new MessageStream(this.socket, clientAuthPolicy(this.deps.limits.maxMessageBytes), this.leftover);
+    this.leftover = undefined;
+    this.stream = stream;
+    this.socket.resume();
+    const method = this.deps.auth.method;
+    const outcome = await authenticateClient(stream, {
+      method,
+      user,
+      verifier: this.deps.users().get(user),
+      mockSecret: this.deps.mockSecret,
+      mockIterations: this.deps.mockIterations(),
+      send: (m) => {
+        if (this.machine.in("authenticating.client")) this.socket.write(m);
+      },
+      check: (m) => {
+        const state = this.machine.state;
+        if (state !== "authenticating.client") return "abandoned";
+        if (this.machine.send(clientEvents[m[0]!]!) !== "violation") return undefined;
+        return protocolError(`expected an authentication response, got ${frontendName(m[0]!)} in state ${state}`);
+      },
+    });
+    if (!this.machine.in("authenticating.client")) return;
+    switch (outcome.kind) {
+      case "closed":
+        return;
+      case "violation":
+        return this.violation(outcome.error);
+      case "failed":
+        log.warn({ conn: this.id, user, reason: outcome.reason ?? outcome.error.message }, "client authentication failed");
+        return this.failWith(Events.ClientAuthFailed, outcome.error);
+      case "ok":
+        if (method !== "trust") log.info({ conn: this.id, user }, "client authenticated");
+    }
+    const pending = stream.handOff();
+    if (isPgwardenError(pending)) return this.violation(pending);
+    this.clientPending = pending;
+    // Whatever the client sends before ReadyForQuery waits in the socket.
+    this.socket.pause();
+    this.machine.send(Events.ClientAuthOk);
+  }
+
+  private upstreamParameters: Map<string, string> | undefined;
+  private clientPending: Buffer[] = [];
+
+  // Server half --------------------------------------------------------------------------------------
+
+  private async connectServer(): Promise<void> {
+    const server = new ServerConnection(nextServerId(), {
+      target: this.deps.target,
+      credentials: this.deps.credentials,
+      connectUpstream: this.deps.connectUpstream,
+      sendCancel: this.deps.sendCancel,
+      onTransition: this.deps.onTransition,
+    });
+    this.server = server;
+    server.whenLost(this.onServerLost);
+    const outcome = await server.login(this.upstreamParameters!).catch(
+      (e: unknown) => ({ kind: "failed", error: pgwardenError("PGW_INTERNAL", SqlState.internalError, String(e)) }) as const,
+    );
+    if (!this.machine.in("authenticating.upstream")) {
+      server.close();
+      return this.settle();
+    }
+    const log = this.deps.log;
+    switch (outcome.kind) {
+      case "ready":
+        this.serverReady = outcome.upstream;
+        this.machine.send(Events.UpstreamReady);
+        return;
+      case "refused":
+        log.warn({ conn: this.id, sqlstate: outcome.sqlstate, reason: outcome.reason }, "PostgreSQL refused the login");
+        return this.failWith(Events.UpstreamFailed, refusalForClient(outcome.sqlstate, this.destination!.database));
+      case "failed":
+        log.warn({ conn: this.id, code: outcome.error.code, reason: outcome.error.message }, "upstream login failed");
+        return this.failWith(Events.UpstreamFailed, outcome.error);
+    }
+  }
+
+  private serverReady: Upstream | undefined;
+
+  private startRelay(): void {
+    const upstream = this.serverReady!;
+    this.serverReady = undefined;
+    this.clientKey = this.deps.cancels.issue(upstream.key.processId, this.minor, this);
+    const link = new Link(this, this.server!, {
+      maxMessageBytes: this.deps.limits.maxMessageBytes,
+      maxBuffered: this.deps.limits.maxBufferedBytesPerConnection,
+    });
+    this.link = link;
+    this.deps.log.info({ conn: this.id, pid: upstream.key.processId }, "session ready");
+    const pending = this.clientPending;
+    this.clientPending = [];
+    link.start({
+      toClient: [...upstream.startupMessages, encodeBackendKeyData(this.clientKey), upstream.ready],
+      serverPending: upstream.pending,
+      clientPending: pending,
+    });
+  }
+
+  /** CancelRequest for this connection's running query (Cancellable). */
+  cancel(): Promise<void> {
+    return this.link?.server.cancel() ?? Promise.resolve();
+  }
+
+  // Endings ------------------------------------------------------------------------------------------
+
+  private readonly onSocketError = (e: Error): void => {
+    this.deps.log.debug({ conn: this.id, err: e.message }, "client socket error");
+  };
+
+  private readonly onClientClose = (): void => {
+    this.clientGone = true;
+    if (!this.machine.done) this.machine.send(Events.ClientClosed);
+    this.settle();
+  };
+
+  private readonly onServerLost = (): void => {
+    this.machine.send(Events.ServerClosed);
+    this.settle();
+  };
+
+  /** A failure in pgwarden's own code ends this connection, never the process. */
+  private internalError(e: unknown): void {
+    this.deps.log.error({ conn: this.id, err: e instanceof Error ? e.stack : String(e) }, "internal error");
+    this.violation(pgwardenError("PGW_INTERNAL", SqlState.internalError, "internal error in pgwarden"));
+  }
+
+  /** Once both legs are closed: the machine is final, slots and keys are given back. */
+  private settle(): void {
+    if (!this.clientGone) return;
+    const server = this.server;
+    if (server !== undefined && !server.machine.done) return;
+    if (this.machine.done) return;
+    this.machine.send(Events.Closed);
+    if (!this.machine.done) return;
+    this.deps.deadlines.clearAll(this.id);
+    if (this.clientKey !== undefined) this.deps.cancels.revoke(this.clientKey);
+    if (this.admitted === "client") this.deps.admission.releaseClient();
+    else if (this.admitted === "cancel") this.deps.admission.releaseCancel();
+    this.admitted = undefined;
+    const summary = {
+      conn: this.id,
+      ms: Date.now() - this.openedAt,
+      bytesFromClient: this.bytesFromClient,
+      bytesFromServer: this.bytesFromServer,
+    };
+    this.deps.events.emit({ kind: "connectionClosed", ...summary, user: this.user, database: this.database });
+    this.deps.log.info(summary, "client disconnected");
+    this.resolveClosed();
+  }
+}

@@ -1,0 +1,214 @@
+import type { Socket } from "node:net";
+import { batchWrite } from "../adapters/batchWrite.ts";
+import { type PgwardenError, pgwardenError, protocolError, SqlState } from "../errors.ts";
+import { Events, ReadyForQuery } from "../machines/events.ts";
+import type { ClientRunner } from "../machines/MachineRunner.ts";
+import { ServerEvents } from "../machines/serverEvents.ts";
+import { Owed } from "../pool/OwedResponses.ts";
+import { MessageScanner } from "../protocol/MessageScanner.ts";
+import { Backend, frontendName } from "../protocol/messageTypes.ts";
+import { clientSessionPolicy, serverSessionPolicy } from "../protocol/policies.ts";
+import { clientEvents, isExtended, isSyncPoint } from "./clientEvents.ts";
+import type { ServerConnection } from "./ServerConnection.ts";
+
+/** What the client half gives a link: its socket, its machine, and where to report an ending. */
+export interface ClientSide {
+  readonly socket: Socket;
+  readonly machine: ClientRunner;
+  /** A violation on either leg: the client half sends 08P01 and both legs close. */
+  violation(error: PgwardenError): void;
+}
+
+const STATUS: Record<number, "I" | "T" | "E"> = { 73: "I", 84: "T", 69: "E" };
+
+/**
+ * True when an ErrorResponse ends the session. PostgreSQL writes the non-localized severity `V`
+ * (9.6+) besides the localized `S`: a French server's `S` says FATAL as "FATAL" but PANIC as
+ * "PANIC" only by luck, so `V` decides and `S` counts only when no `V` is present.
+ */
+export const isFatalError = (msg: Buffer): boolean => {
+  let severity: string | undefined;
+  let pos = 5;
+  while (pos < msg.length) {
+    const code = msg[pos]!;
+    if (code === 0) break;
+    const end = msg.indexOf(0, pos + 1);
+    if (end < 0) break;
+    if (code === 0x56) return isFatalSeverity(msg, pos + 1, end); // V
+    if (code === 0x53) severity = msg.toString("latin1", pos + 1, end); // S
+    pos = end + 1;
+  }
+  return severity === "FATAL" || severity === "PANIC";
+};
+
+const isFatalSeverity = (msg: Buffer, start: number, end: number): boolean => {
+  const s = msg.toString("latin1", start, end);
+  return s === "FATAL" || s === "PANIC";
+};
+
+/**
+ * Joins a client connection to a server connection: the two-way relay. Control messages drive
+ * both machines and the server's owed-responses record; everything else passes as views of the
+ * chunks it arrived in, one writev per read. In session mode a link lasts for the client's life;
+ * the pooling issue unlinks at ReadyForQuery `I` with nothing owed (`server.owed.settled`).
+ */
+export class Link {
+  readonly client: ClientSide;
+  readonly server: ServerConnection;
+  private readonly serverSocket: Socket;
+  private readonly clientScanner: MessageScanner;
+  private readonly serverScanner: MessageScanner;
+  private readonly toServer: Uint8Array[] = [];
+  private readonly toClient: Uint8Array[] = [];
+  private readonly bufferLimit: number;
+  private linked = true;
+
+  constructor(client: ClientSide, server: ServerConnection, limits: { maxMessageBytes: number; maxBuffered: number }) {
+    this.client = client;
+    this.server = server;
+    this.serverSocket = server.socket!;
+    this.bufferLimit = limits.maxBuffered;
+    this.clientScanner = new MessageScanner(clientSessionPolicy(limits.maxMessageBytes), this.onClientMessage);
+    this.serverScanner = new MessageScanner(serverSessionPolicy(limits.maxMessageBytes), this.onServerMessage);
+  }
+
+  /** Starts relaying: first what each side sent ahead, then the live streams. */
+  start(first: { toClient: readonly Uint8Array[]; serverPending: readonly Buffer[]; clientPending: readonly Buffer[] }): void {
+    for (const m of first.toClient) this.toClient.push(m);
+    if (!this.replay(first.serverPending, this.onServerMessage, this.toClient)) return;
+    this.flushToClient();
+    if (!this.replay(first.clientPending, this.onClientMessage, this.toServer)) return;
+    this.flushToServer();
+    this.client.socket.on("data", this.onClientData);
+    this.serverSocket.on("data", this.onServerData);
+    this.client.socket.resume();
+    this.serverSocket.resume();
+  }
+
+  /** Stops relaying in both directions (the connection is ending, or the pool takes the server back). */
+  unlink(): void {
+    if (!this.linked) return;
+    this.linked = false;
+    this.client.socket.off("data", this.onClientData);
+    this.serverSocket.off("data", this.onServerData);
+  }
+
+  /** Messages that arrived during a handover go through the same checks as the stream. */
+  private replay(
+    messages: readonly Buffer[],
+    handler: (type: number, msg: Buffer) => PgwardenError | undefined,
+    out: Uint8Array[],
+  ): boolean {
+    for (const m of messages) {
+      const v = handler(m[0]!, m);
+      if (v === undefined) out.push(m);
+      else {
+        this.client.violation(v);
+        return false;
+      }
+    }
+    return true;
+  }
+
+  private flushToServer(): void {
+    if (!batchWrite(this.serverSocket, this.toServer, this.client.socket, this.bufferLimit)) this.overLimit();
+  }
+
+  private flushToClient(): void {
+    if (!batchWrite(this.client.socket, this.toClient, this.serverSocket, this.bufferLimit)) this.overLimit();
+  }
+
+  private overLimit(): void {
+    this.client.violation(
+      pgwardenError(
+        "PGW_BUFFER_LIMIT",
+        SqlState.protocolViolation,
+        `more than ${this.bufferLimit} bytes are waiting to be written for this connection`,
+      ),
+    );
+  }
+
+  private readonly onClientData = (chunk: Buffer): void => {
+    const err = this.clientScanner.scan(chunk, this.toServer);
+    if (err !== undefined) {
+      this.toServer.length = 0;
+      this.client.violation(err);
+      return;
+    }
+    this.flushToServer();
+  };
+
+  private readonly onServerData = (chunk: Buffer): void => {
+    const err = this.serverScanner.scan(chunk, this.toClient);
+    // What came before a bad message still reaches the client: an error, often.
+    this.flushToClient();
+    if (err !== undefined) {
+      this.server.machine.send(ServerEvents.ProtocolViolation);
+      this.client.violation(
+        err.message.startsWith("PostgreSQL")
+          ? err
+          : protocolError(`PostgreSQL sent an invalid stream: ${err.message}`),
+      );
+    }
+  };
+
+  /** Each client control message: the machine decides whether it is legal here. */
+  private readonly onClientMessage = (type: number, _msg: Buffer): PgwardenError | undefined => {
+    const m = this.client.machine;
+    const from = m.state;
+    const copyIn = from === "busy.copy.in" || from === "busy.copy.both";
+    if (m.send(clientEvents[type]!) === "violation") {
+      return protocolError(
+        `unexpected message type ${frontendName(type)} (0x${type.toString(16)}) in state ${from}`,
+      );
+    }
+    // PostgreSQL ignores Flush and Sync during COPY IN: they owe nothing and leave nothing pending.
+    if (copyIn) return undefined;
+    const owed = this.server.owed;
+    if (isSyncPoint(type)) {
+      owed.push(Owed.forward);
+      owed.unsynced = false;
+      this.server.machine.send(ServerEvents.Request);
+    } else if (isExtended(type)) owed.unsynced = true;
+    return undefined;
+  };
+
+  /** Each server control message that changes what the client may do next. */
+  private readonly onServerMessage = (type: number, msg: Buffer): PgwardenError | undefined => {
+    const m = this.client.machine;
+    let state: string;
+    switch (type) {
+      case Backend.ReadyForQuery: {
+        const status = STATUS[msg.length === 6 ? msg[5]! : 0];
+        if (status === undefined) return protocolError("PostgreSQL sent an invalid ReadyForQuery");
+        const owed = this.server.owed;
+        owed.shift();
+        const event = ReadyForQuery[status][owed.size > 0 || owed.unsynced ? 1 : 0];
+        this.server.machine.send(event);
+        state = m.send(event);
+        break;
+      }
+      case Backend.CopyInResponse:
+        state = m.send(Events.CopyInResponse);
+        break;
+      case Backend.CopyOutResponse:
+        state = m.send(Events.CopyOutResponse);
+        break;
+      case Backend.CopyBothResponse:
+        state = m.send(Events.CopyBothResponse);
+        break;
+      case Backend.CopyDone:
+        state = m.send(Events.ServerCopyDone);
+        break;
+      case Backend.ErrorResponse:
+        // Relayed first; the machine then ends the session once this read is written.
+        if (isFatalError(msg)) m.send(Events.ServerFatal);
+        return undefined;
+      default:
+        return undefined;
+    }
+    if (state === "violation")
+      return protocolError(`PostgreSQL sent message 0x${type.toString(16)} out of turn`);
+    return undefined;
+  };
+}
