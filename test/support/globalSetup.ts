@@ -53,9 +53,24 @@ export default async function setup(project: TestProject): Promise<() => Promise
   await client.query("RESET password_encryption");
   await client.query(`CREATE ROLE u_scram LOGIN PASSWORD '${rolePassword}'`);
   await client.query("GRANT ALL ON SCHEMA public TO PUBLIC");
+  // The service role a proxy should log in as: no superuser, owns only its own database.
+  const appRole = "pgw_app";
+  await client.query(
+    `CREATE ROLE ${appRole} LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB PASSWORD '${rolePassword}'`,
+  );
+  await client.query(`CREATE DATABASE ${appRole} OWNER ${appRole}`);
   await client.end();
 
-  const info: PostgresInfo = { host: "127.0.0.1", port, user: "postgres", password, rolePassword, dir };
+  const info: PostgresInfo = {
+    host: "127.0.0.1",
+    port,
+    user: "postgres",
+    password,
+    rolePassword,
+    dir,
+    appRole,
+    appDatabase: appRole,
+  };
   project.provide("postgres", info);
 
   return async () => {
