@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createScramClient } from "../../src/auth/scramClient.ts";
 import { createScramVerifier, parseScramVerifier, type ScramVerifier } from "../../src/auth/scramVerifier.ts";
+import { formatUsersFile } from "../../src/auth/usersFile.ts";
 import { isPgwardenError } from "../../src/errors.ts";
 import { encodeSASLInitialResponse, encodeSASLResponse } from "../../src/protocol/frontend.ts";
 import { postgresInfo } from "./postgres.ts";
@@ -215,12 +216,21 @@ export interface TappedConnection {
   readonly openedAt: number;
   /** When PostgreSQL (the far side) closed its end. */
   serverClosedAt: number | undefined;
+  /** When the tap passed that close on to the proxy (later by `holdCloseMs`). */
+  forwardedCloseAt: number | undefined;
 }
 
 export interface Tap {
   readonly port: number;
   readonly connections: TappedConnection[];
   close(): Promise<void>;
+}
+
+export interface TapOptions {
+  /** Takes over a connection instead of relaying it, when it returns true. */
+  readonly intercept?: (socket: Socket, index: number) => boolean;
+  /** Delay before PostgreSQL's close reaches the proxy, to make "waits for it" observable. */
+  readonly holdCloseMs?: number;
 }
 
 const CANCEL_CODE = 80877102;
@@ -237,38 +247,45 @@ const closeServer = (server: Server, sockets: Set<Socket>): Promise<void> =>
 
 /**
  * A loopback relay in front of PostgreSQL that records each connection: what it began with, and
- * when PostgreSQL closed it. `intercept` may take over a connection (return true) instead.
+ * when PostgreSQL closed it.
  */
-export const tcpTap = async (
-  intercept?: (socket: Socket, index: number) => boolean,
-  target = postgresInfo(),
-): Promise<Tap> => {
+export const tcpTap = async (options: TapOptions = {}, target = postgresInfo()): Promise<Tap> => {
   const connections: TappedConnection[] = [];
   const sockets = new Set<Socket>();
+  const track = (s: Socket) => {
+    sockets.add(s);
+    s.on("close", () => sockets.delete(s));
+    s.on("error", () => {});
+  };
   const server = createServer((inbound) => {
-    sockets.add(inbound);
-    inbound.on("close", () => sockets.delete(inbound));
-    inbound.on("error", () => {});
+    track(inbound);
     const index = connections.length;
-    const rec: TappedConnection = { first: Buffer.alloc(0), openedAt: Date.now(), serverClosedAt: undefined };
+    const rec: TappedConnection = {
+      first: Buffer.alloc(0),
+      openedAt: Date.now(),
+      serverClosedAt: undefined,
+      forwardedCloseAt: undefined,
+    };
     connections.push(rec);
-    if (intercept?.(inbound, index) === true) return;
+    if (options.intercept?.(inbound, index) === true) return;
     const outbound = connect({ host: target.host, port: target.port });
-    sockets.add(outbound);
-    outbound.on("error", () => inbound.destroy());
-    outbound.on("close", () => {
-      rec.serverClosedAt ??= Date.now();
-      sockets.delete(outbound);
-      inbound.destroy();
-    });
-    outbound.on("end", () => {
-      rec.serverClosedAt ??= Date.now();
-    });
+    track(outbound);
+    const serverGone = () => {
+      if (rec.serverClosedAt !== undefined) return;
+      rec.serverClosedAt = Date.now();
+      setTimeout(() => {
+        rec.forwardedCloseAt = Date.now();
+        inbound.destroy();
+      }, options.holdCloseMs ?? 0);
+    };
+    outbound.on("end", serverGone);
+    outbound.on("close", serverGone);
     inbound.on("data", (d: Buffer) => {
       if (rec.first.length < 16) rec.first = Buffer.concat([rec.first, d]).subarray(0, 16);
     });
-    inbound.pipe(outbound);
-    outbound.pipe(inbound);
+    inbound.pipe(outbound, { end: false });
+    outbound.pipe(inbound, { end: false });
+    inbound.on("end", () => outbound.end());
     inbound.on("close", () => outbound.destroy());
   });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
@@ -382,13 +399,11 @@ export const rssOf = (pid: number): number => {
 /** A YAML config file (JSON is YAML) and a users file in a fresh directory. */
 export const writeServeFiles = async (
   config: Record<string, unknown>,
-  users: ReadonlyArray<readonly [string, string]> = [],
+  users: ReadonlyArray<readonly [string, ScramVerifier]> = [],
 ): Promise<{ dir: string; config: string; users: string }> => {
   const dir = await mkdtemp(join(tmpdir(), "pgw-hostile-"));
   const usersPath = join(dir, "users.txt");
-  await writeFile(usersPath, users.map(([n, p]) => `${n}:${createScramVerifier(p)}\n`).join(""), {
-    mode: 0o600,
-  });
+  await writeFile(usersPath, formatUsersFile(users), { mode: 0o600 });
   const configPath = join(dir, "pgwarden.yaml");
   const auth = (config.auth ?? {}) as Record<string, unknown>;
   await writeFile(
