@@ -88,8 +88,14 @@ const cases: [string, Buffer[]][] = [
   ["protocol 2.0", [Buffer.concat([int32(8), int32(2 << 16)])]],
   ["protocol 4.0", [Buffer.concat([int32(8), int32(4 << 16)])]],
   ["a CancelRequest without a key", [Buffer.concat([int32(12), int32(CANCEL), int32(1234)])]],
-  ["a CancelRequest with a 300-byte key", [Buffer.concat([int32(312), int32(CANCEL), int32(1234), Buffer.alloc(300)])]],
-  ["an SSLRequest, then an unknown protocol", [encodeSSLRequest(), Buffer.concat([int32(8), int32(0x12345678)])]],
+  [
+    "a CancelRequest with a 300-byte key",
+    [Buffer.concat([int32(312), int32(CANCEL), int32(1234), Buffer.alloc(300)])],
+  ],
+  [
+    "an SSLRequest, then an unknown protocol",
+    [encodeSSLRequest(), Buffer.concat([int32(8), int32(0x12345678)])],
+  ],
   ["an SSLRequest, then length 4", [encodeSSLRequest(), Buffer.concat([int32(4), int32(0)])]],
   ["a second SSLRequest", [encodeSSLRequest(), encodeSSLRequest()]],
   ["a startup packet in the same write as the SSLRequest", [Buffer.concat([encodeSSLRequest(), startup()])]],
@@ -105,7 +111,10 @@ describe("first-packet errors answered as PostgreSQL answers them", () => {
   }
 
   it("says nothing at all for an invalid startup packet length", async () => {
-    for (const bytes of [Buffer.concat([int32(4), int32(0)]), Buffer.concat([int32(10_005), int32(196608)])]) {
+    for (const bytes of [
+      Buffer.concat([int32(4), int32(0)]),
+      Buffer.concat([int32(10_005), int32(196608)]),
+    ]) {
       const a = await exchange(proxy.port, [bytes]);
       expect(a).toEqual({ tokens: [], closed: true });
     }
@@ -122,7 +131,12 @@ describe("first-packet errors answered as PostgreSQL answers them", () => {
     // That client sends a Terminate where the startup packet belongs; PostgreSQL closes without a
     // word and the connect never settles. An ErrorResponse would make it fail instead.
     const outcome = async (port: number): Promise<string> => {
-      const c = new pg.Client({ host: "127.0.0.1", port, user: "alice", database: postgresInfo().appDatabase });
+      const c = new pg.Client({
+        host: "127.0.0.1",
+        port,
+        user: "alice",
+        database: postgresInfo().appDatabase,
+      });
       c.on("error", () => {});
       const connecting = c.connect().then(
         () => "connected",
