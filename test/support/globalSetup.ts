@@ -54,16 +54,26 @@ export default async function setup(project: TestProject): Promise<() => Promise
   await client.query(`CREATE ROLE u_scram LOGIN PASSWORD '${rolePassword}'`);
   await client.query("GRANT ALL ON SCHEMA public TO PUBLIC");
   // The default test proxy's upstream role: no superuser, owner of its own database.
+  const appRole = "pgw_app";
   await client.query(
-    `CREATE ROLE pgw_app LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB PASSWORD '${rolePassword}'`,
+    `CREATE ROLE ${appRole} LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB PASSWORD '${rolePassword}'`,
   );
-  await client.query("CREATE DATABASE pgw_app OWNER pgw_app");
+  await client.query(`CREATE DATABASE ${appRole} OWNER ${appRole}`);
   // Tests create fixtures directly as the superuser and use them through the proxy.
-  await client.query("ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT ALL ON TABLES TO pgw_app");
-  await client.query("ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT ALL ON SEQUENCES TO pgw_app");
+  await client.query(`ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT ALL ON TABLES TO ${appRole}`);
+  await client.query(`ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT ALL ON SEQUENCES TO ${appRole}`);
   await client.end();
 
-  const info: PostgresInfo = { host: "127.0.0.1", port, user: "postgres", password, rolePassword, dir };
+  const info: PostgresInfo = {
+    host: "127.0.0.1",
+    port,
+    user: "postgres",
+    password,
+    rolePassword,
+    dir,
+    appRole,
+    appDatabase: appRole,
+  };
   project.provide("postgres", info);
 
   return async () => {

@@ -10,6 +10,9 @@ export interface PostgresInfo {
   /** Password of the u_password, u_md5 and u_scram roles. */
   readonly rolePassword: string;
   readonly dir: string;
+  /** Non-superuser role (password `rolePassword`) that owns the database `appDatabase`. */
+  readonly appRole: string;
+  readonly appDatabase: string;
 }
 
 declare module "vitest" {
