@@ -45,5 +45,7 @@ export const scramSaltOf = (serverFirst: string): { salt: Buffer; iterations: nu
     if (attr.startsWith("s=")) salt = Buffer.from(attr.slice(2), "base64");
     else if (attr.startsWith("i=") && /^\d{1,10}$/.test(attr.slice(2))) iterations = Number(attr.slice(2));
   }
-  return salt === undefined || salt.length === 0 || iterations === undefined ? undefined : { salt, iterations };
+  return salt === undefined || salt.length === 0 || iterations === undefined
+    ? undefined
+    : { salt, iterations };
 };

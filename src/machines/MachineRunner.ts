@@ -47,13 +47,13 @@ const NONE: readonly never[] = Object.freeze([]);
 const plainActions = <A>(actions: readonly { type: string; params?: unknown }[]): readonly A[] =>
   actions.length === 0
     ? NONE
-    : Object.freeze(
+    : (Object.freeze(
         actions.map((a) =>
           Object.freeze(
             a.params === undefined ? { type: a.type } : { type: a.type, params: Object.freeze(a.params) },
           ),
         ),
-      ) as readonly A[];
+      ) as readonly A[]);
 
 /**
  * The cache of one machine: state nodes by key, each with its steps by event identity. XState's
@@ -156,7 +156,8 @@ export class MachineRunner<E extends object = ConnectionEvent, A = ClientAction>
    */
   send(event: E): string {
     if (this.running) {
-      (this.queued ??= []).push(event);
+      if (this.queued === undefined) this.queued = [];
+      this.queued.push(event);
       return this.node.key;
     }
     this.running = true;

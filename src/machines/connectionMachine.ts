@@ -46,8 +46,8 @@ const busyLifecycle = {
   ClientClosed: end({ type: "cancelQuery" }),
 } as const satisfies Handlers;
 
-/** A repeated encryption request: PostgreSQL answers `N` again, then refuses it as a protocol version. */
-const repeated = { target: VIOLATION, actions: [{ type: "refuseEncryption" }] } as const;
+/** A repeated encryption request: PostgreSQL refuses it as an unknown protocol version. */
+const repeated = VIOLATION;
 
 /** Accept these events without changing state. */
 const accept = <T extends ConnectionEventType>(...types: T[]): Record<T, object> =>
@@ -264,7 +264,8 @@ export const connectionMachine = setup({
       on: { Closed: "closed", "*": {} },
     },
     terminating: {
-      description: "Closing both legs after Terminate, an error, a shutdown or a lost peer; then a short linger.",
+      description:
+        "Closing both legs after Terminate, an error, a shutdown or a lost peer; then a short linger.",
       entry: [
         { type: "stopReading" },
         { type: "closeClient" },

@@ -66,7 +66,8 @@ const optionSettings = (value: string): [string, string][] | PgwardenError => {
     else if (w.startsWith("-c")) setting = w.slice(2);
     else if (w.startsWith("--")) setting = w.slice(2);
     const eq = setting?.indexOf("=") ?? -1;
-    if (setting === undefined || eq <= 0) return refused(`unsupported option "${w}" in the options parameter`);
+    if (setting === undefined || eq <= 0)
+      return refused(`unsupported option "${w}" in the options parameter`);
     // PostgreSQL reads dashes in option names as underscores.
     out.push([setting.slice(0, eq).replaceAll("-", "_"), setting.slice(eq + 1)]);
   }

@@ -58,6 +58,9 @@ export const repeatedNegotiation = (code: number): PgwardenError =>
     `unsupported frontend protocol ${code >>> 16}.${code & 0xffff}: server supports 3.0 to 3.2`,
   );
 
+/** Protocol 2's ErrorResponse: `E`, the text, NUL. */
+export const encodeV2Error = (message: string): Buffer => Buffer.from(`EFATAL:  ${message}\n\0`, "utf8");
+
 /** Bytes that arrived after an encryption request and before its answer could be acted on. */
 export const dataAfterNegotiation = (kind: "SSLRequest" | "GSSENCRequest"): PgwardenError =>
   protocolError(
@@ -85,7 +88,9 @@ export const decodeFirstPacket = (packet: Buffer): FirstPacket | PgwardenError =
         const processId = r.int32("process id");
         const secret = r.rest();
         if (secret.length < 4 || secret.length > MAX_CANCEL_SECRET) {
-          return silentStartupError(`invalid length of query cancel packet: cancel key of ${secret.length} bytes`);
+          return silentStartupError(
+            `invalid length of query cancel packet: cancel key of ${secret.length} bytes`,
+          );
         }
         return { kind: "CancelRequest", processId, secret };
       }
@@ -94,7 +99,8 @@ export const decodeFirstPacket = (packet: Buffer): FirstPacket | PgwardenError =
     const minor = code & 0xffff;
     if (major !== 3) {
       return pgwardenError(
-        "PGW_UNSUPPORTED_PROTOCOL",
+        // A protocol 2 client reads only the old error format: the code tells the caller to use it.
+        major < 3 ? "PGW_UNSUPPORTED_PROTOCOL_V2" : "PGW_UNSUPPORTED_PROTOCOL",
         SqlState.featureNotSupported,
         `unsupported frontend protocol ${major}.${minor}: server supports 3.0 to 3.2`,
       );

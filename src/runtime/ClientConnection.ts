@@ -13,20 +13,26 @@ import { isPgwardenError, type PgwardenError, pgwardenError, protocolError, SqlS
 import type { ClientAction, DeadlinePhase, FinalError } from "../machines/actions.ts";
 import { Events } from "../machines/events.ts";
 import { type ClientRunner, MachineRunner, type TransitionListener } from "../machines/MachineRunner.ts";
-import { encodeAuthentication, encodeBackendKeyData, encodeError, encodeNegotiateProtocolVersion } from "../protocol/backend.ts";
+import { type Destination, type GrantPolicy, resolveGrant } from "../policy/grants.ts";
+import { filterStartupParameters, type StartupPolicy } from "../policy/startupParameters.ts";
+import {
+  encodeAuthentication,
+  encodeBackendKeyData,
+  encodeError,
+  encodeNegotiateProtocolVersion,
+} from "../protocol/backend.ts";
 import { frontendName, RequestCode } from "../protocol/messageTypes.ts";
 import { clientAuthPolicy } from "../protocol/policies.ts";
 import {
   dataAfterNegotiation,
   decodeFirstPacket,
+  encodeV2Error,
   type FirstPacket,
   firstPacketLength,
   isSilent,
   repeatedNegotiation,
   SSL_REFUSE,
 } from "../protocol/startup.ts";
-import { resolveGrant, type Destination, type GrantPolicy } from "../policy/grants.ts";
-import { filterStartupParameters, type StartupPolicy } from "../policy/startupParameters.ts";
 import type { CancelRegistry } from "./CancelRegistry.ts";
 import { authenticateClient } from "./clientAuth.ts";
 import { clientEvents } from "./clientEvents.ts";
@@ -87,30 +93,29 @@ const connectionLost = pgwardenError(
   SqlState.connectionFailure,
   "server closed the connection unexpectedly",
 );
-const loginTimeout = pgwardenError("PGW_AUTH_TIMEOUT", SqlState.connectionFailure, "authentication timed out");
+const loginTimeout = pgwardenError(
+  "PGW_AUTH_TIMEOUT",
+  SqlState.connectionFailure,
+  "authentication timed out",
+);
 const tooManyClients = pgwardenError(
   "PGW_TOO_MANY_CONNECTIONS",
   SqlState.tooManyConnections,
   "sorry, too many clients already",
 );
 
-/** What the client is told when PostgreSQL refuses pgwarden's login: the class of failure, no names. */
-const refusalForClient = (sqlstate: string, database: string): PgwardenError => {
-  switch (sqlstate) {
-    case "3D000":
-      return pgwardenError("PGW_UPSTREAM_AUTH", "3D000" as SqlState, `database "${database}" does not exist`);
-    case SqlState.tooManyConnections:
-      return pgwardenError("PGW_UPSTREAM_AUTH", SqlState.tooManyConnections, "sorry, too many clients already");
-    case SqlState.cannotConnectNow:
-      return pgwardenError("PGW_UPSTREAM_AUTH", SqlState.cannotConnectNow, "the database system is not accepting connections");
-    default:
-      return pgwardenError(
-        "PGW_UPSTREAM_AUTH",
-        SqlState.connectionRejected,
-        `the database server rejected the connection (SQLSTATE ${sqlstate})`,
-      );
-  }
-};
+/**
+ * What the client is told when PostgreSQL refuses pgwarden's login: the SQLSTATE, and words that
+ * name nothing but what the client itself asked for (PostgreSQL's own name the service role).
+ */
+const refusalForClient = (sqlstate: string, database: string): PgwardenError =>
+  pgwardenError(
+    "PGW_UPSTREAM_AUTH",
+    sqlstate as SqlState,
+    sqlstate === "3D000"
+      ? `database "${database}" does not exist`
+      : `the database server refused the connection (SQLSTATE ${sqlstate})`,
+  );
 
 /**
  * The client half of a connection: the client socket, the first packet, client authentication,
@@ -178,7 +183,8 @@ export class ClientConnection {
     c.on("data", this.onFirstData);
     this.machine.start(this.exec);
     const log = this.deps.log;
-    if (log.isLevelEnabled("info")) log.info({ conn: this.id, remote: `${c.remoteAddress}:${c.remotePort}` }, "client connected");
+    if (log.isLevelEnabled("info"))
+      log.info({ conn: this.id, remote: `${c.remoteAddress}:${c.remotePort}` }, "client connected");
   }
 
   /** Ends the connection for a shutdown: the client is told why, as PostgreSQL does. */
@@ -197,30 +203,36 @@ export class ClientConnection {
   private readonly exec = (action: ClientAction): void => {
     switch (action.type) {
       case "armDeadline":
-        return this.arm(action.params.phase);
+        this.arm(action.params.phase);
+        return;
       case "clearDeadline":
-        return this.deps.deadlines.clear(this.id, action.params.phase);
+        this.deps.deadlines.clear(this.id, action.params.phase);
+        return;
       case "refuseEncryption":
         this.socket.write(SSL_REFUSE);
         return;
       case "forwardCancel":
         return void this.forwardCancel();
       case "authenticate":
-        return this.authenticate();
+        this.authenticate();
+        return;
       case "sendAuthOk":
         this.socket.write(encodeAuthentication({ kind: "Ok" }));
         return;
       case "connectServer":
         return void this.connectServer();
       case "startRelay":
-        return this.startRelay();
+        this.startRelay();
+        return;
       case "sendError":
-        return this.sendError(action.params.error);
+        this.sendError(action.params.error);
+        return;
       case "cancelQuery":
         void this.server?.cancel();
         return;
       case "stopReading":
-        return this.stopReading();
+        this.stopReading();
+        return;
       case "closeClient":
         // After the current read's writes: a FATAL being relayed must reach the client first.
         queueMicrotask(this.endClient);
@@ -315,22 +327,33 @@ export class ClientConnection {
         this.machine.send(Events.DirectTLS);
         return;
       }
-      if (isPgwardenError(len)) return this.firstPacketError(len);
+      if (isPgwardenError(len)) {
+        this.firstPacketError(len);
+        return;
+      }
       if (buf.length < len) return;
       const packet = decodeFirstPacket(buf.subarray(0, len));
       const rest: Buffer = buf.subarray(len);
       this.firstBuf = rest.length > 0 ? rest : undefined;
-      if (isPgwardenError(packet)) return this.firstPacketError(packet);
+      if (isPgwardenError(packet)) {
+        this.firstPacketError(packet);
+        return;
+      }
       switch (packet.kind) {
         case "SSLRequest":
         case "GSSENCRequest": {
           const event = packet.kind === "SSLRequest" ? Events.SSLRequest : Events.GSSENCRequest;
           // A repeated request reads, to PostgreSQL, as a protocol version it lacks.
           if (this.machine.peek(event).to === "violation")
-            this.finalError = repeatedNegotiation(packet.kind === "SSLRequest" ? RequestCode.ssl : RequestCode.gssenc);
+            this.finalError = repeatedNegotiation(
+              packet.kind === "SSLRequest" ? RequestCode.ssl : RequestCode.gssenc,
+            );
           if (this.machine.send(event) === "violation") return;
           // Bytes sent before the answer was read were sent in the clear: an injection, perhaps.
-          if (rest.length > 0) return this.failWith(Events.ProtocolViolation, dataAfterNegotiation(packet.kind));
+          if (rest.length > 0) {
+            this.failWith(Events.ProtocolViolation, dataAfterNegotiation(packet.kind));
+            return;
+          }
           continue;
         }
         case "DirectTLS":
@@ -361,7 +384,12 @@ export class ClientConnection {
     if (this.deps.log.isLevelEnabled("info"))
       this.deps.log.info({ conn: this.id, code: e.code, reason: e.message }, "invalid first packet");
     if (isSilent(e)) this.machine.send(Events.StartupInvalid);
-    else this.failWith(Events.ProtocolViolation, e);
+    else if (e.code === "PGW_UNSUPPORTED_PROTOCOL_V2") {
+      // A protocol 2 client cannot read a v3 ErrorResponse: PostgreSQL answers in the v2 format.
+      this.socket.write(encodeV2Error(e.message));
+      this.errorSent = true;
+      this.machine.send(Events.ProtocolViolation);
+    } else this.failWith(Events.ProtocolViolation, e);
   }
 
   private async forwardCancel(): Promise<void> {
@@ -385,7 +413,8 @@ export class ClientConnection {
     this.startup = undefined;
     if (!this.deps.admission.admitClient()) {
       this.deps.log.warn({ conn: this.id }, "connection refused: too many clients");
-      return this.failWith(Events.ClientAuthFailed, tooManyClients);
+      this.failWith(Events.ClientAuthFailed, tooManyClients);
+      return;
     }
     this.admitted = "client";
     void this.runAuthentication(startup).catch((e: unknown) => this.internalError(e));
@@ -398,7 +427,11 @@ export class ClientConnection {
     if (user === undefined || user === "") {
       return this.failWith(
         Events.ClientAuthFailed,
-        pgwardenError("PGW_AUTH_FAILED", SqlState.invalidAuthorization, "no PostgreSQL user name specified in startup packet"),
+        pgwardenError(
+          "PGW_AUTH_FAILED",
+          SqlState.invalidAuthorization,
+          "no PostgreSQL user name specified in startup packet",
+        ),
       );
     }
     const database = params.get("database") || user;
@@ -412,7 +445,8 @@ export class ClientConnection {
       log.warn({ conn: this.id, user, reason: filtered.message }, "startup refused");
       return this.failWith(Events.ClientAuthFailed, filtered);
     }
-    if (filtered.dropped.length > 0) log.info({ conn: this.id, dropped: filtered.dropped }, "startup parameters not forwarded");
+    if (filtered.dropped.length > 0)
+      log.info({ conn: this.id, dropped: filtered.dropped }, "startup parameters not forwarded");
     const destination = resolveGrant(this.deps.grants, user, database);
     if (isPgwardenError(destination)) {
       log.warn({ conn: this.id, user, database, reason: destination.message }, "access denied");
@@ -435,7 +469,11 @@ export class ClientConnection {
       );
     }
 
-    const stream = new MessageStream(this.socket, clientAuthPolicy(this.deps.limits.maxMessageBytes), this.leftover);
+    const stream = new MessageStream(
+      this.socket,
+      clientAuthPolicy(this.deps.limits.maxMessageBytes),
+      this.leftover,
+    );
     this.leftover = undefined;
     this.stream = stream;
     this.socket.resume();
@@ -453,7 +491,9 @@ export class ClientConnection {
         const state = this.machine.state;
         if (state !== "authenticating.client") return "abandoned";
         if (this.machine.send(clientEvents[m[0]!]!) !== "violation") return undefined;
-        return protocolError(`expected an authentication response, got ${frontendName(m[0]!)} in state ${state}`);
+        return protocolError(
+          `expected an authentication response, got ${frontendName(m[0]!)} in state ${state}`,
+        );
       },
     });
     if (!this.machine.in("authenticating.client")) return;
@@ -463,7 +503,10 @@ export class ClientConnection {
       case "violation":
         return this.violation(outcome.error);
       case "failed":
-        log.warn({ conn: this.id, user, reason: outcome.reason ?? outcome.error.message }, "client authentication failed");
+        log.warn(
+          { conn: this.id, user, reason: outcome.reason ?? outcome.error.message },
+          "client authentication failed",
+        );
         return this.failWith(Events.ClientAuthFailed, outcome.error);
       case "ok":
         if (method !== "trust") log.info({ conn: this.id, user }, "client authenticated");
@@ -492,7 +535,11 @@ export class ClientConnection {
     this.server = server;
     server.whenLost(this.onServerLost);
     const outcome = await server.login(this.upstreamParameters!).catch(
-      (e: unknown) => ({ kind: "failed", error: pgwardenError("PGW_INTERNAL", SqlState.internalError, String(e)) }) as const,
+      (e: unknown) =>
+        ({
+          kind: "failed",
+          error: pgwardenError("PGW_INTERNAL", SqlState.internalError, String(e)),
+        }) as const,
     );
     if (!this.machine.in("authenticating.upstream")) {
       server.close();
@@ -505,10 +552,19 @@ export class ClientConnection {
         this.machine.send(Events.UpstreamReady);
         return;
       case "refused":
-        log.warn({ conn: this.id, sqlstate: outcome.sqlstate, reason: outcome.reason }, "PostgreSQL refused the login");
-        return this.failWith(Events.UpstreamFailed, refusalForClient(outcome.sqlstate, this.destination!.database));
+        log.warn(
+          { conn: this.id, sqlstate: outcome.sqlstate, reason: outcome.reason },
+          "PostgreSQL refused the login",
+        );
+        return this.failWith(
+          Events.UpstreamFailed,
+          refusalForClient(outcome.sqlstate, this.destination!.database),
+        );
       case "failed":
-        log.warn({ conn: this.id, code: outcome.error.code, reason: outcome.error.message }, "upstream login failed");
+        log.warn(
+          { conn: this.id, code: outcome.error.code, reason: outcome.error.message },
+          "upstream login failed",
+        );
         return this.failWith(Events.UpstreamFailed, outcome.error);
     }
   }

@@ -63,17 +63,31 @@ export class Link {
   private readonly bufferLimit: number;
   private linked = true;
 
-  constructor(client: ClientSide, server: ServerConnection, limits: { maxMessageBytes: number; maxBuffered: number }) {
+  constructor(
+    client: ClientSide,
+    server: ServerConnection,
+    limits: { maxMessageBytes: number; maxBuffered: number },
+  ) {
     this.client = client;
     this.server = server;
     this.serverSocket = server.socket!;
     this.bufferLimit = limits.maxBuffered;
-    this.clientScanner = new MessageScanner(clientSessionPolicy(limits.maxMessageBytes), this.onClientMessage);
-    this.serverScanner = new MessageScanner(serverSessionPolicy(limits.maxMessageBytes), this.onServerMessage);
+    this.clientScanner = new MessageScanner(
+      clientSessionPolicy(limits.maxMessageBytes),
+      this.onClientMessage,
+    );
+    this.serverScanner = new MessageScanner(
+      serverSessionPolicy(limits.maxMessageBytes),
+      this.onServerMessage,
+    );
   }
 
   /** Starts relaying: first what each side sent ahead, then the live streams. */
-  start(first: { toClient: readonly Uint8Array[]; serverPending: readonly Buffer[]; clientPending: readonly Buffer[] }): void {
+  start(first: {
+    toClient: readonly Uint8Array[];
+    serverPending: readonly Buffer[];
+    clientPending: readonly Buffer[];
+  }): void {
     for (const m of first.toClient) this.toClient.push(m);
     if (!this.replay(first.serverPending, this.onServerMessage, this.toClient)) return;
     this.flushToClient();

@@ -134,7 +134,10 @@ const commonIterations = (users: ReadonlyMap<string, ScramVerifier>): number => 
 };
 
 /** Memoises a derived value per users map: recomputed only when the file was reloaded. */
-const perUsers = <A>(users: () => ReadonlyMap<string, ScramVerifier>, f: (u: ReadonlyMap<string, ScramVerifier>) => A) => {
+const perUsers = <A>(
+  users: () => ReadonlyMap<string, ScramVerifier>,
+  f: (u: ReadonlyMap<string, ScramVerifier>) => A,
+) => {
   let seen: ReadonlyMap<string, ScramVerifier> | undefined;
   let value: A;
   return (): A => {
@@ -156,10 +159,22 @@ const admission = (max: number, maxCancels: number): Admission & { clients: numb
   const a = {
     clients: 0,
     cancels: 0,
-    admitClient: () => (a.clients < max ? (a.clients++, true) : false),
-    releaseClient: () => void a.clients--,
-    admitCancel: () => (a.cancels < maxCancels ? (a.cancels++, true) : false),
-    releaseCancel: () => void a.cancels--,
+    admitClient(): boolean {
+      if (a.clients >= max) return false;
+      a.clients++;
+      return true;
+    },
+    releaseClient(): void {
+      a.clients--;
+    },
+    admitCancel(): boolean {
+      if (a.cancels >= maxCancels) return false;
+      a.cancels++;
+      return true;
+    },
+    releaseCancel(): void {
+      a.cancels--;
+    },
   };
   return a;
 };

@@ -1,10 +1,10 @@
 import type { Socket } from "node:net";
-import {
-  type connectUpstream,
-  type sendCancel,
-  type Upstream,
-  type UpstreamCredentials,
-  type UpstreamTarget,
+import type {
+  connectUpstream,
+  sendCancel,
+  Upstream,
+  UpstreamCredentials,
+  UpstreamTarget,
 } from "../adapters/upstream.ts";
 import { isPgwardenError, type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
 import type { ServerAction } from "../machines/actions.ts";
@@ -102,7 +102,10 @@ export class ServerConnection {
     if (this.machine.done || this.abort.signal.aborted) {
       // The client went away or the deadline passed while PostgreSQL was answering.
       socket.destroy();
-      return { kind: "failed", error: pgwardenError("PGW_SHUTDOWN", SqlState.adminShutdown, "login abandoned") };
+      return {
+        kind: "failed",
+        error: pgwardenError("PGW_SHUTDOWN", SqlState.adminShutdown, "login abandoned"),
+      };
     }
     this.machine.send(ServerEvents.LoggedIn);
     return { kind: "ready", upstream: result };

@@ -12,7 +12,9 @@ import type { EventSink as Sink } from "./EventSink.ts";
 export class Config extends Context.Service<Config, PgwardenConfig>()("pgwarden/Config") {}
 
 /** The client identities pgwarden accepts, as currently loaded (the users file reloads on SIGHUP). */
-export class Users extends Context.Service<Users, () => ReadonlyMap<string, ScramVerifier>>()("pgwarden/Users") {}
+export class Users extends Context.Service<Users, () => ReadonlyMap<string, ScramVerifier>>()(
+  "pgwarden/Users",
+) {}
 
 export class Cancels extends Context.Service<Cancels, Registry>()("pgwarden/CancelRegistry") {}
 

@@ -34,7 +34,11 @@ let copyTable: string;
 let channel: string;
 
 beforeAll(async () => {
-  proxy = await startProxy({ upstream: { user: "u_trust" }, auth: { method: "trust" }, log: { level: "warn" } });
+  proxy = await startProxy({
+    upstream: { user: "u_trust" },
+    auth: { method: "trust" },
+    log: { level: "warn" },
+  });
   const suffix = randomBytes(4).toString("hex");
   items = `diff_items_${suffix}`;
   copyTable = `diff_copy_${suffix}`;

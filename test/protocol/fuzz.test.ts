@@ -37,7 +37,11 @@ let proxy: TestProxy;
 let copyTable: string;
 beforeAll(async () => {
   // Upstream as u_trust (trust in pg_hba): no SCRAM round trips, so each case costs little.
-  proxy = await startProxy({ upstream: { user: "u_trust" }, auth: { method: "trust" }, log: { level: "warn" } });
+  proxy = await startProxy({
+    upstream: { user: "u_trust" },
+    auth: { method: "trust" },
+    log: { level: "warn" },
+  });
   copyTable = `fuzz_copy_${randomBytes(4).toString("hex")}`;
   const c = await directClient();
   await c.query(`CREATE TABLE ${copyTable} (a int, b text)`);

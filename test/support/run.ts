@@ -1,5 +1,5 @@
-import { TEST_PASSWORD } from "./proxy.ts";
 import { spawn } from "node:child_process";
+import { TEST_PASSWORD } from "./proxy.ts";
 
 export interface Run {
   readonly code: number | null;
