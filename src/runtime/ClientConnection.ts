@@ -398,10 +398,7 @@ export class ClientConnection {
     if (this.deps.admission.admitCancel()) {
       this.admitted = "cancel";
       const target = this.deps.cancels.find(p.processId, p.secret);
-      if (target !== undefined) {
-        this.deps.log.info({ conn: this.id }, "cancel request forwarded");
-        await target.cancel().catch(() => {});
-      }
+      if (target !== undefined) await target.cancel().catch(() => {});
     } else this.deps.log.warn({ conn: this.id }, "cancel request dropped: too many cancel connections");
     this.machine.send(Events.CancelDone);
   }
@@ -592,7 +589,10 @@ export class ClientConnection {
 
   /** CancelRequest for this connection's running query (Cancellable). */
   cancel(): Promise<void> {
-    return this.link?.server.cancel() ?? Promise.resolve();
+    const link = this.link;
+    if (link === undefined) return Promise.resolve();
+    this.deps.log.info({ conn: this.id, server: link.server.id }, "cancel request forwarded");
+    return link.server.cancel();
   }
 
   // Endings ------------------------------------------------------------------------------------------

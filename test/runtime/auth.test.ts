@@ -15,7 +15,7 @@ const verifier = (password: string): ScramVerifier => {
 };
 
 const connect = async (proxy: TestProxy, user: string, password?: string) => {
-  const c = new pg.Client({ ...proxy.connection(user), password });
+  const c = new pg.Client({ ...proxy.connection(user), ...(password === undefined ? {} : { password }) });
   c.on("error", () => {});
   await c.connect();
   return c;
@@ -44,7 +44,10 @@ describe("client authentication: SCRAM-SHA-256 against the users file", () => {
   it("lets a client in with the right password, and the client never holds the database password", async () => {
     expect(clientPassword).not.toBe(postgresInfo().password);
     const c = await connect(proxy, "postgres", clientPassword);
-    expect((await c.query("SELECT current_user AS u")).rows).toEqual([{ u: "postgres" }]);
+    // The client's identity is pgwarden's business; PostgreSQL sees the granted, non-superuser role.
+    expect((await c.query("SELECT current_user AS u, rolsuper FROM pg_roles WHERE rolname = current_user")).rows).toEqual([
+      { u: "pgw_app", rolsuper: false },
+    ]);
     await c.end();
   });
 
@@ -79,7 +82,7 @@ describe("upstream login: pgwarden as a client of every PostgreSQL method", () =
     it(`logs in with ${method}`, async () => {
       const proxy = await startProxy({ upstream: { user: role, password: postgresInfo().rolePassword } });
       try {
-        const c = await connect(proxy, "someone");
+        const c = await connect(proxy, "postgres");
         expect((await c.query("SELECT current_user AS u, session_user AS s")).rows).toEqual([
           { u: role, s: role },
         ]);
@@ -90,12 +93,13 @@ describe("upstream login: pgwarden as a client of every PostgreSQL method", () =
     });
   }
 
-  it("relays PostgreSQL's refusal when the configured password is wrong", async () => {
+  it("passes on PostgreSQL's SQLSTATE when the configured password is wrong, but not its words", async () => {
     const proxy = await startProxy({ upstream: { user: "u_scram", password: "not-it" } });
     try {
-      const e = await errorOf(connect(proxy, "someone"));
+      const e = await errorOf(connect(proxy, "postgres"));
       expect(e.code).toBe("28P01");
-      expect(e.message).toContain('password authentication failed for user "u_scram"');
+      expect(e.message).toBe("the database server refused the connection (SQLSTATE 28P01)");
+      expect(proxy.logs.some((l) => String(l.reason).includes('"u_scram"'))).toBe(true);
     } finally {
       await proxy.close();
     }
@@ -104,7 +108,7 @@ describe("upstream login: pgwarden as a client of every PostgreSQL method", () =
   it("says which setting is missing when PostgreSQL wants a password and none is configured", async () => {
     const proxy = await startProxy({ upstream: { user: "u_scram", password: undefined } });
     try {
-      const e = await errorOf(connect(proxy, "someone"));
+      const e = await errorOf(connect(proxy, "postgres"));
       expect(e.code).toBe("28000");
       expect(e.message).toContain("upstream.password is not set");
     } finally {
@@ -115,7 +119,7 @@ describe("upstream login: pgwarden as a client of every PostgreSQL method", () =
   it("reports an unreachable server as 08006 without hanging", async () => {
     const proxy = await startProxy({ upstream: { port: 1, connectTimeoutMs: 2000 } });
     try {
-      const e = await errorOf(connect(proxy, "someone"));
+      const e = await errorOf(connect(proxy, "postgres"));
       expect(e.code).toBe("08006");
       expect(e.message).toContain("cannot connect to PostgreSQL");
     } finally {
@@ -147,14 +151,19 @@ describe("transition log", () => {
       }
       const logged = proxy.logs
         .filter((l) => l.msg === "transition")
-        .map((l) => `${l.from}>${l.to}:${l.cause}`);
-      expect(logged).toEqual(proxy.transitions.map((t) => `${t.from}>${t.to}:${t.cause}`));
-      expect(logged.slice(0, 5)).toEqual([
-        "startup>authenticating.client:Startup",
-        "authenticating.client>authenticating.upstream:ClientAuthOk",
-        "authenticating.upstream>ready.idle:UpstreamReady",
-        "ready.idle>busy.simpleQuery:Query",
-        "busy.simpleQuery>ready.idle:ReadyForQuery",
+        .map((l) => `${l.machine}:${l.from}>${l.to}:${l.cause}`);
+      expect(logged).toEqual(proxy.transitions.map((t) => `${t.machine}:${t.from}>${t.to}:${t.cause}`));
+      // Both halves' machines, interleaved as they happened.
+      expect(logged.slice(0, 9)).toEqual([
+        "client:startup.fresh>authenticating.client:Startup",
+        "client:authenticating.client>authenticating.upstream:ClientAuthOk",
+        "server:connecting>authenticating:Connected",
+        "server:authenticating>idle:LoggedIn",
+        "client:authenticating.upstream>ready.idle:UpstreamReady",
+        "client:ready.idle>busy.simpleQuery:Query",
+        "server:idle>active:Request",
+        "server:active>idle:ReadyForQuery",
+        "client:busy.simpleQuery>ready.idle:ReadyForQuery",
       ]);
     } finally {
       await proxy.close();

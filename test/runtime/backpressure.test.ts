@@ -6,7 +6,7 @@ import { WireClient } from "../support/wire.ts";
 
 let proxy: TestProxy;
 beforeAll(async () => {
-  proxy = await startProxy({ log: { level: "info" } });
+  proxy = await startProxy({ auth: { method: "trust" }, log: { level: "info" } });
 });
 afterAll(() => proxy.close());
 

@@ -1,3 +1,4 @@
+import { Redacted } from "effect";
 import { describe, expect, it } from "vitest";
 import { isPgwardenError } from "../../src/errors.ts";
 import { applyEnv, configReference, decodeConfig, parseConfigText } from "../../src/runtime/config.ts";
@@ -14,9 +15,29 @@ describe("configuration", () => {
     const c = decodeConfig({});
     expect(c).toEqual({
       listen: { host: "127.0.0.1", port: 6432 },
-      upstream: { host: "127.0.0.1", port: 5432, connectTimeoutMs: 5000 },
-      auth: { method: "scram-sha-256", usersFile: "pgwarden-users.txt", timeoutMs: 15000 },
-      limits: { maxClientConnections: 1000, maxMessageBytes: 268435456 },
+      upstream: { host: "127.0.0.1", port: 5432, fallbackToClientUser: false, connectTimeoutMs: 5000 },
+      startup: {
+        parameters: [
+          "application_name",
+          "client_encoding",
+          "DateStyle",
+          "TimeZone",
+          "IntervalStyle",
+          "extra_float_digits",
+          "search_path",
+        ],
+        options: "refuse",
+      },
+      // Fail closed: with no grants, nobody gets in.
+      access: { grants: [] },
+      auth: { method: "scram-sha-256", usersFile: "pgwarden-users.txt", timeoutMs: 10000 },
+      limits: {
+        maxClientConnections: 1000,
+        maxCancelConnections: 16,
+        maxMessageBytes: 268435456,
+        maxBufferedBytesPerConnection: 1048576,
+        lingerMs: 500,
+      },
       shutdown: { drainTimeoutMs: 30000 },
       log: { level: "info" },
     });
@@ -46,7 +67,10 @@ describe("configuration", () => {
     if (isPgwardenError(c)) throw new Error(c.message);
     expect(c.listen.port).toBe(7100);
     expect(c.upstream.host).toBe("db");
-    expect(c.upstream.password).toBe("s3cret");
+    // Secrets are Redacted: printing the config never shows them.
+    expect(Redacted.value(c.upstream.password!)).toBe("s3cret");
+    expect(String(c.upstream.password)).not.toContain("s3cret");
+    expect(JSON.stringify(c)).not.toContain("s3cret");
     expect(c.log.level).toBe("info");
   });
 
