@@ -12,6 +12,8 @@ export type MessageHandler = (type: number, message: Buffer) => Verdict;
 export interface ScanPolicy {
   /** Types flagged 1 exist in this direction; any other type byte is rejected on sight, before its body. */
   readonly known: Uint8Array;
+  /** Who sends this direction, for the error a stray type byte gets: "frontend" or "backend". */
+  readonly sender: string;
   /** Types flagged 1 stream through untouched and never reach the handler: the data path. */
   readonly streamed: Uint8Array;
   /** Largest allowed value of the length field for a type. */
@@ -27,8 +29,9 @@ export const typeSet = (...types: number[]): Uint8Array => {
 
 const HEADER = 5;
 
-const unknownType = (type: number): PgwardenError =>
-  protocolError(`invalid message type 0x${type.toString(16).padStart(2, "0")}`);
+// PostgreSQL's own wording, with the type in decimal.
+const unknownType = (sender: string, type: number): PgwardenError =>
+  protocolError(`invalid ${sender} message type ${type}`);
 
 /**
  * Frames one direction of a v3 stream (after the first packet) across arbitrary chunk boundaries.
@@ -109,7 +112,7 @@ export class MessageScanner {
     while (pos < n) {
       if (this.policy.known[chunk[pos]!] !== 1) {
         if (pos > runStart) out.push(chunk.subarray(runStart, pos));
-        return unknownType(chunk[pos]!);
+        return unknownType(this.policy.sender, chunk[pos]!);
       }
       if (n - pos < HEADER) {
         if (pos > runStart) out.push(chunk.subarray(runStart, pos));

@@ -36,6 +36,7 @@ const clientMaxLength = (maxMessageBytes: number) => (type: number) =>
 /** Client stream once the session is ready: CopyData is the data path. */
 export const clientSessionPolicy = (maxMessageBytes: number): ScanPolicy => ({
   known: clientSessionTypes,
+  sender: "frontend",
   streamed: typeSet(Frontend.CopyData),
   maxLength: clientMaxLength(maxMessageBytes),
 });
@@ -43,6 +44,7 @@ export const clientSessionPolicy = (maxMessageBytes: number): ScanPolicy => ({
 /** Client stream during authentication: everything is held so nothing slips through unchecked. */
 export const clientAuthPolicy = (maxMessageBytes: number): ScanPolicy => ({
   known: clientAuthTypes,
+  sender: "frontend",
   streamed: typeSet(),
   maxLength: clientMaxLength(maxMessageBytes),
 });
@@ -50,6 +52,7 @@ export const clientAuthPolicy = (maxMessageBytes: number): ScanPolicy => ({
 /** Server stream once ready: rows and copy data are the data path, never buffered whatever their size. */
 export const serverSessionPolicy = (maxMessageBytes: number): ScanPolicy => ({
   known: serverTypes,
+  sender: "backend",
   streamed: typeSet(Backend.DataRow, Backend.CopyData),
   // Streamed messages are never buffered, so only PostgreSQL's own 1 GB field limit applies to them.
   maxLength: (type) => (type === Backend.DataRow || type === Backend.CopyData ? 0x7fffffff : maxMessageBytes),
@@ -58,6 +61,7 @@ export const serverSessionPolicy = (maxMessageBytes: number): ScanPolicy => ({
 /** Server stream during its startup: small messages only. */
 export const serverStartupPolicy: ScanPolicy = {
   known: serverStartupTypes,
+  sender: "backend",
   streamed: typeSet(),
   maxLength: () => 1_048_576,
 };

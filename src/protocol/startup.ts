@@ -85,6 +85,10 @@ export const decodeFirstPacket = (packet: Buffer): FirstPacket | PgwardenError =
         r.done("GSSENCRequest");
         return { kind: "GSSENCRequest" };
       case RequestCode.cancel: {
+        // PostgreSQL drops a cancel packet of the wrong size without a word.
+        if (packet.length < 16 || packet.length > 12 + MAX_CANCEL_SECRET) {
+          return silentStartupError(`invalid length of query cancel packet: ${packet.length}`);
+        }
         const processId = r.int32("process id");
         const secret = r.rest();
         if (secret.length < 4 || secret.length > MAX_CANCEL_SECRET) {

@@ -487,10 +487,14 @@ export class ClientConnection {
       check: (m) => {
         const state = this.machine.state;
         if (state !== "authenticating.client") return "abandoned";
-        if (this.machine.send(clientEvents[m[0]!]!) !== "violation") return undefined;
-        return protocolError(
-          `expected an authentication response, got ${frontendName(m[0]!)} in state ${state}`,
-        );
+        const event = clientEvents[m[0]!]!;
+        if (this.machine.peek(event).to === "violation") {
+          return protocolError(
+            `expected an authentication response, got ${frontendName(m[0]!)} in state ${state}`,
+          );
+        }
+        this.machine.send(event);
+        return undefined;
       },
     });
     if (!this.machine.in("authenticating.client")) return;

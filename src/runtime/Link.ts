@@ -1,7 +1,7 @@
 import type { Socket } from "node:net";
 import { batchWrite } from "../adapters/batchWrite.ts";
 import { type PgwardenError, pgwardenError, protocolError, SqlState } from "../errors.ts";
-import { Events, ReadyForQuery } from "../machines/events.ts";
+import { type ConnectionEvent, Events, ReadyForQuery } from "../machines/events.ts";
 import type { ClientRunner } from "../machines/MachineRunner.ts";
 import { ServerEvents } from "../machines/serverEvents.ts";
 import { Owed } from "../pool/OwedResponses.ts";
@@ -171,11 +171,14 @@ export class Link {
     const m = this.client.machine;
     const from = m.state;
     const copyIn = from === "busy.copy.in" || from === "busy.copy.both";
-    if (m.send(clientEvents[type]!) === "violation") {
+    const event = clientEvents[type]!;
+    // Judged before it is applied, so the violation's ending carries the reason.
+    if (m.peek(event).to === "violation") {
       return protocolError(
         `unexpected message type ${frontendName(type)} (0x${type.toString(16)}) in state ${from}`,
       );
     }
+    m.send(event);
     // PostgreSQL ignores Flush and Sync during COPY IN: they owe nothing and leave nothing pending.
     if (copyIn) return undefined;
     const owed = this.server.owed;
@@ -189,40 +192,40 @@ export class Link {
 
   /** Each server control message that changes what the client may do next. */
   private readonly onServerMessage = (type: number, msg: Buffer): PgwardenError | undefined => {
-    const m = this.client.machine;
-    let state: string;
+    let event: ConnectionEvent;
     switch (type) {
       case Backend.ReadyForQuery: {
         const status = STATUS[msg.length === 6 ? msg[5]! : 0];
         if (status === undefined) return protocolError("PostgreSQL sent an invalid ReadyForQuery");
         const owed = this.server.owed;
         owed.shift();
-        const event = ReadyForQuery[status][owed.size > 0 || owed.unsynced ? 1 : 0];
+        event = ReadyForQuery[status][owed.size > 0 || owed.unsynced ? 1 : 0];
         this.server.machine.send(event);
-        state = m.send(event);
         break;
       }
       case Backend.CopyInResponse:
-        state = m.send(Events.CopyInResponse);
+        event = Events.CopyInResponse;
         break;
       case Backend.CopyOutResponse:
-        state = m.send(Events.CopyOutResponse);
+        event = Events.CopyOutResponse;
         break;
       case Backend.CopyBothResponse:
-        state = m.send(Events.CopyBothResponse);
+        event = Events.CopyBothResponse;
         break;
       case Backend.CopyDone:
-        state = m.send(Events.ServerCopyDone);
+        event = Events.ServerCopyDone;
         break;
       case Backend.ErrorResponse:
         // Relayed first; the machine then ends the session once this read is written.
-        if (isFatalError(msg)) m.send(Events.ServerFatal);
+        if (isFatalError(msg)) this.client.machine.send(Events.ServerFatal);
         return undefined;
       default:
         return undefined;
     }
-    if (state === "violation")
-      return protocolError(`PostgreSQL sent message 0x${type.toString(16)} out of turn`);
+    const m = this.client.machine;
+    if (m.peek(event).to === "violation")
+      return protocolError(`PostgreSQL sent message 0x${type.toString(16)} out of turn in state ${m.state}`);
+    m.send(event);
     return undefined;
   };
 }

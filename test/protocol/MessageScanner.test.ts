@@ -79,6 +79,7 @@ const split = (input: Buffer, cuts: Cuts): { chunks: Buffer[]; ends: number[] } 
 const everyType = new Uint8Array(256).fill(1);
 const policy = (max: (type: number) => number = () => 1 << 20): ScanPolicy => ({
   known: everyType,
+  sender: "frontend",
   streamed: typeSet(...STREAMED),
   maxLength: max,
 });

@@ -45,9 +45,9 @@ describe("client authentication: SCRAM-SHA-256 against the users file", () => {
     expect(clientPassword).not.toBe(postgresInfo().password);
     const c = await connect(proxy, "postgres", clientPassword);
     // The client's identity is pgwarden's business; PostgreSQL sees the granted, non-superuser role.
-    expect((await c.query("SELECT current_user AS u, rolsuper FROM pg_roles WHERE rolname = current_user")).rows).toEqual([
-      { u: "pgw_app", rolsuper: false },
-    ]);
+    expect(
+      (await c.query("SELECT current_user AS u, rolsuper FROM pg_roles WHERE rolname = current_user")).rows,
+    ).toEqual([{ u: "pgw_app", rolsuper: false }]);
     await c.end();
   });
 
