@@ -8,10 +8,23 @@ import type { AnyStateMachine, AnyStateNode } from "xstate";
 
 const nodeId = (node: AnyStateNode): string => node.path.join("_") || "root";
 
-const eventLabel = (event: string, guard: unknown): string => {
+/** An action as the diagram names it: its type, and its parameter values when it has any. */
+const actionName = (a: unknown): string => {
+  if (typeof a === "string") return a;
+  const { type, params } = a as { type: string; params?: Record<string, unknown> };
+  const values = params === undefined ? [] : Object.values(params).map(String);
+  return values.length === 0 ? type : `${type}(${values.join(", ")})`;
+};
+
+const actionList = (actions: unknown): string[] => (Array.isArray(actions) ? actions.map(actionName) : []);
+
+/** `Event [guard] / action + action`: what happens on the edge, in the order the runtime does it. */
+const eventLabel = (event: string, guard: unknown, actions: unknown): string => {
   const name = event === "*" ? "any other message" : event;
   const g = typeof guard === "string" ? guard : (guard as { type?: string } | undefined)?.type;
-  return g === undefined ? name : `${name} [${g}]`;
+  const label = g === undefined ? name : `${name} [${g}]`;
+  const acts = actionList(actions);
+  return acts.length === 0 ? label : `${label} / ${acts.join(" + ")}`;
 };
 
 interface Edge {
@@ -35,7 +48,7 @@ const collect = (node: AnyStateNode, edges: Map<string, Edge>, accepted: Map<str
       for (const target of targets) {
         const key = `${nodeId(node)}->${nodeId(target)}`;
         const edge = edges.get(key) ?? { from: nodeId(node), to: nodeId(target), labels: [] };
-        const label = eventLabel(event, t.guard);
+        const label = eventLabel(event, t.guard, t.actions);
         if (!edge.labels.includes(label)) edge.labels.push(label);
         edges.set(key, edge);
       }
@@ -63,6 +76,8 @@ const declare = (
   }
   if (node.type === "final") out.push(`${indent}${id} --> [*]`);
   if (node.description !== undefined) out.push(`${indent}${id} : ${node.description.replace(/[:;]/g, ",")}`);
+  const entry = actionList(node.entry);
+  if (entry.length > 0) out.push(`${indent}${id} : entry / ${entry.join(", ").replace(/[:;]/g, ",")}`);
 };
 
 export const toMermaid = (machine: AnyStateMachine): string => {
@@ -72,7 +87,9 @@ export const toMermaid = (machine: AnyStateMachine): string => {
   collect(root, edges, accepted);
   const out = ["stateDiagram-v2"];
   const initial = root.initial?.target?.[0] as AnyStateNode | undefined;
-  if (initial !== undefined) out.push(`  [*] --> ${nodeId(initial)}`);
+  const rootEntry = actionList(root.entry);
+  if (initial !== undefined)
+    out.push(`  [*] --> ${nodeId(initial)}${rootEntry.length > 0 ? ` : / ${rootEntry.join(", ")}` : ""}`);
   for (const child of Object.values(root.states) as AnyStateNode[]) declare(child, "  ", out, accepted);
   for (const e of edges.values()) out.push(`  ${e.from} --> ${e.to} : ${e.labels.join(", ")}`);
   for (const [id, events] of accepted)

@@ -22,7 +22,7 @@ const edges = mermaid
   .map(([, from, to, labels]) => ({
     from: from!,
     to: to!,
-    events: labels!.split(", ").map((s) => s.replace(/ \[.*\]$/, "")),
+    events: labels!.split(", ").map((s) => s.replace(/ \/ .*$/, "").replace(/ \[.*\]$/, "")),
   }));
 
 /** "accepts without change" notes by state id. */
@@ -34,7 +34,7 @@ const accepted = new Map(
 
 describe("committed diagrams", () => {
   it("there is something to compare", () => {
-    expect(files.map((f) => f.name).sort()).toEqual(["connection.md", "connection.mmd"]);
+    expect(files.map((f) => f.name).sort()).toEqual(["connection.md", "connection.mmd", "server.md", "server.mmd"]);
   });
 
   it.each(files.map((f) => [f.name, f.content] as const))(
