@@ -47,7 +47,8 @@ export const USAGE = `usage: npm run bench -- [options]
   --pool-size N     server connections per pool with --pool-mode (default 20)
   --client-tls      pgbench with sslmode=require: PostgreSQL, the relay and PgBouncer terminate
                     TLS; pgwarden is skipped ("not yet") until its front door does TLS
-  --node-flags "F"  extra node flags for the pgwarden process only, e.g. "--max-semi-space-size=1"
+  --node-flags=F    extra node flags for the pgwarden process only, space-separated; attach the
+                    value with "=", e.g. --node-flags=--max-semi-space-size=1
   --start-memory    only the breakdown of pgwarden's start RSS (no PostgreSQL needed)
   --help
 `;
