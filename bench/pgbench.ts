@@ -22,6 +22,8 @@ export interface PgbenchResult {
   readonly failedTransactions: number | undefined;
   /** Transactions pgbench completed in the run (the divisor for CPU per transaction). */
   readonly transactions: number | undefined;
+  /** pgbench's exit code (null when killed). */
+  readonly exitCode: number | null;
   readonly error: string | undefined;
 }
 
@@ -89,5 +91,5 @@ export async function runPgbench(target: Target, run: PgbenchRun): Promise<Pgben
     const tail = output.trim().split("\n").slice(-8).join("\n");
     error = `${error}${tail ? `\n${tail}` : ""}`;
   }
-  return { ok: error === undefined, ...parsed, error };
+  return { ok: error === undefined, ...parsed, exitCode: code, error };
 }

@@ -51,19 +51,48 @@ describe("cpuSecondsBetween", () => {
 });
 
 describe("reading a live process", () => {
-  it("sees CPU time grow while a child spins, and its RSS", async () => {
-    const program = 'process.stdout.write("go\\n"); const end = Date.now() + 600; while (Date.now() < end);';
+  it("sees the CPU time a child reports for itself, and its RSS", async () => {
+    // The child spins until it has used 300 ms of CPU (not wall time: the machine may be busy),
+    // reports its own figure, and waits to be killed so /proc still has it.
+    const program = `
+      const t0 = process.cpuUsage();
+      process.stdout.write("go\\n");
+      const used = () => { const u = process.cpuUsage(t0); return (u.user + u.system) / 1e6; };
+      while (used() < 0.3);
+      process.stdout.write(used() + "\\n");
+      setInterval(() => {}, 1000);`;
     const child = spawn(process.execPath, ["-e", program], { stdio: ["ignore", "pipe", "ignore"] });
-    await new Promise((r) => child.stdout.once("data", r));
-    const pid = child.pid!;
-    const before = readCpuTicks(pid);
-    const rss = readRss(pid);
-    expect(rss.total).toBeGreaterThan(1000);
-    expect(rss.anon + rss.file).toBeLessThanOrEqual(rss.total + 1);
-    await new Promise((r) => setTimeout(r, 300));
-    const after = readCpuTicks(pid);
-    await new Promise((r) => child.once("exit", r));
-    // At least 0.1 s of the ~0.3 s the child spun between the samples.
-    expect(cpuSecondsBetween(before, after, clockTicksPerSecond())).toBeGreaterThan(0.1);
+    try {
+      let buffered = "";
+      const next = () =>
+        new Promise<string>((resolve) => {
+          const take = () => {
+            const nl = buffered.indexOf("\n");
+            if (nl < 0) return false;
+            resolve(buffered.slice(0, nl));
+            buffered = buffered.slice(nl + 1);
+            return true;
+          };
+          if (take()) return;
+          const onData = (chunk: Buffer) => {
+            buffered += chunk.toString("utf8");
+            if (take()) child.stdout.off("data", onData);
+          };
+          child.stdout.on("data", onData);
+        });
+      await next(); // "go"
+      const pid = child.pid!;
+      const before = readCpuTicks(pid);
+      const rss = readRss(pid);
+      expect(rss.total).toBeGreaterThan(1000);
+      expect(rss.anon + rss.file).toBeLessThanOrEqual(rss.total + 1);
+      const reported = Number(await next());
+      const measured = cpuSecondsBetween(before, readCpuTicks(pid), clockTicksPerSecond());
+      // /proc counts in ticks (10 ms); allow two ticks either way plus the startup before "go".
+      expect(measured).toBeGreaterThan(reported - 0.03);
+      expect(measured).toBeLessThan(reported + 0.1);
+    } finally {
+      child.kill("SIGKILL");
+    }
   });
 });
