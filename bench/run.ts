@@ -149,7 +149,16 @@ async function runMemoryPart(options: BenchOptions, server: Postgres, rootDir: s
       const result = await measureIdle(name, count, pools(name, options), async () => {
         const started = await startTarget(name, server, rootDir, proxy);
         if (started.ok) return started.target;
-        return { reason: started.reason, needsPooling: name === "pgwarden" && options.pool !== undefined };
+        if (name !== "pgwarden" || options.pool === undefined)
+          return { reason: started.reason, needsPooling: false };
+        // Show pgwarden's own last words (its configuration error), not the "exited early" line.
+        const last = started.reason
+          .split("\n")
+          .map((line) => line.trim())
+          .filter(Boolean)
+          .slice(-2)
+          .join(" ");
+        return { reason: `did not start with a pool section: ${last}`, needsPooling: true };
       });
       log(
         `${TARGET_LABELS[name]} at ${count}: ${result.status}` +
