@@ -1,9 +1,13 @@
 // Command-line flags of `npm run bench`.
 
 import { parseArgs } from "node:util";
-import { TARGET_NAMES, type TargetName } from "./targets.ts";
+import { POOL_MODES, type Pool, type PoolMode, TARGET_NAMES, type TargetName } from "./targets.ts";
+
+/** Which parts a run does: pgbench throughput + CPU, idle-client memory, the start-memory breakdown. */
+export type Part = "throughput" | "memory" | "start-memory";
 
 export interface BenchOptions {
+  readonly parts: readonly Part[];
   readonly durationSec: number;
   readonly warmupSec: number;
   readonly clients: number;
@@ -12,12 +16,18 @@ export interface BenchOptions {
   readonly scale: number;
   readonly only: readonly TargetName[];
   readonly json: boolean;
-  readonly memory: boolean;
-  readonly connections: number;
+  readonly idleClients: readonly number[];
+  readonly pool: Pool | undefined;
+  readonly clientTls: boolean;
+  readonly nodeFlags: readonly string[];
 }
 
 export const USAGE = `usage: npm run bench -- [options]
 
+  By default a run does pgbench throughput with proxy CPU per transaction, then memory per
+  idle client; see docs/benchmarks.md.
+
+  --quick           smoke check (about 3 minutes): --duration 5 --warmup 1 --scale 1
   --duration S      seconds per measured pgbench run (default 20)
   --warmup S        seconds of unmeasured pgbench before each run (default 3, 0 = none)
   --clients N       pgbench clients, -c (default 20)
@@ -26,9 +36,20 @@ export const USAGE = `usage: npm run bench -- [options]
   --scale K         pgbench -i scale factor (default 10)
   --only LIST       comma-separated subset of: ${TARGET_NAMES.join(",")}
   --json            print the result as JSON on stdout (progress still goes to stderr)
-  --memory          instead of pgbench: open N idle connections through each target and
-                    report RSS growth per connection (targets: pgwarden, pgbouncer, relay)
-  --connections N   idle connections for --memory (default 1000)
+  --throughput      only the pgbench part
+  --memory          only the idle-client memory part
+  --idle-clients L  comma-separated idle-client counts for the memory part (default 1000,10000);
+                    each count gets a fresh proxy process. Above 1000, targets that open one
+                    PostgreSQL backend per client report "needs pooling"
+  --pool-mode MODE  ${POOL_MODES.join(" | ")}: start pgwarden with pool.mode/pool.size and PgBouncer
+                    with the same pool_mode/default_pool_size (pgwarden reports "needs pooling"
+                    until its configuration accepts a pool section)
+  --pool-size N     server connections per pool with --pool-mode (default 20)
+  --client-tls      pgbench with sslmode=require: PostgreSQL, the relay and PgBouncer terminate
+                    TLS; pgwarden is skipped ("not yet") until its front door does TLS
+  --node-flags=F    extra node flags for the pgwarden process only, space-separated; attach the
+                    value with "=", e.g. --node-flags=--max-semi-space-size=1
+  --start-memory    only the breakdown of pgwarden's start RSS (no PostgreSQL needed)
   --help
 `;
 
@@ -39,11 +60,55 @@ function positiveInt(name: string, raw: string | undefined, fallback: number, mi
   return value;
 }
 
+function list(raw: string): string[] {
+  return raw
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean);
+}
+
+function targetList(raw: string | undefined): TargetName[] {
+  if (raw === undefined) return [...TARGET_NAMES];
+  const names = list(raw);
+  for (const name of names) {
+    if (!(TARGET_NAMES as readonly string[]).includes(name)) {
+      throw new Error(`--only: unknown target "${name}" (known: ${TARGET_NAMES.join(", ")})`);
+    }
+  }
+  const only = TARGET_NAMES.filter((name) => names.includes(name));
+  if (only.length === 0) throw new Error("--only: no targets given");
+  return only;
+}
+
+function countList(raw: string | undefined): number[] {
+  if (raw === undefined) return [1000, 10000];
+  const counts = list(raw).map((s) => positiveInt("idle-clients", s, 0));
+  if (counts.length === 0) throw new Error("--idle-clients: no counts given");
+  return counts;
+}
+
+function poolOption(mode: string | undefined, size: string | undefined): Pool | undefined {
+  if (mode === undefined) {
+    if (size !== undefined) throw new Error("--pool-size needs --pool-mode");
+    return undefined;
+  }
+  if (!(POOL_MODES as readonly string[]).includes(mode)) {
+    throw new Error(`--pool-mode must be one of ${POOL_MODES.join(", ")}`);
+  }
+  return { mode: mode as PoolMode, size: positiveInt("pool-size", size, 20) };
+}
+
+function partsOf(values: { throughput: boolean; memory: boolean; "start-memory": boolean }): Part[] {
+  const chosen = (["throughput", "memory", "start-memory"] as const).filter((p) => values[p]);
+  return chosen.length > 0 ? chosen : ["throughput", "memory"];
+}
+
 /** Parses argv; returns undefined when --help was asked for. Throws on bad input. */
 export function parseBenchArgs(argv: readonly string[]): BenchOptions | undefined {
   const { values } = parseArgs({
     args: [...argv],
     options: {
+      quick: { type: "boolean", default: false },
       duration: { type: "string" },
       warmup: { type: "string" },
       clients: { type: "string" },
@@ -52,37 +117,33 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions | undefine
       scale: { type: "string" },
       only: { type: "string" },
       json: { type: "boolean", default: false },
+      throughput: { type: "boolean", default: false },
       memory: { type: "boolean", default: false },
-      connections: { type: "string" },
+      "idle-clients": { type: "string" },
+      "pool-mode": { type: "string" },
+      "pool-size": { type: "string" },
+      "client-tls": { type: "boolean", default: false },
+      "node-flags": { type: "string" },
+      "start-memory": { type: "boolean", default: false },
       help: { type: "boolean", default: false },
     },
     strict: true,
   });
   if (values.help) return undefined;
-  let only: TargetName[] = [...TARGET_NAMES];
-  if (values.only !== undefined) {
-    const names = values.only
-      .split(",")
-      .map((s) => s.trim())
-      .filter(Boolean);
-    for (const name of names) {
-      if (!(TARGET_NAMES as readonly string[]).includes(name)) {
-        throw new Error(`--only: unknown target "${name}" (known: ${TARGET_NAMES.join(", ")})`);
-      }
-    }
-    only = TARGET_NAMES.filter((name) => names.includes(name));
-    if (only.length === 0) throw new Error("--only: no targets given");
-  }
+  const quick = values.quick;
   return {
-    durationSec: positiveInt("duration", values.duration, 20),
-    warmupSec: positiveInt("warmup", values.warmup, 3, 0),
+    parts: partsOf(values),
+    durationSec: positiveInt("duration", values.duration, quick ? 5 : 20),
+    warmupSec: positiveInt("warmup", values.warmup, quick ? 1 : 3, 0),
     clients: positiveInt("clients", values.clients, 20),
     threads: positiveInt("threads", values.threads, 2),
     rounds: positiveInt("rounds", values.rounds, 1),
-    scale: positiveInt("scale", values.scale, 10),
-    only,
+    scale: positiveInt("scale", values.scale, quick ? 1 : 10),
+    only: targetList(values.only),
     json: values.json,
-    memory: values.memory,
-    connections: positiveInt("connections", values.connections, 1000),
+    idleClients: countList(values["idle-clients"]),
+    pool: poolOption(values["pool-mode"], values["pool-size"]),
+    clientTls: values["client-tls"],
+    nodeFlags: values["node-flags"] === undefined ? [] : values["node-flags"].split(/\s+/).filter(Boolean),
   };
 }

@@ -1,102 +1,219 @@
-// --memory: hold N idle (authenticated, never queried) connections through a target and
-// report how much its resident memory grew per connection.
+// --memory: resident memory per idle client. For every (target, N) a fresh proxy process is
+// started; its RSS is read once it listens and has settled, then N clients connect, complete
+// authentication and sit idle, held by load-generator child processes; RSS is read again.
 
-import pg from "pg";
-import { table } from "./report.ts";
-import { TARGET_LABELS, type Target, type TargetName } from "./targets.ts";
-import { sleep, treeRssKiB } from "./util.ts";
+import path from "node:path";
+import { IDLE_PASSWORD_ENV, type IdleClientsReport } from "./idleClients.ts";
+import { type Rss, readRss } from "./proc.ts";
+import { fmtRatio, quotient, table } from "./report.ts";
+import { REPO_ROOT, TARGET_LABELS, type Target, type TargetName } from "./targets.ts";
+import { type Child, sleep, spawnChild, stopChild } from "./util.ts";
+
+/** Most sockets one load-generator process holds; the per-process open-file cap here is 20,000. */
+export const CLIENTS_PER_GENERATOR = 5000;
+/** Above this many idle clients a target that opens one PostgreSQL backend per client is not run. */
+export const MAX_UNPOOLED_IDLE_CLIENTS = 1000;
+/** Connections opened and closed after the start reading, for the second (warm) baseline. */
+const WARM_CONNECTIONS = 20;
+const SETTLE_MS = 2000;
+
+export type MemoryStatus = "measured" | "needs pooling" | "failed";
 
 export interface MemoryResult {
   readonly target: TargetName;
   readonly requested: number;
+  readonly status: MemoryStatus;
   readonly opened: number;
-  readonly baselineKiB: number;
-  readonly loadedKiB: number;
-  readonly perConnectionKiB: number | undefined;
-  readonly openSeconds: number;
+  /** RSS once the fresh process listens and has settled. */
+  readonly startRss: Rss | undefined;
+  /** RSS after WARM_CONNECTIONS clients came and went, before the N idle ones. */
+  readonly warmRss: Rss | undefined;
+  readonly loadedRss: Rss | undefined;
+  /** (loaded − start) / opened, in KiB: the figure the goals are stated in. */
+  readonly perClientKiB: number | undefined;
+  /** (loaded − warm) / opened: without one-off costs of the first connection (code, upstream state). */
+  readonly perClientWarmKiB: number | undefined;
+  readonly openSeconds: number | undefined;
+  readonly note: string | undefined;
+}
+
+/** Splits `count` clients over generator processes of at most `perProcess` each. */
+export function shares(count: number, perProcess = CLIENTS_PER_GENERATOR): number[] {
+  const processes = Math.ceil(count / perProcess);
+  return Array.from(
+    { length: processes },
+    (_, i) => Math.floor(count / processes) + (i < count % processes ? 1 : 0),
+  );
+}
+
+export function perClientKiB(before: Rss | undefined, after: Rss | undefined, clients: number) {
+  return before === undefined || after === undefined || clients <= 0
+    ? undefined
+    : (after.total - before.total) / clients;
+}
+
+interface Held {
+  readonly opened: number;
+  readonly seconds: number;
   readonly error: string | undefined;
+  release(): Promise<void>;
 }
 
-const CONCURRENCY = 50;
-const WARM_CONNECTIONS = 20;
-
-function client(target: Target): pg.Client {
-  const c = new pg.Client({
-    host: target.host,
-    port: target.port,
-    user: target.user,
-    password: target.password,
-    database: "postgres",
-    connectionTimeoutMillis: 15_000,
-  });
-  c.on("error", () => {});
-  return c;
-}
-
-/** Opens `count` connections, at most CONCURRENCY at a time; stops at the first failure. */
-async function openMany(target: Target, count: number): Promise<{ clients: pg.Client[]; error?: string }> {
-  const clients: pg.Client[] = [];
-  let next = 0;
-  let error: string | undefined;
-  const worker = async () => {
-    while (error === undefined && next < count) {
-      next++;
-      const c = client(target);
-      try {
-        await c.connect();
-        clients.push(c);
-      } catch (err) {
-        error ??= err instanceof Error ? err.message : String(err);
+function generator(target: Target, count: number): { child: Child; opened: Promise<IdleClientsReport> } {
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  delete env[IDLE_PASSWORD_ENV];
+  if (target.password !== undefined) env[IDLE_PASSWORD_ENV] = target.password;
+  const script = path.join(REPO_ROOT, "bench", "idleClients.ts");
+  const args = [script, "--host", target.host, "--port", String(target.port), "--user", target.user];
+  const child = spawnChild(process.execPath, [...args, "--count", String(count)], { env });
+  const opened = new Promise<IdleClientsReport>((resolve, reject) => {
+    let buffered = "";
+    child.process.stdout?.on("data", (chunk: Buffer) => {
+      buffered += chunk.toString("utf8");
+      for (let nl = buffered.indexOf("\n"); nl >= 0; nl = buffered.indexOf("\n")) {
+        const line = JSON.parse(buffered.slice(0, nl)) as IdleClientsReport;
+        buffered = buffered.slice(nl + 1);
+        if (line.event === "opened") resolve(line);
       }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(CONCURRENCY, count) }, worker));
-  return error === undefined ? { clients } : { clients, error };
+    });
+    void child.exited.then(() =>
+      reject(new Error(`load generator exited early:\n${child.output().trim().slice(-2000)}`)),
+    );
+  });
+  return { child, opened };
 }
 
-async function closeAll(clients: readonly pg.Client[]): Promise<void> {
-  for (let i = 0; i < clients.length; i += CONCURRENCY) {
-    await Promise.all(clients.slice(i, i + CONCURRENCY).map((c) => c.end().catch(() => {})));
+/** Opens `count` idle clients through the target from as many generator processes as needed. */
+export async function holdIdleClients(target: Target, count: number): Promise<Held> {
+  const started = performance.now();
+  const running = shares(count).map((n) => generator(target, n));
+  const reports = await Promise.allSettled(running.map((g) => g.opened));
+  const seconds = (performance.now() - started) / 1000;
+  let opened = 0;
+  let error: string | undefined;
+  for (const r of reports) {
+    if (r.status === "rejected") error ??= String(r.reason instanceof Error ? r.reason.message : r.reason);
+    else if (r.value.event === "opened") {
+      opened += r.value.opened;
+      error ??= r.value.error;
+    }
+  }
+  return {
+    opened,
+    seconds,
+    error,
+    // Closing thousands of connections politely takes a while; allow it before SIGKILL.
+    release: async () => {
+      await Promise.all(running.map((g) => stopChild(g.child, 60_000)));
+    },
+  };
+}
+
+/** Why a target was not started: `needsPooling` when the reason is the missing pooled mode. */
+export interface NotStarted {
+  readonly reason: string;
+  readonly needsPooling: boolean;
+}
+
+/**
+ * Measures one fresh target at one client count. `start` must start a new process each call;
+ * `pools` says whether the target can hold more idle clients than PostgreSQL has backends.
+ */
+export async function measureIdle(
+  name: TargetName,
+  count: number,
+  pools: boolean,
+  start: () => Promise<Target | NotStarted>,
+): Promise<MemoryResult> {
+  const empty = { opened: 0, startRss: undefined, warmRss: undefined, loadedRss: undefined };
+  const result = (fields: Partial<MemoryResult>): MemoryResult => ({
+    target: name,
+    requested: count,
+    status: "failed",
+    ...empty,
+    perClientKiB: undefined,
+    perClientWarmKiB: undefined,
+    openSeconds: undefined,
+    note: undefined,
+    ...fields,
+  });
+  if (!pools && count > MAX_UNPOOLED_IDLE_CLIENTS) {
+    return result({
+      status: "needs pooling",
+      note: `one PostgreSQL backend per client; more than ${MAX_UNPOOLED_IDLE_CLIENTS} idle clients need pooling`,
+    });
+  }
+  const target = await start();
+  if ("reason" in target) {
+    return result({ status: target.needsPooling ? "needs pooling" : "failed", note: target.reason });
+  }
+  try {
+    const pid = target.pid;
+    if (pid === undefined) return result({ note: "no process to measure" });
+    await sleep(SETTLE_MS);
+    const startRss = readRss(pid);
+    const warm = await holdIdleClients(target, WARM_CONNECTIONS);
+    await warm.release();
+    await sleep(SETTLE_MS / 2);
+    const warmRss = readRss(pid);
+    const held = await holdIdleClients(target, count);
+    await sleep(SETTLE_MS);
+    const loadedRss = readRss(pid);
+    await held.release();
+    const error = warm.error ?? held.error;
+    return result({
+      status: error === undefined && held.opened === count ? "measured" : "failed",
+      opened: held.opened,
+      startRss,
+      warmRss,
+      loadedRss,
+      perClientKiB: perClientKiB(startRss, loadedRss, held.opened),
+      perClientWarmKiB: perClientKiB(warmRss, loadedRss, held.opened),
+      openSeconds: held.seconds,
+      note: error,
+    });
+  } finally {
+    await target.stop();
   }
 }
 
-export async function measureMemory(target: Target, count: number): Promise<MemoryResult> {
-  const pid = target.pid;
-  if (pid === undefined) throw new Error(`${target.name}: no process to measure`);
-  // Warm up code paths (and any lazily created upstream state) before the baseline.
-  const warm = await openMany(target, WARM_CONNECTIONS);
-  await closeAll(warm.clients);
-  await sleep(1000);
-  const baselineKiB = treeRssKiB(pid);
-  const started = performance.now();
-  const { clients, error } = await openMany(target, count);
-  const openSeconds = (performance.now() - started) / 1000;
-  await sleep(1000);
-  const loadedKiB = treeRssKiB(pid);
-  await closeAll(clients);
-  await sleep(500);
-  return {
-    target: target.name,
-    requested: count,
-    opened: clients.length,
-    baselineKiB,
-    loadedKiB,
-    perConnectionKiB: clients.length > 0 ? (loadedKiB - baselineKiB) / clients.length : undefined,
-    openSeconds,
-    error: warm.error ?? error,
-  };
-}
+const mib = (rss: Rss | undefined) => (rss === undefined ? "—" : (rss.total / 1024).toFixed(1));
+const kib = (v: number | undefined) => (v === undefined ? "—" : v.toFixed(2));
 
 export function formatMemory(results: readonly MemoryResult[]): string {
-  const headers = ["target", "connections", "RSS before MiB", "RSS after MiB", "KiB / connection", "open s"];
-  const rows = results.map((r) => [
-    TARGET_LABELS[r.target],
-    r.opened === r.requested ? String(r.opened) : `${r.opened}/${r.requested}`,
-    (r.baselineKiB / 1024).toFixed(1),
-    (r.loadedKiB / 1024).toFixed(1),
-    r.perConnectionKiB === undefined ? "—" : r.perConnectionKiB.toFixed(2),
-    r.openSeconds.toFixed(2),
-  ]);
-  const errors = results.filter((r) => r.error).map((r) => `${TARGET_LABELS[r.target]}: ${r.error}`);
-  return [table(headers, rows), ...errors].join("\n");
+  const headers = [
+    "target",
+    "clients",
+    "start RSS MiB",
+    "(anon MiB)",
+    "loaded MiB",
+    "KiB / client",
+    "(after warm-up)",
+    "vs bare relay",
+    "vs PgBouncer",
+    "open s",
+  ];
+  const at = (name: TargetName, n: number) =>
+    results.find((r) => r.target === name && r.requested === n && r.status === "measured");
+  const rows = results.map((r) => {
+    const measured = r.status === "measured";
+    return [
+      TARGET_LABELS[r.target],
+      r.opened === r.requested || r.status === "needs pooling"
+        ? String(r.requested)
+        : `${r.opened}/${r.requested}`,
+      mib(r.startRss),
+      r.startRss === undefined ? "—" : (r.startRss.anon / 1024).toFixed(1),
+      measured ? mib(r.loadedRss) : r.status === "needs pooling" ? "needs pooling" : "FAILED",
+      measured ? kib(r.perClientKiB) : "—",
+      measured ? kib(r.perClientWarmKiB) : "—",
+      measured ? fmtRatio(quotient(r.perClientKiB, at("relay", r.requested)?.perClientKiB)) : "—",
+      measured ? fmtRatio(quotient(r.perClientKiB, at("pgbouncer", r.requested)?.perClientKiB)) : "—",
+      r.openSeconds === undefined ? "—" : r.openSeconds.toFixed(2),
+    ];
+  });
+  const notes = results
+    .filter((r) => r.note && r.status !== "measured")
+    .map((r) => `${TARGET_LABELS[r.target]} at ${r.requested}: ${r.status}: ${r.note?.split("\n")[0]}`);
+  return [table(headers, rows), ...notes].join("\n");
 }

