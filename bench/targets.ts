@@ -135,6 +135,7 @@ export function pgwardenConfig(
   return {
     listen: { host: "127.0.0.1", port },
     upstream: { host: server.host, port: server.port, user: server.user, password: server.password },
+    access: { grants: [{ identity: "*", databases: ["*"] }] },
     auth: { method: "trust" },
     limits: { maxClientConnections: options.maxClients },
     log: { level: "warn" },
