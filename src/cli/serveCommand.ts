@@ -52,7 +52,7 @@ export const runServe = async (flags: ServeFlags): Promise<number> => {
     const text = await readFile(configPath, "utf8").catch((e: NodeJS.ErrnoException) => e);
     if (text instanceof Error)
       return fail(`cannot read config file ${configPath}: ${text.code ?? text.message}`);
-    const parsed = parseConfigText(text, configPath);
+    const parsed = await parseConfigText(text, configPath);
     if (isPgwardenError(parsed)) return fail(parsed.message);
     input = parsed;
   }

@@ -98,8 +98,10 @@ export class MachineGraph<E extends object, A> {
 export const clientGraph = new MachineGraph<ConnectionEvent, ClientAction>(connectionMachine);
 export const serverGraph = new MachineGraph<ServerEvent, ServerAction>(serverMachine);
 
-/** Whoever hosts a machine executes its actions. */
-export type ActionHost<A> = (action: A) => void;
+/** Whoever hosts a machine executes its actions (an object, so a host needs no closure for it). */
+export interface ActionHost<A> {
+  exec(action: A): void;
+}
 
 /**
  * Runs one machine for one connection: two Map lookups per event, then the cached actions are
@@ -132,7 +134,7 @@ export class MachineRunner<E extends object = ConnectionEvent, A = ClientAction>
   /** Attaches the executor of actions and runs the initial state's entry actions. */
   start(host: ActionHost<A>): void {
     this.host = host;
-    for (const a of this.graph.initialActions) host(a);
+    for (const a of this.graph.initialActions) host.exec(a);
   }
 
   get state(): string {
@@ -156,25 +158,49 @@ export class MachineRunner<E extends object = ConnectionEvent, A = ClientAction>
    */
   send(event: E): string {
     if (this.running) {
-      if (this.queued === undefined) this.queued = [];
-      this.queued.push(event);
+      this.enqueue(event);
       return this.node.key;
     }
-    this.running = true;
-    try {
-      this.apply(event);
-      const q = this.queued;
-      if (q !== undefined) for (let i = 0; i < q.length; i++) this.apply(q[i]!);
-      this.queued = undefined;
-    } finally {
-      this.running = false;
-    }
+    this.run(event, this.graph.step(this.node, event));
     return this.node.key;
   }
 
-  private apply(event: E): void {
+  /**
+   * Applies `event` unless it leads to `violation`, in which case nothing happens and false is
+   * returned: the caller then ends the connection with the reason it alone knows. One lookup.
+   */
+  sendUnlessViolation(event: E): boolean {
+    if (this.running) {
+      this.enqueue(event);
+      return true;
+    }
+    const step = this.graph.step(this.node, event);
+    if (step.to.key === "violation") return false;
+    this.run(event, step);
+    return true;
+  }
+
+  private enqueue(event: E): void {
+    if (this.queued === undefined) this.queued = [];
+    this.queued.push(event);
+  }
+
+  private run(event: E, step: Step<A>): void {
+    this.running = true;
+    try {
+      this.apply(event, step);
+      const q = this.queued;
+      if (q !== undefined) {
+        for (let i = 0; i < q.length; i++) this.apply(q[i]!, this.graph.step(this.node, q[i]!));
+        this.queued = undefined;
+      }
+    } finally {
+      this.running = false;
+    }
+  }
+
+  private apply(event: E, step: Step<A>): void {
     const from = this.node;
-    const step = this.graph.step(from, event);
     const to = step.to;
     if (to !== from) {
       this.node = to;
@@ -189,7 +215,7 @@ export class MachineRunner<E extends object = ConnectionEvent, A = ClientAction>
     }
     const actions = step.actions;
     const host = this.host;
-    if (host !== undefined) for (let i = 0; i < actions.length; i++) host(actions[i]!);
+    if (host !== undefined) for (let i = 0; i < actions.length; i++) host.exec(actions[i]!);
   }
 
   /** What `event` would do from the current state, without doing it: for tests and diagrams. */

@@ -5,15 +5,16 @@
  * query), or answer locally. A server connection may be unlinked only when nothing is owed and
  * the last ReadyForQuery said `I`.
  *
- * A ring of small integers: pushing and shifting allocate nothing once it has grown to the
- * deepest pipeline the connection has seen.
+ * A count, plus a ring of kinds only once something other than `forward` is owed: a session-mode
+ * connection, which only ever forwards, carries no array at all. The ring allocates nothing once
+ * it has grown to the deepest pipeline the connection has seen.
  */
 
 export const Owed = { forward: 0, skip: 1 } as const;
 export type Owed = (typeof Owed)[keyof typeof Owed];
 
 export class OwedResponses {
-  private ring = new Uint8Array(8);
+  private ring: Uint8Array | undefined;
   private head = 0;
   private count = 0;
   /** Extended-protocol messages were forwarded since the last Sync: a Sync is still to come. */
@@ -29,28 +30,40 @@ export class OwedResponses {
   }
 
   push(kind: Owed): void {
-    if (this.count === this.ring.length) {
-      const bigger = new Uint8Array(this.ring.length * 2);
-      for (let i = 0; i < this.count; i++) bigger[i] = this.ring[(this.head + i) % this.ring.length]!;
-      this.ring = bigger;
+    let ring = this.ring;
+    if (ring === undefined) {
+      if (kind === Owed.forward) {
+        this.count++;
+        return;
+      }
+      // The first entry that is not `forward`: every entry before it was.
+      ring = this.ring = new Uint8Array(Math.max(8, this.count * 2));
+      this.head = 0;
+    } else if (this.count === ring.length) {
+      const bigger = new Uint8Array(ring.length * 2);
+      for (let i = 0; i < this.count; i++) bigger[i] = ring[(this.head + i) % ring.length]!;
+      ring = this.ring = bigger;
       this.head = 0;
     }
-    this.ring[(this.head + this.count) % this.ring.length] = kind;
+    ring[(this.head + this.count) % ring.length] = kind;
     this.count++;
   }
 
   /** The entry a ReadyForQuery just ended; undefined when the server sent one it did not owe. */
   shift(): Owed | undefined {
     if (this.count === 0) return undefined;
-    const kind = this.ring[this.head] as Owed;
-    this.head = (this.head + 1) % this.ring.length;
     this.count--;
+    const ring = this.ring;
+    if (ring === undefined) return Owed.forward;
+    const kind = ring[this.head] as Owed;
+    this.head = (this.head + 1) % ring.length;
     return kind;
   }
 
   /** What the oldest entry says, without consuming it. */
   peek(): Owed | undefined {
-    return this.count === 0 ? undefined : (this.ring[this.head] as Owed);
+    if (this.count === 0) return undefined;
+    return this.ring === undefined ? Owed.forward : (this.ring[this.head] as Owed);
   }
 
   clear(): void {

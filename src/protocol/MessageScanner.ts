@@ -44,8 +44,10 @@ const unknownType = (sender: string, type: number): PgwardenError =>
 export class MessageScanner {
   private readonly policy: ScanPolicy;
   private readonly handler: MessageHandler;
-  private readonly head = Buffer.alloc(HEADER);
+  /** A header split across chunks, as numbers: no buffer per scanner for a rare case. */
   private headLen = 0;
+  private headType = 0;
+  private headLength = 0;
   private held: Buffer | null = null;
   private heldPos = 0;
   private streamRemaining = 0;
@@ -70,22 +72,29 @@ export class MessageScanner {
     let runStart = 0;
 
     if (this.headLen > 0) {
-      const take = Math.min(HEADER - this.headLen, n);
-      chunk.copy(this.head, this.headLen, 0, take);
-      this.headLen += take;
-      pos = runStart = take;
-      if (this.headLen < HEADER) return undefined;
+      let got = this.headLen;
+      while (got < HEADER && pos < n) {
+        this.headLength = (this.headLength << 8) | chunk[pos++]!;
+        got++;
+      }
+      this.headLen = got;
+      runStart = pos;
+      if (got < HEADER) return undefined;
       this.headLen = 0;
-      const type = this.head[0]!;
-      const len = this.head.readInt32BE(1);
+      const type = this.headType;
+      const len = this.headLength | 0;
       const bad = this.checkLength(type, len);
       if (bad !== undefined) return bad;
       if (this.policy.streamed[type] === 1) {
-        out.push(Buffer.from(this.head));
+        const header = Buffer.allocUnsafe(HEADER);
+        header[0] = type;
+        header.writeInt32BE(len, 1);
+        out.push(header);
         this.streamRemaining = len - 4;
       } else {
         this.held = Buffer.allocUnsafe(len + 1);
-        this.head.copy(this.held, 0);
+        this.held[0] = type;
+        this.held.writeInt32BE(len, 1);
         this.heldPos = HEADER;
       }
     }
@@ -116,7 +125,9 @@ export class MessageScanner {
       }
       if (n - pos < HEADER) {
         if (pos > runStart) out.push(chunk.subarray(runStart, pos));
-        chunk.copy(this.head, 0, pos, n);
+        this.headType = chunk[pos]!;
+        this.headLength = 0;
+        for (let i = pos + 1; i < n; i++) this.headLength = (this.headLength << 8) | chunk[i]!;
         this.headLen = n - pos;
         return undefined;
       }

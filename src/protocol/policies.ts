@@ -49,13 +49,30 @@ export const clientAuthPolicy = (maxMessageBytes: number): ScanPolicy => ({
   maxLength: clientMaxLength(maxMessageBytes),
 });
 
-/** Server stream once ready: rows and copy data are the data path, never buffered whatever their size. */
+/**
+ * Server messages the relay acts on: ReadyForQuery, the COPY switches and ErrorResponse (a FATAL
+ * ends the session). Every other server message — rows, but also RowDescription, CommandComplete
+ * and the rest — is streamed: forwarded without a handler call or a view of its own, never held.
+ */
+const serverHandledTypes = [
+  Backend.ReadyForQuery,
+  Backend.CopyInResponse,
+  Backend.CopyOutResponse,
+  Backend.CopyBothResponse,
+  Backend.CopyDone,
+  Backend.ErrorResponse,
+];
+const serverStreamedTypes = typeSet(
+  ...Object.values(Backend).filter((t) => !(serverHandledTypes as number[]).includes(t)),
+);
+
+/** Server stream once ready: only what changes the session's state is held and handled. */
 export const serverSessionPolicy = (maxMessageBytes: number): ScanPolicy => ({
   known: serverTypes,
   sender: "backend",
-  streamed: typeSet(Backend.DataRow, Backend.CopyData),
+  streamed: serverStreamedTypes,
   // Streamed messages are never buffered, so only PostgreSQL's own 1 GB field limit applies to them.
-  maxLength: (type) => (type === Backend.DataRow || type === Backend.CopyData ? 0x7fffffff : maxMessageBytes),
+  maxLength: (type) => (serverStreamedTypes[type] === 1 ? 0x7fffffff : maxMessageBytes),
 });
 
 /** Server stream during its startup: small messages only. */

@@ -181,7 +181,7 @@ export class ClientConnection {
     c.on("error", this.onSocketError);
     c.on("close", this.onClientClose);
     c.on("data", this.onFirstData);
-    this.machine.start(this.exec);
+    this.machine.start(this);
     const log = this.deps.log;
     if (log.isLevelEnabled("info"))
       log.info({ conn: this.id, remote: `${c.remoteAddress}:${c.remotePort}` }, "client connected");
@@ -200,13 +200,14 @@ export class ClientConnection {
 
   // Actions ----------------------------------------------------------------------------------------
 
-  private readonly exec = (action: ClientAction): void => {
+  /** Executes one action of the client machine (the runner calls it in order). */
+  exec(action: ClientAction): void {
     switch (action.type) {
       case "armDeadline":
         this.arm(action.params.phase);
         return;
       case "clearDeadline":
-        this.deps.deadlines.clear(this.id, action.params.phase);
+        this.deps.deadlines.clear(this, action.params.phase);
         return;
       case "refuseEncryption":
         this.socket.write(SSL_REFUSE);
@@ -235,29 +236,32 @@ export class ClientConnection {
         return;
       case "closeClient":
         // After the current read's writes: a FATAL being relayed must reach the client first.
-        queueMicrotask(this.endClient);
+        queueMicrotask(() => {
+          if (!this.clientGone) this.socket.end();
+        });
         return;
       case "closeServer":
         this.link?.unlink();
         this.server?.close();
         return;
     }
-  };
+  }
 
   private arm(phase: DeadlinePhase): void {
     const ms = phase === "login" ? this.deps.auth.timeoutMs : this.deps.limits.lingerMs;
-    this.deps.deadlines.arm(this.id, phase, ms, phase === "login" ? this.onLoginDeadline : this.onLinger);
+    this.deps.deadlines.arm(this, phase, ms);
   }
 
-  private readonly onLoginDeadline = (): void => {
+  /** A deadline passed: the login one ends the connection, the linger destroys both sockets. */
+  onDeadline(phase: DeadlinePhase): void {
+    if (phase === "linger") {
+      this.destroy();
+      return;
+    }
     if (this.deps.log.isLevelEnabled("warn"))
       this.deps.log.warn({ conn: this.id, state: this.machine.state }, "login deadline passed");
     this.machine.send(Events.Timeout);
-  };
-
-  private readonly onLinger = (): void => {
-    this.destroy();
-  };
+  }
 
   private sendError(which: FinalError): void {
     if (this.errorSent || this.clientGone || !this.socket.writable) return;
@@ -287,10 +291,6 @@ export class ClientConnection {
     this.link?.unlink();
     c.pause();
   }
-
-  private readonly endClient = (): void => {
-    if (!this.clientGone) this.socket.end();
-  };
 
   /** Ends the connection on a violation: `error` is what the client is told (08P01, mostly). */
   violation(error: PgwardenError): void {
@@ -495,14 +495,10 @@ export class ClientConnection {
       check: (m) => {
         const state = this.machine.state;
         if (state !== "authenticating.client") return "abandoned";
-        const event = clientEvents[m[0]!]!;
-        if (this.machine.peek(event).to === "violation") {
-          return protocolError(
-            `expected an authentication response, got ${frontendName(m[0]!)} in state ${state}`,
-          );
-        }
-        this.machine.send(event);
-        return undefined;
+        if (this.machine.sendUnlessViolation(clientEvents[m[0]!]!)) return undefined;
+        return protocolError(
+          `expected an authentication response, got ${frontendName(m[0]!)} in state ${state}`,
+        );
       },
     });
     if (!this.machine.in("authenticating.client")) return;
@@ -521,6 +517,7 @@ export class ClientConnection {
         if (method !== "trust") log.info({ conn: this.id, user }, "client authenticated");
     }
     const pending = stream.handOff();
+    this.stream = undefined;
     if (isPgwardenError(pending)) return this.violation(pending);
     this.clientPending = pending;
     // Whatever the client sends before ReadyForQuery waits in the socket.
@@ -542,8 +539,10 @@ export class ClientConnection {
       onTransition: this.deps.onTransition,
     });
     this.server = server;
-    server.whenLost(this.onServerLost);
-    const outcome = await server.login(this.upstreamParameters!).catch(
+    server.whenLost(this);
+    const parameters = this.upstreamParameters!;
+    this.upstreamParameters = undefined;
+    const outcome = await server.login(parameters).catch(
       (e: unknown) =>
         ({
           kind: "failed",
@@ -619,10 +618,11 @@ export class ClientConnection {
     this.settle();
   };
 
-  private readonly onServerLost = (): void => {
+  /** The server leg is gone (ServerConnection tells its listener). */
+  onServerLost(): void {
     this.machine.send(Events.ServerClosed);
     this.settle();
-  };
+  }
 
   /** A failure in pgwarden's own code ends this connection, never the process. */
   private internalError(e: unknown): void {
@@ -638,7 +638,7 @@ export class ClientConnection {
     if (this.machine.done) return;
     this.machine.send(Events.Closed);
     if (!this.machine.done) return;
-    this.deps.deadlines.clearAll(this.id);
+    this.deps.deadlines.clearAll(this);
     if (this.clientKey !== undefined) this.deps.cancels.revoke(this.clientKey);
     if (this.admitted === "client") this.deps.admission.releaseClient();
     else if (this.admitted === "cancel") this.deps.admission.releaseCancel();

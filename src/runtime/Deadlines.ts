@@ -1,4 +1,5 @@
-import { Effect, type Fiber } from "effect";
+import * as Effect from "effect/Effect";
+import type * as Fiber from "effect/Fiber";
 import type { DeadlinePhase } from "../machines/actions.ts";
 
 /**
@@ -6,6 +7,12 @@ import type { DeadlinePhase } from "../machines/actions.ts";
  * can drive them with TestClock). A connection holds no fiber while nothing is armed: an idle
  * session costs no timer. Arming a phase again replaces its deadline.
  */
+/** What a deadline belongs to: told when one of its phases has passed. */
+export interface DeadlineOwner {
+  readonly id: string;
+  onDeadline(phase: DeadlinePhase): void;
+}
+
 export class Deadlines {
   private readonly fork: <A>(effect: Effect.Effect<A>) => Fiber.Fiber<A>;
   private readonly armed = new Map<string, Fiber.Fiber<void>>();
@@ -14,15 +21,16 @@ export class Deadlines {
     this.fork = fork;
   }
 
-  arm(owner: string, phase: DeadlinePhase, ms: number, fire: () => void): void {
-    const key = `${owner}:${phase}`;
+  /** Arms `phase` for `owner`; when it passes, `owner.onDeadline(phase)` runs. */
+  arm(owner: DeadlineOwner, phase: DeadlinePhase, ms: number): void {
+    const key = `${owner.id}:${phase}`;
     this.armed.get(key)?.interruptUnsafe();
     const fiber = this.fork(
       Effect.sleep(ms).pipe(
         Effect.andThen(
           Effect.sync(() => {
             this.armed.delete(key);
-            fire();
+            owner.onDeadline(phase);
           }),
         ),
       ),
@@ -30,15 +38,15 @@ export class Deadlines {
     this.armed.set(key, fiber);
   }
 
-  clear(owner: string, phase: DeadlinePhase): void {
-    const key = `${owner}:${phase}`;
+  clear(owner: DeadlineOwner, phase: DeadlinePhase): void {
+    const key = `${owner.id}:${phase}`;
     const fiber = this.armed.get(key);
     if (fiber === undefined) return;
     this.armed.delete(key);
     fiber.interruptUnsafe();
   }
 
-  clearAll(owner: string): void {
+  clearAll(owner: DeadlineOwner): void {
     this.clear(owner, "login");
     this.clear(owner, "linger");
   }

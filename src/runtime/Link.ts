@@ -185,14 +185,12 @@ export class Link {
     const m = this.client.machine;
     const from = m.state;
     const copyIn = from === "busy.copy.in" || from === "busy.copy.both";
-    const event = clientEvents[type]!;
     // Judged before it is applied, so the violation's ending carries the reason.
-    if (m.peek(event).to === "violation") {
+    if (!m.sendUnlessViolation(clientEvents[type]!)) {
       return protocolError(
         `unexpected message type ${frontendName(type)} (0x${type.toString(16)}) in state ${from}`,
       );
     }
-    m.send(event);
     // PostgreSQL ignores Flush and Sync during COPY IN: they owe nothing and leave nothing pending.
     if (copyIn) return undefined;
     const owed = this.server.owed;
@@ -237,9 +235,8 @@ export class Link {
         return undefined;
     }
     const m = this.client.machine;
-    if (m.peek(event).to === "violation")
+    if (!m.sendUnlessViolation(event))
       return protocolError(`PostgreSQL sent message 0x${type.toString(16)} out of turn in state ${m.state}`);
-    m.send(event);
     return undefined;
   };
 }

@@ -1,6 +1,11 @@
 import { createHmac, randomBytes } from "node:crypto";
 import { createServer, type Server as NetServer, type Socket } from "node:net";
-import { Deferred, Effect, FiberMap, FiberSet, Redacted, type Scope } from "effect";
+import * as Deferred from "effect/Deferred";
+import * as Effect from "effect/Effect";
+import * as FiberMap from "effect/FiberMap";
+import * as FiberSet from "effect/FiberSet";
+import * as Redacted from "effect/Redacted";
+import type * as Scope from "effect/Scope";
 import type { Logger } from "pino";
 import { connectUpstream, sendCancel, UpstreamCredentials } from "../adapters/upstream.ts";
 import { SCRAM_DEFAULT_ITERATIONS, type ScramVerifier } from "../auth/scramVerifier.ts";
@@ -68,22 +73,22 @@ const listen = (host: string, port: number): Effect.Effect<NetServer, PgwardenEr
   );
 
 /**
- * One connection's fiber: its scope owns the connection (both sockets and, through the shared
+ * One connection's fiber: a bracket that owns the connection (both sockets and, through the shared
  * Deadlines, its timers), released however the fiber ends. Interrupting it — a shutdown — ends
  * the connection with 57P01 and gives it the linger to close before the scope destroys it.
  */
 const superviseConnection = (conn: ClientConnection, lingerMs: number): Effect.Effect<void> =>
-  Effect.scoped(
-    Effect.gen(function* () {
-      yield* Effect.acquireRelease(Effect.succeed(conn), (c) => Effect.sync(() => c.destroy()));
-      yield* Effect.callback<void>((resume) => {
-        void conn.closed.then(() => resume(Effect.void));
+  Effect.acquireUseRelease(
+    Effect.succeed(conn),
+    (c) =>
+      Effect.callback<void>((resume) => {
+        void c.closed.then(() => resume(Effect.void));
         return Effect.promise(async () => {
-          conn.shutdown();
-          await Promise.race([conn.closed, new Promise((r) => setTimeout(r, lingerMs + 500).unref())]);
+          c.shutdown();
+          await Promise.race([c.closed, new Promise((r) => setTimeout(r, lingerMs + 500).unref())]);
         });
-      });
-    }),
+      }),
+    (c) => Effect.sync(() => c.destroy()),
   );
 
 /** At debug level every transition is also a log line; otherwise logging costs nothing here. */

@@ -39,19 +39,20 @@ export class ServerConnection {
   readonly machine: ServerRunner;
   readonly owed = new OwedResponses();
   private readonly deps: ServerConnectionDeps;
-  private readonly abort = new AbortController();
+  /** Abandons a login under way; dropped once logged in. */
+  private abort: AbortController | undefined = new AbortController();
   socket: Socket | undefined;
   key: BackendKeyData | undefined;
   /** Settles when the socket has closed (or when no socket was ever opened). */
   readonly closed: Promise<void>;
   private resolveClosed!: () => void;
-  private onLost: (() => void) | undefined;
+  private onLost: { onServerLost(): void } | undefined;
 
   constructor(id: string, deps: ServerConnectionDeps) {
     this.id = id;
     this.deps = deps;
     this.machine = serverRunner(id, deps.onTransition);
-    this.machine.start(this.exec.bind(this));
+    this.machine.start(this);
     this.closed = new Promise((r) => {
       this.resolveClosed = r;
     });
@@ -62,7 +63,8 @@ export class ServerConnection {
     return this.key?.processId;
   }
 
-  private exec(action: ServerAction): void {
+  /** Executes one action of the server machine. */
+  exec(action: ServerAction): void {
     switch (action.type) {
       case "sendTerminate": {
         const s = this.socket;
@@ -81,7 +83,7 @@ export class ServerConnection {
       ...this.deps.target,
       parameters,
       credentials: this.deps.credentials,
-      signal: this.abort.signal,
+      signal: this.abort!.signal,
       onConnected: () => this.machine.send(ServerEvents.Connected),
     });
     if (isPgwardenError(result)) {
@@ -99,7 +101,7 @@ export class ServerConnection {
     this.key = result.key;
     socket.on("error", () => {});
     socket.on("close", () => this.lost());
-    if (this.machine.done || this.abort.signal.aborted) {
+    if (this.machine.done || this.abort?.signal.aborted !== false) {
       // The client went away or the deadline passed while PostgreSQL was answering.
       socket.destroy();
       return {
@@ -107,6 +109,7 @@ export class ServerConnection {
         error: pgwardenError("PGW_SHUTDOWN", SqlState.adminShutdown, "login abandoned"),
       };
     }
+    this.abort = undefined;
     this.machine.send(ServerEvents.LoggedIn);
     return { kind: "ready", upstream: result };
   }
@@ -115,24 +118,24 @@ export class ServerConnection {
   private lost(): void {
     this.machine.send(ServerEvents.Lost);
     this.resolveClosed();
-    this.onLost?.();
+    this.onLost?.onServerLost();
   }
 
   /** The one listener told when the server leg is gone (the link, in session mode). */
-  whenLost(listener: (() => void) | undefined): void {
+  whenLost(listener: { onServerLost(): void } | undefined): void {
     this.onLost = listener;
   }
 
   /** Ends the leg: Terminate, then PostgreSQL closes; abandons a login still under way. */
   close(): void {
     if (this.machine.done) return;
-    if (this.socket === undefined) this.abort.abort();
+    if (this.socket === undefined) this.abort?.abort();
     this.machine.send(ServerEvents.Close);
   }
 
   /** Destroys the socket at once: the end of a linger. */
   destroy(): void {
-    this.abort.abort();
+    this.abort?.abort();
     this.socket?.destroy();
     if (this.socket === undefined) this.resolveClosed();
   }

@@ -1,5 +1,6 @@
-import { Effect, Schema } from "effect";
-import { parse as parseYaml } from "yaml";
+// Effect by module, not the package index: the index loads every module (≈ 13 MB of start memory).
+import * as Effect from "effect/Effect";
+import * as Schema from "effect/Schema";
 import { type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
 
 /**
@@ -154,7 +155,12 @@ const configError = (message: string): PgwardenError =>
   pgwardenError("PGW_CONFIG", SqlState.internalError, message);
 
 /** Parses YAML text into a plain object, or an error naming the file and line. */
-export const parseConfigText = (text: string, source: string): Record<string, unknown> | PgwardenError => {
+export const parseConfigText = async (
+  text: string,
+  source: string,
+): Promise<Record<string, unknown> | PgwardenError> => {
+  // Loaded only when there is a file to read: the parser is a large share of start memory.
+  const { parse: parseYaml } = await import("yaml");
   try {
     const doc = parseYaml(text) as unknown;
     if (doc === null || doc === undefined) return {};

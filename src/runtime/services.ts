@@ -1,4 +1,4 @@
-import { Context } from "effect";
+import * as Context from "effect/Context";
 import type { ScramVerifier } from "../auth/scramVerifier.ts";
 import type { CancelRegistry as Registry } from "./CancelRegistry.ts";
 import type { PgwardenConfig } from "./config.ts";

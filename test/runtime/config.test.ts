@@ -74,10 +74,10 @@ describe("configuration", () => {
     expect(c.log.level).toBe("info");
   });
 
-  it("reports YAML syntax errors with the file name", () => {
-    const r = parseConfigText("listen: [1, 2\n", "pgwarden.yaml");
+  it("reports YAML syntax errors with the file name", async () => {
+    const r = await parseConfigText("listen: [1, 2\n", "pgwarden.yaml");
     expect(isPgwardenError(r) && r.message.startsWith("pgwarden.yaml:")).toBe(true);
-    expect(parseConfigText("- a\n- b\n", "x.yaml")).toMatchObject({
+    expect(await parseConfigText("- a\n- b\n", "x.yaml")).toMatchObject({
       message: "x.yaml: expected a mapping at the top level",
     });
   });
