@@ -17,6 +17,11 @@ export class SaltedPasswordCache {
     this.password = scramPasswordBytes(password);
   }
 
+  /** Distinct (salt, iterations) pairs computed so far. */
+  get size(): number {
+    return this.entries.size;
+  }
+
   /** SaltedPassword for this salt and count, computed once off the event loop. */
   get(salt: Buffer, iterations: number): Promise<Buffer> {
     const key = `${iterations}:${salt.toString("base64")}`;

@@ -195,7 +195,9 @@ export class MachineRunner<E extends object = ConnectionEvent, A = ClientAction>
         this.queued = undefined;
       }
     } finally {
+      // A throwing action must not leave its queued events to be applied after a later one.
       this.running = false;
+      this.queued = undefined;
     }
   }
 

@@ -22,8 +22,12 @@ export type FirstPacket =
  * How many bytes the first packet takes, once enough has arrived to tell:
  * a number (the whole packet's length), "need-more", "direct-tls", or an error.
  */
-export const firstPacketLength = (buf: Buffer): number | "need-more" | "direct-tls" | PgwardenError => {
-  if (buf.length >= 1 && buf[0] === TLS_HANDSHAKE_BYTE) return "direct-tls";
+export const firstPacketLength = (
+  buf: Buffer,
+  directTlsAllowed = true,
+): number | "need-more" | "direct-tls" | PgwardenError => {
+  // Only the very first packet may be a TLS ClientHello; after a refused request 0x16 is a length.
+  if (directTlsAllowed && buf.length >= 1 && buf[0] === TLS_HANDSHAKE_BYTE) return "direct-tls";
   if (buf.length < 4) return "need-more";
   const len = buf.readInt32BE(0);
   // PostgreSQL only logs these and closes: the client gets no ErrorResponse (see isSilent).

@@ -326,7 +326,7 @@ export class ClientConnection {
     for (;;) {
       const buf: Buffer | undefined = this.firstBuf;
       if (buf === undefined) return;
-      const len = firstPacketLength(buf);
+      const len = firstPacketLength(buf, this.machine.state === "startup.fresh");
       if (len === "need-more") return;
       if (len === "direct-tls") {
         this.firstBuf = undefined;
