@@ -4,7 +4,13 @@ import type { ClientAction } from "../../src/machines/actions.ts";
 import { connectionMachine } from "../../src/machines/connectionMachine.ts";
 import { allEvents, type ConnectionEvent, Events, ReadyForQuery } from "../../src/machines/events.ts";
 import { clientGraph, MachineRunner, stateKey } from "../../src/machines/MachineRunner.ts";
-import { describeAgreement, leafKeys, type MachineSpec, recorder, shortestEvents } from "./support/agreement.ts";
+import {
+  describeAgreement,
+  leafKeys,
+  type MachineSpec,
+  recorder,
+  shortestEvents,
+} from "./support/agreement.ts";
 
 const client: MachineSpec<ConnectionEvent, ClientAction> = {
   name: "client",
@@ -104,7 +110,10 @@ describe("MachineRunner: the login walk and its actions", () => {
     expect(r.actions).toEqual([{ type: "sendAuthOk" }, { type: "connectServer" }]);
     r.actions.length = 0;
     r.runner.send(Events.UpstreamReady);
-    expect(r.actions).toEqual([{ type: "clearDeadline", params: { phase: "login" } }, { type: "startRelay" }]);
+    expect(r.actions).toEqual([
+      { type: "clearDeadline", params: { phase: "login" } },
+      { type: "startRelay" },
+    ]);
     expect(r.runner.state).toBe("ready.idle");
     expect(r.emitted.map((t) => [t.machine, t.from, t.to, t.cause])).toEqual([
       ["client", "startup.fresh", "authenticating.client", "Startup"],
@@ -241,18 +250,21 @@ describe("MachineRunner: the first packet", () => {
     expect(r.actions).toEqual([{ type: "authenticate" }]);
   });
 
-  it.each(startupStates)("CancelRequest in %s is forwarded; CancelDone ends the connection silently", (key) => {
-    const r = runnerIn(key);
-    expect(r.runner.send(Events.CancelRequest)).toBe("cancelling");
-    expect(r.actions).toEqual([{ type: "forwardCancel" }]);
-    r.clear();
-    // While the cancel is under way nothing the client does matters, not even a violation.
-    for (const e of [Events.Query, Events.UnknownMessage, Events.ProtocolViolation, Events.Startup])
-      expect(r.runner.send(e)).toBe("cancelling");
-    expect(r.log).toEqual([]);
-    expect(r.runner.send(Events.CancelDone)).toBe("terminating");
-    expect(r.log).toEqual(["cancelling -> terminating", ...terminatingEntry]);
-  });
+  it.each(startupStates)(
+    "CancelRequest in %s is forwarded; CancelDone ends the connection silently",
+    (key) => {
+      const r = runnerIn(key);
+      expect(r.runner.send(Events.CancelRequest)).toBe("cancelling");
+      expect(r.actions).toEqual([{ type: "forwardCancel" }]);
+      r.clear();
+      // While the cancel is under way nothing the client does matters, not even a violation.
+      for (const e of [Events.Query, Events.UnknownMessage, Events.ProtocolViolation, Events.Startup])
+        expect(r.runner.send(e)).toBe("cancelling");
+      expect(r.log).toEqual([]);
+      expect(r.runner.send(Events.CancelDone)).toBe("terminating");
+      expect(r.log).toEqual(["cancelling -> terminating", ...terminatingEntry]);
+    },
+  );
 
   it.each(["ClientClosed", "Timeout", "Shutdown"] as const)(
     "%s in cancelling ends it without a word",
@@ -267,11 +279,14 @@ describe("MachineRunner: the first packet", () => {
     startupStates.flatMap((k) =>
       (["StartupInvalid", "ClientClosed", "Timeout", "Shutdown"] as const).map((e) => [k, e] as const),
     ),
-  )("in %s, %s ends the connection without a word (PostgreSQL says nothing before the first packet)", (key, type) => {
-    const r = runnerIn(key);
-    expect(r.runner.send(Events[type])).toBe("terminating");
-    expect(r.actions).toEqual(terminatingEntry);
-  });
+  )(
+    "in %s, %s ends the connection without a word (PostgreSQL says nothing before the first packet)",
+    (key, type) => {
+      const r = runnerIn(key);
+      expect(r.runner.send(Events[type])).toBe("terminating");
+      expect(r.actions).toEqual(terminatingEntry);
+    },
+  );
 
   it("direct TLS without TLS ends silently in fresh, and is a violation after a refusal", () => {
     const r = runnerIn("startup.fresh");
@@ -324,7 +339,12 @@ describe("MachineRunner: endings and their actions", () => {
       [Events.ServerFatal, []],
       [
         Events.Timeout,
-        [{ type: "sendError", params: { error: key.startsWith("authenticating") ? "loginTimeout" : "given" } }],
+        [
+          {
+            type: "sendError",
+            params: { error: key.startsWith("authenticating") ? "loginTimeout" : "given" },
+          },
+        ],
       ],
     ] as const;
     for (const [event, before] of cases) {

@@ -4,7 +4,13 @@ import { ReadyForQuery } from "../../src/machines/events.ts";
 import { serverRunner } from "../../src/machines/MachineRunner.ts";
 import { allServerEvents, type ServerEvent, ServerEvents } from "../../src/machines/serverEvents.ts";
 import { serverMachine } from "../../src/machines/serverMachine.ts";
-import { describeAgreement, leafKeys, type MachineSpec, recorder, shortestEvents } from "./support/agreement.ts";
+import {
+  describeAgreement,
+  leafKeys,
+  type MachineSpec,
+  recorder,
+  shortestEvents,
+} from "./support/agreement.ts";
 
 const server: MachineSpec<ServerEvent, ServerAction> = {
   name: "server",
@@ -74,21 +80,27 @@ describe("server machine: idle only at ReadyForQuery I with nothing owed", () =>
     expect(r.log).toEqual(["active -> idle", offerRelease]);
   });
 
-  it.each(["I", "T", "E"] as const)("ReadyForQuery(%s) with more owed keeps active, offering nothing", (s) => {
-    const r = runnerIn("active");
-    expect(r.runner.send(ReadyForQuery[s][1])).toBe("active");
-    expect(r.log).toEqual([]);
-  });
+  it.each(["I", "T", "E"] as const)(
+    "ReadyForQuery(%s) with more owed keeps active, offering nothing",
+    (s) => {
+      const r = runnerIn("active");
+      expect(r.runner.send(ReadyForQuery[s][1])).toBe("active");
+      expect(r.log).toEqual([]);
+    },
+  );
 
-  it.each(["T", "E"] as const)("ReadyForQuery(%s) with nothing owed is inTransaction: bound to its client", (s) => {
-    const r = runnerIn("active");
-    expect(r.runner.send(ReadyForQuery[s][0])).toBe("inTransaction");
-    expect(r.actions).toEqual([]);
-    // The transaction's next request makes it active again; only its end makes it idle.
-    expect(r.runner.send(Request)).toBe("active");
-    expect(r.runner.send(ReadyForQuery.I[0])).toBe("idle");
-    expect(r.actions).toEqual([offerRelease]);
-  });
+  it.each(["T", "E"] as const)(
+    "ReadyForQuery(%s) with nothing owed is inTransaction: bound to its client",
+    (s) => {
+      const r = runnerIn("active");
+      expect(r.runner.send(ReadyForQuery[s][0])).toBe("inTransaction");
+      expect(r.actions).toEqual([]);
+      // The transaction's next request makes it active again; only its end makes it idle.
+      expect(r.runner.send(Request)).toBe("active");
+      expect(r.runner.send(ReadyForQuery.I[0])).toBe("idle");
+      expect(r.actions).toEqual([offerRelease]);
+    },
+  );
 
   it("requests pile up in active without any action", () => {
     const r = runnerIn("idle");
@@ -107,11 +119,14 @@ describe("server machine: idle only at ReadyForQuery I with nothing owed", () =>
     expect(r.actions).toEqual([offerRelease]);
   });
 
-  it.each(["idle", "inTransaction"])("a ReadyForQuery nobody asked for in %s is a violation: closing", (key) => {
-    const r = runnerIn(key);
-    expect(r.runner.send(ReadyForQuery.I[0])).toBe("closing");
-    expect(r.actions).toEqual([sendTerminate]);
-  });
+  it.each(["idle", "inTransaction"])(
+    "a ReadyForQuery nobody asked for in %s is a violation: closing",
+    (key) => {
+      const r = runnerIn(key);
+      expect(r.runner.send(ReadyForQuery.I[0])).toBe("closing");
+      expect(r.actions).toEqual([sendTerminate]);
+    },
+  );
 
   it("no state but idle executes offerRelease, whatever arrives", () => {
     for (const key of leafKeys(serverMachine.root)) {
@@ -143,12 +158,15 @@ describe("server machine: endings", () => {
     },
   );
 
-  it.each(["connecting", "closing", ...live])("Lost from %s goes straight to closed, doing nothing", (key) => {
-    const r = runnerIn(key);
-    expect(r.runner.send(Lost)).toBe("closed");
-    expect(r.actions).toEqual([]);
-    expect(r.runner.done).toBe(true);
-  });
+  it.each(["connecting", "closing", ...live])(
+    "Lost from %s goes straight to closed, doing nothing",
+    (key) => {
+      const r = runnerIn(key);
+      expect(r.runner.send(Lost)).toBe("closed");
+      expect(r.actions).toEqual([]);
+      expect(r.runner.done).toBe(true);
+    },
+  );
 
   it("closing waits for the socket: everything but Lost is absorbed, Terminate is sent once", () => {
     const r = runnerIn("active");

@@ -1,14 +1,13 @@
 import { fc, test } from "@fast-check/vitest";
 import { getShortestPaths } from "@xstate/graph";
 import { describe, expect, it } from "vitest";
+import { type AnyStateMachine, type AnyStateNode, createActor, type SnapshotFrom, transition } from "xstate";
 import {
-  type AnyStateMachine,
-  type AnyStateNode,
-  createActor,
-  type SnapshotFrom,
-  transition,
-} from "xstate";
-import { type MachineName, type MachineRunner, stateKey, type Transition } from "../../../src/machines/MachineRunner.ts";
+  type MachineName,
+  type MachineRunner,
+  stateKey,
+  type Transition,
+} from "../../../src/machines/MachineRunner.ts";
 
 /*
  * What the client and the server machine tests share: the property that a cached MachineRunner
@@ -189,7 +188,13 @@ export const describeAgreement = <E extends { type: string }, A>(spec: MachineSp
             expect(
               { connectionId: t.connectionId, machine: t.machine, from: t.from, to: t.to, cause: t.cause },
               where,
-            ).toEqual({ connectionId: id, machine: spec.name, from: before, to: expected, cause: event.type });
+            ).toEqual({
+              connectionId: id,
+              machine: spec.name,
+              from: before,
+              to: expected,
+              cause: event.type,
+            });
             expect(t.at).toBeGreaterThanOrEqual(t0);
             expect(t.at).toBeLessThanOrEqual(t1);
           }
