@@ -1,7 +1,7 @@
 import { pbkdf2Sync } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import { SaltedPasswordCache, scramSaltOf } from "../../src/auth/SaltedPasswordCache.ts";
 import { connectUpstream, UpstreamCredentials } from "../../src/adapters/upstream.ts";
+import { SaltedPasswordCache, scramSaltOf } from "../../src/auth/SaltedPasswordCache.ts";
 import { isPgwardenError } from "../../src/errors.ts";
 import { postgresInfo } from "../support/postgres.ts";
 

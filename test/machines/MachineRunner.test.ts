@@ -94,7 +94,7 @@ describe("MachineRunner: the login walk and its actions", () => {
     const runner = new MachineRunner("c-unstarted");
     expect(runner.send(Events.Startup)).toBe("authenticating.client");
     const ran: ClientAction[] = [];
-    runner.start((a) => ran.push(a));
+    runner.start({ exec: (a) => ran.push(a) });
     expect(ran).toEqual([{ type: "armDeadline", params: { phase: "login" } }]);
     runner.send(Events.ClientAuthOk);
     expect(ran.slice(1)).toEqual([{ type: "sendAuthOk" }, { type: "connectServer" }]);
@@ -538,5 +538,27 @@ describe("MachineRunner: the runner itself", () => {
 
   it("the initial state of a runner is the machine's initial state", () => {
     expect(new MachineRunner("x").state).toBe(stateKey(initialTransition(connectionMachine)[0].value));
+  });
+});
+
+describe("MachineRunner: an action that throws", () => {
+  it("leaves no queued event behind to be applied after a later, unrelated one", () => {
+    const r = new MachineRunner("p");
+    let armed = false;
+    r.start({
+      exec: (a) => {
+        if (armed && a.type === "stopReading") {
+          armed = false;
+          r.send(Events.Closed);
+          throw new Error("boom");
+        }
+      },
+    });
+    for (const e of [Events.Startup, Events.ClientAuthOk, Events.UpstreamReady]) r.send(e);
+    armed = true;
+    expect(() => r.send(Events.Terminate)).toThrow("boom");
+    expect(r.state).toBe("terminating");
+    // The Closed queued by the throwing action died with it: a later event does not apply it.
+    expect(r.send(Events.Query)).toBe("terminating");
   });
 });

@@ -158,7 +158,11 @@ const firstPacketOffers: readonly ModelEvent[] = [
 /** The events real traffic can cause in this world, and nothing else. */
 const offers = (w: World): ModelEvent[] => {
   const key = keyOf(w);
-  if (inStartup(w)) return [...firstPacketOffers];
+  // Only the very first packet can be direct TLS: after a refusal, 0x16 is read as a length.
+  if (inStartup(w))
+    return key === "startup.fresh"
+      ? [...firstPacketOffers]
+      : firstPacketOffers.filter((e) => e !== Events.DirectTLS);
   switch (key) {
     case "authenticating.client":
       return [Events.ClientAuthOk];

@@ -53,10 +53,12 @@ export const recorder = <E extends object, A>(spec: MachineSpec<E, A>, id = "t-t
     log.push(`${t.from} -> ${t.to}`);
   });
   let onAction: ((a: A) => void) | undefined;
-  runner.start((a) => {
-    actions.push(a as PlainAction);
-    log.push(a as PlainAction);
-    onAction?.(a);
+  runner.start({
+    exec: (a) => {
+      actions.push(a as PlainAction);
+      log.push(a as PlainAction);
+      onAction?.(a);
+    },
   });
   const clear = () => {
     emitted.length = 0;
@@ -155,7 +157,7 @@ export const describeAgreement = <E extends { type: string }, A>(spec: MachineSp
             if (ev.type === "@xstate.action") xstate.push(plain(ev.action));
           },
         });
-        runner.start((a) => ran.push(plain(a as PlainAction)));
+        runner.start({ exec: (a) => ran.push(plain(a as PlainAction)) });
         actor.start();
         expect(runner.state).toBe(stateKey(actor.getSnapshot().value));
         expect(ran, "initial entry actions").toEqual(xstate);
