@@ -259,9 +259,9 @@ export const compileAccessPolicy = (
   const membership = new Map<string, Set<string>>();
   for (const [group, members] of Object.entries(config.groups)) {
     for (const m of members) {
-      let s = membership.get(m);
-      if (s === undefined) membership.set(m, (s = new Set()));
+      const s = membership.get(m) ?? new Set<string>();
       s.add(group);
+      membership.set(m, s);
     }
   }
   const groupsOf = (identity: string): ReadonlySet<string> => membership.get(identity) ?? NO_GROUPS;
