@@ -1,6 +1,6 @@
 import { Schema } from "effect";
-import { type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
-import { CertMappingConfig } from "./certIdentity.ts";
+import { isPgwardenError, type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
+import { type CertMapper, CertMappingConfig, compileCertMapping } from "./certIdentity.ts";
 import { type Cidr, cidrContains, formatIp, isCidrError, parseCidr, parseIp } from "./cidr.ts";
 import { Name, nameIssue, withDefault } from "./schemaKit.ts";
 
@@ -54,8 +54,22 @@ interface Issue {
   readonly issue: string;
 }
 
+const RuleFields = Schema.Struct({
+  name: Name,
+  /** CIDRs or `all`; left out, any source. */
+  source: Schema.optionalKey(NonEmptyList(SourceText)),
+  transport: Schema.optionalKey(NonEmptyList(Transport)),
+  /** Identity names, or `@group`. */
+  identities: Schema.optionalKey(NonEmptyList(NameOrGroup)),
+  databases: Schema.optionalKey(NonEmptyList(NameOrGroup)),
+  /** Authentication an allow rule requires; left out, the configured default method. */
+  method: Schema.optionalKey(RuleMethod),
+  action: RuleAction,
+});
+type RuleFields = typeof RuleFields.Type;
+
 /** Rule-local consistency, reported at the offending field. */
-const ruleIssues = (r: AccessRuleInput): Issue[] => {
+const ruleIssues = (r: RuleFields): Issue[] => {
   const issues: Issue[] = [];
   if (r.action === "reject" && r.method !== undefined)
     issues.push({ path: ["method"], issue: "a reject rule has no authentication method; remove it" });
@@ -68,27 +82,7 @@ const ruleIssues = (r: AccessRuleInput): Issue[] => {
   return issues;
 };
 
-export const AccessRule = Schema.Struct({
-  name: Name,
-  /** CIDRs or `all`; left out, any source. */
-  source: Schema.optionalKey(NonEmptyList(SourceText)),
-  transport: Schema.optionalKey(NonEmptyList(Transport)),
-  /** Identity names, or `@group`. */
-  identities: Schema.optionalKey(NonEmptyList(NameOrGroup)),
-  databases: Schema.optionalKey(NonEmptyList(NameOrGroup)),
-  /** Authentication an allow rule requires; left out, the configured default method. */
-  method: Schema.optionalKey(RuleMethod),
-  action: RuleAction,
-}).check(Schema.makeFilter(ruleIssues));
-type AccessRuleInput = {
-  readonly name: string;
-  readonly source?: readonly string[];
-  readonly transport?: readonly Transport[];
-  readonly identities?: readonly string[];
-  readonly databases?: readonly string[];
-  readonly method?: RuleMethod;
-  readonly action: RuleAction;
-};
+export const AccessRule = RuleFields.check(Schema.makeFilter(ruleIssues));
 export type AccessRule = typeof AccessRule.Type;
 
 export const AccessRulesConfig = Schema.Array(AccessRule);
@@ -109,14 +103,14 @@ export const GroupsConfig = Schema.Record(Schema.String, Schema.Array(Member)).c
 );
 export type GroupsConfig = typeof GroupsConfig.Type;
 
-const matchesEverything = (r: AccessRuleInput): boolean =>
+const matchesEverything = (r: RuleFields): boolean =>
   (r.source === undefined || r.source.includes("all")) &&
   (r.transport === undefined || new Set(r.transport).size === 3) &&
   r.identities === undefined &&
   r.databases === undefined;
 
 /** Checks across rules and groups: unique names, declared groups, no rule hidden behind a catch-all. */
-const accessIssues = (rules: readonly AccessRuleInput[], groups: GroupsConfig): Issue[] => {
+const accessIssues = (rules: readonly RuleFields[], groups: GroupsConfig): Issue[] => {
   const issues: Issue[] = [];
   const seen = new Map<string, number>();
   let catchAll: number | undefined;
@@ -289,6 +283,22 @@ export const compileAccessPolicy = (
       return IMPLICIT;
     },
   };
+};
+
+export interface CompiledAccess {
+  readonly policy: AccessPolicy;
+  readonly certs: CertMapper;
+}
+
+/** The whole `access` section compiled, as at start and on each SIGHUP; an error leaves the old one in force. */
+export const compileAccess = (
+  config: AccessConfig,
+  options: CompileOptions = {},
+): CompiledAccess | PgwardenError => {
+  const policy = compileAccessPolicy(config, options);
+  if (isPgwardenError(policy)) return policy;
+  const certs = compileCertMapping(config.certMapping);
+  return isPgwardenError(certs) ? certs : { policy, certs };
 };
 
 const shownSource = (source: string | undefined): string => {

@@ -172,9 +172,9 @@ export const compileCertMapping = (rules: CertMappingConfig): CertMapper | Pgwar
   const compiled: CompiledMapping[] = [];
   for (const [i, r] of rules.entries()) {
     const re = compilePattern(r.pattern);
-    if (typeof re === "string") return mappingError(`certMapping[${i}].pattern: ${re}`);
+    if (typeof re === "string") return mappingError(`access.certMapping[${i}].pattern: ${re}`);
     const issue = templateIssue(r.identity, captureCount(re));
-    if (issue !== undefined) return mappingError(`certMapping[${i}].identity: ${issue}`);
+    if (issue !== undefined) return mappingError(`access.certMapping[${i}].identity: ${issue}`);
     compiled.push({ field: r.match, re, identity: r.identity });
   }
   const needsAlt = compiled.some((c) => c.field !== "cn");

@@ -10,6 +10,7 @@ import {
   type AccessRequest,
   type AccessRule,
   accessDeniedError,
+  compileAccess,
   compileAccessPolicy,
   describeDecision,
   IMPLICIT_REJECT,
@@ -400,5 +401,29 @@ describe("AccessConfig", () => {
     expect(m).toContain('access.rules[0].source[0]: "10.0.0.0/33": prefix length must be 0 to 32');
     expect(m).toContain("access.rules[1].transport: method cert needs a client certificate");
     expect(m).toContain('access.rules[1].identities[0]: group "x" is not defined in groups');
+  });
+});
+
+describe("compileAccess", () => {
+  it("compiles rules and certificate mapping together, or returns the first section's error", () => {
+    const ok = compileAccess(
+      decode({
+        rules: [{ name: "m", transport: ["mtls"], method: "cert", action: "allow" }],
+        certMapping: [{ match: "cn", pattern: "(.+)", identity: "$1" }],
+      }),
+    );
+    if (isPgwardenError(ok)) throw new Error(ok.message);
+    const id = ok.certs.map({ subject: { CN: "alice" } });
+    expect(id?.identity).toBe("alice");
+    expect(ok.policy.decide(req({ identity: id!.identity, transport: "mtls" }))).toMatchObject({
+      rule: "m",
+      method: "cert",
+    });
+    const bad = compileAccess({
+      rules: [],
+      groups: {},
+      certMapping: [{ match: "cn", pattern: "(", identity: "x" }],
+    });
+    expect(isPgwardenError(bad) && bad.message).toMatch(/^access\.certMapping\[0\]\.pattern:/);
   });
 });

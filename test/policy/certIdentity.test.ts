@@ -247,7 +247,7 @@ describe("CertMappingConfig", () => {
   it("compileCertMapping refuses what the schema refuses, naming the rule", () => {
     const r = compileCertMapping([{ match: "cn", pattern: "(", identity: "a" }]);
     expect(isPgwardenError(r) && r.message).toMatch(
-      /^certMapping\[0\]\.pattern: not a valid regular expression/,
+      /^access\.certMapping\[0\]\.pattern: not a valid regular expression/,
     );
   });
 });
