@@ -207,14 +207,16 @@ const compileRule = (r: AccessRule, index: number, defaultMethod: RuleMethod): C
     names: r.identities === undefined ? undefined : new Set(ids.filter((i) => !i.startsWith("@"))),
     groups: ids.filter((i) => i.startsWith("@")).map((i) => i.slice(1)),
     databases: r.databases === undefined ? undefined : new Set(r.databases),
-    decision:
+    // Frozen because every matching connection receives this same object.
+    decision: Object.freeze(
       r.action === "allow"
         ? { action: "allow", rule: r.name, index, method: r.method ?? defaultMethod }
         : { action: "reject", rule: r.name, index },
+    ),
   };
 };
 
-const IMPLICIT: AccessDecision = { action: "reject", rule: IMPLICIT_REJECT, index: -1 };
+const IMPLICIT: AccessDecision = Object.freeze({ action: "reject", rule: IMPLICIT_REJECT, index: -1 });
 const NO_GROUPS: ReadonlySet<string> = new Set();
 
 export interface CompileOptions {
