@@ -10,6 +10,7 @@ export const SqlState = {
   invalidPassword: "28P01",
   tooManyConnections: "53300",
   adminShutdown: "57P01",
+  idleSessionTimeout: "57P05",
   cannotConnectNow: "57P03",
   featureNotSupported: "0A000",
   internalError: "XX000",
@@ -36,6 +37,10 @@ export type ErrorCode =
   | "PGW_UPSTREAM_AUTH"
   | "PGW_UPSTREAM_CLOSED"
   | "PGW_SHUTDOWN"
+  | "PGW_ACCESS_DENIED"
+  | "PGW_SESSION_LIMIT"
+  | "PGW_IDLE_TIMEOUT"
+  | "PGW_SESSION_LIFETIME"
   | "PGW_CONFIG"
   | "PGW_USERS_FILE"
   | "PGW_INTERNAL";
