@@ -17,7 +17,9 @@ export type PinReason =
   | "load"
   | "session-authorization"
   /** set_config(…, false) whose name or value is not a constant: its value is unknown. */
-  | "dynamic-set-config";
+  | "dynamic-set-config"
+  /** standard_conforming_strings off: the parser (which assumes on) would misread later literals. */
+  | "escape-string-syntax";
 
 export type TxnOp = "begin" | "commit" | "rollback" | "savepoint" | "release" | "rollbackTo";
 
@@ -29,6 +31,8 @@ export type SessionEffect =
   | { readonly kind: "reset"; readonly name: string }
   | { readonly kind: "resetAll" }
   | { readonly kind: "pin"; readonly reason: PinReason }
+  /** UNLISTEN *, CLOSE ALL, pg_advisory_unlock_all(): what pinned may no longer need to. */
+  | { readonly kind: "unpin"; readonly reason: "listen" | "with-hold-cursor" | "advisory-lock" }
   | { readonly kind: "discardAll" }
   | { readonly kind: "discard"; readonly what: "plans" | "sequences" | "temp" }
   | { readonly kind: "deallocate"; readonly all: true }
@@ -112,6 +116,12 @@ const CHARACTERISTICS: Readonly<Record<string, string>> = {
   transaction_deferrable: "default_transaction_deferrable",
 };
 
+const ON = new Set(["on", "true", "yes", "1"]);
+const isOn = (args: readonly RawNode[]): boolean => {
+  const c = args.length === 1 ? constantOf(args[0]!) : undefined;
+  return c !== undefined && ON.has((c.sval ?? c.text).toLowerCase());
+};
+
 const variableSet = (s: Fields): SessionEffect[] => {
   const kind = str(s, "kind");
   if (kind === "VAR_RESET_ALL") return [{ kind: "resetAll" }];
@@ -129,6 +139,9 @@ const variableSet = (s: Fields): SessionEffect[] => {
   }
   if (AUTHORIZATION.has(name)) return [{ kind: "pin", reason: "session-authorization" }];
   if (TRANSACTION_SCOPED.has(name)) return [];
+  if (name === "standard_conforming_strings" && !(kind === "VAR_SET_VALUE" && isOn(list(s, "args")))) {
+    return [{ kind: "pin", reason: "escape-string-syntax" }];
+  }
   switch (kind) {
     case "VAR_SET_VALUE": {
       const value = valueText(list(s, "args"));
@@ -217,6 +230,7 @@ const deepEffects = (stmt: Fields): SessionEffect[] => {
         if (fn.schema === undefined || fn.schema === "pg_catalog") {
           if (ADVISORY_SESSION_LOCKS.has(fn.name)) out.push({ kind: "pin", reason: "advisory-lock" });
           if (fn.name === "set_config") out.push(...setConfigCall(v));
+          if (fn.name === "pg_advisory_unlock_all") out.push({ kind: "unpin", reason: "advisory-lock" });
         }
       }
       // Only the RangeVar a statement creates can carry persistence 't' (CREATE TEMP, SELECT INTO TEMP).
@@ -272,6 +286,10 @@ const topLevel = (type: string, s: Fields): SessionEffect[] => {
     }
     case "ListenStmt":
       return [{ kind: "pin", reason: "listen" }];
+    case "UnlistenStmt":
+      return s.conditionname === undefined ? [{ kind: "unpin", reason: "listen" }] : [];
+    case "ClosePortalStmt":
+      return s.portalname === undefined ? [{ kind: "unpin", reason: "with-hold-cursor" }] : [];
     case "LoadStmt":
       return [{ kind: "pin", reason: "load" }];
     case "PrepareStmt":
