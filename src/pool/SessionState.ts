@@ -9,18 +9,28 @@ import type { PinReason, SessionEffect, StatementEffects } from "../sql/sessionE
  */
 
 /** A value as SQL text for `SET name TO …` (from a SET), or as the raw string (from the server). */
-export type GucValue = { readonly form: "sql"; readonly text: string } | { readonly form: "raw"; readonly text: string };
+export type GucValue =
+  | { readonly form: "sql"; readonly text: string }
+  | { readonly form: "raw"; readonly text: string };
 
 export type GucMap = ReadonlyMap<string, GucValue>;
 
 /** Reported parameters no session can change: never tracked, never replayed. */
-const NOT_SETTABLE = new Set(["server_version", "server_encoding", "integer_datetimes", "is_superuser", "in_hot_standby"]);
+const NOT_SETTABLE = new Set([
+  "server_version",
+  "server_encoding",
+  "integer_datetimes",
+  "is_superuser",
+  "in_hot_standby",
+]);
 /** Settings pgwarden must not replay: identity changes pin instead (see sessionEffects). */
 const NEVER_REPLAYED = new Set(["session_authorization", "role"]);
 
 const tracked = (name: string): boolean => !NOT_SETTABLE.has(name) && !NEVER_REPLAYED.has(name);
 
-type Staged = { readonly kind: "effect"; readonly effect: SessionEffect } | { readonly kind: "savepoint"; readonly name: string };
+type Staged =
+  | { readonly kind: "effect"; readonly effect: SessionEffect }
+  | { readonly kind: "savepoint"; readonly name: string };
 
 interface Transaction {
   /** Opened by BEGIN (or seen in ReadyForQuery 'T'), as opposed to a single statement's own. */
@@ -162,7 +172,8 @@ export class SessionState {
     switch (e.kind) {
       case "set":
       case "setRaw":
-        if (tracked(e.name)) this.values.set(e.name, { form: e.kind === "set" ? "sql" : "raw", text: e.value });
+        if (tracked(e.name))
+          this.values.set(e.name, { form: e.kind === "set" ? "sql" : "raw", text: e.value });
         return;
       case "reset":
         this.values.delete(e.name);

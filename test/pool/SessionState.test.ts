@@ -85,7 +85,13 @@ describe("SessionState against PostgreSQL", () => {
     for (const sql of SETS) await a.run(sql);
     // The tracking must have kept exactly the committed settings.
     expect(a.state.settings.get("geqo")).toEqual({ form: "sql", text: "'off'" });
-    for (const gone of ["lock_timeout", "enable_hashjoin", "enable_sort", "enable_material", "enable_nestloop"]) {
+    for (const gone of [
+      "lock_timeout",
+      "enable_hashjoin",
+      "enable_sort",
+      "enable_material",
+      "enable_nestloop",
+    ]) {
       expect(a.state.settings.has(gone)).toBe(false);
     }
 
@@ -154,13 +160,23 @@ describe("SessionState pins", () => {
   });
 
   it("DISCARD ALL clears settings and every pin but LOAD", () => {
-    const s = fed(["SET work_mem = '1MB'", "LISTEN a", "CREATE TEMP TABLE t (a int)", "LOAD 'plpgsql'", "DISCARD ALL"]);
+    const s = fed([
+      "SET work_mem = '1MB'",
+      "LISTEN a",
+      "CREATE TEMP TABLE t (a int)",
+      "LOAD 'plpgsql'",
+      "DISCARD ALL",
+    ]);
     expect(s.settings.size).toBe(0);
     expect([...s.pins]).toEqual(["load"]);
   });
 
   it("keeps startup parameters as raw values, without read-only ones", () => {
-    const s = SessionState.fromStartup({ application_name: "app", DateStyle: "ISO, DMY", server_version: "18" });
+    const s = SessionState.fromStartup({
+      application_name: "app",
+      DateStyle: "ISO, DMY",
+      server_version: "18",
+    });
     expect([...s.settings.keys()].sort()).toEqual(["application_name", "datestyle"]);
     expect(replaySql(s.settings, new Map())).toBe(
       "SELECT pg_catalog.set_config('application_name', 'app', false), pg_catalog.set_config('datestyle', 'ISO, DMY', false)",
