@@ -55,7 +55,10 @@ export class PreparedStatements {
   private readonly servers = new Map<ServerId, Map<string, Entry>>();
   private next = 1;
 
-  constructor(readonly perServerCapacity: number) {
+  readonly perServerCapacity: number;
+
+  constructor(perServerCapacity: number) {
+    this.perServerCapacity = perServerCapacity;
     if (!Number.isInteger(perServerCapacity) || perServerCapacity < 1) {
       throw new RangeError("perServerCapacity must be a positive integer");
     }

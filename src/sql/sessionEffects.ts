@@ -329,3 +329,13 @@ export const classifySessionEffects = (parser: SqlParser, sql: string): ParseOut
 export const pinReasons = (effects: StatementEffects): readonly PinReason[] => [
   ...new Set(effects.flat().flatMap((e) => (e.kind === "pin" ? [e.reason] : []))),
 ];
+
+// Every statement with an effect contains one of these (keywords cannot be escaped; U& names can).
+const EFFECT_WORDS =
+  /set|discard|deallocate|listen|prepare|execute|load|declare|close|temp|advisory|begin|start|commit|end|rollback|abort|savepoint|release|u&/i;
+
+/**
+ * A cheap conservative filter: false means the text certainly has no session effect and need
+ * not be parsed; true means parse it. Substring matching errs only towards parsing.
+ */
+export const mayHaveSessionEffects = (sql: string): boolean => EFFECT_WORDS.test(sql);

@@ -191,7 +191,7 @@ describe("replaySql", () => {
       ['we"ird.name', { form: "raw", text: "it's \\ here" }] as const,
     ]);
     expect(replaySql(client, new Map([["work_mem", { form: "sql", text: "'1MB'" }]]))).toBe(
-      String.raw`RESET "work_mem"; SET TIME ZONE INTERVAL '-08:00' HOUR TO MINUTE; ` +
+      `RESET "work_mem"; SET TIME ZONE INTERVAL '-08:00' HOUR TO MINUTE; ` +
         String.raw`SELECT pg_catalog.set_config('we"ird.name', E'it''s \\ here', false)`,
     );
   });

@@ -4,7 +4,10 @@ import { PinningConfig, PreparedStatementsConfig } from "../../src/pool/config.t
 
 describe("pool config schemas", () => {
   it("fill in defaults", () => {
-    expect(Schema.decodeUnknownSync(PreparedStatementsConfig)({})).toEqual({ enabled: true, perServerCapacity: 200 });
+    expect(Schema.decodeUnknownSync(PreparedStatementsConfig)({})).toEqual({
+      enabled: true,
+      perServerCapacity: 200,
+    });
     expect(Schema.decodeUnknownSync(PinningConfig)({})).toEqual({ onSessionState: "pin" });
   });
 
@@ -13,6 +16,8 @@ describe("pool config schemas", () => {
       expect(Exit.isFailure(Schema.decodeUnknownExit(PreparedStatementsConfig)(bad))).toBe(true);
     }
     expect(Exit.isFailure(Schema.decodeUnknownExit(PinningConfig)({ onSessionState: "ignore" }))).toBe(true);
-    expect(Schema.decodeUnknownSync(PinningConfig)({ onSessionState: "refuse" })).toEqual({ onSessionState: "refuse" });
+    expect(Schema.decodeUnknownSync(PinningConfig)({ onSessionState: "refuse" })).toEqual({
+      onSessionState: "refuse",
+    });
   });
 });

@@ -1,6 +1,6 @@
 import { fc, test } from "@fast-check/vitest";
 import { describe, expect, it } from "vitest";
-import { isPgwardenError } from "../../src/errors.ts";
+import { isPgwardenError, type PgwardenError } from "../../src/errors.ts";
 import {
   decodeBind,
   decodeClose,
@@ -49,9 +49,9 @@ const bindMsg = fc
   );
 const target = fc.constantFrom("S" as const, "P" as const);
 
-const ok = <A>(a: A | { _tag: "PgwardenError" }): A => {
+const ok = <A>(a: A | PgwardenError): A => {
   if (isPgwardenError(a)) throw new Error(a.message);
-  return a as A;
+  return a;
 };
 
 describe("rewriteStatementName", () => {

@@ -1,6 +1,11 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import { loadSqlParser, type SqlParser } from "../../src/sql/parser.ts";
-import { classifySessionEffects, pinReasons, type SessionEffect } from "../../src/sql/sessionEffects.ts";
+import {
+  classifySessionEffects,
+  mayHaveSessionEffects,
+  pinReasons,
+  type SessionEffect,
+} from "../../src/sql/sessionEffects.ts";
 import { directClient } from "../support/postgres.ts";
 
 let parser: SqlParser;
@@ -123,6 +128,32 @@ describe("classifySessionEffects", () => {
       [{ kind: "txn", op: "commit", chain: true }],
       [{ kind: "txn", op: "commit" }],
     ]);
+  });
+
+  it("pre-filters only text that certainly has no effect", () => {
+    expect(mayHaveSessionEffects("SELECT abalance FROM pgbench_accounts WHERE aid = $1")).toBe(false);
+    expect(mayHaveSessionEffects("INSERT INTO t VALUES (1)")).toBe(false);
+    const withEffects = [
+      "set x = 1",
+      "ReSeT all",
+      "select pg_advisory_lock(1)",
+      String.raw`select U&"pg_\0061dvisory_lock"(1)`,
+      "create temporary table t()",
+      "LISTEN a",
+      "COMMIT",
+      "select set_config('a','b',false)",
+      "declare c cursor with hold for select 1",
+      "load 'x'",
+      "discard all",
+      "deallocate all",
+      "prepare p as select 1",
+      "abort",
+      "create table pg_temp.t()",
+    ];
+    for (const sql of withEffects) {
+      expect(effects(sql).flat().length, sql).toBeGreaterThan(0);
+      expect(mayHaveSessionEffects(sql), sql).toBe(true);
+    }
   });
 
   it("returns a parse failure instead of guessing", () => {
