@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { createHash, hash } from "node:crypto";
 import type { HmacKey } from "./HmacKey.ts";
 
 /**
