@@ -7,7 +7,6 @@ import { createHash, hash } from "node:crypto";
  */
 
 const LEAF = Buffer.from([0]);
-const NODE = Buffer.from([1]);
 
 export const leafHash = (data: Uint8Array | string): Buffer =>
   // One-shot hashing of a string is several times cheaper than a Hash object; the verifier's hot path.
@@ -15,8 +14,16 @@ export const leafHash = (data: Uint8Array | string): Buffer =>
     ? (hash("sha256", `\u0000${data}`, "buffer") as Buffer)
     : createHash("sha256").update(LEAF).update(data).digest();
 
-export const nodeHash = (left: Uint8Array, right: Uint8Array): Buffer =>
-  createHash("sha256").update(NODE).update(left).update(right).digest();
+const nodeInput = Buffer.alloc(65);
+export const nodeHash = (left: Uint8Array, right: Uint8Array): Buffer => {
+  if (left.length !== 32 || right.length !== 32)
+    throw new RangeError("Merkle node children are 32-byte hashes");
+  // One reused buffer and a one-shot hash: as many node hashes as leaves are computed.
+  nodeInput[0] = 1;
+  nodeInput.set(left, 1);
+  nodeInput.set(right, 33);
+  return hash("sha256", nodeInput, "buffer") as Buffer;
+};
 
 export const EMPTY_TREE_HASH: Buffer = createHash("sha256").digest();
 
