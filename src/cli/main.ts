@@ -1,5 +1,6 @@
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
+import { runAuditCommand } from "./auditCommand.ts";
 import { runDiagrams } from "./diagramsCommand.ts";
 import { runServe, serveOptions } from "./serveCommand.ts";
 import { runUsersCommand } from "./usersCommand.ts";
@@ -16,6 +17,10 @@ Usage:
                                     write the state diagrams (Mermaid) generated from the machines
   pgwarden users add NAME [--file F] [--password-stdin] [--iterations N]
   pgwarden users list [--file F]    manage the SCRAM verifiers clients log in with
+  pgwarden audit verify DIR [--key F] [--pubkey PEM] [--json]
+                                    check an audit log (exit 0 intact, 1 tampered, 2 incomplete, 3 usage)
+  pgwarden audit show DIR [--session ID] [--identity NAME]
+                                    print session timelines from an audit log
   pgwarden --help | --version
 
 serve options:
@@ -72,6 +77,8 @@ export const main = async (argv: string[]): Promise<number> => {
         return usage((e as Error).message);
       }
     }
+    case "audit":
+      return runAuditCommand(rest, { stdout: process.stdout, stderr: process.stderr });
     case "users":
       return runUsersCommand(rest, { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr });
     default:
