@@ -1,0 +1,77 @@
+import { existsSync } from "node:fs";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { type Daemon, startDaemon } from "./daemon.ts";
+import type { Pki } from "./pki.ts";
+
+/** What the collector wrote for one message: the structured data and the MSG, BOM removed. */
+export interface Received {
+  readonly sd: string;
+  readonly seq: number;
+  readonly id: string;
+  readonly msg: string;
+}
+
+export interface Rsyslog {
+  readonly port: number;
+  start(): Promise<void>;
+  stop(signal?: NodeJS.Signals): Promise<void>;
+  received(): Promise<Received[]>;
+}
+
+/**
+ * Debian's rsyslogd with imtcp over the gtls driver, mutual TLS (x509/certvalid: the client must
+ * present a certificate from our CA). No privDropTo* settings, so it runs as whoever starts it,
+ * root or not; everything it touches is under `dir`.
+ */
+export const rsyslogCollector = async (dir: string, pki: Pki, port: number): Promise<Rsyslog> => {
+  const work = join(dir, "rsyslog-work");
+  const out = join(dir, "received.log");
+  const conf = join(dir, "rsyslog.conf");
+  await mkdir(work, { recursive: true });
+  await writeFile(
+    conf,
+    [
+      `global(workDirectory="${work}" maxMessageSize="256k"`,
+      `  defaultNetstreamDriver="gtls" defaultNetstreamDriverCAFile="${pki.ca}"`,
+      `  defaultNetstreamDriverCertFile="${pki.serverCert}" defaultNetstreamDriverKeyFile="${pki.serverKey}")`,
+      `module(load="imtcp" maxSessions="20" StreamDriver.Name="gtls" StreamDriver.Mode="1" StreamDriver.AuthMode="x509/certvalid")`,
+      `input(type="imtcp" port="${port}" address="127.0.0.1")`,
+      `template(name="audit" type="string" string="%structured-data%\\t%msg%\\n")`,
+      `action(type="omfile" file="${out}" template="audit")`,
+      "",
+    ].join("\n"),
+  );
+  let daemon: Daemon | undefined;
+  return {
+    port,
+    start: async () => {
+      daemon = await startDaemon("rsyslogd", ["-n", "-f", conf, "-i", join(dir, "rsyslogd.pid")], {
+        host: "127.0.0.1",
+        port,
+      });
+    },
+    stop: async (signal) => {
+      await daemon?.stop(signal);
+      daemon = undefined;
+    },
+    received: async () => {
+      if (!existsSync(out)) return [];
+      const text = await readFile(out, "utf8");
+      return text
+        .split("\n")
+        .filter((l) => l !== "")
+        .map((l) => {
+          const tab = l.indexOf("\t");
+          const sd = l.slice(0, tab);
+          const m = /seq="(\d+)" id="((?:[^"\\]|\\.)*)"/.exec(sd);
+          return {
+            sd,
+            seq: Number(m?.[1]),
+            id: (m?.[2] ?? "").replace(/\\(.)/g, "$1"),
+            msg: l.slice(tab + 1).replace(/^\uFEFF/, ""),
+          };
+        });
+    },
+  };
+};
