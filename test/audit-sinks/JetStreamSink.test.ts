@@ -1,12 +1,13 @@
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { AuditLine } from "../../src/adapters/audit/AuditSink.ts";
+import { type AuditLine, SinkError } from "../../src/adapters/audit/AuditSink.ts";
 import { type JetStreamSinkOptions, makeJetStreamSink } from "../../src/adapters/audit/JetStreamSink.ts";
 import type { SinkQueueEvent } from "../../src/adapters/audit/SinkQueue.ts";
 import { freePort } from "../../src/adapters/embeddedPostgres.ts";
 import { type NatsServer, natsServer } from "./support/nats.ts";
+import { makePki } from "./support/pki.ts";
 import { eventually, startQueue } from "./support/queue.ts";
 import { records } from "./support/records.ts";
 import { readStream, type Stored } from "./support/streamReader.ts";
@@ -104,3 +105,58 @@ describe("JetStreamSink against nats-server -js", () => {
     expectExactlyOnce(stored, sent);
   });
 });
+
+describe("JetStreamSink over mutual TLS", () => {
+  it("publishes with a client certificate and is refused without one", async () => {
+    const tlsDir = join(dir, "tls");
+    await mkdir(tlsDir);
+    const pki = await makePki(tlsDir);
+    const tlsServer = await natsServer(tlsDir, await freePort(), [
+      "--tlsverify",
+      "--tlscert",
+      pki.serverCert,
+      "--tlskey",
+      pki.serverKey,
+      "--tlscacert",
+      pki.ca,
+    ]);
+    await tlsServer.start();
+    try {
+      const pem = async (f: string) => (await readFile(f)).toString("utf8");
+      const ca = await pem(pki.ca);
+      const base = { ...options("TLS"), servers: [`tls://127.0.0.1:${tlsServer.port}`] };
+      const sink = makeJetStreamSink({
+        ...base,
+        tls: { ca, cert: await pem(pki.clientCert), key: await pem(pki.clientKey) },
+      });
+      const sent = records(1, 20);
+      await sink.deliver(sent);
+      await sink.close();
+      const anonymous = makeJetStreamSink({ ...base, tls: { ca } });
+      // The server ends the handshake; the client only reports that no connection came up in time.
+      await expect(anonymous.deliver(records(21, 1))).rejects.toBeInstanceOf(SinkError);
+      await anonymous.close();
+      const reader = await connectTls(
+        tlsServer.port,
+        ca,
+        await pem(pki.clientCert),
+        await pem(pki.clientKey),
+      );
+      expect(reader).toBe(20);
+    } finally {
+      await tlsServer.stop("SIGKILL");
+    }
+  });
+});
+
+/** Stored message count of the TLS stream, read through its own mutual-TLS connection. */
+const connectTls = async (port: number, ca: string, cert: string, key: string) => {
+  const { connect } = await import("@nats-io/transport-node");
+  const { jetstreamManager } = await import("@nats-io/jetstream");
+  const nc = await connect({ servers: `tls://127.0.0.1:${port}`, tls: { ca, cert, key }, timeout: 3000 });
+  try {
+    return (await (await jetstreamManager(nc)).streams.info("TLS")).state.messages;
+  } finally {
+    await nc.close();
+  }
+};
