@@ -8,6 +8,7 @@ import {
   priority,
   syslogHeader,
 } from "../../src/adapters/audit/rfc5424.ts";
+import { unframe } from "./support/unframe.ts";
 
 const header = syslogHeader({
   facility: "authpriv",
@@ -17,19 +18,6 @@ const header = syslogHeader({
   msgId: "audit",
   sdId: "pgwarden@32473",
 });
-
-/** A receiver's reading of octet-counted frames, written here independently of `frame`. */
-const unframe = (data: Buffer): string[] => {
-  const out: string[] = [];
-  let at = 0;
-  while (at < data.length) {
-    const space = data.indexOf(0x20, at);
-    const len = Number(data.subarray(at, space).toString("ascii"));
-    out.push(data.subarray(space + 1, space + 1 + len).toString("utf8"));
-    at = space + 1 + len;
-  }
-  return out;
-};
 
 describe("RFC 5424 / 5425", () => {
   it("formats header, structured data and a BOM-prefixed MSG", () => {

@@ -44,6 +44,8 @@ describe("audit sink configuration", () => {
       connectTimeoutMs: 5000,
       writeTimeoutMs: 10_000,
       settleMs: 200,
+      replayMs: 2000,
+      replayMaxLines: 10_000,
       queue: { maxQueued: 100_000, batchMax: 512, batchMs: 20, backoffMinMs: 100, backoffMaxMs: 30_000 },
     });
     const js = Schema.decodeUnknownSync(JetStreamSinkConfig)({ servers: ["nats://127.0.0.1:4222"] });

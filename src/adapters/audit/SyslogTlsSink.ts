@@ -1,14 +1,16 @@
 import { hostname } from "node:os";
 import { connect, type TLSSocket } from "node:tls";
 import { type AuditSink, SinkError, type SinkErrorCode, toSinkError } from "./AuditSink.ts";
+import { ReplayWindow, type Unconfirmed } from "./ReplayWindow.ts";
 import { formatMessage, frame, type SyslogFacility, syslogHeader } from "./rfc5424.ts";
 
 /**
  * Syslog over mutual TLS (RFC 5425), one connection at a time, reopened on the next delivery
  * after any failure. Syslog has no application-level acknowledgement: a batch counts as
  * delivered once its frames were written and flushed to the TLS socket (handed to the kernel).
- * A collector that dies right after that loses them silently; the `seq`/`id` in structured data
- * let the collector side spot gaps and drop the copies a retry resends.
+ * To keep a collector that dies right after that from losing them silently, what was written in
+ * the last `replayMs` before a connection broke is written again first on the next one; the
+ * `id` in structured data lets the collector side drop those copies and the ones a retry resends.
  */
 
 export interface SyslogTlsSinkOptions {
@@ -32,6 +34,10 @@ export interface SyslogTlsSinkOptions {
   readonly writeTimeoutMs: number;
   /** A new connection must stay open this long before the first write (see `open`). */
   readonly settleMs: number;
+  /** Written data younger than this when a connection breaks is resent on the next (0: never). */
+  readonly replayMs: number;
+  /** Cap on the lines kept for that. */
+  readonly replayMaxLines: number;
   /** TIMESTAMP source, for tests. */
   readonly now?: () => Date;
 }
@@ -61,9 +67,14 @@ export const makeSyslogTlsSink = (options: SyslogTlsSinkOptions): AuditSink => {
   let live: TLSSocket | undefined;
   let opening: Promise<TLSSocket> | undefined;
   let closed = false;
+  /** Written on a connection that broke since; goes out again before anything new. */
+  let resend: Unconfirmed[] = [];
+  const windows = new WeakMap<TLSSocket, ReplayWindow>();
 
   const forget = (s: TLSSocket) => {
     if (live === s) live = undefined;
+    const window = windows.get(s);
+    if (window !== undefined) resend = [...resend, ...window.takeUnconfirmed(Date.now())];
   };
 
   // rsyslog verifies the client certificate only after the TLS handshake and then hangs up, so a
@@ -95,6 +106,7 @@ export const makeSyslogTlsSink = (options: SyslogTlsSinkOptions): AuditSink => {
         }
         const drop = () => forget(s);
         s.on("error", drop).on("end", drop).on("close", drop);
+        windows.set(s, new ReplayWindow(options.replayMs, options.replayMaxLines));
         resolve(s);
       };
       const onError = (e: unknown) => finish(classify(name, e));
@@ -142,8 +154,14 @@ export const makeSyslogTlsSink = (options: SyslogTlsSinkOptions): AuditSink => {
       if (closed) throw fail("PGW_AUDIT_SINK_CLOSED", "sink is closed");
       if (batch.length === 0) return;
       const at = now();
-      const data = Buffer.concat(batch.map((line) => frame(formatMessage(header, line, at))));
-      await write(await connection(), data);
+      const fresh = batch.map((line) => frame(formatMessage(header, line, at)));
+      const s = await connection();
+      const replayed = resend;
+      const data = Buffer.concat([...replayed.map((u) => u.data), ...fresh]);
+      await write(s, data);
+      resend = resend.slice(replayed.length);
+      const lines = replayed.reduce((n, u) => n + u.lines, batch.length);
+      windows.get(s)?.record(data, lines, Date.now());
     },
     close: async () => {
       closed = true;

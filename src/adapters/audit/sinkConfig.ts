@@ -58,6 +58,9 @@ export const SyslogSinkConfig = Schema.Struct({
   connectTimeoutMs: withDefault(PositiveInt, 5000),
   writeTimeoutMs: withDefault(PositiveInt, 10_000),
   settleMs: withDefault(Millis, 200),
+  /** Resend what was written this long before a connection broke (0: never); copies are dropped by id. */
+  replayMs: withDefault(Millis, 2000),
+  replayMaxLines: withDefault(Millis, 10_000),
   queue: withDefault(SinkQueueConfig, {}),
 });
 export type SyslogSinkConfig = typeof SyslogSinkConfig.Type;
@@ -125,6 +128,8 @@ export const syslogSinkOptions = (config: SyslogSinkConfig): Effect.Effect<Syslo
       connectTimeoutMs: config.connectTimeoutMs,
       writeTimeoutMs: config.writeTimeoutMs,
       settleMs: config.settleMs,
+      replayMs: config.replayMs,
+      replayMaxLines: config.replayMaxLines,
     };
   });
 
