@@ -38,7 +38,14 @@ const makeLines = (round: number): AuditLine[] => {
   });
 };
 
-const settings = { maxQueued: 100_000, batchMax, batchMs: 20, backoffMinMs: 100, backoffMaxMs: 2000 };
+const settings = {
+  maxQueued: 100_000,
+  batchMax,
+  batchMs: 20,
+  backoffMinMs: 100,
+  backoffMaxMs: 2000,
+  attemptTimeoutMs: 60_000,
+};
 
 /** Offers as fast as the queue takes lines; resolves with seconds until the sink acknowledged all. */
 const pump = async (sink: AuditSink, batch: readonly AuditLine[]): Promise<number> => {

@@ -73,7 +73,14 @@ describe("JetStreamSink against nats-server -js", () => {
   it("survives kill -9 of the server mid-stream: catch-up and overlap leave each record exactly once", async () => {
     const events: SinkQueueEvent[] = [];
     const sink = makeJetStreamSink(options("CRASH"));
-    const settings = { maxQueued: 20_000, batchMax: 100, batchMs: 5, backoffMinMs: 50, backoffMaxMs: 500 };
+    const settings = {
+      maxQueued: 20_000,
+      batchMax: 100,
+      batchMs: 5,
+      backoffMinMs: 50,
+      backoffMaxMs: 500,
+      attemptTimeoutMs: 10_000,
+    };
     const { queue, shutdown } = await startQueue(sink, settings, (e) => events.push(e));
     const sent = records(1, 3000);
     let offered = 0;

@@ -51,6 +51,7 @@ const settings: SinkQueueSettings = {
   batchMs: 1000,
   backoffMinMs: 100,
   backoffMaxMs: 1000,
+  attemptTimeoutMs: 5000,
 };
 
 describe("SinkQueue", () => {
@@ -125,6 +126,39 @@ describe("SinkQueue", () => {
         const up = events[1];
         expect(up?._tag === "SinkUp" && up.downForMs).toBeGreaterThanOrEqual(10_000);
         expect(q.counters()).toMatchObject({ sent: 7, queued: 0, failed: attempts, retried: attempts });
+      }),
+    );
+  });
+
+  it("fails an attempt the sink never answers after attemptTimeoutMs, then retries", async () => {
+    const acked: number[] = [];
+    let calls = 0;
+    const sink: AuditSink = {
+      name: "hung",
+      deliver: (batch) => {
+        if (calls++ === 0) return new Promise<void>(() => {});
+        acked.push(...batch.map((l) => l.seq));
+        return Promise.resolve();
+      },
+      close: async () => {},
+    };
+    await run(
+      Effect.gen(function* () {
+        const q = yield* makeSinkQueue(sink, settings);
+        for (const l of lines(1, 3)) q.offer(l);
+        yield* settle;
+        yield* TestClock.adjust("4999 millis");
+        yield* settle;
+        expect(q.counters()).toMatchObject({ failed: 0, queued: 3 });
+        yield* TestClock.adjust("1 millis");
+        yield* settle;
+        expect(q.counters().lastError).toBe(
+          "PGW_AUDIT_SINK_TIMEOUT: delivery not acknowledged within 5000 ms",
+        );
+        yield* TestClock.adjust("1 second");
+        yield* settle;
+        expect(acked).toEqual([1, 2, 3]);
+        expect(q.counters()).toMatchObject({ sent: 3, failed: 1, retried: 1, queued: 0 });
       }),
     );
   });

@@ -48,7 +48,14 @@ const sinkOptions = async (over: Partial<SyslogTlsSinkOptions> = {}): Promise<Sy
   ...over,
 });
 
-const settings = { maxQueued: 10_000, batchMax: 64, batchMs: 20, backoffMinMs: 50, backoffMaxMs: 400 };
+const settings = {
+  maxQueued: 10_000,
+  batchMax: 64,
+  batchMs: 20,
+  backoffMinMs: 50,
+  backoffMaxMs: 400,
+  attemptTimeoutMs: 10_000,
+};
 
 const receivedFor = async (lines: readonly AuditLine[]): Promise<Received[]> => {
   const ids = new Set(lines.map((l) => l.id));

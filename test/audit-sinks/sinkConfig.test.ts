@@ -46,7 +46,14 @@ describe("audit sink configuration", () => {
       settleMs: 200,
       replayMs: 2000,
       replayMaxLines: 10_000,
-      queue: { maxQueued: 100_000, batchMax: 512, batchMs: 20, backoffMinMs: 100, backoffMaxMs: 30_000 },
+      queue: {
+        maxQueued: 100_000,
+        batchMax: 512,
+        batchMs: 20,
+        backoffMinMs: 100,
+        backoffMaxMs: 30_000,
+        attemptTimeoutMs: 60_000,
+      },
     });
     const js = Schema.decodeUnknownSync(JetStreamSinkConfig)({ servers: ["nats://127.0.0.1:4222"] });
     expect(js).toMatchObject({

@@ -4,7 +4,7 @@ import {
   type AuditSink,
   describeSinkError,
   type SinkCounters,
-  type SinkError,
+  SinkError,
   toSinkError,
 } from "./AuditSink.ts";
 
@@ -26,6 +26,8 @@ export interface SinkQueueSettings {
   readonly backoffMinMs: number;
   /** Retry delays never exceed this, jitter included. */
   readonly backoffMaxMs: number;
+  /** One delivery attempt fails after this long, whatever the sink does: a hung sink cannot stall the queue. */
+  readonly attemptTimeoutMs: number;
 }
 
 export type SinkQueueEvent =
@@ -169,7 +171,19 @@ export const makeSinkQueue = (
         return Effect.tryPromise({
           try: () => sink.deliver(batch),
           catch: (cause) => toSinkError(sink.name, "PGW_AUDIT_SINK_WRITE", cause),
-        });
+        }).pipe(
+          Effect.timeoutOrElse({
+            duration: Duration.millis(settings.attemptTimeoutMs),
+            orElse: () =>
+              Effect.fail(
+                new SinkError({
+                  code: "PGW_AUDIT_SINK_TIMEOUT",
+                  sink: sink.name,
+                  message: `delivery not acknowledged within ${settings.attemptTimeoutMs} ms`,
+                }),
+              ),
+          }),
+        );
       }).pipe(Effect.tapError(markFailed));
       return Effect.retry(attempt, backoffSchedule(settings.backoffMinMs, settings.backoffMaxMs));
     };

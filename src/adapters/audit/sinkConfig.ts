@@ -25,6 +25,8 @@ export const SinkQueueConfig = Schema.Struct({
   batchMs: withDefault(Millis, 20),
   backoffMinMs: withDefault(PositiveInt, 100),
   backoffMaxMs: withDefault(PositiveInt, 30_000),
+  /** A delivery attempt not acknowledged by then counts as failed. */
+  attemptTimeoutMs: withDefault(PositiveInt, 60_000),
 }).check(
   Schema.makeFilter((q) =>
     q.backoffMinMs > q.backoffMaxMs
