@@ -144,6 +144,29 @@ describe("SyslogTlsSink against rsyslogd (gtls, mutual TLS)", () => {
   });
 });
 
+describe.runIf(process.getuid?.() === 0)("SyslogTlsSink against an unprivileged rsyslogd", () => {
+  it("works the same when the collector runs as nobody", async () => {
+    const nobody = { uid: 65534, gid: 65534 };
+    const unprivileged = await rsyslogCollector(dir, pki, await freePort(), nobody);
+    await unprivileged.start();
+    try {
+      const status = await readFile(`/proc/${unprivileged.pid()}/status`, "utf8");
+      expect(status).toMatch(/^Uid:\s+65534\s+65534/m);
+      const sink = makeSyslogTlsSink(await sinkOptions({ port: unprivileged.port }));
+      const sent = records(1, 20);
+      await sink.deliver(sent);
+      await sink.close();
+      await eventually(
+        "collector to write 20 records",
+        async () => (await unprivileged.received()).length >= 20,
+      );
+      expectExactlyOnceInOrder(await unprivileged.received(), sent);
+    } finally {
+      await unprivileged.stop();
+    }
+  });
+});
+
 /** A TLS collector that can crash: it forgets what its open connections received and hangs up. */
 const crashableCollector = async (pki: Pki) => {
   const received: Buffer[][] = [];

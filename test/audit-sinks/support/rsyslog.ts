@@ -1,5 +1,5 @@
 import { existsSync } from "node:fs";
-import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { chmod, chown, copyFile, mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { type Daemon, startDaemon } from "./daemon.ts";
 import type { Pki } from "./pki.ts";
@@ -14,27 +14,49 @@ export interface Received {
 
 export interface Rsyslog {
   readonly port: number;
+  /** Process id of the running collector. */
+  readonly pid: () => number | undefined;
   start(): Promise<void>;
   stop(signal?: NodeJS.Signals): Promise<void>;
   received(): Promise<Received[]>;
 }
 
+/** Unprivileged account to run the collector as, via setpriv (which execs, so signals reach rsyslogd). */
+export interface RunAs {
+  readonly uid: number;
+  readonly gid: number;
+}
+
 /**
  * Debian's rsyslogd with imtcp over the gtls driver, mutual TLS (x509/certvalid: the client must
  * present a certificate from our CA). No privDropTo* settings, so it runs as whoever starts it,
- * root or not; everything it touches is under `dir`.
+ * root or not, or as `runAs`; everything it touches is in its own folder under `dir`.
  */
-export const rsyslogCollector = async (dir: string, pki: Pki, port: number): Promise<Rsyslog> => {
-  const work = join(dir, "rsyslog-work");
-  const out = join(dir, "received.log");
-  const conf = join(dir, "rsyslog.conf");
+export const rsyslogCollector = async (
+  dir: string,
+  pki: Pki,
+  port: number,
+  runAs?: RunAs,
+): Promise<Rsyslog> => {
+  const home = join(dir, `rsyslog-${port}`);
+  const work = join(home, "work");
+  const out = join(home, "received.log");
+  const conf = join(home, "rsyslog.conf");
   await mkdir(work, { recursive: true });
+  const serverCert = join(home, "server.pem");
+  const serverKey = join(home, "server.key");
+  await copyFile(pki.serverCert, serverCert);
+  await copyFile(pki.serverKey, serverKey);
+  if (runAs !== undefined) {
+    await chmod(dir, 0o755);
+    for (const p of [home, work, serverCert, serverKey]) await chown(p, runAs.uid, runAs.gid);
+  }
   await writeFile(
     conf,
     [
       `global(workDirectory="${work}" maxMessageSize="256k"`,
       `  defaultNetstreamDriver="gtls" defaultNetstreamDriverCAFile="${pki.ca}"`,
-      `  defaultNetstreamDriverCertFile="${pki.serverCert}" defaultNetstreamDriverKeyFile="${pki.serverKey}")`,
+      `  defaultNetstreamDriverCertFile="${serverCert}" defaultNetstreamDriverKeyFile="${serverKey}")`,
       `module(load="imtcp" maxSessions="20" StreamDriver.Name="gtls" StreamDriver.Mode="1" StreamDriver.AuthMode="x509/certvalid")`,
       `input(type="imtcp" port="${port}" address="127.0.0.1")`,
       `template(name="audit" type="string" string="%structured-data%\\t%msg%\\n")`,
@@ -45,11 +67,17 @@ export const rsyslogCollector = async (dir: string, pki: Pki, port: number): Pro
   let daemon: Daemon | undefined;
   return {
     port,
+    pid: () => daemon?.pid,
     start: async () => {
-      daemon = await startDaemon("rsyslogd", ["-n", "-f", conf, "-i", join(dir, "rsyslogd.pid")], {
-        host: "127.0.0.1",
-        port,
-      });
+      const args = ["-n", "-f", conf, "-i", join(home, "rsyslogd.pid")];
+      const [command, argv] =
+        runAs === undefined
+          ? ["rsyslogd", args]
+          : [
+              "setpriv",
+              [`--reuid=${runAs.uid}`, `--regid=${runAs.gid}`, "--clear-groups", "rsyslogd", ...args],
+            ];
+      daemon = await startDaemon(command, argv, { host: "127.0.0.1", port });
     },
     stop: async (signal) => {
       await daemon?.stop(signal);
