@@ -47,10 +47,17 @@ const settings = {
   attemptTimeoutMs: 60_000,
 };
 
-/** Offers as fast as the queue takes lines; resolves with seconds until the sink acknowledged all. */
-const pump = async (sink: AuditSink, batch: readonly AuditLine[]): Promise<number> => {
+interface Run {
+  readonly linesPerSec: number;
+  /** CPU time this process spent per line (the proxy's share of the cost). */
+  readonly cpuMicrosPerLine: number;
+}
+
+/** Offers as fast as the queue takes lines, until the sink acknowledged all. */
+const pump = async (sink: AuditSink, batch: readonly AuditLine[]): Promise<Run> => {
   const { queue, shutdown } = await startQueue(sink, settings);
   const started = performance.now();
+  const cpu = process.cpuUsage();
   let i = 0;
   while (i < batch.length) {
     const line = batch[i];
@@ -59,9 +66,10 @@ const pump = async (sink: AuditSink, batch: readonly AuditLine[]): Promise<numbe
   }
   await eventually("all acknowledged", () => queue.counters().sent === batch.length, 300_000);
   const seconds = (performance.now() - started) / 1000;
+  const used = process.cpuUsage(cpu);
   if (queue.counters().failed > 0) throw new Error(`${sink.name}: ${queue.counters().lastError}`);
   await shutdown(5000);
-  return seconds;
+  return { linesPerSec: batch.length / seconds, cpuMicrosPerLine: (used.user + used.system) / batch.length };
 };
 
 const median = (xs: readonly number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0;
@@ -74,12 +82,11 @@ const main = async () => {
   try {
     await rsyslog.start();
     await nats.start();
-    const syslogAck: number[] = [];
+    const syslogAck: Run[] = [];
     const syslogStored: number[] = [];
-    const jetstream: number[] = [];
+    const jetstream: Run[] = [];
     for (let r = 0; r < rounds; r++) {
       const batch = makeLines(r);
-      const received = join(dir, "received.log");
       const startedAt = performance.now();
       const sink = makeSyslogTlsSink({
         host: "127.0.0.1",
@@ -95,38 +102,39 @@ const main = async () => {
         replayMs: 2000,
         replayMaxLines: 10_000,
       });
-      syslogAck.push(lines / (await pump(sink, batch)));
+      syslogAck.push(await pump(sink, batch));
       const expected = (r + 1) * lines;
       await eventually(
         "rsyslogd to write every line",
-        async () => (await readFile(received, "utf8")).split("\n").length - 1 >= expected,
+        async () => (await readFile(rsyslog.file, "utf8")).split("\n").length - 1 >= expected,
         300_000,
       );
       syslogStored.push(lines / ((performance.now() - startedAt) / 1000));
       jetstream.push(
-        lines /
-          (await pump(
-            makeJetStreamSink({
-              servers: [nats.url],
-              stream: "BENCH",
-              subject: "bench.audit.i1",
-              streamSubjects: ["bench.audit.>"],
-              duplicateWindowMs: 120_000,
-              replicas: 1,
-              ackTimeoutMs: 10_000,
-              connectTimeoutMs: 5000,
-            }),
-            batch,
-          )),
+        await pump(
+          makeJetStreamSink({
+            servers: [nats.url],
+            stream: "BENCH",
+            subject: "bench.audit.i1",
+            streamSubjects: ["bench.audit.>"],
+            duplicateWindowMs: 120_000,
+            replicas: 1,
+            ackTimeoutMs: 10_000,
+            connectTimeoutMs: 5000,
+          }),
+          batch,
+        ),
       );
       process.stderr.write(`round ${r + 1}/${rounds} done\n`);
     }
-    const fmt = (xs: number[]) => `${Math.round(median(xs)).toLocaleString("en-US")} lines/s`;
+    const rate = (xs: readonly number[]) => `${Math.round(median(xs)).toLocaleString("en-US")} lines/s`;
+    const fmt = (runs: readonly Run[]) =>
+      `${rate(runs.map((r) => r.linesPerSec))}, ${median(runs.map((r) => r.cpuMicrosPerLine)).toFixed(1)} µs CPU/line`;
     console.log(
       `audit sinks, ${lines} lines of ~${bytes} B per round, batchMax ${batchMax}, median of ${rounds}`,
     );
     console.log(`  syslog (TLS, flushed to socket): ${fmt(syslogAck)}`);
-    console.log(`  syslog (written by rsyslogd):    ${fmt(syslogStored)}`);
+    console.log(`  syslog (written by rsyslogd):    ${rate(syslogStored)}`);
     console.log(`  JetStream (PubAck, file store):  ${fmt(jetstream)}`);
   } finally {
     await rsyslog.stop();

@@ -1,8 +1,6 @@
 import {
   JetStreamApiCodes,
   JetStreamApiError,
-  type JetStreamClient,
-  jetstream,
   jetstreamManager,
   RetentionPolicy,
   StorageType,
@@ -11,11 +9,11 @@ import {
   connect,
   credsAuthenticator,
   errors,
-  headers,
   type NatsConnection,
   type NodeConnectionOptions,
 } from "@nats-io/transport-node";
 import { type AuditSink, SinkError, type SinkErrorCode, toSinkError } from "./AuditSink.ts";
+import { makePubAckCollector, type PubAckCollector } from "./PubAckCollector.ts";
 
 /**
  * NATS JetStream: each line is published with `Nats-Msg-Id` = record id and counts as delivered
@@ -48,9 +46,6 @@ export interface JetStreamSink extends AuditSink {
   readonly duplicates: number;
 }
 
-/** Header with the record's seq, so a consumer can order and check continuity without parsing. */
-export const seqHeader = "Pgwarden-Seq";
-
 const classify = (sink: string, cause: unknown): SinkError => {
   const code: SinkErrorCode =
     cause instanceof JetStreamApiError
@@ -63,7 +58,7 @@ const classify = (sink: string, cause: unknown): SinkError => {
 
 export const makeJetStreamSink = (options: JetStreamSinkOptions): JetStreamSink => {
   const name = options.name ?? "jetstream";
-  let connection: Promise<{ nc: NatsConnection; js: JetStreamClient }> | undefined;
+  let connection: Promise<{ nc: NatsConnection; acks: PubAckCollector }> | undefined;
   // Checked again after any failure: a restarted server may come back with an empty store.
   let streamReady = false;
   let duplicates = 0;
@@ -76,13 +71,15 @@ export const makeJetStreamSink = (options: JetStreamSinkOptions): JetStreamSink 
     reconnect: true,
     maxReconnectAttempts: -1,
     reconnectTimeWait: 250,
+    // Otherwise each API request builds Error objects just for stack traces.
+    noAsyncTraces: true,
     ...(options.credentials === undefined ? {} : { authenticator: credsAuthenticator(options.credentials) }),
     ...(options.tls === undefined ? {} : { tls: { ...options.tls } }),
   });
 
   const open = async () => {
     const nc = await connect(connectOptions());
-    return { nc, js: jetstream(nc, { timeout: options.ackTimeoutMs }) };
+    return { nc, acks: makePubAckCollector(nc, name) };
   };
 
   const connected = () => {
@@ -120,28 +117,16 @@ export const makeJetStreamSink = (options: JetStreamSinkOptions): JetStreamSink 
   };
 
   const deliver = async (batch: Parameters<AuditSink["deliver"]>[0]) => {
-    const { nc, js } = await connected();
+    const { nc, acks } = await connected();
     if (!streamReady) await ensureStream(nc);
-    // Published in one synchronous loop so the whole batch goes out on one connection, in order.
-    const acks = batch.map((line) => {
-      const h = headers();
-      h.set(seqHeader, String(line.seq));
-      return js.publish(options.subject, line.text, {
-        msgID: line.id,
-        headers: h,
-        timeout: options.ackTimeoutMs,
-      });
-    });
-    const results = await Promise.allSettled(acks);
-    for (const r of results) {
-      if (r.status === "rejected") throw r.reason;
-      if (r.value.stream !== options.stream)
+    for (const ack of await acks.publish(options.subject, batch, options.ackTimeoutMs)) {
+      if (ack.stream !== options.stream)
         throw new SinkError({
           code: "PGW_AUDIT_SINK_REJECTED",
           sink: name,
-          message: `subject ${options.subject} is captured by stream ${r.value.stream}, not ${options.stream}`,
+          message: `subject ${options.subject} is captured by stream ${ack.stream}, not ${options.stream}`,
         });
-      if (r.value.duplicate) duplicates++;
+      if (ack.duplicate) duplicates++;
     }
   };
 
@@ -165,6 +150,7 @@ export const makeJetStreamSink = (options: JetStreamSinkOptions): JetStreamSink 
       closed = true;
       const c = await connection?.catch(() => undefined);
       connection = undefined;
+      c?.acks.close();
       await c?.nc.drain().catch(() => c.nc.close());
     },
   };

@@ -14,6 +14,8 @@ export interface Received {
 
 export interface Rsyslog {
   readonly port: number;
+  /** Where it writes what it receives. */
+  readonly file: string;
   /** Process id of the running collector. */
   readonly pid: () => number | undefined;
   start(): Promise<void>;
@@ -67,6 +69,7 @@ export const rsyslogCollector = async (
   let daemon: Daemon | undefined;
   return {
     port,
+    file: out,
     pid: () => daemon?.pid,
     start: async () => {
       const args = ["-n", "-f", conf, "-i", join(home, "rsyslogd.pid")];

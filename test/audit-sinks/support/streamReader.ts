@@ -1,6 +1,6 @@
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
-import { seqHeader } from "../../../src/adapters/audit/JetStreamSink.ts";
+import { seqHeader } from "../../../src/adapters/audit/PubAckCollector.ts";
 
 export interface Stored {
   readonly streamSeq: number;
