@@ -2,7 +2,7 @@ import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type AuditLine, SinkError } from "../../src/adapters/audit/AuditSink.ts";
+import { type AuditLine, type AuditSink, SinkError } from "../../src/adapters/audit/AuditSink.ts";
 import { type JetStreamSinkOptions, makeJetStreamSink } from "../../src/adapters/audit/JetStreamSink.ts";
 import type { SinkQueueEvent } from "../../src/adapters/audit/SinkQueue.ts";
 import { freePort } from "../../src/adapters/embeddedPostgres.ts";
@@ -33,8 +33,8 @@ const options = (stream: string, over: Partial<JetStreamSinkOptions> = {}): JetS
   streamSubjects: [`audit.${stream}.>`],
   duplicateWindowMs: 120_000,
   replicas: 1,
-  ackTimeoutMs: 1000,
-  connectTimeoutMs: 1000,
+  ackTimeoutMs: 5000,
+  connectTimeoutMs: 2000,
   ...over,
 });
 
@@ -73,6 +73,17 @@ describe("JetStreamSink against nats-server -js", () => {
   it("survives kill -9 of the server mid-stream: catch-up and overlap leave each record exactly once", async () => {
     const events: SinkQueueEvent[] = [];
     const sink = makeJetStreamSink(options("CRASH"));
+    // Kills the server while the batch holding seq 1001 is on its way, so its PubAcks never come.
+    let killed: Promise<void> | undefined;
+    const killing: AuditSink = {
+      name: sink.name,
+      deliver: (batch) => {
+        const delivering = sink.deliver(batch);
+        if (killed === undefined && batch.some((l) => l.seq === 1001)) killed = server.stop("SIGKILL");
+        return delivering;
+      },
+      close: () => sink.close(),
+    };
     const settings = {
       maxQueued: 20_000,
       batchMax: 100,
@@ -81,21 +92,15 @@ describe("JetStreamSink against nats-server -js", () => {
       backoffMaxMs: 500,
       attemptTimeoutMs: 10_000,
     };
-    const { queue, shutdown } = await startQueue(sink, settings, (e) => events.push(e));
+    const { queue, shutdown } = await startQueue(killing, settings, (e) => events.push(e));
     const sent = records(1, 3000);
-    let offered = 0;
-    const offerSome = (n: number) => {
-      for (const l of sent.slice(offered, offered + n)) expect(queue.offer(l)).toBe(true);
-      offered += n;
-    };
-    offerSome(1000);
-    await eventually("part of the stream acknowledged", () => queue.counters().sent >= 300);
-    await server.stop("SIGKILL");
-    offerSome(1000);
-    await eventually("sink reported down", () => !queue.healthy);
+    for (const l of sent.slice(0, 2000)) expect(queue.offer(l)).toBe(true);
+    await eventually("the server killed mid-stream", () => killed !== undefined);
+    await killed;
+    await eventually("sink reported down", () => !queue.healthy, 3000); // well before the 5 s ack timeout
     await eventually("retries", () => queue.counters().retried >= 2);
     await server.start();
-    offerSome(1000);
+    for (const l of sent.slice(2000)) expect(queue.offer(l)).toBe(true);
     await eventually("catch-up", () => queue.healthy && queue.counters().queued === 0, 30_000);
     expect(events.map((e) => e._tag)).toEqual(["SinkDown", "SinkUp"]);
     expect(queue.counters().sent).toBe(3000);

@@ -118,6 +118,8 @@ export const makeJetStreamSink = (options: JetStreamSinkOptions): JetStreamSink 
 
   const deliver = async (batch: Parameters<AuditSink["deliver"]>[0]) => {
     const { nc, acks } = await connected();
+    if (!acks.connected)
+      throw new SinkError({ code: "PGW_AUDIT_SINK_CONNECT", sink: name, message: "reconnecting to NATS" });
     if (!streamReady) await ensureStream(nc);
     for (const ack of await acks.publish(options.subject, batch, options.ackTimeoutMs)) {
       if (ack.stream !== options.stream)

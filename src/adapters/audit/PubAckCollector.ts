@@ -15,6 +15,8 @@ export interface PubAck {
 }
 
 export interface PubAckCollector {
+  /** False from a disconnect until the client reconnected: anything sent meanwhile would only be buffered. */
+  readonly connected: boolean;
   /** Publishes every line in one synchronous pass (so in order, on one connection) and resolves with their PubAcks. */
   publish(subject: string, batch: readonly AuditLine[], timeoutMs: number): Promise<PubAck[]>;
   close(): void;
@@ -48,11 +50,27 @@ export const makePubAckCollector = (nc: NatsConnection, sink: string): PubAckCol
     code: "PGW_AUDIT_SINK_CONNECT" | "PGW_AUDIT_SINK_REJECTED" | "PGW_AUDIT_SINK_TIMEOUT",
     message: string,
   ) => new SinkError({ code, sink, message });
-
+  /** Batches waiting for acks, so a lost connection fails them at once instead of at their deadline. */
+  const inFlight = new Set<(error: SinkError) => void>();
+  const lost = () => fail("PGW_AUDIT_SINK_CONNECT", "not connected to a NATS server (reconnecting)");
+  // While the client reconnects it would only buffer publishes; failing fast lets the queue back off.
+  let reconnecting = false;
+  void (async () => {
+    for await (const status of nc.status()) {
+      if (status.type === "reconnect") reconnecting = false;
+      if (status.type !== "disconnect") continue;
+      reconnecting = true;
+      for (const abort of [...inFlight]) abort(lost());
+    }
+  })();
   return {
+    get connected() {
+      return !reconnecting;
+    },
     publish: (subject, batch, timeoutMs) =>
       new Promise<PubAck[]>((resolve, reject) => {
         if (batch.length === 0) return resolve([]);
+        if (reconnecting) return reject(lost());
         const acks: PubAck[] = new Array(batch.length);
         const tokens: string[] = [];
         let remaining = batch.length;
@@ -61,6 +79,7 @@ export const makePubAckCollector = (nc: NatsConnection, sink: string): PubAckCol
           if (settled) return;
           settled = true;
           clearTimeout(deadline);
+          inFlight.delete(finish);
           for (const t of tokens) waiting.delete(t);
           if (error === undefined) resolve(acks);
           else reject(error);
@@ -69,6 +88,7 @@ export const makePubAckCollector = (nc: NatsConnection, sink: string): PubAckCol
           () => finish(fail("PGW_AUDIT_SINK_TIMEOUT", `${remaining} PubAcks missing after ${timeoutMs} ms`)),
           timeoutMs,
         );
+        inFlight.add(finish);
         const onAck = (i: number) => (m: Msg) => {
           if (m.headers?.code === 503)
             return finish(fail("PGW_AUDIT_SINK_CONNECT", `no JetStream stream answers on ${subject}`));
