@@ -70,6 +70,28 @@ describe("JetStreamSink against nats-server -js", () => {
     await sink.close();
   });
 
+  it("refuses to count a record stored in another stream, or one no stream captures, as delivered", async () => {
+    const owner = makeJetStreamSink(options("OWNER", { subject: "shared.i1", streamSubjects: ["shared.>"] }));
+    await owner.deliver(records(1, 1));
+    await owner.close();
+    const misplaced = makeJetStreamSink(
+      options("MINE", { subject: "shared.i1", streamSubjects: ["mine.>"] }),
+    );
+    await expect(misplaced.deliver(records(2, 1))).rejects.toMatchObject({
+      code: "PGW_AUDIT_SINK_REJECTED",
+      message: "subject shared.i1 is captured by stream OWNER, not MINE",
+    });
+    await misplaced.close();
+    const uncaptured = makeJetStreamSink(
+      options("LOST", { subject: "nowhere.i1", streamSubjects: ["lost.>"] }),
+    );
+    await expect(uncaptured.deliver(records(3, 1))).rejects.toMatchObject({
+      code: "PGW_AUDIT_SINK_CONNECT",
+      message: "no JetStream stream answers on nowhere.i1",
+    });
+    await uncaptured.close();
+  });
+
   it("survives kill -9 of the server mid-stream: catch-up and overlap leave each record exactly once", async () => {
     const events: SinkQueueEvent[] = [];
     const sink = makeJetStreamSink(options("CRASH"));
