@@ -169,11 +169,13 @@ export const makeSyslogTlsSink = (options: SyslogTlsSinkOptions): AuditSink => {
       live = undefined;
       if (s === undefined || s.destroyed) return;
       await new Promise<void>((resolve) => {
-        const deadline = setTimeout(() => s.destroy(), 2000);
-        s.once("close", () => {
+        const done = () => {
           clearTimeout(deadline);
+          s.destroy();
           resolve();
-        });
+        };
+        const deadline = setTimeout(done, 2000);
+        s.once("close", done);
         s.end();
       });
     },
