@@ -22,6 +22,8 @@ export interface TestCerts {
   readonly serverEcdsa: CertPair;
   /** Same names, signed with sha1WithRSAEncryption (channel binding falls back to SHA-256). */
   readonly serverSha1: CertPair;
+  /** Same names, signed with RSASSA-PSS over SHA-384 (the hash sits in the algorithm parameters). */
+  readonly serverPss: CertPair;
   /** CN=wrong.example, SAN DNS:wrong.example only. */
   readonly wrongHost: CertPair;
   /** CN=alice, SAN email:alice@example.com, DNS:alice.clients.example, URI:spiffe://example.org/alice. */
@@ -38,7 +40,7 @@ export interface TestCerts {
 }
 
 // Bump when the set of files changes, so a stale cache from an older layout is never reused.
-const LAYOUT = 2;
+const LAYOUT = 3;
 
 const openssl = (cwd: string, args: readonly string[]): void => {
   execFileSync("openssl", args, { cwd, stdio: ["ignore", "ignore", "pipe"] });
@@ -89,13 +91,20 @@ const generate = (dir: string): void => {
       "keyUsage=critical,digitalSignature,keyEncipherment",
       "extendedKeyUsage=serverAuth",
     ].join("\n");
-  const serverCert = (name: string, cn: string, names: string, md = "sha256", kind: "rsa" | "ec" = "rsa") => {
+  const serverCert = (
+    name: string,
+    cn: string,
+    names: string,
+    md = "sha256",
+    kind: "rsa" | "ec" = "rsa",
+    sigopts: string[] = [],
+  ) => {
     key(name, kind);
     writeFileSync(join(dir, `${name}.ext`), serverExt(names));
     run("req", "-new", "-key", `${name}.key`, "-subj", `/CN=${cn}`, "-out", `${name}.csr`);
     run(
       ...["x509", "-req", "-in", `${name}.csr`, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial"],
-      ...[`-${md}`, "-days", "3650", "-extfile", `${name}.ext`, "-out", `${name}.crt`],
+      ...[`-${md}`, ...sigopts, "-days", "3650", "-extfile", `${name}.ext`, "-out", `${name}.crt`],
     );
   };
 
@@ -105,6 +114,9 @@ const generate = (dir: string): void => {
   serverCert("server2", "localhost", localNames);
   serverCert("server-ecdsa", "localhost", localNames, "sha384", "ec");
   serverCert("server-sha1", "localhost", localNames, "sha1");
+  serverCert("server-pss", "localhost", localNames, "sha384", "rsa", [
+    ...["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:-1"],
+  ]);
   serverCert("wrong-host", "wrong.example", "DNS:wrong.example");
 
   // Client certificates go through `openssl ca`: it can backdate validity and revoke.
@@ -153,6 +165,7 @@ const pathsIn = (dir: string): TestCerts => {
     server2: pair("server2"),
     serverEcdsa: pair("server-ecdsa"),
     serverSha1: pair("server-sha1"),
+    serverPss: pair("server-pss"),
     wrongHost: pair("wrong-host"),
     client: pair("client"),
     clientExpired: pair("client-expired"),
