@@ -3,7 +3,12 @@ import { type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
 import { clientKeyOf, hmacSha256, saltedPassword, serverKeyOf, sha256, xor } from "./internal/scramCrypto.ts";
 import { isValidNonce, parseServerFinal, parseServerFirst } from "./internal/scramMessages.ts";
 import { scramPasswordBytes } from "./saslprep.ts";
-import { SCRAM_SHA_256, SCRAM_SHA_256_PLUS, type ScramChannelBinding, type ScramMechanism } from "./scramServer.ts";
+import {
+  SCRAM_SHA_256,
+  SCRAM_SHA_256_PLUS,
+  type ScramChannelBinding,
+  type ScramMechanism,
+} from "./scramServer.ts";
 
 /** Like libpq: 18 random bytes, sent as 24 base64 characters. */
 const CLIENT_NONCE_BYTES = 18;

@@ -1,5 +1,6 @@
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import { type PgwardenError, pgwardenError, protocolError, SqlState } from "../errors.ts";
+import { TLS_SERVER_END_POINT } from "./channelBinding.ts";
 import { hmacSha256, SCRAM_KEY_LENGTH, sha256, xor } from "./internal/scramCrypto.ts";
 import {
   type Gs2Header,
@@ -7,7 +8,6 @@ import {
   parseClientFinal,
   parseClientFirst,
 } from "./internal/scramMessages.ts";
-import { TLS_SERVER_END_POINT } from "./channelBinding.ts";
 import { SCRAM_DEFAULT_ITERATIONS, SCRAM_DEFAULT_SALT_LENGTH, type ScramVerifier } from "./scramVerifier.ts";
 
 /** The SASL mechanism names this server implements. */

@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { runDiagrams } from "./diagramsCommand.ts";
+import { runFipsStatus } from "./fipsCommand.ts";
 import { runServe, serveOptions } from "./serveCommand.ts";
 import { runUsersCommand } from "./usersCommand.ts";
 
@@ -16,6 +17,8 @@ Usage:
                                     write the state diagrams (Mermaid) generated from the machines
   pgwarden users add NAME [--file F] [--password-stdin] [--iterations N]
   pgwarden users list [--file F]    manage the SCRAM verifiers clients log in with
+  pgwarden fips-status [--json] [--tls-cert F --tls-key K]
+                                    FIPS mode self-test: provider, algorithms, TLS policy
   pgwarden --help | --version
 
 serve options:
@@ -72,6 +75,8 @@ export const main = async (argv: string[]): Promise<number> => {
         return usage((e as Error).message);
       }
     }
+    case "fips-status":
+      return runFipsStatus(rest, { stdout: process.stdout, stderr: process.stderr });
     case "users":
       return runUsersCommand(rest, { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr });
     default:

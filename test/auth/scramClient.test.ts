@@ -171,7 +171,12 @@ describe("selectScramOptions: choosing -PLUS like libpq", () => {
 
   it.each([
     ["require over plaintext", ["SCRAM-SHA-256"], undefined, "not TLS"],
-    ["require with -PLUS stripped from the offer", ["SCRAM-SHA-256"], binding, "did not offer SCRAM-SHA-256-PLUS"],
+    [
+      "require with -PLUS stripped from the offer",
+      ["SCRAM-SHA-256"],
+      binding,
+      "did not offer SCRAM-SHA-256-PLUS",
+    ],
   ] as const)("fails %s", (_name, offered, cb, message) => {
     const result = mustFail(selectScramOptions(offered, cb, "require"));
     expect(result.code).toBe("PGW_UPSTREAM_AUTH");

@@ -338,7 +338,10 @@ describe("createScramServer: SCRAM-SHA-256-PLUS (tls-server-end-point)", () => {
     mechanism: typeof SCRAM_SHA_256 | typeof SCRAM_SHA_256_PLUS,
     clientOptions: Parameters<typeof createScramClient>[1],
   ) => {
-    const server = createScramServer(fastVerifier("s3cret"), options({ channelBinding: serverBinding, mechanism }));
+    const server = createScramServer(
+      fastVerifier("s3cret"),
+      options({ channelBinding: serverBinding, mechanism }),
+    );
     const client = createScramClient("s3cret", clientOptions);
     const first = server.handleClientFirst(client.clientFirst());
     if (isPgwardenError(first)) return { server, client, outcome: first };
@@ -370,9 +373,12 @@ describe("createScramServer: SCRAM-SHA-256-PLUS (tls-server-end-point)", () => {
     expect(server.failureReason()).toBe("channel-binding-mismatch");
   });
 
-  test.prop([fc.uint8Array({ minLength: 1, maxLength: 64 }), fc.uint8Array({ minLength: 1, maxLength: 64 })], {
-    numRuns: 30,
-  })("succeeds exactly when both sides hold the same binding data", (ours, theirs) => {
+  test.prop(
+    [fc.uint8Array({ minLength: 1, maxLength: 64 }), fc.uint8Array({ minLength: 1, maxLength: 64 })],
+    {
+      numRuns: 30,
+    },
+  )("succeeds exactly when both sides hold the same binding data", (ours, theirs) => {
     const mine: ScramChannelBinding = { type: "tls-server-end-point", data: Buffer.from(ours) };
     const sent: ScramChannelBinding = { type: "tls-server-end-point", data: Buffer.from(theirs) };
     const { outcome } = run(mine, SCRAM_SHA_256_PLUS, { channelBinding: sent });
@@ -404,17 +410,25 @@ describe("createScramServer: SCRAM-SHA-256-PLUS (tls-server-end-point)", () => {
   });
 
   it("refuses a channel-binding type other than tls-server-end-point", () => {
-    const server = createScramServer(rfcVerifier, options({ channelBinding: binding(1), mechanism: SCRAM_SHA_256_PLUS }));
+    const server = createScramServer(
+      rfcVerifier,
+      options({ channelBinding: binding(1), mechanism: SCRAM_SHA_256_PLUS }),
+    );
     const error = mustFail(server.handleClientFirst("p=tls-unique,,n=,r=rOprNGfwEbeRWgbNEkqO"));
     expect(error.message).toContain('unsupported SCRAM channel-binding type "tls-unique"');
   });
 
   it("cannot run -PLUS without a binding (a plaintext leg)", () => {
-    expect(() => createScramServer(rfcVerifier, options({ mechanism: SCRAM_SHA_256_PLUS }))).toThrow(RangeError);
+    expect(() => createScramServer(rfcVerifier, options({ mechanism: SCRAM_SHA_256_PLUS }))).toThrow(
+      RangeError,
+    );
   });
 
   it("an unknown user over -PLUS fails like a wrong password", () => {
-    const server = createScramServer(undefined, options({ channelBinding: binding(1), mechanism: SCRAM_SHA_256_PLUS }));
+    const server = createScramServer(
+      undefined,
+      options({ channelBinding: binding(1), mechanism: SCRAM_SHA_256_PLUS }),
+    );
     const client = createScramClient("x", { channelBinding: binding(1) });
     const final = must(client.handleServerFirst(must(server.handleClientFirst(client.clientFirst()))));
     expect(mustFail(server.handleClientFinal(final)).code).toBe("PGW_AUTH_FAILED");

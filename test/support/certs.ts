@@ -157,7 +157,10 @@ const generate = (dir: string): void => {
 };
 
 const pathsIn = (dir: string): TestCerts => {
-  const pair = (name: string): CertPair => ({ cert: join(dir, `${name}.crt`), key: join(dir, `${name}.key`) });
+  const pair = (name: string): CertPair => ({
+    cert: join(dir, `${name}.crt`),
+    key: join(dir, `${name}.key`),
+  });
   return {
     dir,
     ca: pair("ca"),

@@ -1,8 +1,8 @@
 import { execFile } from "node:child_process";
 import * as net from "node:net";
 import type * as tls from "node:tls";
-import type { PgwardenError } from "../../src/errors.ts";
 import { startTlsOnSocket, type TlsSession } from "../../src/adapters/tls/startTls.ts";
+import type { PgwardenError } from "../../src/errors.ts";
 
 /** SSLRequest: length 8, code 80877103. */
 export const SSL_REQUEST = Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
@@ -23,7 +23,12 @@ export interface TlsTestServer {
  */
 export const startTlsTestServer = async (
   context: () => tls.SecureContext,
-  options: { requestCert?: boolean; requireCert?: boolean; keepOpen?: boolean; handshakeTimeoutMs?: number } = {},
+  options: {
+    requestCert?: boolean;
+    requireCert?: boolean;
+    keepOpen?: boolean;
+    handshakeTimeoutMs?: number;
+  } = {},
 ): Promise<TlsTestServer> => {
   const outcomes: (TlsSession | PgwardenError)[] = [];
   const waiters: ((o: TlsSession | PgwardenError) => void)[] = [];
@@ -88,7 +93,12 @@ export interface ProcessResult {
 }
 
 /** Runs a command with a time bound; never rejects. */
-export const run = (file: string, args: readonly string[], input = "", timeoutMs = 15_000): Promise<ProcessResult> =>
+export const run = (
+  file: string,
+  args: readonly string[],
+  input = "",
+  timeoutMs = 15_000,
+): Promise<ProcessResult> =>
   new Promise((resolve) => {
     const child = execFile(file, args, { timeout: timeoutMs, encoding: "utf8" }, (error, stdout, stderr) => {
       const code = error === null ? 0 : typeof error.code === "number" ? error.code : 1;

@@ -1,5 +1,15 @@
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { chmodSync, chownSync, copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  chownSync,
+  copyFileSync,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { freePort } from "../../src/adapters/embeddedPostgres.ts";
@@ -62,7 +72,8 @@ const initdbTemplate = (bin: string, password: string): string => {
  */
 export const startTlsPostgres = async (tls: CertPair | undefined): Promise<TlsPostgres> => {
   const bin = debianPostgresBin();
-  if (bin === undefined) throw new Error("Debian PostgreSQL server not installed (apt-get install postgresql)");
+  if (bin === undefined)
+    throw new Error("Debian PostgreSQL server not installed (apt-get install postgresql)");
   const password = "pg15-superuser-password";
   const base = initdbTemplate(bin, password);
   const dir = mkdtempSync(join(tmpdir(), "pgwarden-pg-"));

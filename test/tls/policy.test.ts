@@ -90,7 +90,9 @@ describe("client-leg cipher policy (openssl s_client against the default policy)
 
   it("negotiates P-256 by default, not X25519", async () => {
     const result = await sClient(strict.port, ["-tls1_3"]);
-    expect(result.stdout).toMatch(/Server Temp Key: ECDH, prime256v1, 256 bits|Negotiated TLS1\.3 group: secp256r1/);
+    expect(result.stdout).toMatch(
+      /Server Temp Key: ECDH, prime256v1, 256 bits|Negotiated TLS1\.3 group: secp256r1/,
+    );
   });
 
   it("serves ECDHE-ECDSA suites with an ECDSA certificate", async () => {
@@ -148,8 +150,16 @@ describe("policy options", () => {
 
   it.each([
     ["no certificate", { key: certs.server.key }, "tls.cert and tls.key are required"],
-    ["CRL without CA", { cert: certs.server.cert, key: certs.server.key, clientCrl: certs.crl }, "needs tls.clientCa"],
-    ["missing file", { cert: "/nonexistent/server.crt", key: certs.server.key }, "tls.cert: cannot read /nonexistent/server.crt: ENOENT"],
+    [
+      "CRL without CA",
+      { cert: certs.server.cert, key: certs.server.key, clientCrl: certs.crl },
+      "needs tls.clientCa",
+    ],
+    [
+      "missing file",
+      { cert: "/nonexistent/server.crt", key: certs.server.key },
+      "tls.cert: cannot read /nonexistent/server.crt: ENOENT",
+    ],
   ])("refuses %s with PGW_TLS_CONFIG", (_name, config, message) => {
     const options = clientLegContextOptions(clientTlsConfig(config));
     expect(isPgwardenError(options) && options.code).toBe("PGW_TLS_CONFIG");
@@ -157,7 +167,9 @@ describe("policy options", () => {
   });
 
   it("refuses a key that does not match the certificate, without showing key material", () => {
-    const options = clientLegContextOptions(clientTlsConfig({ cert: certs.server.cert, key: certs.server2.key }));
+    const options = clientLegContextOptions(
+      clientTlsConfig({ cert: certs.server.cert, key: certs.server2.key }),
+    );
     if (isPgwardenError(options)) throw new Error(options.message);
     const ctx = buildSecureContext(options);
     expect(isPgwardenError(ctx) && ctx.code).toBe("PGW_TLS_CONFIG");
@@ -173,7 +185,9 @@ describe("policy options", () => {
   });
 
   it("upstream: cert and key go together", () => {
-    const options = upstreamLegContextOptions(upstreamTlsConfig({ mode: "verify-full", cert: certs.client.cert }));
+    const options = upstreamLegContextOptions(
+      upstreamTlsConfig({ mode: "verify-full", cert: certs.client.cert }),
+    );
     expect(isPgwardenError(options) && options.code).toBe("PGW_TLS_CONFIG");
   });
 });

@@ -113,10 +113,14 @@ const frontDoor = async (options: { bindingFrom?: CertPair; tls: boolean }) => {
     for (;;) {
       const msg = await reader.next().catch(() => undefined);
       if (msg === undefined || msg[0] === 0x58) return stream.end();
-      if (msg[0] === 0x51) stream.write(Buffer.concat([Buffer.from([0x49, 0, 0, 0, 4]), encodeReadyForQuery("I")]));
+      if (msg[0] === 0x51)
+        stream.write(Buffer.concat([Buffer.from([0x49, 0, 0, 0, 4]), encodeReadyForQuery("I")]));
     }
   };
+  const sockets = new Set<net.Socket>();
   const server = net.createServer((raw) => {
+    sockets.add(raw);
+    raw.on("close", () => sockets.delete(raw));
     raw.on("error", () => {});
     serve(raw).catch(() => raw.destroy());
   });
@@ -125,7 +129,7 @@ const frontDoor = async (options: { bindingFrom?: CertPair; tls: boolean }) => {
     port: (server.address() as net.AddressInfo).port,
     seen,
     close: () => {
-      server.closeAllConnections?.();
+      for (const s of sockets) s.destroy();
       return new Promise<void>((r) => server.close(() => r()));
     },
   };
@@ -137,7 +141,10 @@ const psql = (port: number, params: string): Promise<{ code: number; stderr: str
     execFile(
       "psql",
       ["-X", "-w", dsn, "-c", "select 1"],
-      { env: { ...process.env, PGPASSWORD: PASSWORD, PGSSLCERT: "/nonexistent", PGSSLKEY: "/nonexistent" }, timeout: 15_000 },
+      {
+        env: { ...process.env, PGPASSWORD: PASSWORD, PGSSLCERT: "/nonexistent", PGSSLKEY: "/nonexistent" },
+        timeout: 15_000,
+      },
       (error, _stdout, stderr) =>
         resolve({ code: error === null ? 0 : typeof error.code === "number" ? error.code : 1, stderr }),
     );

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { clientTlsConfig } from "../../src/adapters/tls/config.ts";
 import { buildSecureContext, clientLegContextOptions } from "../../src/adapters/tls/policy.ts";
 import { createReloadableContext, type ReloadableContext } from "../../src/adapters/tls/reloadableContext.ts";
-import { type TlsSession, startTlsOnSocket } from "../../src/adapters/tls/startTls.ts";
+import { startTlsOnSocket, type TlsSession } from "../../src/adapters/tls/startTls.ts";
 import { isPgwardenError, type PgwardenError } from "../../src/errors.ts";
 import { type CertPair, testCerts } from "../support/certs.ts";
 import { SSL_REQUEST, sClient, startTlsTestServer, type TlsTestServer } from "./harness.ts";
@@ -50,7 +50,12 @@ const pgTlsClient = (
     raw.once("error", reject);
     raw.once("data", (b) => {
       if (b.toString() !== "S") return reject(new Error(`answer ${b.toString()}`));
-      const socket = tls.connect({ socket: raw, ca: readFileSync(certs.ca.cert), servername: "localhost", ...options });
+      const socket = tls.connect({
+        socket: raw,
+        ca: readFileSync(certs.ca.cert),
+        servername: "localhost",
+        ...options,
+      });
       let text = "";
       socket.on("data", (d) => {
         text += d.toString();
@@ -124,7 +129,12 @@ describe("startTlsOnSocket: client certificates (mTLS with CA bundle and CRL)", 
 
   it("openssl s_client with the revoked certificate gets no session either", async () => {
     const outcome = server.next();
-    const result = await sClient(server.port, ["-cert", certs.clientRevoked.cert, "-key", certs.clientRevoked.key]);
+    const result = await sClient(server.port, [
+      "-cert",
+      certs.clientRevoked.cert,
+      "-key",
+      certs.clientRevoked.key,
+    ]);
     expect(result.stdout).not.toContain("ok TLS");
     expect(failure(await outcome).message).toContain("CERT_REVOKED");
   });
@@ -269,7 +279,9 @@ describe("ReloadableContext", () => {
 
   it("refuses to start from unreadable files", () => {
     const made = createReloadableContext(() =>
-      clientLegContextOptions(clientTlsConfig({ mode: "require", cert: join(dir, "missing.crt"), key: paths().key })),
+      clientLegContextOptions(
+        clientTlsConfig({ mode: "require", cert: join(dir, "missing.crt"), key: paths().key }),
+      ),
     );
     expect(isPgwardenError(made) && made.code).toBe("PGW_TLS_CONFIG");
   });

@@ -5,9 +5,17 @@ import type { Duplex } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type UpstreamTlsConfig, upstreamTlsConfig } from "../../src/adapters/tls/config.ts";
 import { buildSecureContext, upstreamLegContextOptions } from "../../src/adapters/tls/policy.ts";
-import { connectUpstreamTls, negotiateUpstreamTls, type UpstreamTlsSession } from "../../src/adapters/tls/upstreamTls.ts";
+import {
+  connectUpstreamTls,
+  negotiateUpstreamTls,
+  type UpstreamTlsSession,
+} from "../../src/adapters/tls/upstreamTls.ts";
 import { tlsServerEndPoint } from "../../src/auth/channelBinding.ts";
-import { type ChannelBindingPolicy, createScramClient, selectScramOptions } from "../../src/auth/scramClient.ts";
+import {
+  type ChannelBindingPolicy,
+  createScramClient,
+  selectScramOptions,
+} from "../../src/auth/scramClient.ts";
 import type { ScramChannelBinding } from "../../src/auth/scramServer.ts";
 import { isPgwardenError, type PgwardenError } from "../../src/errors.ts";
 import { decodeAuthentication } from "../../src/protocol/backend.ts";
@@ -40,7 +48,10 @@ afterAll(async () => {
 });
 
 const connect = (pg: TlsPostgres, config: Partial<UpstreamTlsConfig>) =>
-  connectUpstreamTls({ host: "127.0.0.1", port: pg.port }, upstreamTlsConfig({ ca: certs.ca.cert, ...config }));
+  connectUpstreamTls(
+    { host: "127.0.0.1", port: pg.port },
+    upstreamTlsConfig({ ca: certs.ca.cert, ...config }),
+  );
 
 const ok = (s: UpstreamTlsSession | PgwardenError): UpstreamTlsSession => {
   if (isPgwardenError(s)) throw new Error(`${s.code}: ${s.message}`);
@@ -69,9 +80,17 @@ const login = async (
     if (isPgwardenError(a)) throw new Error(a.message);
     return a;
   };
-  stream.write(encodeStartup(new Map([["user", "postgres"], ["database", "postgres"]])));
+  stream.write(
+    encodeStartup(
+      new Map([
+        ["user", "postgres"],
+        ["database", "postgres"],
+      ]),
+    ),
+  );
   const offer = await auth();
-  if (!("kind" in offer) || offer.kind !== "SASL") throw new Error(`expected SASL, got ${JSON.stringify(offer)}`);
+  if (!("kind" in offer) || offer.kind !== "SASL")
+    throw new Error(`expected SASL, got ${JSON.stringify(offer)}`);
   const options = selectScramOptions(offer.mechanisms, binding, policy);
   if (isPgwardenError(options)) return options;
   const client = createScramClient(password, options);
@@ -144,12 +163,17 @@ describe("upstream TLS against a real PostgreSQL (Debian server, ssl=on)", () =>
   it("a server answering N (ssl=off) fails closed in every mode: no plaintext fallback", async () => {
     for (const mode of ["require", "verify-ca", "verify-full"] as const) {
       const error = refused(await connect(pgNoSsl, { mode }));
-      expect([error.code, error.message]).toEqual(["PGW_UPSTREAM_TLS", "upstream server does not support TLS"]);
+      expect([error.code, error.message]).toEqual([
+        "PGW_UPSTREAM_TLS",
+        "upstream server does not support TLS",
+      ]);
     }
   });
 
   it("direct TLS against PostgreSQL 15 (no direct support) fails cleanly", async () => {
-    const error = refused(await connect(pgRsa, { mode: "verify-full", direct: true, handshakeTimeoutMs: 5000 }));
+    const error = refused(
+      await connect(pgRsa, { mode: "verify-full", direct: true, handshakeTimeoutMs: 5000 }),
+    );
     expect(error.code).toBe("PGW_UPSTREAM_TLS");
     expect(error.message).toMatch(/handshake failed|closed the connection/);
   });
@@ -173,7 +197,12 @@ describe("SCRAM-SHA-256-PLUS upstream: our tls-server-end-point equals PostgreSQ
     const session = ok(await connect(pgRsa, { mode: "verify-full" }));
     const other = tlsServerEndPoint(new X509Certificate(readFileSync(certs.server2.cert)).raw);
     if (isPgwardenError(other)) throw new Error(other.message);
-    const result = await login(session.socket, pgRsa.password, { type: "tls-server-end-point", data: other }, "require");
+    const result = await login(
+      session.socket,
+      pgRsa.password,
+      { type: "tls-server-end-point", data: other },
+      "require",
+    );
     expect(result).toMatchObject({ code: "28000", message: "SCRAM channel binding check failed" });
     session.socket.destroy();
   });
@@ -202,11 +231,20 @@ describe("upstream negotiation against a fake server", () => {
     if (isPgwardenError(options)) throw new Error(options.message);
     const context = buildSecureContext(options);
     if (isPgwardenError(context)) throw new Error(context.message);
-    return negotiateUpstreamTls(socket, { mode: "verify-full", context, host: "127.0.0.1", handshakeTimeoutMs: 2000 });
+    return negotiateUpstreamTls(socket, {
+      mode: "verify-full",
+      context,
+      host: "127.0.0.1",
+      handshakeTimeoutMs: 2000,
+    });
   };
 
   it.each([
-    ["S followed by plaintext (CVE-2021-23222)", Buffer.from("SE\0\0\0\x04"), "received unencrypted data after SSL response"],
+    [
+      "S followed by plaintext (CVE-2021-23222)",
+      Buffer.from("SE\0\0\0\x04"),
+      "received unencrypted data after SSL response",
+    ],
     ["an ErrorResponse", Buffer.from("E\0\0\0\x04"), "answered SSLRequest with an error"],
   ])("fails closed on %s", async (_name, answer, message) => {
     const { server, port } = await fake(answer);
@@ -218,13 +256,17 @@ describe("upstream negotiation against a fake server", () => {
   });
 
   it("times out a server that never answers", async () => {
-    const server = net.createServer((s) => s.on("error", () => {}));
+    const held: net.Socket[] = [];
+    const server = net.createServer((s) => {
+      held.push(s);
+      s.on("error", () => {});
+    });
     await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
     try {
       const error = refused(await negotiate((server.address() as net.AddressInfo).port));
       expect(error.message).toBe("upstream TLS negotiation timed out");
     } finally {
-      server.closeAllConnections?.();
+      for (const s of held) s.destroy();
       server.close();
     }
   });

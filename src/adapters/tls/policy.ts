@@ -21,15 +21,18 @@ const readPem = (setting: string, path: string): Buffer | PgwardenError => {
   }
 };
 
-interface CipherPolicy {
+export interface CipherPolicy {
   readonly minVersion: tls.SecureVersion;
   readonly ciphers: string;
   readonly ciphersuites: string;
   readonly groups: string;
 }
 
-/** Node takes TLS 1.3 suites and TLS 1.2 ciphers in one `ciphers` string; `TLS_` names are 1.3. */
-const cipherOptions = (p: CipherPolicy): tls.SecureContextOptions => ({
+/**
+ * Versions, suites and groups alone (no certificates). Node takes TLS 1.3 suites and TLS 1.2
+ * ciphers in one `ciphers` string; the `TLS_` names are the 1.3 ones.
+ */
+export const cipherPolicyOptions = (p: CipherPolicy): tls.SecureContextOptions => ({
   minVersion: p.minVersion,
   maxVersion: "TLSv1.3",
   ciphers: [p.ciphersuites, p.ciphers].filter((s) => s !== "").join(":"),
@@ -58,7 +61,9 @@ export const requestsClientCertificate = (config: ClientTlsConfig): boolean => c
  * Options for the client leg, where pgwarden is the TLS server. With `clientCa` the CA bundle
  * (and `clientCrl`) verify client certificates; Node then checks the CRL for every certificate.
  */
-export const clientLegContextOptions = (config: ClientTlsConfig): tls.SecureContextOptions | PgwardenError => {
+export const clientLegContextOptions = (
+  config: ClientTlsConfig,
+): tls.SecureContextOptions | PgwardenError => {
   if (config.cert === undefined || config.key === undefined) {
     return tlsConfigError("tls.cert and tls.key are required when tls.mode is not disable");
   }
@@ -73,7 +78,7 @@ export const clientLegContextOptions = (config: ClientTlsConfig): tls.SecureCont
   });
   if (isPgwardenError(pem)) return pem;
   return {
-    ...cipherOptions(config),
+    ...cipherPolicyOptions(config),
     cert: pem["tls.cert"],
     key: pem["tls.key"],
     ...(pem["tls.clientCa"] === undefined ? {} : { ca: pem["tls.clientCa"] }),
@@ -98,7 +103,7 @@ export const upstreamLegContextOptions = (
   });
   if (isPgwardenError(pem)) return pem;
   return {
-    ...cipherOptions(config),
+    ...cipherPolicyOptions(config),
     ...(pem["upstream.tls.ca"] === undefined ? {} : { ca: pem["upstream.tls.ca"] }),
     ...(pem["upstream.tls.cert"] === undefined ? {} : { cert: pem["upstream.tls.cert"] }),
     ...(pem["upstream.tls.key"] === undefined ? {} : { key: pem["upstream.tls.key"] }),

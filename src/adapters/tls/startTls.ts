@@ -105,7 +105,8 @@ export const startTlsOnSocket = (
 };
 
 const sessionOf = (secure: tls.TLSSocket, options: StartTlsOptions): TlsSession | PgwardenError => {
-  const alpn = secure.alpnProtocol === false || secure.alpnProtocol === null ? undefined : secure.alpnProtocol;
+  const alpn =
+    secure.alpnProtocol === false || secure.alpnProtocol === null ? undefined : secure.alpnProtocol;
   if (options.negotiation === "direct" && alpn !== POSTGRESQL_ALPN) {
     return pgwardenError(
       "PGW_TLS_ALPN",
@@ -141,8 +142,9 @@ const sessionOf = (secure: tls.TLSSocket, options: StartTlsOptions): TlsSession 
  * that handle API ever goes away, every certificate is refused (fail closed), never accepted.
  */
 const verifyResult = (secure: tls.TLSSocket): string | undefined => {
-  const handle = (secure as unknown as { _handle?: { verifyError?: () => (Error & { code?: string }) | null } })
-    ._handle;
+  const handle = (
+    secure as unknown as { _handle?: { verifyError?: () => (Error & { code?: string }) | null } }
+  )._handle;
   if (typeof handle?.verifyError !== "function") return "verification result unavailable";
   const error = handle.verifyError();
   return error === null || error === undefined ? undefined : (error.code ?? error.message);

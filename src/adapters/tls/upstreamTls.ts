@@ -1,5 +1,5 @@
-import { isIP } from "node:net";
 import * as net from "node:net";
+import { isIP } from "node:net";
 import * as tls from "node:tls";
 import { isPgwardenError, type PgwardenError, pgwardenError, SqlState } from "../../errors.ts";
 import type { UpstreamTlsConfig, UpstreamTlsMode } from "./config.ts";
@@ -73,7 +73,10 @@ const requestTls = (socket: net.Socket, timeoutMs: number): Promise<true | Pgwar
 const identityCheck = (mode: UpstreamTlsOptions["mode"], name: string): tls.ConnectionOptions => {
   switch (mode) {
     case "verify-full":
-      return { rejectUnauthorized: true, checkServerIdentity: (_host, cert) => tls.checkServerIdentity(name, cert) };
+      return {
+        rejectUnauthorized: true,
+        checkServerIdentity: (_host, cert) => tls.checkServerIdentity(name, cert),
+      };
     case "verify-ca":
       return { rejectUnauthorized: true, checkServerIdentity: () => undefined };
     case "require":
@@ -125,7 +128,9 @@ export const negotiateUpstreamTls = async (
     secure.once("secureConnect", () => {
       const alpn = typeof secure.alpnProtocol === "string" ? secure.alpnProtocol : undefined;
       if (options.direct === true && alpn !== POSTGRESQL_ALPN) {
-        return finish(upstreamTlsError(`upstream did not negotiate ALPN "${POSTGRESQL_ALPN}" for direct TLS`));
+        return finish(
+          upstreamTlsError(`upstream did not negotiate ALPN "${POSTGRESQL_ALPN}" for direct TLS`),
+        );
       }
       const serverCertificate = secure.getPeerX509Certificate()?.raw;
       if (serverCertificate === undefined) return finish(upstreamTlsError("upstream sent no certificate"));
