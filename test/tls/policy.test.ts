@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import * as tls from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type ClientTlsConfig, clientTlsConfig, upstreamTlsConfig } from "../../src/adapters/tls/config.ts";
@@ -35,8 +36,8 @@ describe("client-leg cipher policy (openssl s_client against the default policy)
     const ctx = contextFor({});
     strict = await startTlsTestServer(() => ctx);
     const loose = tls.createSecureContext({
-      cert: await import("node:fs").then((fs) => fs.readFileSync(certs.server.cert)),
-      key: await import("node:fs").then((fs) => fs.readFileSync(certs.server.key)),
+      cert: readFileSync(certs.server.cert),
+      key: readFileSync(certs.server.key),
       minVersion: "TLSv1",
       ciphers: "ALL:@SECLEVEL=0",
     });
