@@ -199,8 +199,9 @@ export const testCerts = (): TestCerts => {
   if (cached !== undefined) return cached;
   const prefix = `pgwarden-certs-v${LAYOUT}-`;
   for (const entry of readdirSync(tmpdir())) {
-    const owner = Number(entry.slice(prefix.length).split(".")[0]);
-    if (entry.startsWith(prefix) && Number.isInteger(owner) && !alive(owner)) {
+    // Any layout version: older layouts are never reused either.
+    const owner = /^pgwarden-certs-v\d+-(\d+)/.exec(entry)?.[1];
+    if (owner !== undefined && !alive(Number(owner))) {
       rmSync(join(tmpdir(), entry), { recursive: true, force: true });
     }
   }
