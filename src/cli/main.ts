@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { runAuditCommand } from "./auditCommand.ts";
 import { runDiagrams } from "./diagramsCommand.ts";
+import { runFipsStatus } from "./fipsCommand.ts";
 import { runServe, serveOptions } from "./serveCommand.ts";
 import { runUsersCommand } from "./usersCommand.ts";
 
@@ -21,6 +22,8 @@ Usage:
                                     check an audit log (exit 0 intact, 1 tampered, 2 incomplete, 3 usage)
   pgwarden audit show DIR [--session ID] [--identity NAME]
                                     print session timelines from an audit log
+  pgwarden fips-status [--json] [--tls-cert F --tls-key K]
+                                    FIPS mode self-test: provider, algorithms, TLS policy
   pgwarden --help | --version
 
 serve options:
@@ -79,6 +82,8 @@ export const main = async (argv: string[]): Promise<number> => {
     }
     case "audit":
       return runAuditCommand(rest, { stdout: process.stdout, stderr: process.stderr });
+    case "fips-status":
+      return runFipsStatus(rest, { stdout: process.stdout, stderr: process.stderr });
     case "users":
       return runUsersCommand(rest, { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr });
     default:
