@@ -1,10 +1,10 @@
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { runAuditCommand } from "./auditCommand.ts";
-import { runDiagrams } from "./diagramsCommand.ts";
-import { runFipsStatus } from "./fipsCommand.ts";
-import { runServe, serveOptions } from "./serveCommand.ts";
-import { runUsersCommand } from "./usersCommand.ts";
+import type { serveOptions } from "./serveCommand.ts";
+
+// Each command's module is loaded only when that command runs: `serve` starts lighter, and
+// `fips-status` probes algorithms no other module has touched first (a digest fetched before
+// FIPS mode is switched on would otherwise keep working and make the probe lie).
 
 const version = (): string =>
   (JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string })
@@ -57,6 +57,7 @@ export const main = async (argv: string[]): Promise<number> => {
       process.stdout.write(`${version()}\n`);
       return 0;
     case "serve": {
+      const { runServe, serveOptions } = await import("./serveCommand.ts");
       let parsed: ReturnType<typeof parseArgs<{ options: typeof serveOptions }>>;
       try {
         parsed = parseArgs({ args: rest, options: serveOptions, strict: true, allowPositionals: false });
@@ -75,17 +76,28 @@ export const main = async (argv: string[]): Promise<number> => {
           },
           strict: true,
         });
+        const { runDiagrams } = await import("./diagramsCommand.ts");
         return await runDiagrams(values.out, values.check, (s) => process.stdout.write(`${s}\n`));
       } catch (e) {
         return usage((e as Error).message);
       }
     }
     case "audit":
-      return runAuditCommand(rest, { stdout: process.stdout, stderr: process.stderr });
+      return (await import("./auditCommand.ts")).runAuditCommand(rest, {
+        stdout: process.stdout,
+        stderr: process.stderr,
+      });
     case "fips-status":
-      return runFipsStatus(rest, { stdout: process.stdout, stderr: process.stderr });
+      return (await import("./fipsCommand.ts")).runFipsStatus(rest, {
+        stdout: process.stdout,
+        stderr: process.stderr,
+      });
     case "users":
-      return runUsersCommand(rest, { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr });
+      return (await import("./usersCommand.ts")).runUsersCommand(rest, {
+        stdin: process.stdin,
+        stdout: process.stdout,
+        stderr: process.stderr,
+      });
     default:
       return usage(`unknown command '${command}'`);
   }
