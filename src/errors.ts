@@ -10,6 +10,7 @@ export const SqlState = {
   invalidPassword: "28P01",
   tooManyConnections: "53300",
   adminShutdown: "57P01",
+  idleSessionTimeout: "57P05",
   cannotConnectNow: "57P03",
   featureNotSupported: "0A000",
   internalError: "XX000",
@@ -36,7 +37,19 @@ export type ErrorCode =
   | "PGW_UPSTREAM_AUTH"
   | "PGW_UPSTREAM_CLOSED"
   | "PGW_SHUTDOWN"
+  | "PGW_ACCESS_DENIED"
+  | "PGW_SESSION_LIMIT"
+  | "PGW_IDLE_TIMEOUT"
+  | "PGW_SESSION_LIFETIME"
   | "PGW_CONFIG"
+  | "PGW_TLS_CONFIG"
+  | "PGW_TLS_HANDSHAKE"
+  | "PGW_TLS_TIMEOUT"
+  | "PGW_TLS_ALPN"
+  | "PGW_TLS_PIPELINED"
+  | "PGW_TLS_CLIENT_CERT"
+  | "PGW_UPSTREAM_TLS"
+  | "PGW_FIPS"
   | "PGW_USERS_FILE"
   | "PGW_INTERNAL";
 

@@ -3,6 +3,12 @@ import { type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
 import { clientKeyOf, hmacSha256, saltedPassword, serverKeyOf, sha256, xor } from "./internal/scramCrypto.ts";
 import { isValidNonce, parseServerFinal, parseServerFirst } from "./internal/scramMessages.ts";
 import { scramPasswordBytes } from "./saslprep.ts";
+import {
+  SCRAM_SHA_256,
+  SCRAM_SHA_256_PLUS,
+  type ScramChannelBinding,
+  type ScramMechanism,
+} from "./scramServer.ts";
 
 /** Like libpq: 18 random bytes, sent as 24 base64 characters. */
 const CLIENT_NONCE_BYTES = 18;
@@ -16,6 +22,11 @@ export interface ScramClientOptions {
    * (what libpq sends over TLS); the server then knows a -PLUS offer was stripped.
    */
   readonly cbindFlag?: "n" | "y";
+  /**
+   * Bind the exchange to the TLS leg (SCRAM-SHA-256-PLUS): gs2 header `p=tls-server-end-point`
+   * and `c=` carries this data. Overrides `cbindFlag`.
+   */
+  readonly channelBinding?: ScramChannelBinding;
   /** Refuse server-first-messages asking for more PBKDF2 iterations than this. */
   readonly maxIterations?: number;
   /** Fixed client nonce, for test vectors only. */
@@ -25,6 +36,8 @@ export interface ScramClientOptions {
 }
 
 export interface ScramClient {
+  /** The SASL mechanism to name in SASLInitialResponse. */
+  readonly mechanism: ScramMechanism;
   /** client-first-message, for SASLInitialResponse. The same text on every call. */
   clientFirst(): string;
   /** Takes server-first-message (AuthenticationSASLContinue), returns client-final-message (SASLResponse). */
@@ -63,7 +76,9 @@ export const createScramClient = (
     throw new RangeError("nonce must be 8..1024 printable ASCII characters other than ','");
   }
   const maxIterations = options.maxIterations ?? SCRAM_CLIENT_MAX_ITERATIONS;
-  const gs2Header = `${options.cbindFlag ?? "n"},,`;
+  const binding = options.channelBinding;
+  const gs2Header = binding === undefined ? `${options.cbindFlag ?? "n"},,` : `p=${binding.type},,`;
+  const cbindInput = Buffer.concat([Buffer.from(gs2Header, "utf8"), binding?.data ?? Buffer.alloc(0)]);
   const clientFirstBare = `n=${escapeSaslname(options.username ?? "")},r=${nonce}`;
   let passwordBytes: Buffer | undefined = scramPasswordBytes(password);
   let state: State = { step: "client-first" };
@@ -93,7 +108,7 @@ export const createScramClient = (
     passwordBytes.fill(0);
     passwordBytes = undefined;
     const clientKey = clientKeyOf(salted);
-    const withoutProof = `c=${Buffer.from(gs2Header, "utf8").toString("base64")},r=${parsed.value.nonce}`;
+    const withoutProof = `c=${cbindInput.toString("base64")},r=${parsed.value.nonce}`;
     const authMessage = `${clientFirstBare},${message},${withoutProof}`;
     const proof = xor(clientKey, hmacSha256(sha256(clientKey), authMessage));
     const expectedSignature = hmacSha256(serverKeyOf(salted), authMessage);
@@ -122,5 +137,38 @@ export const createScramClient = (
     return true;
   };
 
-  return { clientFirst, handleServerFirst, verifyServerFinal };
+  return {
+    mechanism: binding === undefined ? SCRAM_SHA_256 : SCRAM_SHA_256_PLUS,
+    clientFirst,
+    handleServerFirst,
+    verifyServerFinal,
+  };
+};
+
+/** libpq's channel_binding setting: disable never binds, prefer binds when offered, require must bind. */
+export type ChannelBindingPolicy = "disable" | "prefer" | "require";
+
+/**
+ * Picks the mechanism and binding from the server's AuthenticationSASL offer, like libpq: -PLUS
+ * when offered and the leg is TLS (binding data known); over TLS without a -PLUS offer the flag is
+ * "y" so the server can detect a stripped offer; `require` fails unless the exchange is bound.
+ */
+export const selectScramOptions = (
+  offered: readonly string[],
+  binding: ScramChannelBinding | undefined,
+  policy: ChannelBindingPolicy = "prefer",
+): Pick<ScramClientOptions, "cbindFlag" | "channelBinding"> | PgwardenError => {
+  const plusOffered = offered.includes(SCRAM_SHA_256_PLUS);
+  if (policy !== "disable" && binding !== undefined && plusOffered) return { channelBinding: binding };
+  if (policy === "require") {
+    return upstreamError(
+      binding === undefined
+        ? "channel binding required, but the upstream connection is not TLS"
+        : "channel binding required, but upstream did not offer SCRAM-SHA-256-PLUS",
+    );
+  }
+  if (!offered.includes(SCRAM_SHA_256)) {
+    return upstreamError(`upstream offers no supported SASL mechanism (${offered.join(", ")})`);
+  }
+  return { cbindFlag: binding !== undefined && policy !== "disable" ? "y" : "n" };
 };

@@ -1,5 +1,6 @@
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import { type PgwardenError, pgwardenError, protocolError, SqlState } from "../errors.ts";
+import { TLS_SERVER_END_POINT } from "./channelBinding.ts";
 import { hmacSha256, SCRAM_KEY_LENGTH, sha256, xor } from "./internal/scramCrypto.ts";
 import {
   type Gs2Header,
@@ -9,8 +10,20 @@ import {
 } from "./internal/scramMessages.ts";
 import { SCRAM_DEFAULT_ITERATIONS, SCRAM_DEFAULT_SALT_LENGTH, type ScramVerifier } from "./scramVerifier.ts";
 
-/** The SASL mechanism name this server implements (no channel binding yet). */
+/** The SASL mechanism names this server implements. */
 export const SCRAM_SHA_256 = "SCRAM-SHA-256";
+export const SCRAM_SHA_256_PLUS = "SCRAM-SHA-256-PLUS";
+export type ScramMechanism = typeof SCRAM_SHA_256 | typeof SCRAM_SHA_256_PLUS;
+
+/** What AuthenticationSASL offers: -PLUS first (as PostgreSQL does) exactly when the leg is TLS. */
+export const scramMechanisms = (channelBinding: ScramChannelBinding | undefined): ScramMechanism[] =>
+  channelBinding === undefined ? [SCRAM_SHA_256] : [SCRAM_SHA_256_PLUS, SCRAM_SHA_256];
+
+/** Channel binding of the leg the exchange runs on (RFC 5929 tls-server-end-point data). */
+export interface ScramChannelBinding {
+  readonly type: typeof TLS_SERVER_END_POINT;
+  readonly data: Buffer;
+}
 
 /** Like PostgreSQL: 18 random bytes, sent as 24 base64 characters. */
 const SERVER_NONCE_BYTES = 18;
@@ -21,6 +34,7 @@ export type ScramFailureReason =
   | "wrong-proof"
   | "nonce-mismatch"
   | "channel-binding-mismatch"
+  | "channel-binding-downgrade"
   | "malformed"
   | "unsupported"
   | "out-of-order";
@@ -37,6 +51,13 @@ export interface ScramServerOptions {
   readonly mockIterations?: number;
   /** Fixed server nonce part, for test vectors only. */
   readonly serverNonce?: string;
+  /**
+   * Set when the leg is TLS: the offer included SCRAM-SHA-256-PLUS (`scramMechanisms`), and a
+   * client answering "y" is then a downgrade. Leave undefined on plaintext legs.
+   */
+  readonly channelBinding?: ScramChannelBinding;
+  /** The mechanism the client chose in SASLInitialResponse; default SCRAM-SHA-256. */
+  readonly mechanism?: ScramMechanism;
 }
 
 export interface ScramServer {
@@ -60,8 +81,8 @@ type State =
   | { readonly step: "done" };
 
 /**
- * The server side of one SCRAM-SHA-256 exchange (RFC 5802, RFC 7677). Single use: each method
- * is accepted once, in order, and any failure ends the exchange.
+ * The server side of one SCRAM-SHA-256 or SCRAM-SHA-256-PLUS exchange (RFC 5802, RFC 7677,
+ * RFC 5929). Single use: each method is accepted once, in order, and any failure ends the exchange.
  *
  * With `verifier` undefined (unknown user) the exchange runs against a mock verifier whose salt is
  * HMAC-SHA-256(mockSecret, user) truncated to 16 bytes, and fails at the end with the same error
@@ -79,6 +100,11 @@ export const createScramServer = (
   const { user } = options;
   if (options.serverNonce !== undefined && !isValidNonce(options.serverNonce)) {
     throw new RangeError("serverNonce must be 8..1024 printable ASCII characters other than ','");
+  }
+  const mechanism = options.mechanism ?? SCRAM_SHA_256;
+  const binding = options.channelBinding;
+  if (mechanism === SCRAM_SHA_256_PLUS && binding === undefined) {
+    throw new RangeError("SCRAM-SHA-256-PLUS needs channelBinding: it is only offered on TLS legs");
   }
   const known = verifier !== undefined;
   const keys: ScramVerifier = verifier ?? {
@@ -116,16 +142,8 @@ export const createScramServer = (
     const parsed = parseClientFirst(message);
     if (!parsed.ok) return fail("malformed", protocolError(`malformed SCRAM message: ${parsed.reason}`));
     const { gs2, clientNonce, bare } = parsed.value;
-    if (gs2.cbind.kind === "p") {
-      return fail(
-        "unsupported",
-        protocolError(
-          `client requires SCRAM channel binding "${gs2.cbind.name}", but the server offered ${SCRAM_SHA_256} without channel binding`,
-        ),
-      );
-    }
-    // "y" (client could bind, thinks we cannot) is fine while -PLUS is not advertised.
-    // Once it is, "y" means someone stripped -PLUS from our offer, and must fail.
+    const refused = checkCbindFlag(gs2, mechanism, binding);
+    if (refused !== undefined) return fail(refused.reason, refused.error);
     if (gs2.authzid !== undefined) {
       return fail(
         "unsupported",
@@ -150,9 +168,14 @@ export const createScramServer = (
     const parsed = parseClientFinal(message);
     if (!parsed.ok) return fail("malformed", protocolError(`malformed SCRAM message: ${parsed.reason}`));
     const final = parsed.value;
-    // Without channel binding, c= must echo the gs2 header exactly ("biws" for "n,,", "eSws" for "y,,").
-    const expectedBinding = Buffer.from(gs2.text, "utf8");
-    if (!final.channelBinding.equals(expectedBinding)) return authFailed("channel-binding-mismatch");
+    // c= is the gs2 header ("biws" for "n,,", "eSws" for "y,,"), followed by the binding data for "p".
+    const header = Buffer.from(gs2.text, "utf8");
+    const expectedBinding =
+      gs2.cbind.kind === "p" && binding !== undefined ? Buffer.concat([header, binding.data]) : header;
+    const bindingMatches =
+      final.channelBinding.length === expectedBinding.length &&
+      timingSafeEqual(final.channelBinding, expectedBinding);
+    if (!bindingMatches) return authFailed("channel-binding-mismatch");
     if (final.nonce !== nonce) return authFailed("nonce-mismatch");
     const authMessage = `${clientFirstBare},${serverFirst},${final.withoutProof}`;
     const clientKey = xor(final.proof, hmacSha256(keys.storedKey, authMessage));
@@ -163,4 +186,51 @@ export const createScramServer = (
   };
 
   return { handleClientFirst, handleClientFinal, failureReason: () => reason };
+};
+
+/**
+ * The gs2 channel-binding flag against the offer and the chosen mechanism (RFC 5802 §6):
+ * -PLUS needs "p=tls-server-end-point"; plain SCRAM takes "n", or "y" only when -PLUS was not
+ * offered, since "y" after a -PLUS offer means someone removed -PLUS on the way (a downgrade).
+ */
+const checkCbindFlag = (
+  gs2: Gs2Header,
+  mechanism: ScramMechanism,
+  binding: ScramChannelBinding | undefined,
+): { readonly reason: ScramFailureReason; readonly error: PgwardenError } | undefined => {
+  const { cbind } = gs2;
+  if (mechanism === SCRAM_SHA_256_PLUS) {
+    if (cbind.kind !== "p") {
+      return {
+        reason: "malformed",
+        error: protocolError(
+          `malformed SCRAM message: the client selected ${SCRAM_SHA_256_PLUS}, but the SCRAM message does not include channel binding data`,
+        ),
+      };
+    }
+    if (cbind.name !== TLS_SERVER_END_POINT) {
+      return {
+        reason: "unsupported",
+        error: protocolError(`unsupported SCRAM channel-binding type "${cbind.name}"`),
+      };
+    }
+    return undefined;
+  }
+  if (cbind.kind === "p") {
+    return {
+      reason: "unsupported",
+      error: protocolError(
+        `client requires SCRAM channel binding "${cbind.name}", but selected ${SCRAM_SHA_256} without channel binding`,
+      ),
+    };
+  }
+  if (cbind.kind === "y" && binding !== undefined) {
+    return {
+      reason: "channel-binding-downgrade",
+      error: protocolError(
+        "SCRAM channel binding negotiation error: the client supports channel binding and thinks the server does not, but this server offered it",
+      ),
+    };
+  }
+  return undefined;
 };

@@ -1,8 +1,10 @@
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { runDiagrams } from "./diagramsCommand.ts";
-import { runServe, serveOptions } from "./serveCommand.ts";
-import { runUsersCommand } from "./usersCommand.ts";
+import type { serveOptions } from "./serveCommand.ts";
+
+// Each command's module is loaded only when that command runs: `serve` starts lighter, and
+// `fips-status` probes algorithms no other module has touched first (a digest fetched before
+// FIPS mode is switched on would otherwise keep working and make the probe lie).
 
 const version = (): string =>
   (JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string })
@@ -16,6 +18,12 @@ Usage:
                                     write the state diagrams (Mermaid) generated from the machines
   pgwarden users add NAME [--file F] [--password-stdin] [--iterations N]
   pgwarden users list [--file F]    manage the SCRAM verifiers clients log in with
+  pgwarden audit verify DIR [--key F] [--pubkey PEM] [--json]
+                                    check an audit log (exit 0 intact, 1 tampered, 2 incomplete, 3 usage)
+  pgwarden audit show DIR [--session ID] [--identity NAME]
+                                    print session timelines from an audit log
+  pgwarden fips-status [--json] [--tls-cert F --tls-key K]
+                                    FIPS mode self-test: provider, algorithms, TLS policy
   pgwarden --help | --version
 
 serve options:
@@ -49,6 +57,7 @@ export const main = async (argv: string[]): Promise<number> => {
       process.stdout.write(`${version()}\n`);
       return 0;
     case "serve": {
+      const { runServe, serveOptions } = await import("./serveCommand.ts");
       let parsed: ReturnType<typeof parseArgs<{ options: typeof serveOptions }>>;
       try {
         parsed = parseArgs({ args: rest, options: serveOptions, strict: true, allowPositionals: false });
@@ -67,13 +76,28 @@ export const main = async (argv: string[]): Promise<number> => {
           },
           strict: true,
         });
+        const { runDiagrams } = await import("./diagramsCommand.ts");
         return await runDiagrams(values.out, values.check, (s) => process.stdout.write(`${s}\n`));
       } catch (e) {
         return usage((e as Error).message);
       }
     }
+    case "audit":
+      return (await import("./auditCommand.ts")).runAuditCommand(rest, {
+        stdout: process.stdout,
+        stderr: process.stderr,
+      });
+    case "fips-status":
+      return (await import("./fipsCommand.ts")).runFipsStatus(rest, {
+        stdout: process.stdout,
+        stderr: process.stderr,
+      });
     case "users":
-      return runUsersCommand(rest, { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr });
+      return (await import("./usersCommand.ts")).runUsersCommand(rest, {
+        stdin: process.stdin,
+        stdout: process.stdout,
+        stderr: process.stderr,
+      });
     default:
       return usage(`unknown command '${command}'`);
   }

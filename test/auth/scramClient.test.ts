@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { createScramClient } from "../../src/auth/scramClient.ts";
+import { createScramClient, selectScramOptions } from "../../src/auth/scramClient.ts";
 import { createScramServer } from "../../src/auth/scramServer.ts";
 import { deriveScramVerifier } from "../../src/auth/scramVerifier.ts";
 import { isPgwardenError } from "../../src/errors.ts";
@@ -152,5 +152,48 @@ describe("createScramClient", () => {
 
   it("refuses an invalid fixed nonce", () => {
     expect(() => createScramClient("x", { nonce: "a,b" })).toThrow(RangeError);
+  });
+});
+
+describe("selectScramOptions: choosing -PLUS like libpq", () => {
+  const binding = { type: "tls-server-end-point", data: Buffer.alloc(32, 7) } as const;
+  const both = ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"];
+
+  it.each([
+    ["TLS, -PLUS offered, prefer", both, binding, "prefer", { channelBinding: binding }],
+    ["TLS, -PLUS offered, require", both, binding, "require", { channelBinding: binding }],
+    ["TLS, -PLUS offered, disable", both, binding, "disable", { cbindFlag: "n" }],
+    ["TLS, no -PLUS offered, prefer", ["SCRAM-SHA-256"], binding, "prefer", { cbindFlag: "y" }],
+    ["plaintext, prefer", ["SCRAM-SHA-256"], undefined, "prefer", { cbindFlag: "n" }],
+  ] as const)("%s", (_name, offered, cb, policy, expected) => {
+    expect(selectScramOptions(offered, cb, policy)).toEqual(expected);
+  });
+
+  it.each([
+    ["require over plaintext", ["SCRAM-SHA-256"], undefined, "not TLS"],
+    [
+      "require with -PLUS stripped from the offer",
+      ["SCRAM-SHA-256"],
+      binding,
+      "did not offer SCRAM-SHA-256-PLUS",
+    ],
+  ] as const)("fails %s", (_name, offered, cb, message) => {
+    const result = mustFail(selectScramOptions(offered, cb, "require"));
+    expect(result.code).toBe("PGW_UPSTREAM_AUTH");
+    expect(result.message).toContain(message);
+  });
+
+  it("fails when no known mechanism is offered", () => {
+    expect(mustFail(selectScramOptions(["SCRAM-SHA-1"], undefined)).message).toContain("SCRAM-SHA-1");
+  });
+
+  it("a bound client puts gs2 header and binding data in c=", () => {
+    const client = createScramClient("pencil", { nonce: RFC7677.clientNonce, channelBinding: binding });
+    expect(client.clientFirst()).toBe(`p=tls-server-end-point,,n=,r=${RFC7677.clientNonce}`);
+    const final = must(client.handleServerFirst(RFC7677.serverFirst));
+    const c = /^c=([^,]*),/.exec(final)?.[1] ?? "";
+    expect(Buffer.from(c, "base64")).toEqual(
+      Buffer.concat([Buffer.from("p=tls-server-end-point,,"), binding.data]),
+    );
   });
 });

@@ -2,7 +2,14 @@ import { createHmac } from "node:crypto";
 import { fc, test } from "@fast-check/vitest";
 import { describe, expect, it } from "vitest";
 import { createScramClient } from "../../src/auth/scramClient.ts";
-import { createScramServer, type ScramServerOptions } from "../../src/auth/scramServer.ts";
+import {
+  createScramServer,
+  SCRAM_SHA_256,
+  SCRAM_SHA_256_PLUS,
+  type ScramChannelBinding,
+  type ScramServerOptions,
+  scramMechanisms,
+} from "../../src/auth/scramServer.ts";
 import { deriveScramVerifier, type ScramVerifier } from "../../src/auth/scramVerifier.ts";
 import { isPgwardenError } from "../../src/errors.ts";
 import { must, mustFail, RFC7677 } from "./fixtures.ts";
@@ -318,5 +325,113 @@ describe("createScramServer: robustness", () => {
   test.prop([fc.string({ maxLength: 200 })])("any client-final text yields an error value", (text) => {
     const result = afterClientFirst().handleClientFinal(text);
     expect(isPgwardenError(result)).toBe(true);
+  });
+});
+
+describe("createScramServer: SCRAM-SHA-256-PLUS (tls-server-end-point)", () => {
+  const binding = (fill: number, length = 32): ScramChannelBinding => ({
+    type: "tls-server-end-point",
+    data: Buffer.alloc(length, fill),
+  });
+  const run = (
+    serverBinding: ScramChannelBinding | undefined,
+    mechanism: typeof SCRAM_SHA_256 | typeof SCRAM_SHA_256_PLUS,
+    clientOptions: Parameters<typeof createScramClient>[1],
+  ) => {
+    const server = createScramServer(
+      fastVerifier("s3cret"),
+      options({ channelBinding: serverBinding, mechanism }),
+    );
+    const client = createScramClient("s3cret", clientOptions);
+    const first = server.handleClientFirst(client.clientFirst());
+    if (isPgwardenError(first)) return { server, client, outcome: first };
+    const clientFinal = must(client.handleServerFirst(first));
+    return { server, client, outcome: server.handleClientFinal(clientFinal) };
+  };
+
+  it("offers -PLUS first only when the leg has a binding", () => {
+    expect(scramMechanisms(undefined)).toEqual(["SCRAM-SHA-256"]);
+    expect(scramMechanisms(binding(1))).toEqual(["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]);
+  });
+
+  it("accepts a client bound to the same certificate hash, and the client verifies the server", () => {
+    const { client, outcome } = run(binding(1), SCRAM_SHA_256_PLUS, { channelBinding: binding(1) });
+    expect(client.mechanism).toBe("SCRAM-SHA-256-PLUS");
+    expect(client.clientFirst()).toMatch(/^p=tls-server-end-point,,n=,r=/);
+    expect(client.verifyServerFinal(must(outcome).serverFinal)).toBe(true);
+  });
+
+  it("fails a tampered binding (another certificate's hash) with channel-binding-mismatch", () => {
+    const { server, outcome } = run(binding(1), SCRAM_SHA_256_PLUS, { channelBinding: binding(2) });
+    expect(mustFail(outcome)).toMatchObject({ code: "PGW_AUTH_FAILED", sqlstate: "28P01" });
+    expect(server.failureReason()).toBe("channel-binding-mismatch");
+  });
+
+  it("fails a binding of a different length (SHA-384 vs SHA-256) the same way", () => {
+    const { server, outcome } = run(binding(1), SCRAM_SHA_256_PLUS, { channelBinding: binding(1, 48) });
+    expect(mustFail(outcome).code).toBe("PGW_AUTH_FAILED");
+    expect(server.failureReason()).toBe("channel-binding-mismatch");
+  });
+
+  test.prop(
+    [fc.uint8Array({ minLength: 1, maxLength: 64 }), fc.uint8Array({ minLength: 1, maxLength: 64 })],
+    {
+      numRuns: 30,
+    },
+  )("succeeds exactly when both sides hold the same binding data", (ours, theirs) => {
+    const mine: ScramChannelBinding = { type: "tls-server-end-point", data: Buffer.from(ours) };
+    const sent: ScramChannelBinding = { type: "tls-server-end-point", data: Buffer.from(theirs) };
+    const { outcome } = run(mine, SCRAM_SHA_256_PLUS, { channelBinding: sent });
+    expect(isPgwardenError(outcome)).toBe(!mine.data.equals(sent.data));
+  });
+
+  it('treats "y" after a -PLUS offer as a downgrade (RFC 5802 §6)', () => {
+    const { server, outcome } = run(binding(1), SCRAM_SHA_256, { cbindFlag: "y" });
+    expect(mustFail(outcome)).toMatchObject({ code: "PGW_PROTOCOL", sqlstate: "08P01" });
+    expect(mustFail(outcome).message).toContain("channel binding negotiation error");
+    expect(server.failureReason()).toBe("channel-binding-downgrade");
+  });
+
+  it('accepts "n" on a TLS leg: the client cannot bind, which is its choice', () => {
+    const { outcome } = run(binding(1), SCRAM_SHA_256, {});
+    expect(isPgwardenError(outcome)).toBe(false);
+  });
+
+  it("refuses -PLUS selected without channel-binding data", () => {
+    const { server, outcome } = run(binding(1), SCRAM_SHA_256_PLUS, {});
+    expect(mustFail(outcome).message).toContain("does not include channel binding data");
+    expect(server.failureReason()).toBe("malformed");
+  });
+
+  it("refuses binding data sent with plain SCRAM-SHA-256", () => {
+    const { server, outcome } = run(binding(1), SCRAM_SHA_256, { channelBinding: binding(1) });
+    expect(mustFail(outcome).code).toBe("PGW_PROTOCOL");
+    expect(server.failureReason()).toBe("unsupported");
+  });
+
+  it("refuses a channel-binding type other than tls-server-end-point", () => {
+    const server = createScramServer(
+      rfcVerifier,
+      options({ channelBinding: binding(1), mechanism: SCRAM_SHA_256_PLUS }),
+    );
+    const error = mustFail(server.handleClientFirst("p=tls-unique,,n=,r=rOprNGfwEbeRWgbNEkqO"));
+    expect(error.message).toContain('unsupported SCRAM channel-binding type "tls-unique"');
+  });
+
+  it("cannot run -PLUS without a binding (a plaintext leg)", () => {
+    expect(() => createScramServer(rfcVerifier, options({ mechanism: SCRAM_SHA_256_PLUS }))).toThrow(
+      RangeError,
+    );
+  });
+
+  it("an unknown user over -PLUS fails like a wrong password", () => {
+    const server = createScramServer(
+      undefined,
+      options({ channelBinding: binding(1), mechanism: SCRAM_SHA_256_PLUS }),
+    );
+    const client = createScramClient("x", { channelBinding: binding(1) });
+    const final = must(client.handleServerFirst(must(server.handleClientFirst(client.clientFirst()))));
+    expect(mustFail(server.handleClientFinal(final)).code).toBe("PGW_AUTH_FAILED");
+    expect(server.failureReason()).toBe("unknown-user");
   });
 });

@@ -1,0 +1,236 @@
+import type { TransactionStatus } from "../protocol/backend.ts";
+import { quoteIdent, quoteLiteral } from "../sql/quote.ts";
+import type { PinReason, SessionEffect, StatementEffects } from "../sql/sessionEffects.ts";
+
+/**
+ * The session settings (GUCs) of one client or one server connection, as far as pgwarden can
+ * know them: SET/RESET effects the client ran, kept only once their transaction commits, and
+ * every value PostgreSQL reports in ParameterStatus. A missing name means the server default.
+ */
+
+/** A value as SQL text for `SET name TO …` (from a SET), or as the raw string (from the server). */
+export type GucValue =
+  | { readonly form: "sql"; readonly text: string }
+  | { readonly form: "raw"; readonly text: string };
+
+export type GucMap = ReadonlyMap<string, GucValue>;
+
+/** Reported parameters no session can change: never tracked, never replayed. */
+const NOT_SETTABLE = new Set([
+  "server_version",
+  "server_encoding",
+  "integer_datetimes",
+  "is_superuser",
+  "in_hot_standby",
+]);
+/** Settings pgwarden must not replay: identity changes pin instead (see sessionEffects). */
+const NEVER_REPLAYED = new Set(["session_authorization", "role"]);
+
+const tracked = (name: string): boolean => !NOT_SETTABLE.has(name) && !NEVER_REPLAYED.has(name);
+
+type Staged =
+  | { readonly kind: "effect"; readonly effect: SessionEffect }
+  | { readonly kind: "savepoint"; readonly name: string };
+
+interface Transaction {
+  /** Opened by BEGIN (or seen in ReadyForQuery 'T'), as opposed to a single statement's own. */
+  explicit: boolean;
+  failed: boolean;
+  staged: Staged[];
+}
+
+// DISCARD ALL ends everything that pins except a loaded library, which stays loaded.
+const SURVIVES_DISCARD_ALL: ReadonlySet<PinReason> = new Set(["load"]);
+
+export class SessionState {
+  private readonly values = new Map<string, GucValue>();
+  private readonly pinSet = new Set<PinReason>();
+  private awaiting: (readonly SessionEffect[])[] = [];
+  private txn: Transaction | undefined;
+
+  /** Raw values a client gave in its startup packet (application_name, options' -c settings). */
+  static fromStartup(params: Readonly<Record<string, string>>): SessionState {
+    const s = new SessionState();
+    for (const [name, value] of Object.entries(params)) {
+      const n = name.toLowerCase();
+      if (tracked(n)) s.values.set(n, { form: "raw", text: value });
+    }
+    return s;
+  }
+
+  /** The settings as they are outside any open transaction's uncommitted SETs. */
+  get settings(): GucMap {
+    return new Map(this.values);
+  }
+
+  get pins(): ReadonlySet<PinReason> {
+    return new Set(this.pinSet);
+  }
+
+  get pinned(): boolean {
+    return this.pinSet.size > 0;
+  }
+
+  /** Replaces the settings with another state's (a server connection after its client's turn). */
+  adopt(settings: GucMap): void {
+    this.values.clear();
+    for (const [k, v] of settings) this.values.set(k, v);
+  }
+
+  /** A query was sent: one entry per statement, matched in order by CommandComplete. */
+  queue(statements: StatementEffects): void {
+    this.awaiting.push(...statements);
+  }
+
+  onCommandComplete(): void {
+    const effects = this.awaiting.shift();
+    if (effects === undefined) return;
+    for (const e of effects) this.apply(e);
+  }
+
+  /** An ErrorResponse: the statements after the failing one never run. */
+  onError(): void {
+    this.awaiting = [];
+    if (this.txn === undefined) return;
+    if (this.txn.explicit) this.txn.failed = true;
+    else this.txn = undefined;
+  }
+
+  /** The server reports the value in force; it supersedes what SETs in this transaction said. */
+  onParameterStatus(name: string, value: string): void {
+    const n = name.toLowerCase();
+    if (!tracked(n)) return;
+    this.values.set(n, { form: "raw", text: value });
+    if (this.txn !== undefined) {
+      this.txn.staged = this.txn.staged.filter((s) => s.kind !== "effect" || nameOf(s.effect) !== n);
+    }
+  }
+
+  onReadyForQuery(status: TransactionStatus): void {
+    this.awaiting = [];
+    if (status === "I") {
+      if (this.txn !== undefined && !this.txn.failed) this.commitStaged(this.txn.staged);
+      this.txn = undefined;
+      return;
+    }
+    this.txn ??= { explicit: true, failed: false, staged: [] };
+    this.txn.explicit = true;
+    if (status === "E") this.txn.failed = true;
+  }
+
+  private apply(e: SessionEffect): void {
+    if (e.kind === "pin") {
+      // Pinned at once and kept even if the transaction rolls back: the safe side.
+      this.pinSet.add(e.reason);
+      return;
+    }
+    if (e.kind === "txn") {
+      this.transactionControl(e.op, e.savepoint, e.chain === true);
+      return;
+    }
+    this.txn ??= { explicit: false, failed: false, staged: [] };
+    this.txn.staged.push({ kind: "effect", effect: e });
+  }
+
+  private transactionControl(op: string, savepoint: string | undefined, chain: boolean): void {
+    const t = this.txn;
+    switch (op) {
+      case "begin":
+        if (t === undefined) this.txn = { explicit: true, failed: false, staged: [] };
+        else t.explicit = true;
+        return;
+      case "commit":
+      case "rollback":
+        if (t !== undefined && op === "commit" && !t.failed) this.commitStaged(t.staged);
+        this.txn = chain ? { explicit: true, failed: false, staged: [] } : undefined;
+        return;
+      case "savepoint":
+        t?.staged.push({ kind: "savepoint", name: savepoint ?? "" });
+        return;
+      case "rollbackTo":
+      case "release": {
+        if (t === undefined) return;
+        const at = t.staged.findLastIndex((s) => s.kind === "savepoint" && s.name === savepoint);
+        if (at < 0) return;
+        if (op === "rollbackTo") {
+          t.staged.length = at + 1;
+          t.failed = false;
+        } else {
+          // RELEASE keeps the effects but forgets this savepoint and those opened after it.
+          t.staged = t.staged.filter((s, i) => i < at || s.kind === "effect");
+        }
+        return;
+      }
+    }
+  }
+
+  private commitStaged(staged: readonly Staged[]): void {
+    for (const s of staged) if (s.kind === "effect") this.commitEffect(s.effect);
+  }
+
+  private commitEffect(e: SessionEffect): void {
+    switch (e.kind) {
+      case "set":
+      case "setRaw":
+        if (tracked(e.name))
+          this.values.set(e.name, { form: e.kind === "set" ? "sql" : "raw", text: e.value });
+        return;
+      case "reset":
+        this.values.delete(e.name);
+        return;
+      case "resetAll":
+        this.values.clear();
+        return;
+      case "discardAll":
+        this.values.clear();
+        for (const r of [...this.pinSet]) if (!SURVIVES_DISCARD_ALL.has(r)) this.pinSet.delete(r);
+        return;
+      case "discard":
+        if (e.what === "temp") this.pinSet.delete("temp-table");
+        return;
+      case "deallocate":
+        if (e.all) this.pinSet.delete("sql-prepare");
+        return;
+      case "unpin":
+        this.pinSet.delete(e.reason);
+        return;
+      default:
+        return;
+    }
+  }
+}
+
+const nameOf = (e: SessionEffect): string | undefined =>
+  e.kind === "set" || e.kind === "setRaw" || e.kind === "reset" ? e.name : undefined;
+
+const sameValue = (a: GucValue | undefined, b: GucValue | undefined): boolean =>
+  a === b || (a !== undefined && b !== undefined && a.form === b.form && a.text === b.text);
+
+// `SET TIME ZONE` is the only form that accepts the INTERVAL values a SET TIME ZONE can store.
+const setSql = (name: string, text: string): string =>
+  name === "timezone" ? `SET TIME ZONE ${text}` : `SET ${quoteIdent(name)} TO ${text}`;
+
+// set_config takes the raw string, so list settings (search_path) keep their inner quoting.
+const setConfigSql = (name: string, text: string): string =>
+  `pg_catalog.set_config(${quoteLiteral(name)}, ${quoteLiteral(text)}, false)`;
+
+/**
+ * One simple-query string that turns a server connection holding `server` into one holding
+ * `client`, or "" when they already agree. RESETs first, then SETs, in name order.
+ */
+export const replaySql = (client: GucMap, server: GucMap): string => {
+  const resets: string[] = [];
+  const sets: string[] = [];
+  const raws: string[] = [];
+  const names = [...new Set([...client.keys(), ...server.keys()])].sort();
+  for (const name of names) {
+    const want = client.get(name);
+    if (sameValue(want, server.get(name))) continue;
+    if (want === undefined) resets.push(`RESET ${quoteIdent(name)}`);
+    else if (want.form === "sql") sets.push(setSql(name, want.text));
+    else raws.push(setConfigSql(name, want.text));
+  }
+  const statements = [...resets, ...sets];
+  if (raws.length > 0) statements.push(`SELECT ${raws.join(", ")}`);
+  return statements.join("; ");
+};

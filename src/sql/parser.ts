@@ -1,0 +1,162 @@
+import * as pgQuery from "libpg-query";
+
+/**
+ * The real PostgreSQL 18 grammar (libpg_query compiled to WASM), behind a boundary that never
+ * throws: every call returns either its value or a typed failure.
+ */
+
+export type SqlParseErrorCode =
+  /** The grammar rejected the text; PostgreSQL would reject it too. */
+  | "SQL_SYNTAX"
+  /** The text cannot be handed to the parser at all (empty, or holds a NUL byte). */
+  | "SQL_INPUT"
+  /** The parser itself failed (out of WASM memory, unexpected output). */
+  | "SQL_PARSER_INTERNAL";
+
+export interface SqlParseError {
+  readonly _tag: "SqlParseError";
+  readonly code: SqlParseErrorCode;
+  /** The parser's message with the quoted input token removed (it could be a secret literal). */
+  readonly message: string;
+  /** 0-based character offset of the error in the input, when the parser gives one. */
+  readonly position?: number;
+}
+
+export type ParseOutcome<A> =
+  | { readonly ok: true; readonly value: A }
+  | { readonly ok: false; readonly error: SqlParseError };
+
+/** One raw statement of the parse tree: the node keyed by its type name (`{ VariableSetStmt: … }`). */
+export type RawNode = Readonly<Record<string, unknown>>;
+
+export interface RawStatement {
+  readonly stmt: RawNode;
+  /** Byte offset and length of the statement in the UTF-8 input (length 0: to the end). */
+  readonly location: number;
+  readonly length: number;
+}
+
+export interface ParserVersion {
+  /** PG_VERSION_NUM of the grammar the parser was built from, e.g. 180004. */
+  readonly num: number;
+  /** The same as PostgreSQL prints it, e.g. "18.4". */
+  readonly text: string;
+}
+
+export interface SqlParser {
+  readonly parserVersion: ParserVersion;
+  parse(sql: string): ParseOutcome<readonly RawStatement[]>;
+  /** Constants replaced by $1, $2… as pg_stat_statements shows queries. */
+  normalize(sql: string): ParseOutcome<string>;
+  /** libpg_query's fingerprint: equal for statements that differ only in constants/whitespace. */
+  fingerprint(sql: string): ParseOutcome<string>;
+}
+
+const fail = (
+  code: SqlParseErrorCode,
+  message: string,
+  position?: number,
+): { ok: false; error: SqlParseError } => ({
+  ok: false,
+  error:
+    position === undefined
+      ? { _tag: "SqlParseError", code, message }
+      : { _tag: "SqlParseError", code, message, position },
+});
+
+// The WASM side reads C strings: a NUL would silently truncate the statement it sees.
+const badInput = (sql: string): { ok: false; error: SqlParseError } | undefined => {
+  if (typeof sql !== "string") return fail("SQL_INPUT", "query text must be a string");
+  if (sql.includes("\0")) return fail("SQL_INPUT", "query text contains a NUL byte");
+  return undefined;
+};
+
+class EmptyInput extends Error {
+  constructor() {
+    super("query text is empty");
+  }
+}
+
+const withoutInputToken = (message: string): string => message.replace(/ at or near ".*$/s, "");
+
+const fromThrown = (e: unknown): { ok: false; error: SqlParseError } => {
+  const message = withoutInputToken(e instanceof Error ? e.message : String(e));
+  if (e instanceof pgQuery.SqlError) {
+    return fail("SQL_SYNTAX", message, e.sqlDetails?.cursorPosition);
+  }
+  if (e instanceof EmptyInput) return fail("SQL_INPUT", message);
+  return fail("SQL_PARSER_INTERNAL", message);
+};
+
+const guarded = <A>(sql: string, f: (sql: string) => A): ParseOutcome<A> => {
+  const bad = badInput(sql);
+  if (bad !== undefined) return bad;
+  try {
+    return { ok: true, value: f(sql) };
+  } catch (e) {
+    return fromThrown(e);
+  }
+};
+
+const versionText = (num: number): string => `${Math.floor(num / 10000)}.${num % 10000}`;
+
+interface ParseTree {
+  readonly version: number;
+  readonly stmts?: readonly { stmt: RawNode; stmt_location?: number; stmt_len?: number }[];
+}
+
+const parseStatements = (sql: string): readonly RawStatement[] => {
+  // An empty or comment-only string is a valid, empty query (PostgreSQL answers EmptyQueryResponse).
+  if (sql.trim() === "") return [];
+  const tree = pgQuery.parseSync(sql) as unknown as ParseTree;
+  return (tree.stmts ?? []).map((s) => ({
+    stmt: s.stmt,
+    location: s.stmt_location ?? 0,
+    length: s.stmt_len ?? 0,
+  }));
+};
+
+const FINGERPRINT = /^[0-9a-f]{16}$/;
+
+// The library's normalize/fingerprint hand most grammar errors back as if they were results, so
+// the text is parsed first: its error is the one returned, and a success is known to be real.
+const validated =
+  <A>(f: (sql: string) => A, check: (a: A) => boolean) =>
+  (sql: string): A => {
+    if (sql.trim() === "") throw new EmptyInput();
+    pgQuery.parseSync(sql);
+    const a = f(sql);
+    if (!check(a)) throw new Error("parser returned an unexpected result");
+    return a;
+  };
+
+let loaded: Promise<SqlParser> | undefined;
+
+/** Initialises the WASM module once; every later call returns the same parser. */
+export const loadSqlParser = (): Promise<SqlParser> => {
+  loaded ??= pgQuery.loadModule().then(() => {
+    const probe = pgQuery.parseSync("SELECT 1") as unknown as ParseTree;
+    const parser: SqlParser = {
+      parserVersion: { num: probe.version, text: versionText(probe.version) },
+      parse: (sql) => guarded(sql, parseStatements),
+      normalize: (sql) =>
+        guarded(
+          sql,
+          validated(pgQuery.normalizeSync, (s) => typeof s === "string"),
+        ),
+      fingerprint: (sql) =>
+        guarded(
+          sql,
+          validated(pgQuery.fingerprintSync, (s) => FINGERPRINT.test(s)),
+        ),
+    };
+    return parser;
+  });
+  return loaded;
+};
+
+/** The node type and its fields of a raw statement (`["VariableSetStmt", {...}]`). */
+export const nodeOf = (n: RawNode): readonly [string, Readonly<Record<string, unknown>>] => {
+  for (const k in n) return [k, (n[k] ?? {}) as Readonly<Record<string, unknown>>];
+  return ["", {}];
+};

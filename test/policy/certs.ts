@@ -1,0 +1,150 @@
+import { execFile } from "node:child_process";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import tls from "node:tls";
+import { promisify } from "node:util";
+
+/** Test certificates made with the openssl CLI, and the peer-certificate shape a real TLS server sees. */
+
+const run = promisify(execFile);
+
+export interface ClientCertSpec {
+  /** `-subj` argument, e.g. `/O=Acme/CN=alice`. */
+  readonly subject: string;
+  /** Lines of an openssl `[alt]` section (`DNS.1 = a`), or none. */
+  readonly san?: readonly string[];
+  /** Extra sections the SAN lines refer to (dirName). */
+  readonly extra?: string;
+}
+
+export interface CertFiles {
+  readonly dir: string;
+  readonly caCert: string;
+  readonly caKey: string;
+  readonly certs: Readonly<Record<string, { readonly cert: string; readonly key: string }>>;
+  readonly cleanup: () => Promise<void>;
+}
+
+const openssl = (dir: string, args: string[]) => run("openssl", args, { cwd: dir, timeout: 20_000 });
+const newKey = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+
+export const makeCerts = async (specs: Readonly<Record<string, ClientCertSpec>>): Promise<CertFiles> => {
+  const dir = await mkdtemp(join(tmpdir(), "pgwarden-policy-certs-"));
+  await openssl(dir, [
+    "req",
+    "-x509",
+    ...newKey,
+    "-keyout",
+    "ca.key",
+    "-out",
+    "ca.crt",
+    "-days",
+    "2",
+    "-subj",
+    "/CN=pgwarden test CA",
+  ]);
+  const certs: Record<string, { cert: string; key: string }> = {};
+  for (const [name, spec] of Object.entries(specs)) {
+    await openssl(dir, [
+      "req",
+      "-utf8",
+      ...newKey,
+      "-keyout",
+      `${name}.key`,
+      "-out",
+      `${name}.csr`,
+      "-subj",
+      spec.subject,
+    ]);
+    const ext = ["basicConstraints = CA:FALSE", "extendedKeyUsage = clientAuth"];
+    if (spec.san !== undefined) ext.push("subjectAltName = @alt", "[alt]", ...spec.san, spec.extra ?? "");
+    await writeFile(join(dir, `${name}.ext`), `${ext.join("\n")}\n`);
+    await openssl(dir, [
+      "x509",
+      "-req",
+      "-in",
+      `${name}.csr`,
+      "-CA",
+      "ca.crt",
+      "-CAkey",
+      "ca.key",
+      "-CAcreateserial",
+      "-out",
+      `${name}.crt`,
+      "-days",
+      "2",
+      "-extfile",
+      `${name}.ext`,
+    ]);
+    certs[name] = { cert: join(dir, `${name}.crt`), key: join(dir, `${name}.key`) };
+  }
+  return {
+    dir,
+    caCert: join(dir, "ca.crt"),
+    caKey: join(dir, "ca.key"),
+    certs,
+    cleanup: () => rm(dir, { recursive: true, force: true }),
+  };
+};
+
+export interface SeenPeer {
+  readonly authorized: boolean;
+  readonly peer: tls.PeerCertificate;
+}
+
+/**
+ * Presents each client certificate to a throwaway loopback TLS server that requests and verifies
+ * client certificates, and returns what `getPeerCertificate()` gave the server.
+ */
+export const peerCertificates = async (files: CertFiles): Promise<Record<string, SeenPeer>> => {
+  const ca = await readFile(files.caCert);
+  // The server's own certificate is a client one re-used: the clients here do not verify it.
+  const first = Object.values(files.certs)[0]!;
+  const seen: SeenPeer[] = [];
+  const server = tls.createServer({
+    cert: await readFile(first.cert),
+    key: await readFile(first.key),
+    ca,
+    requestCert: true,
+    rejectUnauthorized: true,
+  });
+  server.on("secureConnection", (s) => {
+    seen.push({ authorized: s.authorized, peer: s.getPeerCertificate() });
+    s.end();
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as { port: number };
+  const out: Record<string, SeenPeer> = {};
+  try {
+    for (const [name, f] of Object.entries(files.certs)) {
+      const before = seen.length;
+      const [cert, key] = await Promise.all([readFile(f.cert), readFile(f.key)]);
+      await new Promise<void>((resolve, reject) => {
+        const c = tls.connect({
+          host: "127.0.0.1",
+          port,
+          cert,
+          key,
+          rejectUnauthorized: false,
+        });
+        const timer = setTimeout(() => {
+          c.destroy();
+          reject(new Error(`TLS handshake for ${name} timed out`));
+        }, 10_000);
+        c.on("error", reject);
+        c.on("close", () => {
+          clearTimeout(timer);
+          resolve();
+        });
+        c.resume();
+      });
+      const got = seen[before];
+      if (got === undefined) throw new Error(`server saw no connection for ${name}`);
+      out[name] = got;
+    }
+  } finally {
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+  return out;
+};
