@@ -21,23 +21,20 @@ import {
   encodeError,
   encodeNegotiateProtocolVersion,
 } from "../protocol/backend.ts";
-import { frontendName, RequestCode } from "../protocol/messageTypes.ts";
+import { frontendName } from "../protocol/messageTypes.ts";
 import { clientAuthPolicy } from "../protocol/policies.ts";
-import {
-  dataAfterNegotiation,
-  decodeFirstPacket,
-  encodeV2Error,
-  type FirstPacket,
-  firstPacketLength,
-  isSilent,
-  repeatedNegotiation,
-  SSL_REFUSE,
-} from "../protocol/startup.ts";
+import { encodeV2Error, SSL_REFUSE } from "../protocol/startup.ts";
 import type { CancelRegistry } from "./CancelRegistry.ts";
 import { authenticateClient } from "./clientAuth.ts";
 import { clientEvents } from "./clientEvents.ts";
 import type { Deadlines } from "./Deadlines.ts";
 import type { EventSink } from "./EventSink.ts";
+import {
+  type CancelPacket,
+  FirstPacket,
+  type FirstPacketOutcome,
+  type StartupPacket,
+} from "./FirstPacket.ts";
 import { Link } from "./Link.ts";
 import { ServerConnection } from "./ServerConnection.ts";
 
@@ -76,8 +73,6 @@ export interface Admission {
   admitCancel(): boolean;
   releaseCancel(): void;
 }
-
-type Startup = Extract<FirstPacket, { kind: "Startup" }>;
 
 let serverCounter = 0;
 /** Server connections have ids of their own: in pooled modes one serves many clients. */
@@ -131,8 +126,8 @@ export class ClientConnection {
   readonly machine: ClientRunner;
   readonly socket: Socket;
   private readonly deps: ConnectionDeps;
-  private firstBuf: Buffer | undefined;
-  private startup: Startup | undefined;
+  private first: FirstPacket | undefined;
+  private startup: StartupPacket | undefined;
   private leftover: Buffer | undefined;
   private minor = 0;
   private stream: MessageStream | undefined;
@@ -180,7 +175,8 @@ export class ClientConnection {
     c.setKeepAlive(true);
     c.on("error", this.onSocketError);
     c.on("close", this.onClientClose);
-    c.on("data", this.onFirstData);
+    this.first = new FirstPacket(c, this);
+    this.first.start();
     this.machine.start(this);
     const log = this.deps.log;
     if (log.isLevelEnabled("info"))
@@ -286,7 +282,7 @@ export class ClientConnection {
 
   private stopReading(): void {
     const c = this.socket;
-    c.off("data", this.onFirstData);
+    this.first?.stop();
     this.stream?.abandon();
     this.link?.unlink();
     c.pause();
@@ -302,103 +298,42 @@ export class ClientConnection {
   }
 
   /** Ends the connection with `error` through `event` (whose transition sends the given error). */
-  private failWith(event: (typeof Events)[keyof typeof Events], error: PgwardenError): void {
+  failWith(event: (typeof Events)[keyof typeof Events], error: PgwardenError): void {
     this.finalError = error;
     this.machine.send(event);
   }
 
   // First packet -----------------------------------------------------------------------------------
 
-  /**
-   * Reads untagged first packets: encryption requests are answered and the next one read, until
-   * a startup packet or a cancel request. At most one packet (10,000 bytes) is buffered.
-   */
-  private readonly onFirstData = (chunk: Buffer): void => {
-    try {
-      this.readFirstPackets(chunk);
-    } catch (e) {
-      this.internalError(e);
+  /** The first-packet step ended: with the startup packet, or with a cancel request. */
+  firstPacketDone(outcome: FirstPacketOutcome): void {
+    this.first = undefined;
+    if (outcome.kind === "cancel") {
+      this.cancelPacket = outcome.cancel;
+      this.machine.send(Events.CancelRequest);
+      return;
     }
-  };
-
-  private readFirstPackets(chunk: Buffer): void {
-    this.firstBuf = this.firstBuf === undefined ? chunk : Buffer.concat([this.firstBuf, chunk]);
-    for (;;) {
-      const buf: Buffer | undefined = this.firstBuf;
-      if (buf === undefined) return;
-      const len = firstPacketLength(buf, this.machine.state === "startup.fresh");
-      if (len === "need-more") return;
-      if (len === "direct-tls") {
-        this.firstBuf = undefined;
-        this.socket.off("data", this.onFirstData);
-        this.deps.log.warn({ conn: this.id }, "direct TLS attempted but TLS is not configured; closing");
-        this.machine.send(Events.DirectTLS);
-        return;
-      }
-      if (isPgwardenError(len)) {
-        this.firstPacketError(len);
-        return;
-      }
-      if (buf.length < len) return;
-      const packet = decodeFirstPacket(buf.subarray(0, len));
-      const rest: Buffer = buf.subarray(len);
-      this.firstBuf = rest.length > 0 ? rest : undefined;
-      if (isPgwardenError(packet)) {
-        this.firstPacketError(packet);
-        return;
-      }
-      switch (packet.kind) {
-        case "SSLRequest":
-        case "GSSENCRequest": {
-          const event = packet.kind === "SSLRequest" ? Events.SSLRequest : Events.GSSENCRequest;
-          // A repeated request reads, to PostgreSQL, as a protocol version it lacks.
-          if (this.machine.peek(event).to === "violation")
-            this.finalError = repeatedNegotiation(
-              packet.kind === "SSLRequest" ? RequestCode.ssl : RequestCode.gssenc,
-            );
-          if (this.machine.send(event) === "violation") return;
-          // Bytes sent before the answer was read were sent in the clear: an injection, perhaps.
-          if (rest.length > 0) {
-            this.failWith(Events.ProtocolViolation, dataAfterNegotiation(packet.kind));
-            return;
-          }
-          continue;
-        }
-        case "DirectTLS":
-          continue;
-        case "CancelRequest":
-          this.socket.off("data", this.onFirstData);
-          this.firstBuf = undefined;
-          this.cancelPacket = packet;
-          this.machine.send(Events.CancelRequest);
-          return;
-        case "Startup":
-          this.socket.off("data", this.onFirstData);
-          this.socket.pause();
-          this.firstBuf = undefined;
-          this.startup = packet;
-          this.leftover = rest;
-          this.machine.send(Events.Startup);
-          return;
-      }
-    }
+    this.startup = outcome.startup;
+    this.leftover = outcome.leftover;
+    this.machine.send(Events.Startup);
   }
 
-  private cancelPacket: Extract<FirstPacket, { kind: "CancelRequest" }> | undefined;
-
-  private firstPacketError(e: PgwardenError): void {
-    this.firstBuf = undefined;
-    this.socket.off("data", this.onFirstData);
+  /** A first packet PostgreSQL drops without a word, or (protocol 2) answers in protocol 2's format. */
+  rejectFirstPacket(e: PgwardenError): void {
+    this.first = undefined;
     if (this.deps.log.isLevelEnabled("info"))
       this.deps.log.info({ conn: this.id, code: e.code, reason: e.message }, "invalid first packet");
-    if (isSilent(e)) this.machine.send(Events.StartupInvalid);
-    else if (e.code === "PGW_UNSUPPORTED_PROTOCOL_V2") {
-      // A protocol 2 client cannot read a v3 ErrorResponse: PostgreSQL answers in the v2 format.
+    if (e.code === "PGW_UNSUPPORTED_PROTOCOL_V2") {
+      // A protocol 2 client cannot read a v3 ErrorResponse.
       this.socket.write(encodeV2Error(e.message));
       this.errorSent = true;
       this.machine.send(Events.ProtocolViolation);
-    } else this.failWith(Events.ProtocolViolation, e);
+      return;
+    }
+    this.machine.send(Events.StartupInvalid);
   }
+
+  private cancelPacket: CancelPacket | undefined;
 
   private async forwardCancel(): Promise<void> {
     const p = this.cancelPacket!;
@@ -425,7 +360,7 @@ export class ClientConnection {
     void this.runAuthentication(startup).catch((e: unknown) => this.internalError(e));
   }
 
-  private async runAuthentication(startup: Startup): Promise<void> {
+  private async runAuthentication(startup: StartupPacket): Promise<void> {
     const params = startup.parameters;
     const log = this.deps.log;
     const user = params.get("user");
@@ -625,7 +560,7 @@ export class ClientConnection {
   }
 
   /** A failure in pgwarden's own code ends this connection, never the process. */
-  private internalError(e: unknown): void {
+  internalError(e: unknown): void {
     this.deps.log.error({ conn: this.id, err: e instanceof Error ? e.stack : String(e) }, "internal error");
     this.violation(pgwardenError("PGW_INTERNAL", SqlState.internalError, "internal error in pgwarden"));
   }

@@ -124,7 +124,7 @@ export const makeSyslogTlsSink = (options: SyslogTlsSinkOptions): AuditSink => {
     });
 
   const connection = async (): Promise<TLSSocket> => {
-    if (live !== undefined && live.writable && !live.destroyed) return live;
+    if (live?.writable && !live.destroyed) return live;
     opening ??= open().finally(() => {
       opening = undefined;
     });
