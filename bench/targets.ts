@@ -124,7 +124,8 @@ export async function startRelay(server: Postgres, options: ProxyOptions): Promi
   return { ok: true, target: childTarget(fields, child) };
 }
 
-export const PGWARDEN_ENTRY = path.join(REPO_ROOT, "src", "cli", "main.ts");
+// What `npm start` and the installed `pgwarden` run: the entry with the compile cache.
+export const PGWARDEN_ENTRY = path.join(REPO_ROOT, "bin", "pgwarden.js");
 
 /** The YAML pgwarden is started with; `pool` only when a pooled mode was asked for. */
 export function pgwardenConfig(

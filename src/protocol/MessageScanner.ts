@@ -6,6 +6,8 @@ import { type PgwardenError, pgwardenError, protocolError, SqlState } from "../e
  */
 export type Verdict = undefined | Uint8Array | PgwardenError;
 export const DROP: Uint8Array = new Uint8Array(0);
+/** What a handler receives for a type it judges without reading (see ScanPolicy.inspect). */
+export const NO_BODY: Buffer = Buffer.alloc(0);
 
 export type MessageHandler = (type: number, message: Buffer) => Verdict;
 
@@ -14,6 +16,11 @@ export interface ScanPolicy {
   readonly known: Uint8Array;
   /** Who sends this direction, for the error a stray type byte gets: "frontend" or "backend". */
   readonly sender: string;
+  /**
+   * Types whose bytes the handler reads (flag 1). The others reach it as NO_BODY, so judging a
+   * message by its type costs no view; absent, every handled type gets its bytes.
+   */
+  readonly inspect?: Uint8Array;
   /** Types flagged 1 stream through untouched and never reach the handler: the data path. */
   readonly streamed: Uint8Array;
   /** Largest allowed value of the length field for a type. */
@@ -156,7 +163,11 @@ export class MessageScanner {
         this.heldPos = n - pos;
         return undefined;
       }
-      const verdict = this.handler(type, chunk.subarray(pos, end));
+      const inspect = this.policy.inspect;
+      const verdict = this.handler(
+        type,
+        inspect === undefined || inspect[type] === 1 ? chunk.subarray(pos, end) : NO_BODY,
+      );
       if (verdict !== undefined) {
         if (pos > runStart) out.push(chunk.subarray(runStart, pos));
         // What came before a rejected message is still delivered: the peer may need it (an error, say).

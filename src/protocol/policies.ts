@@ -37,6 +37,8 @@ const clientMaxLength = (maxMessageBytes: number) => (type: number) =>
 export const clientSessionPolicy = (maxMessageBytes: number): ScanPolicy => ({
   known: clientSessionTypes,
   sender: "frontend",
+  // The relay judges client messages by their type alone; audit and policy will read Query and Parse.
+  inspect: typeSet(),
   streamed: typeSet(Frontend.CopyData),
   maxLength: clientMaxLength(maxMessageBytes),
 });

@@ -5,6 +5,7 @@ import {
   DROP,
   type MessageHandler,
   MessageScanner,
+  NO_BODY,
   type ScanPolicy,
   typeSet,
   type Verdict,
@@ -350,4 +351,22 @@ describe("MessageScanner length checks", () => {
       expect(concat(run.out)).toEqual(good);
     },
   );
+});
+
+describe("MessageScanner: inspect", () => {
+  it("hands uninspected types NO_BODY and inspected ones their bytes, forwarding both the same", () => {
+    const q = Buffer.concat([Buffer.from("Q"), Buffer.from([0, 0, 0, 9]), Buffer.from("SEL\0")]);
+    const s = Buffer.concat([Buffer.from("S"), Buffer.from([0, 0, 0, 4])]);
+    const seen: [number, Buffer][] = [];
+    const scanner = new MessageScanner({ ...policy(), inspect: typeSet(0x51) }, (type, msg) => {
+      seen.push([type, msg]);
+      return undefined;
+    });
+    const out: Uint8Array[] = [];
+    expect(scanner.scan(Buffer.concat([q, s]), out)).toBeUndefined();
+    expect(Buffer.concat(out)).toEqual(Buffer.concat([q, s]));
+    expect(seen[0]).toEqual([0x51, q]);
+    expect(seen[1]![0]).toBe(0x53);
+    expect(seen[1]![1]).toBe(NO_BODY);
+  });
 });
