@@ -355,7 +355,7 @@ describe("MessageScanner length checks", () => {
 
 describe("MessageScanner: inspect", () => {
   it("hands uninspected types NO_BODY and inspected ones their bytes, forwarding both the same", () => {
-    const q = Buffer.concat([Buffer.from("Q"), Buffer.from([0, 0, 0, 9]), Buffer.from("SEL\0")]);
+    const q = Buffer.concat([Buffer.from("Q"), Buffer.from([0, 0, 0, 8]), Buffer.from("SEL\0")]);
     const s = Buffer.concat([Buffer.from("S"), Buffer.from([0, 0, 0, 4])]);
     const seen: [number, Buffer][] = [];
     const scanner = new MessageScanner({ ...policy(), inspect: typeSet(0x51) }, (type, msg) => {
