@@ -9,6 +9,7 @@ import { createScramVerifier, parseScramVerifier, type ScramVerifier } from "../
 import { formatUsersFile } from "../../src/auth/usersFile.ts";
 import { isPgwardenError } from "../../src/errors.ts";
 import { encodeSASLInitialResponse, encodeSASLResponse } from "../../src/protocol/frontend.ts";
+import { defaultStartupParameters } from "../../src/runtime/config.ts";
 import { postgresInfo } from "./postgres.ts";
 import type { WireClient } from "./wire.ts";
 
@@ -352,16 +353,8 @@ export const fakeUpstream = async (
 
 // Configuration of the security boundary ---------------------------------------------------------
 
-/** The default startup parameter allowlist the configuration documents. */
-export const DEFAULT_STARTUP_PARAMETERS = [
-  "application_name",
-  "client_encoding",
-  "DateStyle",
-  "TimeZone",
-  "IntervalStyle",
-  "extra_float_digits",
-  "search_path",
-];
+/** The default startup parameter allowlist, as the configuration defines it. */
+export const DEFAULT_STARTUP_PARAMETERS = defaultStartupParameters;
 
 /**
  * Sections for startProxy: the default allowlist, options refused, anyone granted any database as
