@@ -323,13 +323,8 @@ export class ClientConnection {
     this.first = undefined;
     if (this.deps.log.isLevelEnabled("info"))
       this.deps.log.info({ conn: this.id, code: e.code, reason: e.message }, "invalid first packet");
-    if (e.code === "PGW_UNSUPPORTED_PROTOCOL_V2") {
-      // A protocol 2 client cannot read a v3 ErrorResponse.
-      this.socket.write(encodeV2Error(e.message));
-      this.errorSent = true;
-      this.machine.send(Events.ProtocolViolation);
-      return;
-    }
+    // A protocol 2 client cannot read a v3 ErrorResponse: it gets protocol 2's, then the close.
+    if (e.code === "PGW_UNSUPPORTED_PROTOCOL_V2") this.socket.write(encodeV2Error(e.message));
     this.machine.send(Events.StartupInvalid);
   }
 
