@@ -374,7 +374,7 @@ export class ClientConnection {
     this.database = database;
     log.info({ conn: this.id, user, database, application: params.get("application_name") }, "startup");
 
-    // The startup boundary, before any credential is read: what may go upstream, and where.
+    // The startup boundary, before any credential is read: what may go upstream.
     const filtered = filterStartupParameters(this.deps.startup, params);
     if (isPgwardenError(filtered)) {
       log.warn({ conn: this.id, user, reason: filtered.message }, "startup refused");
@@ -382,17 +382,6 @@ export class ClientConnection {
     }
     if (filtered.dropped.length > 0)
       log.info({ conn: this.id, dropped: filtered.dropped }, "startup parameters not forwarded");
-    const destination = resolveGrant(this.deps.grants, user, database);
-    if (isPgwardenError(destination)) {
-      log.warn({ conn: this.id, user, database, reason: destination.message }, "access denied");
-      return this.failWith(Events.ClientAuthFailed, destination);
-    }
-    this.destination = destination;
-    this.upstreamParameters = new Map([
-      ["user", destination.role],
-      ["database", destination.database],
-      ...filtered.parameters,
-    ]);
 
     // pgwarden speaks 3.0 and 3.2 to clients and supports no `_pq_` protocol options yet.
     const options = [...params.keys()].filter((k) => k.startsWith("_pq_."));
@@ -446,6 +435,19 @@ export class ClientConnection {
       case "ok":
         if (method !== "trust") log.info({ conn: this.id, user }, "client authenticated");
     }
+    // Grants are decided once the identity is proven: before that, an answer that depends on them
+    // would tell an unauthenticated client which identities have access to what.
+    const destination = resolveGrant(this.deps.grants, user, database);
+    if (isPgwardenError(destination)) {
+      log.warn({ conn: this.id, user, database, reason: destination.message }, "access denied");
+      return this.failWith(Events.ClientAuthFailed, destination);
+    }
+    this.destination = destination;
+    this.upstreamParameters = new Map([
+      ["user", destination.role],
+      ["database", destination.database],
+      ...filtered.parameters,
+    ]);
     const pending = stream.handOff();
     this.stream = undefined;
     if (isPgwardenError(pending)) return this.violation(pending);

@@ -63,6 +63,33 @@ describe("client authentication: SCRAM-SHA-256 against the users file", () => {
     expect(e.message).toBe('password authentication failed for user "nobody"');
   });
 
+  it("decides grants only after the identity is proven: before that, nothing about them shows", async () => {
+    const granted = await startProxy(
+      {
+        auth: { method: "scram-sha-256" },
+        access: { grants: [{ identity: "postgres", databases: ["postgres"] }] },
+      },
+      new Map([["postgres", verifier(clientPassword)]]),
+    );
+    try {
+      const ask = (user: string, password: string, database: string) =>
+        errorOf(new pg.Client({ ...granted.connection(user), password, database }).connect());
+      // A wrong password looks the same whether or not the database is granted, and so does an unknown user.
+      for (const [user, database] of [
+        ["postgres", "postgres"],
+        ["postgres", "template1"],
+        ["nobody", "template1"],
+      ] as const) {
+        const e = await ask(user, "wrong", database);
+        expect([e.code, e.message]).toEqual(["28P01", `password authentication failed for user "${user}"`]);
+      }
+      // Once authenticated, an ungranted database is 28000.
+      expect((await ask("postgres", clientPassword, "template1")).code).toBe("28000");
+    } finally {
+      await granted.close();
+    }
+  });
+
   it("never writes a password to the log", () => {
     const text = JSON.stringify(proxy.logs);
     expect(text).not.toContain(clientPassword);
