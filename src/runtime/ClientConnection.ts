@@ -192,6 +192,8 @@ export class ClientConnection {
   destroy(): void {
     this.socket.destroy();
     this.server?.destroy();
+    // The endings that follow may arm the linger again; settling clears it for good.
+    this.deps.deadlines.clear(this, "login");
   }
 
   // Actions ----------------------------------------------------------------------------------------
