@@ -32,12 +32,15 @@ export const stateKey = (value: unknown): string => {
 interface Step<A> {
   readonly to: Node<A>;
   readonly actions: readonly A[];
+  /** Nothing changes and nothing is done: most relayed messages in a busy state. */
+  readonly idle: boolean;
 }
 
 interface Node<A> {
   readonly key: string;
   readonly snapshot: SnapshotFrom<AnyStateMachine>;
   readonly final: boolean;
+  readonly violation: boolean;
   readonly next: Map<object, Step<A>>;
 }
 
@@ -78,7 +81,13 @@ export class MachineGraph<E extends object, A> {
     const key = stateKey(snapshot.value);
     let node = this.nodes.get(key);
     if (node === undefined) {
-      node = { key, snapshot, final: snapshot.status === "done", next: new Map() };
+      node = {
+        key,
+        snapshot,
+        final: snapshot.status === "done",
+        violation: key === "violation",
+        next: new Map(),
+      };
       this.nodes.set(key, node);
     }
     return node;
@@ -88,7 +97,9 @@ export class MachineGraph<E extends object, A> {
     let s = from.next.get(event);
     if (s === undefined) {
       const [snapshot, actions] = transition(this.machine, from.snapshot, event as never);
-      s = { to: this.nodeFor(snapshot), actions: plainActions<A>(actions) };
+      const to = this.nodeFor(snapshot);
+      const acts = plainActions<A>(actions);
+      s = { to, actions: acts, idle: to === from && acts.length === 0 };
       from.next.set(event, s);
     }
     return s;
@@ -161,7 +172,8 @@ export class MachineRunner<E extends object = ConnectionEvent, A = ClientAction>
       this.enqueue(event);
       return this.node.key;
     }
-    this.run(event, this.graph.step(this.node, event));
+    const step = this.graph.step(this.node, event);
+    if (!step.idle) this.run(event, step);
     return this.node.key;
   }
 
@@ -175,7 +187,8 @@ export class MachineRunner<E extends object = ConnectionEvent, A = ClientAction>
       return true;
     }
     const step = this.graph.step(this.node, event);
-    if (step.to.key === "violation") return false;
+    if (step.idle) return true;
+    if (step.to.violation) return false;
     this.run(event, step);
     return true;
   }
@@ -186,6 +199,11 @@ export class MachineRunner<E extends object = ConnectionEvent, A = ClientAction>
   }
 
   private run(event: E, step: Step<A>): void {
+    // A change of state without actions cannot re-enter: no bookkeeping needed.
+    if (step.actions.length === 0) {
+      this.apply(event, step);
+      return;
+    }
     this.running = true;
     try {
       this.apply(event, step);
