@@ -15,6 +15,7 @@ import { Events } from "../machines/events.ts";
 import { type ClientRunner, MachineRunner, type TransitionListener } from "../machines/MachineRunner.ts";
 import { type Destination, type GrantPolicy, resolveGrant } from "../policy/grants.ts";
 import { filterStartupParameters, type StartupPolicy } from "../policy/startupParameters.ts";
+import { poolKey, type ServerPool } from "../pool/ServerPool.ts";
 import {
   encodeAuthentication,
   encodeBackendKeyData,
@@ -56,6 +57,8 @@ export interface ConnectionDeps {
   /** Keys the mock SCRAM exchange for unknown users, so they look like wrong passwords. */
   readonly mockSecret: Buffer;
   readonly cancels: CancelRegistry;
+  /** Server connections kept for reuse once their client leaves. */
+  readonly pool: ServerPool;
   /** Client and cancel slots, taken once the first packet says which the connection is. */
   readonly admission: Admission;
   readonly deadlines: Deadlines;
@@ -166,7 +169,8 @@ export class ClientConnection {
   }
 
   get bytesFromServer(): number {
-    return this.server?.socket?.bytesRead ?? 0;
+    const s = this.server?.socket;
+    return s === undefined ? this.serverBytes : s.bytesRead - this.serverBytesBefore;
   }
 
   start(): void {
@@ -239,11 +243,32 @@ export class ClientConnection {
         });
         return;
       case "closeServer":
-        this.link?.unlink();
-        this.server?.close();
+        this.releaseServer();
         return;
     }
   }
+
+  /**
+   * This client is done with its server leg: the pool keeps the connection if it is clean, and
+   * closes it otherwise. From here on the connection is not this client's to destroy.
+   */
+  private releaseServer(): void {
+    this.link?.unlink();
+    this.link = undefined;
+    const server = this.server;
+    if (server === undefined) return;
+    const socket = server.socket;
+    if (socket === undefined || !this.deps.pool.give(server)) {
+      // Not wanted again: closed, and this connection waits for it to close like its own leg.
+      server.close();
+      return;
+    }
+    this.server = undefined;
+    this.serverBytes = socket.bytesRead - this.serverBytesBefore;
+  }
+
+  private serverBytesBefore = 0;
+  private serverBytes = 0;
 
   private arm(phase: DeadlinePhase): void {
     const ms = phase === "login" ? this.deps.auth.timeoutMs : this.deps.limits.lingerMs;
@@ -465,6 +490,26 @@ export class ClientConnection {
   // Server half --------------------------------------------------------------------------------------
 
   private async connectServer(): Promise<void> {
+    const parameters = this.upstreamParameters!;
+    this.upstreamParameters = undefined;
+    const key = poolKey(parameters);
+    const pooled = this.deps.pool.take(key);
+    if (pooled !== undefined) {
+      // A clean connection for the same database, role and settings, reset since its last client.
+      this.server = pooled;
+      pooled.whenLost(this);
+      this.serverBytesBefore = pooled.socket!.bytesRead;
+      this.serverReady = {
+        socket: pooled.socket!,
+        key: pooled.key!,
+        startupMessages: pooled.startupMessages,
+        ready: pooled.ready!,
+        pending: [],
+      };
+      this.deps.log.info({ conn: this.id, server: pooled.id }, "server connection reused");
+      this.machine.send(Events.UpstreamReady);
+      return;
+    }
     const server = new ServerConnection(nextServerId(), {
       target: this.deps.target,
       credentials: this.deps.credentials,
@@ -472,10 +517,9 @@ export class ClientConnection {
       sendCancel: this.deps.sendCancel,
       onTransition: this.deps.onTransition,
     });
+    server.poolKey = key;
     this.server = server;
     server.whenLost(this);
-    const parameters = this.upstreamParameters!;
-    this.upstreamParameters = undefined;
     const outcome = await server.login(parameters).catch(
       (e: unknown) =>
         ({

@@ -5,8 +5,8 @@ import { type ConnectionEvent, Events, ReadyForQuery } from "../machines/events.
 import type { ClientRunner } from "../machines/MachineRunner.ts";
 import { ServerEvents } from "../machines/serverEvents.ts";
 import { Owed } from "../pool/OwedResponses.ts";
-import { MessageScanner } from "../protocol/MessageScanner.ts";
-import { Backend, frontendName } from "../protocol/messageTypes.ts";
+import { DROP, MessageScanner, type Verdict } from "../protocol/MessageScanner.ts";
+import { Backend, Frontend, frontendName } from "../protocol/messageTypes.ts";
 import { clientSessionPolicy, serverSessionPolicy } from "../protocol/policies.ts";
 import { clientEvents, isExtended, isSyncPoint } from "./clientEvents.ts";
 import type { ServerConnection } from "./ServerConnection.ts";
@@ -113,13 +113,15 @@ export class Link {
   /** Messages that arrived during a handover go through the same checks as the stream. */
   private replay(
     messages: readonly Buffer[],
-    handler: (type: number, msg: Buffer) => PgwardenError | undefined,
+    handler: (type: number, msg: Buffer) => Verdict,
     out: Uint8Array[],
   ): boolean {
     for (const m of messages) {
       const v = handler(m[0]!, m);
       if (v === undefined) out.push(m);
-      else {
+      else if (v instanceof Uint8Array) {
+        if (v.length > 0) out.push(v);
+      } else {
         this.client.violation(v);
         return false;
       }
@@ -181,7 +183,7 @@ export class Link {
   };
 
   /** Each client control message: the machine decides whether it is legal here. */
-  private readonly onClientMessage = (type: number, _msg: Buffer): PgwardenError | undefined => {
+  private readonly onClientMessage = (type: number, _msg: Buffer): Verdict => {
     const m = this.client.machine;
     const from = m.state;
     const copyIn = from === "busy.copy.in" || from === "busy.copy.both";
@@ -191,6 +193,8 @@ export class Link {
         `unexpected message type ${frontendName(type)} (0x${type.toString(16)}) in state ${from}`,
       );
     }
+    // The client's Terminate ends its session, not the server connection: the pool decides that.
+    if (type === Frontend.Terminate) return DROP;
     // PostgreSQL ignores Flush and Sync during COPY IN: they owe nothing and leave nothing pending.
     if (copyIn) return undefined;
     const owed = this.server.owed;

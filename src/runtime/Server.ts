@@ -11,6 +11,7 @@ import { connectUpstream, sendCancel, UpstreamCredentials } from "../adapters/up
 import { SCRAM_DEFAULT_ITERATIONS, type ScramVerifier } from "../auth/scramVerifier.ts";
 import { type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
 import type { TransitionListener } from "../machines/MachineRunner.ts";
+import { ServerPool } from "../pool/ServerPool.ts";
 import { encodeError } from "../protocol/backend.ts";
 import { CancelRegistry } from "./CancelRegistry.ts";
 import { type Admission, ClientConnection, type ConnectionDeps } from "./ClientConnection.ts";
@@ -40,6 +41,8 @@ export interface RunningServer {
   /** Live client connections by connection id. */
   readonly sessions: ReadonlyMap<string, ClientConnection>;
   readonly cancels: CancelRegistry;
+  /** Server connections kept for reuse. */
+  readonly pool: ServerPool;
   /** Stops accepting, lets sessions finish within the drain timeout, then ends them with 57P01. */
   drain(): Promise<void>;
   /** Ends every session now (57P01) and stops. */
@@ -188,6 +191,7 @@ interface Listening {
   server: NetServer;
   sessions: Map<string, ClientConnection>;
   cancels: CancelRegistry;
+  pool: ServerPool;
 }
 
 /**
@@ -211,6 +215,12 @@ const program = (
     const sessions = new Map<string, ClientConnection>();
     const limits = config.limits;
     const slots = admission(limits.maxClientConnections, limits.maxCancelConnections);
+    const pool = new ServerPool({
+      resetQuery: config.pool.resetQuery,
+      maxIdlePerKey: config.pool.maxIdlePerKey,
+    });
+    // Pooled connections end with the program, however it ends.
+    yield* Effect.addFinalizer(() => Effect.sync(() => pool.closeAll()));
     const { host, port, connectTimeoutMs } = config.upstream;
     const deps: ConnectionDeps = {
       auth: config.auth,
@@ -230,6 +240,7 @@ const program = (
       mockIterations: perUsers(users, commonIterations),
       mockSecret: mockSecretFor(config),
       cancels,
+      pool,
       admission: slots,
       deadlines: new Deadlines((e) => forkTimer(e)),
       events,
@@ -263,7 +274,7 @@ const program = (
       conn.start();
       run(id, superviseConnection(conn, limits.lingerMs));
     });
-    onListening({ server, sessions, cancels });
+    onListening({ server, sessions, cancels, pool });
     log.info({ address: server.address() }, "listening");
 
     const first = yield* Effect.raceFirst(
@@ -311,7 +322,7 @@ export const startServer = async (options: ServerOptions): Promise<RunningServer
       } else resolve({ ok: true });
     });
   });
-  const { server, sessions } = await listening;
+  const { server, sessions, pool } = await listening;
   const addr = server.address();
   if (addr === null || typeof addr === "string") throw new Error("listener has no TCP address");
   return {
@@ -319,6 +330,7 @@ export const startServer = async (options: ServerOptions): Promise<RunningServer
     port: addr.port,
     sessions,
     cancels,
+    pool,
     stopped,
     drain: async () => {
       Deferred.doneUnsafe(drain, Effect.void);

@@ -8,11 +8,20 @@ import type {
 } from "../adapters/upstream.ts";
 import { isPgwardenError, type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
 import type { ServerAction } from "../machines/actions.ts";
+import { ReadyForQuery } from "../machines/events.ts";
 import { type ServerRunner, serverRunner, type TransitionListener } from "../machines/MachineRunner.ts";
 import { ServerEvents } from "../machines/serverEvents.ts";
-import { OwedResponses } from "../pool/OwedResponses.ts";
+import { Owed, OwedResponses } from "../pool/OwedResponses.ts";
 import type { BackendKeyData } from "../protocol/backend.ts";
-import { encodeTerminate } from "../protocol/frontend.ts";
+import { encodeQuery, encodeTerminate } from "../protocol/frontend.ts";
+import { DROP, MessageScanner } from "../protocol/MessageScanner.ts";
+import { Backend } from "../protocol/messageTypes.ts";
+import { serverSessionPolicy } from "../protocol/policies.ts";
+
+/** Who is told when the server leg is gone: the linked client, or the pool holding it. */
+export interface ServerLossListener {
+  onServerLost(server: ServerConnection): void;
+}
 
 export interface ServerConnectionDeps {
   readonly target: UpstreamTarget;
@@ -46,7 +55,12 @@ export class ServerConnection {
   /** Settles when the socket has closed (or when no socket was ever opened). */
   readonly closed: Promise<void>;
   private resolveClosed!: () => void;
-  private onLost: { onServerLost(): void } | undefined;
+  private onLost: ServerLossListener | undefined;
+  /** What the login answered, kept for the next client a pool hands this connection to. */
+  startupMessages: readonly Buffer[] = [];
+  ready: Buffer | undefined;
+  /** The pool this connection belongs to: (database, role, startup settings). */
+  poolKey: string | undefined;
 
   constructor(id: string, deps: ServerConnectionDeps) {
     this.id = id;
@@ -110,6 +124,8 @@ export class ServerConnection {
       };
     }
     this.abort = undefined;
+    this.startupMessages = result.startupMessages;
+    this.ready = result.ready;
     this.machine.send(ServerEvents.LoggedIn);
     return { kind: "ready", upstream: result };
   }
@@ -118,11 +134,11 @@ export class ServerConnection {
   private lost(): void {
     this.machine.send(ServerEvents.Lost);
     this.resolveClosed();
-    this.onLost?.onServerLost();
+    this.onLost?.onServerLost(this);
   }
 
   /** The one listener told when the server leg is gone (the link, in session mode). */
-  whenLost(listener: { onServerLost(): void } | undefined): void {
+  whenLost(listener: ServerLossListener | undefined): void {
     this.onLost = listener;
   }
 
@@ -131,6 +147,51 @@ export class ServerConnection {
     if (this.machine.done) return;
     if (this.socket === undefined) this.abort?.abort();
     this.machine.send(ServerEvents.Close);
+  }
+
+  /**
+   * Whether a pool may keep this connection for another client: logged in, its socket open,
+   * nothing owed and the last ReadyForQuery `I` — the server machine's `idle`.
+   */
+  get reusable(): boolean {
+    return this.machine.state === "idle" && this.owed.settled && this.socket?.destroyed === false;
+  }
+
+  /**
+   * Runs pgwarden's own reset query while no client is linked, swallowing its results; resolves
+   * true once the connection is idle again (ReadyForQuery `I`), false if it is not reusable.
+   */
+  reset(sql: string): Promise<boolean> {
+    const socket = this.socket;
+    if (socket === undefined || !this.reusable) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      const done = (ok: boolean) => {
+        socket.off("data", onData);
+        socket.off("close", onClose);
+        resolve(ok);
+      };
+      const scanner = new MessageScanner(serverSessionPolicy(1_048_576), (type, msg) => {
+        if (type !== Backend.ReadyForQuery) return DROP;
+        this.owed.shift();
+        const status = msg[5] === 0x49 ? "I" : msg[5] === 0x54 ? "T" : "E";
+        this.machine.send(ReadyForQuery[status][this.owed.size > 0 ? 1 : 0]);
+        done(this.machine.state === "idle");
+        return DROP;
+      });
+      const sink: Uint8Array[] = [];
+      const onData = (chunk: Buffer) => {
+        const err = scanner.scan(chunk, sink);
+        sink.length = 0;
+        if (err !== undefined) done(false);
+      };
+      const onClose = () => done(false);
+      socket.on("data", onData);
+      socket.on("close", onClose);
+      this.owed.push(Owed.skip);
+      this.machine.send(ServerEvents.Reset);
+      socket.resume();
+      socket.write(encodeQuery(sql));
+    });
   }
 
   /** Destroys the socket at once: the end of a linger. */

@@ -90,6 +90,15 @@ export const AccessConfig = Schema.Struct({
   grants: withDefault(Schema.Array(Grant), []),
 });
 
+export const PoolConfig = Schema.Struct({
+  /** Session mode: a client keeps one server connection for its life; it is reused once the client leaves. */
+  mode: withDefault(Schema.Literals(["session"]), "session"),
+  /** Run on a server connection before another client gets it. */
+  resetQuery: withDefault(Schema.String, "DISCARD ALL"),
+  /** Idle server connections kept per pool; 0 turns reuse off. */
+  maxIdlePerKey: withDefault(Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)), 20),
+});
+
 export const ShutdownConfig = Schema.Struct({
   drainTimeoutMs: withDefault(Millis, 30_000),
 });
@@ -105,6 +114,7 @@ export const PgwardenConfig = Schema.Struct({
   access: withDefault(AccessConfig, {}),
   auth: withDefault(AuthConfig, {}),
   limits: withDefault(LimitsConfig, {}),
+  pool: withDefault(PoolConfig, {}),
   shutdown: withDefault(ShutdownConfig, {}),
   log: withDefault(LogConfig, {}),
 });

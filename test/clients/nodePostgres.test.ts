@@ -322,7 +322,7 @@ describe("node-postgres through pgwarden", () => {
     expect(session.machine.state).toBe("ready.idle");
   });
 
-  it("Terminate closes the backend and removes the session", async () => {
+  it("Terminate ends the session; its clean backend is reset and kept for the next client", async () => {
     const app = uniqueApp("terminate");
     const c = await client({ application_name: app });
     const pid = await backendPid(c);
@@ -330,9 +330,16 @@ describe("node-postgres through pgwarden", () => {
     expect(session).toBeDefined();
     expect(await activeBackends("application_name", app)).toBe(1);
     await c.end();
+    // The client's Terminate is not PostgreSQL's business: the pool keeps the backend, after DISCARD ALL.
     await waitFor(
-      "the backend to leave pg_stat_activity",
-      async () => (await activeBackends("pid", pid)) === 0,
+      "the backend to be reset and idle in the pool",
+      async () =>
+        (
+          await admin.query<{ n: number }>(
+            "SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1 AND state = 'idle' AND query = 'DISCARD ALL'",
+            [pid],
+          )
+        ).rows[0]!.n === 1,
       2000,
     );
     await waitFor("the session to be removed", () => !proxy.server.sessions.has(session.id), 2000);

@@ -1037,7 +1037,11 @@ beforeAll(async () => {
   } finally {
     await c.end();
   }
-  proxy = await startProxy({ auth: { method: "trust", timeoutMs: LOGIN_TIMEOUT_MS } });
+  // One server connection per session, as the model draws it: no reuse between paths.
+  proxy = await startProxy({
+    auth: { method: "trust", timeoutMs: LOGIN_TIMEOUT_MS },
+    pool: { maxIdlePerKey: 0 },
+  });
 });
 
 afterAll(async () => {

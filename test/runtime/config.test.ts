@@ -38,6 +38,7 @@ describe("configuration", () => {
         maxBufferedBytesPerConnection: 1048576,
         lingerMs: 500,
       },
+      pool: { mode: "session", resetQuery: "DISCARD ALL", maxIdlePerKey: 20 },
       shutdown: { drainTimeoutMs: 30000 },
       log: { level: "info" },
     });
