@@ -96,7 +96,7 @@ export const startAuditedProxy = async (
     }),
     close: async () => {
       await server.stop();
-      const err = await running.stop(10_000);
+      const err = await running.stop(config.audit!.drainTimeoutMs);
       if (err !== undefined) throw new Error(err.message);
     },
   };
