@@ -44,6 +44,10 @@ export async function prepareAudit(
     instance: "bench",
     statements: "full",
     onFailure: "block",
+    // Room for the worker's backlog during a measured run, so pgbench measures the proxy's side
+    // rather than refusals; what is left drains at shutdown.
+    queueMax: 1_000_000,
+    drainTimeoutMs: 300_000,
     hmacKeyFile: keys.hmacKeyFile,
     signing: { pemFile: keys.signingKeyFile },
   };

@@ -83,6 +83,8 @@ export interface PipelineStatus {
 export interface AuditPipeline {
   /** What the proxy emits into (the `Events` service). */
   readonly sink: EventSink;
+  /** Events stamped elsewhere (another thread's emit), with their times in epoch milliseconds. */
+  ingest(events: readonly ProxyEvent[], times: ArrayLike<number>): void;
   status(): PipelineStatus;
   /**
    * Drains the queue into the segments, seals the open segment (reason shutdown), lets every
@@ -149,8 +151,8 @@ export const makeAuditPipeline = (
     let closing = false;
     let busy = false;
 
-    const push = (item: Item): void => {
-      if (ring.push(item, clock())) hasWork.openUnsafe();
+    const push = (item: Item, at = clock()): void => {
+      if (ring.push(item, at)) hasWork.openUnsafe();
       else dropped++;
     };
     const record = (event: Omit<AuditEvent, "ts">) => push({ kind: "audit", event });
@@ -359,5 +361,10 @@ export const makeAuditPipeline = (
         );
       });
 
-    return { sink, status, close } satisfies AuditPipeline;
+    const ingest = (events: readonly ProxyEvent[], times: ArrayLike<number>) => {
+      if (closing) return;
+      for (let i = 0; i < events.length; i++) push(events[i]!, times[i]!);
+    };
+
+    return { sink, ingest, status, close } satisfies AuditPipeline;
   });

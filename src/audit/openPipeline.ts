@@ -8,12 +8,18 @@ import { makeJetStreamSink } from "../adapters/audit/JetStreamSink.ts";
 import { makeSyslogTlsSink } from "../adapters/audit/SyslogTlsSink.ts";
 import type { SinkQueueConfig } from "../adapters/audit/sinkConfig.ts";
 import { jetStreamSinkOptions, syslogSinkOptions } from "../adapters/audit/sinkConfig.ts";
+import type { EventSink } from "../runtime/EventSink.ts";
 import { loadSqlParser } from "../sql/parser.ts";
 import { type AuditConfig, instanceIdFrom, newBootId } from "./AuditConfig.ts";
 import { type AuditError, auditError, isAuditError } from "./AuditError.ts";
 import { signingSourceError } from "./AuditIntegrityConfig.ts";
 import { type HmacKey, loadHmacKey } from "./HmacKey.ts";
-import { type AuditPipeline, makeAuditPipeline, type RemoteSinkSpec } from "./Pipeline.ts";
+import {
+  type AuditPipeline,
+  makeAuditPipeline,
+  type PipelineStatus,
+  type RemoteSinkSpec,
+} from "./Pipeline.ts";
 import { openPkcs11Signer } from "./Pkcs11Signer.ts";
 import { loadPemSigner, type Signer } from "./Signer.ts";
 
@@ -140,16 +146,22 @@ export const ensureEmbeddedAuditKeys = async (dir: string): Promise<EmbeddedAudi
   return keys;
 };
 
+/** What the proxy and the CLI hold of a running pipeline, in this thread or another. */
+export interface AuditHandle {
+  readonly sink: EventSink;
+  status(): PipelineStatus;
+}
+
 /** A pipeline outside Effect, for the CLI and tests: started once, stopped once. */
 export interface RunningAudit {
-  readonly pipeline: AuditPipeline;
+  readonly pipeline: AuditHandle;
   /** Drains, seals and releases everything (see AuditPipeline.close). */
   stop(timeoutMs: number): Promise<AuditError | undefined>;
 }
 
 export const startAudit = async (
   open: Effect.Effect<AuditPipeline, AuditError, Scope.Scope>,
-): Promise<RunningAudit | AuditError> => {
+): Promise<(RunningAudit & { readonly pipeline: AuditPipeline }) | AuditError> => {
   const scope = await Effect.runPromise(Scope.make());
   const exit = await Effect.runPromiseExit(Scope.provide(scope)(open));
   if (Exit.isFailure(exit)) {

@@ -81,5 +81,16 @@ export const makeEpochMsClock = (
   };
 };
 
-/** RFC 3339 µs stamp of fractional epoch milliseconds. */
-export const formatEpochMs = (ms: number): string => formatMicros(BigInt(Math.round(ms * 1000)));
+let cachedSecond = Number.NaN;
+let cachedPrefix = "";
+/** RFC 3339 µs stamp of fractional epoch milliseconds; the date part is formatted once per second. */
+export const formatEpochMs = (ms: number): string => {
+  const micros = Math.round(ms * 1000);
+  const second = Math.floor(micros / 1_000_000);
+  if (second !== cachedSecond) {
+    const full = formatMicros(BigInt(second) * 1_000_000n);
+    cachedSecond = second;
+    cachedPrefix = full.slice(0, -7);
+  }
+  return `${cachedPrefix}${pad(micros - second * 1_000_000, 6)}Z`;
+};

@@ -151,9 +151,10 @@ const serveWith = async (
     log.warn(banner);
     process.stderr.write(`\n  WARNING: ${banner}\n\n`);
   } else {
-    const { openAuditPipeline, startAudit } = await import("../audit/openPipeline.ts");
+    // The pipeline runs on its own thread: chaining, hashing and fsync stay off the relay's loop.
+    const { startAuditWorker } = await import("../audit/AuditWorker.ts");
     const { isAuditError } = await import("../audit/AuditError.ts");
-    const started = await startAudit(openAuditPipeline(config.audit, log, packageVersion()));
+    const started = await startAuditWorker(config.audit, log, packageVersion());
     if (isAuditError(started)) {
       await embedded?.stop();
       return fail(`audit: ${started.message}`, 1);

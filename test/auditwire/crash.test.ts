@@ -69,7 +69,11 @@ describe("audit trail across kill -9", () => {
     children.push(second.child);
     await eventually("the listening line again", () => second.out.stdout.includes("listening"), 20_000);
     second.child.kill("SIGTERM");
-    expect(await second.exited).toBe(0);
+    const code = await second.exited;
+    expect({ code, signal: second.child.signalCode }, second.out.stderr.slice(-2000)).toEqual({
+      code: 0,
+      signal: null,
+    });
     const after = await readRecords(dir);
     expectAllValid(after);
     expect(after.map((r) => r.seq)).toEqual(after.map((_, i) => i + 1));

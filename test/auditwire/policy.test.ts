@@ -34,7 +34,7 @@ const deadSyslog = async () => ({
 describe("statement text per audit.statements", () => {
   it("normalized replaces literals with the real parser; fingerprint keeps only the fingerprint", async () => {
     for (const mode of ["normalized", "fingerprint", "none"] as const) {
-      const proxy = await startAuditedProxy({ statements: mode });
+      const proxy = await startAuditedProxy({ statements: mode }, undefined, "inline");
       const c = new pg.Client(proxy.connection());
       await c.connect();
       await c.query("SELECT 'hunter2-literal' AS a, 4242 AS b");

@@ -7,6 +7,7 @@ import { Schema } from "effect";
 import { AuditConfig } from "../../src/audit/AuditConfig.ts";
 import { isAuditError } from "../../src/audit/AuditError.ts";
 import { validateRecord } from "../../src/audit/AuditEvent.ts";
+import { startAuditWorker } from "../../src/audit/AuditWorker.ts";
 import { openAuditPipeline, type RunningAudit, startAudit } from "../../src/audit/openPipeline.ts";
 import { deriveScramVerifier, type ScramVerifier } from "../../src/auth/scramVerifier.ts";
 import { isPgwardenError } from "../../src/errors.ts";
@@ -48,6 +49,8 @@ export interface AuditedProxy {
 export const startAuditedProxy = async (
   audit: Record<string, unknown> = {},
   grants: unknown[] = [{ identity: "*", databases: ["*"] }],
+  /** `worker`: the pipeline on its own thread, as `pgwarden serve` runs it; `inline`: in this one. */
+  thread: "worker" | "inline" = "worker",
 ): Promise<AuditedProxy> => {
   const pg = postgresInfo();
   const keys = await makeKeys("wire");
@@ -77,7 +80,10 @@ export const startAuditedProxy = async (
     },
   });
   const log = createLogger(config.log.level, sink);
-  const running = await startAudit(openAuditPipeline(config.audit!, log, "test"));
+  const running =
+    thread === "worker"
+      ? await startAuditWorker(config.audit!, log, "test")
+      : await startAudit(openAuditPipeline(config.audit!, log, "test"));
   if (isAuditError(running)) throw new Error(running.message);
   const server = await startServer({ config, log, users: () => users, events: running.pipeline.sink });
   return {
