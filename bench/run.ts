@@ -8,6 +8,15 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { availableParallelism, userInfo } from "node:os";
 import path from "node:path";
 import { type BenchOptions, parseBenchArgs, USAGE } from "./args.ts";
+import {
+  type AuditTarget,
+  formatAudit,
+  isAuditTarget,
+  measureVerifier,
+  type PreparedAudit,
+  prepareAudit,
+  type VerifierResult,
+} from "./audit.ts";
 import { formatMemory, MAX_UNPOOLED_IDLE_CLIENTS, type MemoryResult, measureIdle } from "./memory.ts";
 import { pgbouncerVersion, startPgbouncer } from "./pgbouncer.ts";
 import { initPgbench, type Postgres, startPostgres } from "./postgres.ts";
@@ -60,6 +69,28 @@ function toolVersion(command: string): string | undefined {
   }
 }
 
+/** Audit variants started in this run, by target: their log is verified after the pgbench part. */
+const audits = new Map<AuditTarget, PreparedAudit>();
+
+async function startAuditedPgwarden(
+  name: AuditTarget,
+  server: Postgres,
+  workDir: string,
+  proxy: ProxyOptions,
+): Promise<Started> {
+  const prepared = await prepareAudit(workDir, name);
+  if ("reason" in prepared) return { ok: false, reason: prepared.reason };
+  const started = await startPgwarden(server, workDir, proxy, undefined, { name, config: prepared.config });
+  if (!started.ok) {
+    await prepared.stop();
+    return started;
+  }
+  audits.set(name, prepared);
+  const t = started.target;
+  // The collectors stop after pgwarden has drained into them.
+  return { ok: true, target: { ...t, stop: () => t.stop().finally(() => prepared.stop()) } };
+}
+
 function startTarget(
   name: TargetName,
   server: Postgres,
@@ -67,6 +98,9 @@ function startTarget(
   proxy: ProxyOptions,
 ): Promise<Started> {
   switch (name) {
+    case "pgwarden-audit":
+    case "pgwarden-audit-sinks":
+      return startAuditedPgwarden(name, server, workDir, proxy);
     case "direct":
       return Promise.resolve({ ok: true, target: directTarget(server) });
     case "relay":
@@ -133,7 +167,17 @@ async function runThroughputPart(
       return [{ target: t.name, totalKiB: rss.total, anonKiB: rss.anon }];
     });
     const measurements = await runThroughput(options, running, isInterrupted);
-    return { startRss, measurements };
+    for (const target of running) await target.stop().catch(() => {});
+    running.length = 0;
+    const verifier: VerifierResult[] = [];
+    for (const [name, prepared] of audits) {
+      const v = await measureVerifier(name, prepared);
+      log(
+        `verifier over ${name}'s log: ${v.records} records ${v.status}, ${Math.round(v.recordsPerSec)} records/s`,
+      );
+      verifier.push(v);
+    }
+    return { startRss, measurements, verifier };
   } finally {
     for (const target of running) await target.stop().catch(() => {});
   }
@@ -141,7 +185,8 @@ async function runThroughputPart(
 
 async function runMemoryPart(options: BenchOptions, server: Postgres, rootDir: string, proxy: ProxyOptions) {
   const results: MemoryResult[] = [];
-  const names = options.only.filter((n) => n !== "direct");
+  // Idle memory is measured without audit: the audit variants are for throughput.
+  const names = options.only.filter((n) => n !== "direct" && !isAuditTarget(n));
   for (const count of options.idleClients) {
     for (const name of names) {
       if (interrupted) throw new Error("interrupted");
@@ -257,6 +302,7 @@ async function main(): Promise<number> {
         cpuRatios: ratiosFor(measurements, m, "cpuUsPerTx"),
       })),
       summary,
+      audit: throughput?.verifier,
       memory,
     };
     writeLast("last.json", document);
@@ -279,7 +325,7 @@ function formatText(
   server: Postgres,
   cpus: number,
   skipped: Partial<Record<TargetName, string>>,
-  throughput: { startRss: StartRss[]; measurements: Measurement[] } | undefined,
+  throughput: { startRss: StartRss[]; measurements: Measurement[]; verifier: VerifierResult[] } | undefined,
   memory: MemoryResult[] | undefined,
 ): string {
   const out: string[] = [];
@@ -296,6 +342,7 @@ function formatText(
       ...(notes.length ? [notes.join("\n")] : []),
       formatSummary(summarize(measurements), measurements),
       formatStartRss(startRss),
+      formatAudit(measurements, throughput.verifier),
     );
   }
   if (memory) out.push(`memory per idle client (fresh process per row)\n${formatMemory(memory)}`);

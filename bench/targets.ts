@@ -10,12 +10,21 @@ import type { Postgres } from "./postgres.ts";
 import { type Certificate, type ClientTls, TLS_SUPPORTED } from "./tls.ts";
 import { type Child, freePort, spawnChild, stopChild, waitForPort } from "./util.ts";
 
-export const TARGET_NAMES = ["direct", "pgwarden", "relay", "pgbouncer"] as const;
+export const TARGET_NAMES = [
+  "direct",
+  "pgwarden",
+  "pgwarden-audit",
+  "pgwarden-audit-sinks",
+  "relay",
+  "pgbouncer",
+] as const;
 export type TargetName = (typeof TARGET_NAMES)[number];
 
 export const TARGET_LABELS: Record<TargetName, string> = {
   direct: "direct",
   pgwarden: "pgwarden",
+  "pgwarden-audit": "pgwarden+audit",
+  "pgwarden-audit-sinks": "pgwarden+audit+sinks",
   relay: "bare relay",
   pgbouncer: "PgBouncer",
 };
@@ -132,6 +141,7 @@ export function pgwardenConfig(
   server: Postgres,
   port: number,
   options: ProxyOptions,
+  audit?: Record<string, unknown>,
 ): Record<string, unknown> {
   return {
     listen: { host: "127.0.0.1", port },
@@ -141,6 +151,7 @@ export function pgwardenConfig(
     limits: { maxClientConnections: options.maxClients },
     log: { level: "warn" },
     ...(options.pool ? { pool: { mode: options.pool.mode, size: options.pool.size } } : {}),
+    ...(audit === undefined ? {} : { audit }),
   };
 }
 
@@ -149,19 +160,20 @@ export async function startPgwarden(
   workDir: string,
   options: ProxyOptions,
   entry = PGWARDEN_ENTRY,
+  audit?: { readonly name: TargetName; readonly config: Record<string, unknown> },
 ): Promise<Started> {
   if (!existsSync(entry)) return { ok: false, reason: `pgwarden not built yet (${entry} does not exist)` };
   if (options.tls) return { ok: false, reason: PGWARDEN_TLS_REASON };
   const port = await freePort();
   const configFile = path.join(workDir, `pgwarden-${port}.yaml`);
-  writeFileSync(configFile, stringify(pgwardenConfig(server, port, options)), { mode: 0o600 });
+  writeFileSync(configFile, stringify(pgwardenConfig(server, port, options, audit?.config)), { mode: 0o600 });
   const child = spawnChild(process.execPath, [...options.nodeFlags, entry, "serve", "--config", configFile], {
     cwd: REPO_ROOT,
   });
-  const problem = await whenReady("pgwarden", child, port);
+  const problem = await whenReady(audit?.name ?? "pgwarden", child, port);
   if (problem) return { ok: false, reason: problem };
   const fields = {
-    name: "pgwarden",
+    name: audit?.name ?? "pgwarden",
     port,
     user: server.user,
     password: undefined,

@@ -9,6 +9,8 @@ export const SqlState = {
   invalidAuthorization: "28000",
   invalidPassword: "28P01",
   tooManyConnections: "53300",
+  /** Class 53: the statement did not run for want of a resource (the audit trail) and may be retried. */
+  auditUnavailable: "53000",
   adminShutdown: "57P01",
   idleSessionTimeout: "57P05",
   cannotConnectNow: "57P03",
@@ -42,6 +44,7 @@ export type ErrorCode =
   | "PGW_IDLE_TIMEOUT"
   | "PGW_SESSION_LIFETIME"
   | "PGW_CONFIG"
+  | "PGW_AUDIT_UNAVAILABLE"
   | "PGW_TLS_CONFIG"
   | "PGW_TLS_HANDSHAKE"
   | "PGW_TLS_TIMEOUT"

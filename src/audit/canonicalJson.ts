@@ -9,52 +9,56 @@ export class CanonicalJsonError extends Error {
   override readonly name = "CanonicalJsonError";
 }
 
-const write = (value: unknown, out: string[]): void => {
+/** Record field names repeat endlessly: each is quoted once. */
+const quotedKeys = new Map<string, string>();
+const quoteKey = (k: string): string => {
+  let q = quotedKeys.get(k);
+  if (q === undefined) {
+    q = JSON.stringify(k);
+    if (quotedKeys.size < 4096) quotedKeys.set(k, q);
+  }
+  return q;
+};
+
+// Built by string concatenation (V8 ropes): several times cheaper than pushing parts and joining,
+// and the writer encodes every record with it.
+const write = (value: unknown): string => {
   switch (typeof value) {
     case "string":
-      out.push(JSON.stringify(value));
-      return;
+      return JSON.stringify(value);
     case "number":
       // NaN and Infinity would silently become null and change meaning.
       if (!Number.isFinite(value)) throw new CanonicalJsonError(`non-finite number ${value}`);
-      out.push(JSON.stringify(value));
-      return;
+      return JSON.stringify(value);
     case "boolean":
-      out.push(value ? "true" : "false");
-      return;
+      return value ? "true" : "false";
     case "object": {
-      if (value === null) {
-        out.push("null");
-        return;
-      }
+      if (value === null) return "null";
       if (Array.isArray(value)) {
-        out.push("[");
+        let out = "[";
         for (let i = 0; i < value.length; i++) {
-          if (i > 0) out.push(",");
+          if (i > 0) out += ",";
           const v: unknown = value[i];
-          write(v === undefined ? null : v, out);
+          out += write(v === undefined ? null : v);
         }
-        out.push("]");
-        return;
+        return `${out}]`;
       }
       const proto = Object.getPrototypeOf(value) as unknown;
       if (proto !== Object.prototype && proto !== null) {
         throw new CanonicalJsonError(`not a plain object: ${(value as object).constructor?.name ?? "?"}`);
       }
       const keys = Object.keys(value).sort();
-      out.push("{");
+      let out = "{";
       let first = true;
       for (const k of keys) {
         const v = (value as Record<string, unknown>)[k];
         // Absent and undefined mean the same, as in JSON.stringify.
         if (v === undefined) continue;
-        if (!first) out.push(",");
+        if (!first) out += ",";
         first = false;
-        out.push(JSON.stringify(k), ":");
-        write(v, out);
+        out += `${quoteKey(k)}:${write(v)}`;
       }
-      out.push("}");
-      return;
+      return `${out}}`;
     }
     default:
       throw new CanonicalJsonError(`cannot encode a ${typeof value}`);
@@ -62,8 +66,4 @@ const write = (value: unknown, out: string[]): void => {
 };
 
 /** The canonical text of a JSON-compatible value. */
-export const canonicalJson = (value: unknown): string => {
-  const out: string[] = [];
-  write(value, out);
-  return out.join("");
-};
+export const canonicalJson = (value: unknown): string => write(value);

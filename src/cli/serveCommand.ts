@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { EmbeddedInstance } from "../adapters/embeddedPostgres.ts";
@@ -61,6 +62,7 @@ export const runServe = async (flags: ServeFlags): Promise<number> => {
 
   let embedded: EmbeddedInstance | undefined;
   let clientLogin: { user: string; password: string; database: string } | undefined;
+  let auditKeys: { hmacKeyFile: string; publicKeyFile: string } | undefined;
   if (configPath === undefined || configPath === "") {
     // Embedded mode: a private PostgreSQL, its own generated secrets, SCRAM for clients, and an
     // application role that is no superuser and owns its database.
@@ -94,6 +96,17 @@ export const runServe = async (flags: ServeFlags): Promise<number> => {
       grants: [{ identity: app.role, databases: [app.database], role: app.role }],
     };
     if (flags["users-file"] === undefined) setPath(layered, "auth.usersFile", usersFile);
+    if ((layered as { audit?: unknown }).audit === undefined) {
+      // The embedded default audits into its data directory, with keys made on first run.
+      const { ensureEmbeddedAuditKeys } = await import("../audit/openPipeline.ts");
+      const keys = await ensureEmbeddedAuditKeys(join(home, "audit-keys"));
+      auditKeys = keys;
+      (layered as { audit?: unknown }).audit = {
+        dir: join(home, "audit"),
+        hmacKeyFile: keys.hmacKeyFile,
+        signing: { pemFile: keys.signingKeyFile },
+      };
+    }
   }
 
   const config = decodeConfig(layered);
@@ -101,13 +114,18 @@ export const runServe = async (flags: ServeFlags): Promise<number> => {
     await embedded?.stop();
     return fail(config.message);
   }
-  return serveWith(config, embedded, clientLogin);
+  return serveWith(config, embedded, clientLogin, auditKeys);
 };
+
+const packageVersion = (): string =>
+  (JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string })
+    .version;
 
 const serveWith = async (
   config: PgwardenConfig,
   embedded: EmbeddedInstance | undefined,
   clientLogin: { user: string; password: string; database: string } | undefined,
+  auditKeys: { hmacKeyFile: string; publicKeyFile: string } | undefined,
 ): Promise<number> => {
   const log = createLogger(config.log.level);
   let users: ReadonlyMap<string, ScramVerifier> = new Map();
@@ -127,10 +145,39 @@ const serveWith = async (
     users = loaded;
   }
 
+  let audit: import("../audit/openPipeline.ts").RunningAudit | undefined;
+  if (config.audit === undefined) {
+    const banner = "audit is off: no audit section in the configuration. Nothing will be recorded.";
+    log.warn(banner);
+    process.stderr.write(`\n  WARNING: ${banner}\n\n`);
+  } else {
+    // The pipeline runs on its own thread: chaining, hashing and fsync stay off the relay's loop.
+    const { startAuditWorker } = await import("../audit/AuditWorker.ts");
+    const { isAuditError } = await import("../audit/AuditError.ts");
+    const started = await startAuditWorker(config.audit, log, packageVersion());
+    if (isAuditError(started)) {
+      await embedded?.stop();
+      return fail(`audit: ${started.message}`, 1);
+    }
+    audit = started;
+    const verify =
+      auditKeys === undefined
+        ? `pgwarden audit verify ${config.audit.dir} --key HMACKEYFILE --pubkey PUBLICKEY`
+        : `pgwarden audit verify ${config.audit.dir} --key ${auditKeys.hmacKeyFile} --pubkey ${auditKeys.publicKeyFile}`;
+    log.info({ dir: config.audit.dir, onFailure: config.audit.onFailure }, "audit trail on");
+    process.stderr.write(`pgwarden: audit trail in ${config.audit.dir}\n  verify with: ${verify}\n`);
+  }
+
   let server: Awaited<ReturnType<typeof startServer>>;
   try {
-    server = await startServer({ config, log, users: () => users });
+    server = await startServer({
+      config,
+      log,
+      users: () => users,
+      ...(audit === undefined ? {} : { events: audit.pipeline.sink }),
+    });
   } catch (e) {
+    await audit?.stop(0);
     await embedded?.stop();
     return fail((e as Error).message, 1);
   }
@@ -176,6 +223,13 @@ const serveWith = async (
   });
 
   const result = await server.stopped;
+  if (audit !== undefined && config.audit !== undefined) {
+    // Sessions are over: drain every queue, seal the open segment, let the sinks catch up.
+    const err = await audit.stop(config.audit.drainTimeoutMs);
+    if (err !== undefined)
+      log.error({ code: err.code, reason: err.message }, "audit trail not closed cleanly");
+    else log.info({ status: audit.pipeline.status() }, "audit trail sealed");
+  }
   if (embedded !== undefined) {
     await embedded.stop().catch(() => {});
     process.stderr.write("pgwarden: embedded PostgreSQL stopped\n");

@@ -43,6 +43,12 @@ export const clientSessionPolicy = (maxMessageBytes: number): ScanPolicy => ({
   maxLength: clientMaxLength(maxMessageBytes),
 });
 
+/** Audit on: the statement requests' bytes reach the handler, everything else is still judged by type. */
+export const auditedClientSessionPolicy = (maxMessageBytes: number): ScanPolicy => ({
+  ...clientSessionPolicy(maxMessageBytes),
+  inspect: typeSet(Frontend.Query, Frontend.Parse, Frontend.Bind, Frontend.Execute, Frontend.FunctionCall),
+});
+
 /** Client stream during authentication: everything is held so nothing slips through unchecked. */
 export const clientAuthPolicy = (maxMessageBytes: number): ScanPolicy => ({
   known: clientAuthTypes,
@@ -84,3 +90,17 @@ export const serverStartupPolicy: ScanPolicy = {
   streamed: typeSet(),
   maxLength: () => 1_048_576,
 };
+
+const auditedServerStreamedTypes = typeSet(
+  ...Object.values(Backend).filter(
+    (t) => t !== Backend.CommandComplete && !(serverHandledTypes as number[]).includes(t),
+  ),
+);
+
+/** Audit on: CommandComplete is held too, for the command tag and row count of each statement. */
+export const auditedServerSessionPolicy = (maxMessageBytes: number): ScanPolicy => ({
+  known: serverTypes,
+  sender: "backend",
+  streamed: auditedServerStreamedTypes,
+  maxLength: (type) => (auditedServerStreamedTypes[type] === 1 ? 0x7fffffff : maxMessageBytes),
+});

@@ -182,6 +182,12 @@ export class ClientConnection {
     this.first = new FirstPacket(c, this);
     this.first.start();
     this.machine.start(this);
+    this.deps.events.emit({
+      kind: "connectionAccepted",
+      conn: this.id,
+      remote: `${c.remoteAddress}:${c.remotePort}`,
+      local: `${c.localAddress}:${c.localPort}`,
+    });
     const log = this.deps.log;
     if (log.isLevelEnabled("info"))
       log.info({ conn: this.id, remote: `${c.remoteAddress}:${c.remotePort}` }, "client connected");
@@ -429,6 +435,7 @@ export class ClientConnection {
     this.stream = stream;
     this.socket.resume();
     const method = this.deps.auth.method;
+    this.deps.events.emit({ kind: "authAttempt", conn: this.id, method, user });
     const outcome = await authenticateClient(stream, {
       method,
       user,
@@ -454,17 +461,36 @@ export class ClientConnection {
       case "violation":
         return this.violation(outcome.error);
       case "failed":
+        this.deps.events.emit({
+          kind: "authFailure",
+          conn: this.id,
+          method,
+          user,
+          reason: outcome.reason ?? outcome.error.message,
+          sqlstate: outcome.error.sqlstate,
+        });
         log.warn(
           { conn: this.id, user, reason: outcome.reason ?? outcome.error.message },
           "client authentication failed",
         );
         return this.failWith(Events.ClientAuthFailed, outcome.error);
       case "ok":
+        this.deps.events.emit({ kind: "authSuccess", conn: this.id, method, user });
         if (method !== "trust") log.info({ conn: this.id, user }, "client authenticated");
     }
     // Grants are decided once the identity is proven: before that, an answer that depends on them
     // would tell an unauthenticated client which identities have access to what.
     const destination = resolveGrant(this.deps.grants, user, database);
+    const grantIndex = this.deps.grants.grants.findIndex((g) => g.identity === user || g.identity === "*");
+    this.deps.events.emit({
+      kind: "accessDecision",
+      conn: this.id,
+      decision: isPgwardenError(destination) ? "deny" : "allow",
+      rule: grantIndex < 0 ? "access.grants: none matches" : `access.grants[${grantIndex}]`,
+      database,
+      role: isPgwardenError(destination) ? undefined : destination.role,
+      reason: isPgwardenError(destination) ? destination.message : undefined,
+    });
     if (isPgwardenError(destination)) {
       log.warn({ conn: this.id, user, database, reason: destination.message }, "access denied");
       return this.failWith(Events.ClientAuthFailed, destination);
@@ -564,6 +590,7 @@ export class ClientConnection {
     const link = new Link(this, this.server!, {
       maxMessageBytes: this.deps.limits.maxMessageBytes,
       maxBuffered: this.deps.limits.maxBufferedBytesPerConnection,
+      events: this.deps.events,
     });
     this.link = link;
     this.deps.log.info({ conn: this.id, pid: upstream.key.processId }, "session ready");
@@ -627,7 +654,16 @@ export class ClientConnection {
       bytesFromClient: this.bytesFromClient,
       bytesFromServer: this.bytesFromServer,
     };
-    this.deps.events.emit({ kind: "connectionClosed", ...summary, user: this.user, database: this.database });
+    this.deps.events.emit({
+      kind: "connectionClosed",
+      ...summary,
+      bytesToClient: this.socket.bytesWritten,
+      bytesToServer: this.server?.socket?.bytesWritten ?? 0,
+      reason: this.finalError?.code ?? "closed",
+      ...(this.finalError === undefined ? {} : { sqlstate: this.finalError.sqlstate }),
+      user: this.user,
+      database: this.database,
+    });
     this.deps.log.info(summary, "client disconnected");
     this.resolveClosed();
   }

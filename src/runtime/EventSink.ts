@@ -1,5 +1,23 @@
 import type { Transition } from "../machines/MachineRunner.ts";
 
+/** A statement as the relay saw it: the request's bytes decoded, the server's answer attached. */
+export interface StatementObservation {
+  readonly kind: "statement";
+  readonly conn: string;
+  readonly message: "Query" | "Parse" | "Bind" | "Execute" | "FunctionCall" | "Copy";
+  /** Raw SQL text (Query, Parse); the pipeline reduces it per `audit.statements`, off the data path. */
+  readonly sql?: string;
+  readonly statementName?: string;
+  readonly portal?: string;
+  readonly paramCount?: number;
+  readonly paramFormats?: readonly ("text" | "binary")[];
+  readonly commandTag?: string;
+  readonly rows?: number;
+  readonly durationMs: number;
+  readonly outcome: "ok" | "error" | "cancelled";
+  readonly sqlstate?: string;
+}
+
 /**
  * What the proxy decides and observes, as values: the audit pipeline subscribes here. Emitting
  * must never block or throw into the connection; a sink queues and returns.
@@ -7,18 +25,57 @@ import type { Transition } from "../machines/MachineRunner.ts";
 export type ProxyEvent =
   | ({ readonly kind: "transition" } & Transition)
   | {
+      readonly kind: "connectionAccepted";
+      readonly conn: string;
+      readonly remote: string;
+      readonly local: string;
+    }
+  | { readonly kind: "connectionRefused"; readonly remote: string; readonly reason: string }
+  | { readonly kind: "authAttempt"; readonly conn: string; readonly method: string; readonly user: string }
+  | { readonly kind: "authSuccess"; readonly conn: string; readonly method: string; readonly user: string }
+  | {
+      readonly kind: "authFailure";
+      readonly conn: string;
+      readonly method: string;
+      readonly user: string | undefined;
+      /** Words safe to record: never a password, proof or verifier. */
+      readonly reason: string;
+      readonly sqlstate: string | undefined;
+    }
+  | {
+      readonly kind: "accessDecision";
+      readonly conn: string;
+      readonly decision: "allow" | "deny";
+      readonly rule: string;
+      readonly database: string;
+      readonly role: string | undefined;
+      readonly reason: string | undefined;
+    }
+  | StatementObservation
+  | {
       readonly kind: "connectionClosed";
       readonly conn: string;
       readonly ms: number;
       readonly bytesFromClient: number;
       readonly bytesFromServer: number;
+      readonly bytesToClient?: number;
+      readonly bytesToServer?: number;
+      readonly reason?: string;
+      readonly sqlstate?: string;
       readonly user: string | undefined;
       readonly database: string | undefined;
     };
 
 export interface EventSink {
   emit(event: ProxyEvent): void;
+  /** Present when the sink wants statement events: the relay then reads statement bytes. */
+  readonly statements?: boolean;
+  /**
+   * Why new statements and connections must be refused right now (audit.onFailure: block and a
+   * required destination cannot take records), or undefined while they may proceed.
+   */
+  blocked?(): string | undefined;
 }
 
-/** The sink until the audit pipeline lands: events go nowhere, at no cost. */
+/** The sink when audit is off: events go nowhere, at no cost. */
 export const discardEvents: EventSink = { emit: () => {} };

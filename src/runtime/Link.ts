@@ -1,18 +1,27 @@
 import type { Socket } from "node:net";
 import { batchWrite } from "../adapters/batchWrite.ts";
+import { StatementTracker } from "../audit/StatementTracker.ts";
 import { type PgwardenError, pgwardenError, protocolError, SqlState } from "../errors.ts";
 import { type ConnectionEvent, Events, ReadyForQuery } from "../machines/events.ts";
 import type { ClientRunner } from "../machines/MachineRunner.ts";
 import { ServerEvents } from "../machines/serverEvents.ts";
 import { Owed } from "../pool/OwedResponses.ts";
+import { encodeError } from "../protocol/backend.ts";
 import { DROP, MessageScanner, type Verdict } from "../protocol/MessageScanner.ts";
 import { Backend, Frontend, frontendName } from "../protocol/messageTypes.ts";
-import { clientSessionPolicy, serverSessionPolicy } from "../protocol/policies.ts";
+import {
+  auditedClientSessionPolicy,
+  auditedServerSessionPolicy,
+  clientSessionPolicy,
+  serverSessionPolicy,
+} from "../protocol/policies.ts";
 import { clientEvents, isExtended, isSyncPoint } from "./clientEvents.ts";
+import type { EventSink } from "./EventSink.ts";
 import type { ServerConnection } from "./ServerConnection.ts";
 
 /** What the client half gives a link: its socket, its machine, and where to report an ending. */
 export interface ClientSide {
+  readonly id: string;
   readonly socket: Socket;
   readonly machine: ClientRunner;
   /** A violation on either leg: the client half sends 08P01 and both legs close. */
@@ -20,6 +29,7 @@ export interface ClientSide {
 }
 
 const STATUS: Record<number, "I" | "T" | "E"> = { 73: "I", 84: "T", 69: "E" };
+const READY_IDLE = Buffer.from([Backend.ReadyForQuery, 0, 0, 0, 5, 73]);
 
 const internalFailure = (e: unknown): PgwardenError =>
   pgwardenError("PGW_INTERNAL", SqlState.internalError, "internal error in pgwarden", String(e));
@@ -65,16 +75,33 @@ export class Link {
   private readonly toClient: Uint8Array[] = [];
   private readonly bufferLimit: number;
   private linked = true;
+  /** Present only while audit records statements: audit off keeps the relay as lean as it was. */
+  private readonly statements: StatementTracker | undefined;
+  private readonly events: EventSink | undefined;
 
   constructor(
     client: ClientSide,
     server: ServerConnection,
-    limits: { maxMessageBytes: number; maxBuffered: number },
+    limits: { maxMessageBytes: number; maxBuffered: number; events?: EventSink },
   ) {
     this.client = client;
     this.server = server;
     this.serverSocket = server.socket!;
     this.bufferLimit = limits.maxBuffered;
+    const events = limits.events;
+    if (events?.statements === true) {
+      this.events = events;
+      this.statements = new StatementTracker(client.id, events);
+      this.clientScanner = new MessageScanner(
+        auditedClientSessionPolicy(limits.maxMessageBytes),
+        this.onClientMessageAudited,
+      );
+      this.serverScanner = new MessageScanner(
+        auditedServerSessionPolicy(limits.maxMessageBytes),
+        this.onServerMessageAudited,
+      );
+      return;
+    }
     this.clientScanner = new MessageScanner(
       clientSessionPolicy(limits.maxMessageBytes),
       this.onClientMessage,
@@ -181,6 +208,50 @@ export class Link {
       );
     }
   };
+
+  /** Audit on: a new statement is refused while the audit trail cannot take records; others are recorded. */
+  private readonly onClientMessageAudited = (type: number, msg: Buffer): Verdict => {
+    if (type === Frontend.Query || type === Frontend.Parse || type === Frontend.FunctionCall) {
+      const blocked = this.events!.blocked?.();
+      if (blocked !== undefined) return this.refuseStatement(type, msg, blocked);
+    }
+    const v = this.onClientMessage(type, msg);
+    if (v === undefined) this.statements!.client(type, msg);
+    return v;
+  };
+
+  private readonly onServerMessageAudited = (type: number, msg: Buffer): Verdict => {
+    // Seen before the machines move: a ReadyForQuery closes the group its statements belong to.
+    this.statements!.server(type, msg);
+    return type === Backend.CommandComplete ? undefined : this.onServerMessage(type, msg);
+  };
+
+  /**
+   * AU-5 block: the statement does not reach PostgreSQL. Outside a transaction, with nothing
+   * owed, a Query or FunctionCall gets ERROR + ReadyForQuery as PostgreSQL would answer a failed
+   * statement; anywhere else the session ends with the same SQLSTATE as FATAL, so PostgreSQL
+   * rolls back whatever the client believed it could still commit.
+   */
+  private refuseStatement(type: number, msg: Buffer, why: string): Verdict {
+    const error = pgwardenError(
+      "PGW_AUDIT_UNAVAILABLE",
+      SqlState.auditUnavailable,
+      "statement refused: the audit trail cannot record it",
+      why,
+    );
+    this.statements!.refused(type, msg, error.sqlstate);
+    const m = this.client.machine;
+    const owed = this.server.owed;
+    if (type === Frontend.Parse || m.state !== "ready.idle" || owed.size > 0 || owed.unsynced) return error;
+    if (!m.sendUnlessViolation(clientEvents[type]!)) return error;
+    m.sendUnlessViolation(ReadyForQuery.I[0]);
+    this.toClient.push(
+      encodeError({ severity: "ERROR", code: error.sqlstate, message: error.message, detail: why }),
+      READY_IDLE,
+    );
+    this.flushToClient();
+    return DROP;
+  }
 
   /** Each client control message: the machine decides whether it is legal here. */
   private readonly onClientMessage = (type: number, _msg: Buffer): Verdict => {

@@ -267,6 +267,23 @@ const program = (
         );
         return;
       }
+      const auditBlocked = events.blocked?.();
+      if (auditBlocked !== undefined) {
+        // AU-5 block: nobody new gets in while the audit trail cannot record what they do.
+        const remote = `${socket.remoteAddress}:${socket.remotePort}`;
+        log.warn({ remote, reason: auditBlocked }, "connection refused: audit trail unavailable");
+        events.emit({ kind: "connectionRefused", remote, reason: auditBlocked });
+        socket.on("error", () => socket.destroy());
+        setTimeout(() => socket.destroy(), limits.lingerMs).unref();
+        socket.end(
+          encodeError({
+            severity: "FATAL",
+            code: SqlState.auditUnavailable,
+            message: "connection refused: the audit trail cannot record sessions now",
+          }),
+        );
+        return;
+      }
       const id = nextId();
       const conn = new ClientConnection(id, socket, deps);
       sessions.set(id, conn);

@@ -1,6 +1,7 @@
 // Effect by module, not the package index: the index loads every module (≈ 13 MB of start memory).
 import * as Effect from "effect/Effect";
 import * as Schema from "effect/Schema";
+import { AuditConfig } from "../audit/AuditConfig.ts";
 import { type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
 
 /**
@@ -117,6 +118,8 @@ export const PgwardenConfig = Schema.Struct({
   pool: withDefault(PoolConfig, {}),
   shutdown: withDefault(ShutdownConfig, {}),
   log: withDefault(LogConfig, {}),
+  /** The audit trail; absent in a config file means audit off (serve warns). Embedded mode sets it. */
+  audit: Schema.optionalKey(AuditConfig),
 });
 export type PgwardenConfig = typeof PgwardenConfig.Type;
 
@@ -131,6 +134,40 @@ export const configReference = (): Record<string, unknown> => {
   };
   walk("", defaults);
   for (const k of ["upstream.user", "upstream.password"]) out[k] = undefined;
+  // The audit section has required keys, so its defaults come from a minimal example.
+  const audit = Schema.decodeUnknownSync(AuditConfig)({
+    dir: "-",
+    hmacKeyFile: "-",
+    signing: {},
+    sinks: {
+      syslog: { host: "-", ca: "-", cert: "-", key: "-" },
+      jetstream: { servers: ["-"] },
+    },
+  });
+  walk("audit", audit);
+  for (const k of [
+    "audit.dir",
+    "audit.hmacKeyFile",
+    "audit.instance",
+    "audit.signing.pemFile",
+    "audit.signing.pkcs11.module",
+    "audit.signing.pkcs11.tokenLabel",
+    "audit.signing.pkcs11.slot",
+    "audit.signing.pkcs11.pinFile",
+    "audit.signing.pkcs11.pinEnv",
+    "audit.signing.pkcs11.keyLabel",
+    "audit.sinks.syslog.host",
+    "audit.sinks.syslog.ca",
+    "audit.sinks.syslog.cert",
+    "audit.sinks.syslog.key",
+    "audit.sinks.syslog.servername",
+    "audit.sinks.jetstream.servers",
+    "audit.sinks.jetstream.credentials",
+    "audit.sinks.jetstream.tls.ca",
+    "audit.sinks.jetstream.tls.cert",
+    "audit.sinks.jetstream.tls.key",
+  ])
+    out[k] = undefined;
   return out;
 };
 

@@ -1,0 +1,129 @@
+import { Worker } from "node:worker_threads";
+import type { Logger } from "pino";
+import type { EventSink, ProxyEvent } from "../runtime/EventSink.ts";
+import type { AuditConfig } from "./AuditConfig.ts";
+import { type AuditError, auditError } from "./AuditError.ts";
+import type { AuditHandle, RunningAudit } from "./openPipeline.ts";
+import type { PipelineStatus } from "./Pipeline.ts";
+import { makeEpochMsClock } from "./timestamp.ts";
+
+/**
+ * The audit pipeline on its own thread. The proxy's emit stamps the event and appends it to
+ * this tick's batch (synchronous, O(1)); one postMessage per tick hands the batch over. Events
+ * the worker has not taken yet are bounded by `audit.queueMax`: beyond it they are dropped and
+ * counted, and under `block` statements and connections are refused. The worker reports its
+ * status (and so whether to block) every 25 ms.
+ */
+type FromWorker =
+  | { t: "ready" }
+  | { t: "failed"; error: AuditError }
+  | { t: "status"; status: PipelineStatus; ingested: number }
+  | { t: "log"; level: "info" | "warn" | "error"; obj: unknown; msg?: string }
+  | { t: "closed"; error: AuditError | undefined };
+
+const starting: PipelineStatus = {
+  durableSeq: 0,
+  queued: 0,
+  dropped: 0,
+  local: { healthy: true },
+  sinks: [],
+  blocked: undefined,
+};
+
+export const startAuditWorker = (
+  config: AuditConfig,
+  log: Pick<Logger, "info" | "warn" | "error">,
+  version: string,
+): Promise<RunningAudit | AuditError> =>
+  new Promise((resolve) => {
+    const worker = new Worker(new URL("./pipelineThread.ts", import.meta.url), {
+      workerData: { config, version },
+    });
+    const clock = makeEpochMsClock();
+    let status = starting;
+    let ingested = 0;
+    let posted = 0;
+    let dropped = 0;
+    let closed = false;
+    let events: ProxyEvent[] = [];
+    let times: number[] = [];
+    let scheduled = false;
+    let onClosed: ((e: AuditError | undefined) => void) | undefined;
+
+    const flush = () => {
+      scheduled = false;
+      if (events.length === 0 || closed) return;
+      worker.postMessage({ t: "events", events, times: Float64Array.from(times) });
+      posted += events.length;
+      events = [];
+      times = [];
+    };
+    const blocked = (): string | undefined => {
+      if (status.blocked !== undefined) return status.blocked;
+      if (config.onFailure === "block" && posted - ingested >= config.queueMax)
+        return "the audit queue is full";
+      return undefined;
+    };
+    const sink: EventSink = {
+      statements: true,
+      emit: (e) => {
+        if (closed) return;
+        if (posted + events.length - ingested >= config.queueMax) {
+          dropped++;
+          return;
+        }
+        events.push(e);
+        times.push(clock());
+        if (!scheduled) {
+          scheduled = true;
+          setImmediate(flush);
+        }
+      },
+      blocked,
+    };
+    const handle: AuditHandle = {
+      sink,
+      status: () => ({ ...status, dropped: status.dropped + dropped, blocked: blocked() }),
+    };
+
+    worker.on("message", (m: FromWorker) => {
+      switch (m.t) {
+        case "ready":
+          resolve({
+            pipeline: handle,
+            stop: (timeoutMs) => {
+              if (closed) return Promise.resolve(undefined);
+              flush();
+              closed = true;
+              return new Promise((done) => {
+                onClosed = done;
+                worker.postMessage({ t: "close", timeoutMs });
+              });
+            },
+          });
+          return;
+        case "failed":
+          void worker.terminate();
+          resolve(m.error);
+          return;
+        case "status":
+          status = m.status;
+          ingested = m.ingested;
+          return;
+        case "log":
+          log[m.level](m.obj as object, m.msg);
+          return;
+        case "closed":
+          void worker.terminate();
+          onClosed?.(
+            m.error ??
+              (dropped > 0 ? auditError("PGW_AUDIT_IO", `${dropped} audit events were dropped`) : undefined),
+          );
+      }
+    });
+    worker.on("error", (e) => {
+      log.error({ err: e.message }, "audit worker failed");
+      resolve(auditError("PGW_AUDIT_IO", `audit worker failed: ${e.message}`));
+      onClosed?.(auditError("PGW_AUDIT_IO", `audit worker failed: ${e.message}`));
+    });
+  });

@@ -1,0 +1,370 @@
+import { Duration, Effect, Fiber, Latch, type Scope } from "effect";
+import type { Logger } from "pino";
+import type { AuditSink } from "../adapters/audit/AuditSink.ts";
+import { makeSinkQueue, type SinkQueueEvent, type SinkQueueSettings } from "../adapters/audit/SinkQueue.ts";
+import type { EventSink, ProxyEvent } from "../runtime/EventSink.ts";
+import type { SqlParser } from "../sql/parser.ts";
+import { type AuditError, auditError, isAuditError } from "./AuditError.ts";
+import type { AuditEvent } from "./AuditEvent.ts";
+import type { ChainedLine } from "./Chain.ts";
+import { eventOf, SessionContexts, type StatementTextMode } from "./eventOf.ts";
+import type { HmacKey } from "./HmacKey.ts";
+import { makeRemoteFeed, type RemoteFeed } from "./RemoteFeed.ts";
+import { SegmentWriter } from "./SegmentWriter.ts";
+import type { Signer } from "./Signer.ts";
+import { formatEpochMs, makeEpochMsClock } from "./timestamp.ts";
+
+/**
+ * The audit pipeline: ProxyEvents → one bounded queue (emit is synchronous, O(1), never waits) →
+ * one fiber that stamps, chains, HMACs and appends them to the local segments, one fdatasync per
+ * batch (group commit: what arrives during an fsync is the next batch) → each fsync'd batch to
+ * every remote sink's own bounded queue, which delivers in order with retry and backoff; a sink
+ * that fell behind is caught up from the segments (RemoteFeed). The data path only enqueues.
+ */
+
+export interface RemoteSinkSpec {
+  readonly sink: AuditSink;
+  /** `audit.onFailure` applies when this sink cannot take records. */
+  readonly required: boolean;
+  readonly queue: SinkQueueSettings;
+}
+
+export interface AuditPipelineOptions {
+  readonly dir: string;
+  readonly instance: string;
+  readonly boot: string;
+  readonly hmacKey: HmacKey;
+  readonly previousHmacKeys?: readonly HmacKey[];
+  readonly signer: Signer;
+  readonly segmentMaxBytes: number;
+  readonly segmentMaxAgeMs: number;
+  readonly fsyncBatchMs: number;
+  readonly onFailure: "block" | "alert";
+  readonly statements: StatementTextMode;
+  /** Events held before emit starts dropping (and, under block, refusing). */
+  readonly queueMax: number;
+  readonly sinks: readonly RemoteSinkSpec[];
+  readonly log: Pick<Logger, "info" | "warn" | "error">;
+  /** Needed for `normalized` and `fingerprint`. */
+  readonly parser?: SqlParser;
+  /** pgwarden's version, for `audit.started`. */
+  readonly version: string;
+  /** How often a failed local store is reopened. */
+  readonly reopenMs?: number;
+}
+
+export interface SinkStatus {
+  readonly name: string;
+  readonly required: boolean;
+  readonly healthy: boolean;
+  readonly catchingUp: boolean;
+  readonly caughtUp: number;
+  readonly sent: number;
+  readonly failed: number;
+  readonly retried: number;
+  readonly queued: number;
+  readonly lastAckedSeq: number | undefined;
+  readonly lastError?: string;
+}
+
+export interface PipelineStatus {
+  /** Seq of the last record on disk. */
+  readonly durableSeq: number;
+  /** Events waiting for the chaining fiber. */
+  readonly queued: number;
+  /** Events emit had to drop because the queue was full. */
+  readonly dropped: number;
+  readonly local: { readonly healthy: boolean; readonly error?: string };
+  readonly sinks: readonly SinkStatus[];
+  /** Why statements and connections are refused now (block), if they are. */
+  readonly blocked: string | undefined;
+}
+
+export interface AuditPipeline {
+  /** What the proxy emits into (the `Events` service). */
+  readonly sink: EventSink;
+  /** Events stamped elsewhere (another thread's emit), with their times in epoch milliseconds. */
+  ingest(events: readonly ProxyEvent[], times: ArrayLike<number>): void;
+  status(): PipelineStatus;
+  /**
+   * Drains the queue into the segments, seals the open segment (reason shutdown), lets every
+   * remote sink finish (catch-up included) within `timeoutMs`, and stops. Resolves with the
+   * local store's error, if any; undrained sinks are reported in the log.
+   */
+  close(timeoutMs: number): Effect.Effect<AuditError | undefined>;
+}
+
+/** Items of the queue: what the proxy emitted, or what the pipeline itself records. */
+type Item = ProxyEvent | { readonly kind: "audit"; readonly event: Omit<AuditEvent, "ts"> };
+
+/** A fixed-size FIFO: push and shift are O(1) and allocate nothing. */
+class Ring {
+  readonly #items: (Item | undefined)[];
+  readonly #times: Float64Array;
+  #head = 0;
+  size = 0;
+  readonly capacity: number;
+
+  constructor(capacity: number) {
+    this.capacity = capacity;
+    this.#items = new Array<Item | undefined>(capacity);
+    this.#times = new Float64Array(capacity);
+  }
+
+  push(item: Item, at: number): boolean {
+    if (this.size === this.capacity) return false;
+    const i = (this.#head + this.size) % this.capacity;
+    this.#items[i] = item;
+    this.#times[i] = at;
+    this.size++;
+    return true;
+  }
+
+  /** Takes the oldest item; `at` gets its time. */
+  shift(at: { t: number }): Item {
+    const i = this.#head;
+    const item = this.#items[i]!;
+    this.#items[i] = undefined;
+    at.t = this.#times[i]!;
+    this.#head = (i + 1) % this.capacity;
+    this.size--;
+    return item;
+  }
+}
+
+const describe = (e: AuditError) => `${e.code}: ${e.message}`;
+
+export const makeAuditPipeline = (
+  o: AuditPipelineOptions,
+): Effect.Effect<AuditPipeline, AuditError, Scope.Scope> =>
+  Effect.gen(function* () {
+    const log = o.log;
+    const clock = makeEpochMsClock();
+    const ring = new Ring(o.queueMax);
+    const hasWork = yield* Latch.make(false);
+    const ctx = new SessionContexts();
+    const feeds: RemoteFeed[] = [];
+    let dropped = 0;
+    let lost = 0;
+    let localError: AuditError | undefined;
+    let localDownSince = 0;
+    let closing = false;
+    let busy = false;
+
+    const push = (item: Item, at = clock()): void => {
+      if (ring.push(item, at)) hasWork.openUnsafe();
+      else dropped++;
+    };
+    const record = (event: Omit<AuditEvent, "ts">) => push({ kind: "audit", event });
+
+    const onDurable = (lines: readonly ChainedLine[]) => {
+      for (const f of feeds) f.durable(lines);
+    };
+    const writerOptions = {
+      dir: o.dir,
+      instance: o.instance,
+      boot: o.boot,
+      hmacKey: o.hmacKey,
+      ...(o.previousHmacKeys === undefined ? {} : { previousHmacKeys: o.previousHmacKeys }),
+      signer: o.signer,
+      segmentMaxBytes: o.segmentMaxBytes,
+      segmentMaxAgeMs: o.segmentMaxAgeMs,
+      fsyncBatchMs: o.fsyncBatchMs,
+      // The ring bounds what waits; the writer only ever holds one batch.
+      maxQueuedEvents: o.queueMax + 1024,
+      onDurable,
+    };
+    const opened = yield* Effect.promise(() => SegmentWriter.open(writerOptions));
+    if (isAuditError(opened)) return yield* Effect.fail(opened);
+    let writer: SegmentWriter = opened;
+
+    const onSinkEvent = (required: boolean) => (e: SinkQueueEvent) => {
+      if (e._tag === "SinkDown") {
+        log.warn({ sink: e.sink, required, error: e.error }, "audit sink down");
+        const f = feeds.find((x) => x.name === e.sink);
+        record({
+          kind: "sink.failure",
+          sink: e.sink,
+          code: e.error.split(":")[0] ?? "PGW_AUDIT_SINK_WRITE",
+          message: e.error,
+          ...(f === undefined ? {} : { pending: f.queue.status().queued }),
+        } as Omit<AuditEvent, "ts">);
+      } else {
+        const f = feeds.find((x) => x.name === e.sink);
+        log.info({ sink: e.sink, downForMs: e.downForMs }, "audit sink recovered");
+        record({
+          kind: "sink.recovery",
+          sink: e.sink,
+          downMs: e.downForMs,
+          caughtUp: f?.caughtUp ?? 0,
+        } as Omit<AuditEvent, "ts">);
+      }
+    };
+    for (const spec of o.sinks) {
+      const queue = yield* makeSinkQueue(spec.sink, spec.queue, { onEvent: onSinkEvent(spec.required) });
+      feeds.push(
+        yield* makeRemoteFeed({
+          queue,
+          required: spec.required,
+          dir: o.dir,
+          instance: o.instance,
+          durableSeq: () => writer.durableSeq,
+        }),
+      );
+    }
+
+    const blocked = (): string | undefined => {
+      if (o.onFailure !== "block") return undefined;
+      if (localError !== undefined) return `the local audit segments cannot be written (${localError.code})`;
+      if (ring.size >= ring.capacity) return "the audit queue is full";
+      for (const f of feeds)
+        if (f.required && !f.queue.healthy) return `the required audit sink ${f.name} is down`;
+      return undefined;
+    };
+
+    const textOptions = { statements: o.statements, parser: o.parser };
+    const at = { t: 0 };
+    /** Moves everything queued into the writer, then makes it durable. */
+    const drainOnce = Effect.gen(function* () {
+      busy = true;
+      hasWork.closeUnsafe();
+      let n = 0;
+      while (ring.size > 0) {
+        const item = ring.shift(at);
+        const ts = formatEpochMs(at.t);
+        let ev: AuditEvent | undefined;
+        if (item.kind === "audit") ev = { ...item.event, ts } as AuditEvent;
+        else {
+          ctx.update(item);
+          ev = eventOf(item, ts, ctx, textOptions);
+          if (item.kind === "connectionClosed") ctx.forget(item.conn);
+        }
+        if (ev !== undefined) {
+          if (writer.append(ev)) n++;
+          else lost++;
+        }
+      }
+      const err = n === 0 ? undefined : yield* Effect.promise(() => writer.flush());
+      busy = false;
+      if (err !== undefined) {
+        localError = err;
+        localDownSince = Date.now();
+        lost += n;
+        log.error({ error: describe(err) }, "audit segments failed; reopening");
+      }
+    });
+
+    const reopen = Effect.gen(function* () {
+      yield* Effect.sleep(Duration.millis(o.reopenMs ?? 1000));
+      void writer.close();
+      const w = yield* Effect.promise(() => SegmentWriter.open(writerOptions));
+      if (isAuditError(w)) {
+        log.error({ error: describe(w) }, "audit segments still cannot be written");
+        return;
+      }
+      writer = w;
+      const failed = localError!;
+      localError = undefined;
+      log.info({ lost }, "audit segments writable again");
+      record({
+        kind: "sink.failure",
+        sink: "local",
+        code: failed.code,
+        message: failed.message,
+        pending: lost,
+      } as Omit<AuditEvent, "ts">);
+      record({
+        kind: "sink.recovery",
+        sink: "local",
+        downMs: Date.now() - localDownSince,
+        caughtUp: 0,
+      } as Omit<AuditEvent, "ts">);
+      lost = 0;
+    });
+
+    const worker = yield* Effect.forkScoped(
+      Effect.forever(
+        Effect.gen(function* () {
+          if (localError !== undefined) return yield* reopen;
+          yield* hasWork.await;
+          yield* drainOnce;
+        }),
+      ),
+    );
+
+    record({ kind: "audit.started", version: o.version, pid: process.pid } as Omit<AuditEvent, "ts">);
+
+    const sink: EventSink = {
+      statements: true,
+      emit: (e) => {
+        if (!closing) push(e);
+      },
+      blocked,
+    };
+
+    const status = (): PipelineStatus => ({
+      durableSeq: writer.durableSeq,
+      queued: ring.size,
+      dropped,
+      local: localError === undefined ? { healthy: true } : { healthy: false, error: describe(localError) },
+      sinks: feeds.map((f) => {
+        const s = f.queue.status();
+        return {
+          name: f.name,
+          required: f.required,
+          healthy: s.healthy,
+          catchingUp: f.catchingUp,
+          caughtUp: f.caughtUp,
+          sent: s.sent,
+          failed: s.failed,
+          retried: s.retried,
+          queued: s.queued,
+          lastAckedSeq: s.lastAckedSeq,
+          ...(s.lastError === undefined ? {} : { lastError: s.lastError }),
+        };
+      }),
+      blocked: blocked(),
+    });
+
+    const settled = (deadline: number, done: () => boolean): Effect.Effect<boolean> =>
+      Effect.suspend(() =>
+        done()
+          ? Effect.succeed(true)
+          : Date.now() >= deadline
+            ? Effect.succeed(false)
+            : Effect.sleep(Duration.millis(5)).pipe(Effect.andThen(settled(deadline, done))),
+      );
+
+    const close = (timeoutMs: number): Effect.Effect<AuditError | undefined> =>
+      Effect.gen(function* () {
+        const deadline = Date.now() + timeoutMs;
+        closing = true;
+        hasWork.openUnsafe();
+        yield* settled(deadline, () => (ring.size === 0 && !busy) || localError !== undefined);
+        yield* Fiber.interrupt(worker);
+        const err = yield* Effect.promise(() => writer.close());
+        if (err !== undefined) log.error({ error: describe(err) }, "audit segments not sealed");
+        yield* settled(deadline, () => feeds.every((f) => !f.catchingUp));
+        for (const f of feeds) {
+          const left = Math.max(0, deadline - Date.now());
+          const drained = yield* f.queue.shutdown(left);
+          if (!drained)
+            log.warn(
+              { sink: f.name, queued: f.queue.status().queued, lastAckedSeq: f.queue.status().lastAckedSeq },
+              "audit sink not drained at shutdown; the local segments hold the rest",
+            );
+        }
+        if (dropped > 0) log.error({ dropped }, "audit events dropped: the queue was full");
+        return (
+          err ??
+          (dropped > 0 ? auditError("PGW_AUDIT_IO", `${dropped} audit events were dropped`) : undefined)
+        );
+      });
+
+    const ingest = (events: readonly ProxyEvent[], times: ArrayLike<number>) => {
+      if (closing) return;
+      for (let i = 0; i < events.length; i++) push(events[i]!, times[i]!);
+    };
+
+    return { sink, ingest, status, close } satisfies AuditPipeline;
+  });

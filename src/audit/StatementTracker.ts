@@ -1,0 +1,237 @@
+import type { EventSink, StatementObservation } from "../runtime/EventSink.ts";
+
+/**
+ * Pairs a link's statement requests with the server's answers and emits one `statement` event
+ * per Query, Parse, Bind, Execute and FunctionCall once its sync point is answered. It reads only
+ * what the relay already holds (control messages), and exists only while audit wants statements.
+ *
+ * Extended protocol: without ParseComplete/BindComplete (streamed, never held) an error is
+ * attributed to the first unanswered Execute of its sync group, or to the group's last message.
+ */
+
+const Q = 0x51;
+const P = 0x50;
+const B = 0x42;
+const E = 0x45;
+const F = 0x46;
+const S = 0x53;
+// Server
+const CMD = 0x43;
+const ERR = 0x45;
+const RFQ = 0x5a;
+const COPY_IN = 0x47;
+const COPY_OUT = 0x48;
+const COPY_BOTH = 0x57;
+
+type Message = StatementObservation["message"];
+
+interface Op {
+  message: Message;
+  sql?: string;
+  statementName?: string;
+  portal?: string;
+  paramCount?: number;
+  paramFormats?: ("text" | "binary")[];
+  commandTag?: string;
+  rows?: number;
+  answered: boolean;
+  sqlstate?: string;
+  readonly t0: number;
+}
+
+/** A C string at `pos`: its text and where the next field starts. */
+const cstring = (msg: Buffer, pos: number): [string, number] => {
+  const end = msg.indexOf(0, pos);
+  if (end < 0) throw new RangeError("unterminated string");
+  return [msg.toString("utf8", pos, end), end + 1];
+};
+
+const formats = (codes: number[], count: number): ("text" | "binary")[] => {
+  const name = (c: number | undefined) => (c === 1 ? "binary" : "text");
+  if (codes.length === 0) return Array.from({ length: count }, () => "text" as const);
+  if (codes.length === 1) return Array.from({ length: count }, () => name(codes[0]));
+  return codes.map(name);
+};
+
+/** Reads the parts of a request that a record names; a malformed body (PostgreSQL will refuse it) yields only the kind. */
+const decodeRequest = (type: number, msg: Buffer, t0: number): Op => {
+  const op: Op = { message: "Query", answered: false, t0 };
+  try {
+    switch (type) {
+      case Q:
+        op.sql = cstring(msg, 5)[0];
+        break;
+      case P: {
+        op.message = "Parse";
+        const [name, p1] = cstring(msg, 5);
+        const [sql, p2] = cstring(msg, p1);
+        op.statementName = name;
+        op.sql = sql;
+        op.paramCount = msg.readInt16BE(p2);
+        break;
+      }
+      case B: {
+        op.message = "Bind";
+        const [portal, p1] = cstring(msg, 5);
+        const [name, p2] = cstring(msg, p1);
+        op.portal = portal;
+        op.statementName = name;
+        const nf = msg.readInt16BE(p2);
+        const codes: number[] = [];
+        for (let i = 0; i < nf; i++) codes.push(msg.readInt16BE(p2 + 2 + 2 * i));
+        const count = msg.readInt16BE(p2 + 2 + 2 * nf);
+        op.paramCount = count;
+        op.paramFormats = formats(codes, count);
+        break;
+      }
+      case E:
+        op.message = "Execute";
+        op.portal = cstring(msg, 5)[0];
+        break;
+      case F: {
+        op.message = "FunctionCall";
+        const nf = msg.readInt16BE(9);
+        const codes: number[] = [];
+        for (let i = 0; i < nf; i++) codes.push(msg.readInt16BE(11 + 2 * i));
+        const count = msg.readInt16BE(11 + 2 * nf);
+        op.paramCount = count;
+        op.paramFormats = formats(codes, count);
+        break;
+      }
+    }
+  } catch {
+    // keep what was read
+  }
+  return op;
+};
+
+/** The `C` field of an ErrorResponse. */
+export const errorSqlState = (msg: Buffer): string | undefined => {
+  let pos = 5;
+  while (pos < msg.length && msg[pos] !== 0) {
+    const end = msg.indexOf(0, pos + 1);
+    if (end < 0) return undefined;
+    if (msg[pos] === 0x43) return msg.toString("latin1", pos + 1, end);
+    pos = end + 1;
+  }
+  return undefined;
+};
+
+/** "INSERT 0 5" → 5, "SELECT 3" → 3, "CREATE TABLE" → undefined. */
+const rowsOf = (tag: string): number | undefined => {
+  const m = / (\d+)$/.exec(tag);
+  return m === null ? undefined : Number(m[1]);
+};
+
+const answers = (m: Message) => m === "Execute" || m === "Query" || m === "Copy" || m === "FunctionCall";
+
+export class StatementTracker {
+  readonly #conn: string;
+  readonly #sink: EventSink;
+  readonly #now: () => number;
+  /** Sync groups sent and not yet answered by ReadyForQuery, oldest first. */
+  readonly #closed: Op[][] = [];
+  /** Extended messages since the last Sync. */
+  #open: Op[] = [];
+
+  constructor(conn: string, sink: EventSink, now: () => number = performance.now.bind(performance)) {
+    this.#conn = conn;
+    this.#sink = sink;
+    this.#now = now;
+  }
+
+  /** The group the server is answering now. */
+  #answering(): Op[] {
+    return this.#closed[0] ?? this.#open;
+  }
+
+  /** A client message the machine accepted and the relay forwards. */
+  client(type: number, msg: Buffer): void {
+    switch (type) {
+      case Q:
+      case F:
+        this.#closed.push([decodeRequest(type, msg, this.#now())]);
+        return;
+      case P:
+      case B:
+      case E:
+        this.#open.push(decodeRequest(type, msg, this.#now()));
+        return;
+      case S:
+        this.#closed.push(this.#open);
+        this.#open = [];
+        return;
+    }
+  }
+
+  /** A server message the relay holds: CommandComplete, ErrorResponse, the COPY switches, ReadyForQuery. */
+  server(type: number, msg: Buffer): void {
+    switch (type) {
+      case CMD: {
+        const op = this.#answering().find((o) => !o.answered && answers(o.message));
+        if (op === undefined) return;
+        const [tag] = cstring(msg, 5);
+        op.commandTag = tag;
+        const rows = rowsOf(tag);
+        if (rows !== undefined) op.rows = rows;
+        // A simple Query may run several statements: it stays open for the next tag until ReadyForQuery.
+        if (op.message !== "Query" && op.message !== "Copy") op.answered = true;
+        return;
+      }
+      case ERR: {
+        const group = this.#answering();
+        const op = group.find((o) => !o.answered && answers(o.message)) ?? group.at(-1);
+        if (op === undefined || op.sqlstate !== undefined) return;
+        op.sqlstate = errorSqlState(msg) ?? "XX000";
+        op.answered = true;
+        return;
+      }
+      case COPY_IN:
+      case COPY_OUT:
+      case COPY_BOTH: {
+        const op = this.#answering().find((o) => o.message === "Query" && o.sqlstate === undefined);
+        if (op !== undefined) op.message = "Copy";
+        return;
+      }
+      case RFQ: {
+        const group = this.#closed.shift() ?? this.#open.splice(0);
+        const t = this.#now();
+        const failed = group.some((o) => o.sqlstate !== undefined);
+        for (const op of group) this.#emit(op, t, failed);
+        return;
+      }
+    }
+  }
+
+  /** Records a statement the relay refused itself (audit blocked): it never reached PostgreSQL. */
+  refused(type: number, msg: Buffer, sqlstate: string): void {
+    const op = decodeRequest(type, msg, this.#now());
+    op.sqlstate = sqlstate;
+    this.#emit(op, op.t0, true);
+  }
+
+  #emit(op: Op, t: number, groupFailed: boolean): void {
+    const outcome =
+      op.sqlstate === "57014"
+        ? "cancelled"
+        : op.sqlstate !== undefined || (groupFailed && !answers(op.message) && op.commandTag === undefined)
+          ? "error"
+          : "ok";
+    const ev: StatementObservation = {
+      kind: "statement",
+      conn: this.#conn,
+      message: op.message,
+      durationMs: Math.max(0, Math.round((t - op.t0) * 1000) / 1000),
+      outcome,
+      ...(op.sql === undefined ? {} : { sql: op.sql }),
+      ...(op.statementName === undefined ? {} : { statementName: op.statementName }),
+      ...(op.portal === undefined ? {} : { portal: op.portal }),
+      ...(op.paramCount === undefined ? {} : { paramCount: op.paramCount }),
+      ...(op.paramFormats === undefined ? {} : { paramFormats: op.paramFormats }),
+      ...(op.commandTag === undefined ? {} : { commandTag: op.commandTag }),
+      ...(op.rows === undefined ? {} : { rows: op.rows }),
+      ...(op.sqlstate === undefined ? {} : { sqlstate: op.sqlstate }),
+    };
+    this.#sink.emit(ev);
+  }
+}

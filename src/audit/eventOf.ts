@@ -1,0 +1,183 @@
+import type { ProxyEvent, StatementObservation } from "../runtime/EventSink.ts";
+import type { SqlParser } from "../sql/parser.ts";
+import type { AuditEvent } from "./AuditEvent.ts";
+
+/**
+ * Turns what the proxy emitted into audit events (src/audit/AuditEvent.ts): each gets the
+ * who/where of its session (AU-3), and statement text is reduced per `audit.statements`. Runs on
+ * the pipeline's fiber, never on the data path.
+ */
+
+export type StatementTextMode = "full" | "normalized" | "fingerprint" | "none";
+
+interface Envelope {
+  readonly ts: string;
+  readonly session: string;
+  readonly identity?: string;
+  readonly source?: string;
+  readonly database?: string;
+  readonly role?: string;
+}
+
+interface Who {
+  source?: string;
+  identity?: string;
+  database?: string;
+  role?: string;
+}
+
+/** What the log knows of each live session, built from its own earlier events. */
+export class SessionContexts {
+  readonly #byConn = new Map<string, Who>();
+
+  get size(): number {
+    return this.#byConn.size;
+  }
+
+  envelope(conn: string, ts: string): Envelope {
+    const w = this.#byConn.get(conn);
+    const out: { -readonly [K in keyof Envelope]: Envelope[K] } = { ts, session: conn };
+    if (w?.identity !== undefined) out.identity = w.identity;
+    if (w?.source !== undefined) out.source = w.source;
+    if (w?.database !== undefined) out.database = w.database;
+    if (w?.role !== undefined) out.role = w.role;
+    return out;
+  }
+
+  update(e: ProxyEvent): void {
+    switch (e.kind) {
+      case "connectionAccepted":
+        this.#byConn.set(e.conn, { source: e.remote });
+        return;
+      case "accessDecision": {
+        const w = this.#who(e.conn);
+        w.database = e.database;
+        if (e.role !== undefined) w.role = e.role;
+        return;
+      }
+      case "authSuccess":
+        this.#who(e.conn).identity = e.user;
+        return;
+    }
+  }
+
+  forget(conn: string): void {
+    this.#byConn.delete(conn);
+  }
+
+  #who(conn: string): Who {
+    let w = this.#byConn.get(conn);
+    if (w === undefined) {
+      w = {};
+      this.#byConn.set(conn, w);
+    }
+    return w;
+  }
+}
+
+const opt = <K extends string, V>(k: K, v: V | undefined): { [P in K]?: V } =>
+  (v === undefined ? {} : { [k]: v }) as { [P in K]?: V };
+
+/** The statement's text as the configured mode allows: literals never leave `normalized`. */
+const statementText = (
+  s: StatementObservation,
+  mode: StatementTextMode,
+  parser: SqlParser | undefined,
+): Record<string, string> => {
+  if (s.sql === undefined || mode === "none") return {};
+  if (mode === "full") return { text: s.sql };
+  if (parser === undefined) return {};
+  const p = { parser: `libpg-query, PostgreSQL ${parser.parserVersion.text} grammar` };
+  if (mode === "normalized") {
+    const n = parser.normalize(s.sql);
+    return n.ok ? { text: n.value, ...p } : p;
+  }
+  const f = parser.fingerprint(s.sql);
+  return f.ok ? { fingerprint: f.value, ...p } : p;
+};
+
+export interface EventOfOptions {
+  readonly statements: StatementTextMode;
+  readonly parser: SqlParser | undefined;
+}
+
+/** The audit event for one proxy event, or undefined when it records nothing. */
+export const eventOf = (
+  e: ProxyEvent,
+  ts: string,
+  ctx: SessionContexts,
+  o: EventOfOptions,
+): AuditEvent | undefined => {
+  switch (e.kind) {
+    case "transition":
+      return {
+        ...ctx.envelope(e.connectionId, ts),
+        kind: "transition",
+        machine: e.machine,
+        from: e.from,
+        to: e.to,
+        cause: e.cause,
+      };
+    case "connectionAccepted":
+      return { ...ctx.envelope(e.conn, ts), kind: "connection.accepted", transport: "tcp", local: e.local };
+    case "connectionRefused":
+      return {
+        ts,
+        source: e.remote,
+        kind: "access.decision",
+        decision: "deny",
+        rule: "audit.onFailure: block",
+        reason: e.reason,
+      };
+    case "authAttempt":
+      return { ...ctx.envelope(e.conn, ts), kind: "auth.attempt", method: e.method, user: e.user };
+    case "authSuccess":
+      return { ...ctx.envelope(e.conn, ts), kind: "auth.success", method: e.method, user: e.user };
+    case "authFailure":
+      return {
+        ...ctx.envelope(e.conn, ts),
+        kind: "auth.failure",
+        method: e.method,
+        reason: e.reason,
+        ...opt("user", e.user),
+        ...opt("sqlstate", e.sqlstate),
+      };
+    case "accessDecision":
+      return {
+        ...ctx.envelope(e.conn, ts),
+        kind: "access.decision",
+        decision: e.decision,
+        rule: e.rule,
+        ...opt("reason", e.reason),
+      };
+    case "statement":
+      return {
+        ...ctx.envelope(e.conn, ts),
+        kind: "statement",
+        message: e.message,
+        textMode: o.statements,
+        ...statementText(e, o.statements, o.parser),
+        ...opt("statementName", e.statementName),
+        ...opt("portal", e.portal),
+        ...opt("paramCount", e.paramCount),
+        ...opt("paramFormats", e.paramFormats),
+        ...opt("commandTag", e.commandTag),
+        ...opt("rows", e.rows),
+        durationMs: e.durationMs,
+        outcome: e.outcome,
+        ...opt("sqlstate", e.sqlstate),
+      };
+    case "connectionClosed":
+      return {
+        ...ctx.envelope(e.conn, ts),
+        kind: "connection.closed",
+        reason: e.reason ?? "closed",
+        durationMs: e.ms,
+        clientBytesIn: e.bytesFromClient,
+        clientBytesOut: e.bytesToClient ?? 0,
+        serverBytesIn: e.bytesFromServer,
+        ...opt("serverBytesOut", e.bytesToServer),
+        ...opt("sqlstate", e.sqlstate),
+      };
+  }
+};
