@@ -91,14 +91,15 @@ describe("sessions through the proxy leave exactly their events, and the log ver
     const st = story(records, s);
     expect(st.map((r) => r.kind)).toEqual([
       "connection.accepted",
-      "access.decision",
       "auth.attempt",
       "auth.success",
+      // Grants are decided once the identity is proven.
+      "access.decision",
       "statement",
       "statement",
       "connection.closed",
     ]);
-    const [acc, dec, , ok, q1, q2, closed] = st;
+    const [acc, , ok, dec, q1, q2, closed] = st;
     expect(acc!.source).toMatch(/^127\.0\.0\.1:\d+$/);
     expect(dec).toMatchObject({
       decision: "allow",
@@ -160,7 +161,6 @@ describe("sessions through the proxy leave exactly their events, and the log ver
     const s = String(failure!.session);
     expect(story(records, s).map((r) => r.kind)).toEqual([
       "connection.accepted",
-      "access.decision",
       "auth.attempt",
       "auth.failure",
       "connection.closed",
@@ -170,6 +170,8 @@ describe("sessions through the proxy leave exactly their events, and the log ver
     expect(String(deny!.reason)).toMatch(/not granted/);
     expect(story(records, String(deny!.session)).map((r) => r.kind)).toEqual([
       "connection.accepted",
+      "auth.attempt",
+      "auth.success",
       "access.decision",
       "connection.closed",
     ]);

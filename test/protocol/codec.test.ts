@@ -559,11 +559,13 @@ describe("malformed messages are 08P01 error values, never exceptions", () => {
   );
 
   test.prop([bytes(80)], { numRuns: 300 })(
-    "arbitrary first packets decode to a value, PGW_PROTOCOL or PGW_UNSUPPORTED_PROTOCOL",
+    "arbitrary first packets decode to a value, an unsupported protocol (0A000), a silent drop or PGW_PROTOCOL",
     (packet) => {
       const out = decodeFirstPacket(packet);
       if (!isPgwardenError(out)) return;
-      if (out.code === "PGW_UNSUPPORTED_PROTOCOL") expect(out.sqlstate).toBe("0A000");
+      if (out.code === "PGW_UNSUPPORTED_PROTOCOL" || out.code === "PGW_UNSUPPORTED_PROTOCOL_V2")
+        expect(out.sqlstate).toBe("0A000");
+      else if (out.code === "PGW_STARTUP_INVALID") expect(isSilent(out)).toBe(true);
       else expectProtocolError(out);
     },
   );
