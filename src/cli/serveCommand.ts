@@ -164,6 +164,8 @@ const serveWith = async (
   process.on("SIGINT", () => onSignal("SIGINT"));
   process.on("SIGTERM", () => onSignal("SIGTERM"));
   process.on("SIGHUP", () => {
+    // Certificates (and rules) reload in place; sessions already open are not dropped.
+    server.reload();
     if (config.auth.method === "trust") return;
     void loadUsers(config.auth.usersFile).then((u) => {
       if (isPgwardenError(u))

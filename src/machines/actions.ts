@@ -15,6 +15,8 @@ export type ClientAction =
   | { readonly type: "clearDeadline"; readonly params: { readonly phase: DeadlinePhase } }
   /** Answer SSLRequest or GSSENCRequest with `N`. */
   | { readonly type: "refuseEncryption" }
+  /** Answer SSLRequest with `S` (or take a direct-TLS ClientHello) and run the handshake on the same socket. */
+  | { readonly type: "acceptTls" }
   /** Look up the cancel key and forward it; the cancel connection closes once PostgreSQL's does. */
   | { readonly type: "forwardCancel" }
   /** Apply the startup boundary and begin client authentication. */

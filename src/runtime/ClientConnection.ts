@@ -1,6 +1,8 @@
 import type { Socket } from "node:net";
+import type { SecureContext } from "node:tls";
 import type { Logger } from "pino";
 import { MessageStream } from "../adapters/MessageStream.ts";
+import { startTlsOnSocket, type TlsSession } from "../adapters/tls/startTls.ts";
 import type {
   connectUpstream,
   sendCancel,
@@ -38,8 +40,22 @@ import {
 import { Link } from "./Link.ts";
 import { ServerConnection } from "./ServerConnection.ts";
 
+/** The client leg's TLS, when `tls.mode` is not disable. */
+export interface ClientTlsDeps {
+  readonly mode: "allow" | "prefer" | "require";
+  /** The context new handshakes use: swapped on SIGHUP, sessions keep theirs. */
+  readonly context: () => SecureContext;
+  /** `tls.clientCa` is set: certificates are requested and verified. */
+  readonly requestCert: boolean;
+  readonly handshakeTimeoutMs: number;
+}
+
+/** Which transport the client leg runs on: what access rules match on. */
+export type ClientTransport = "plain" | "tls" | "mtls";
+
 /** What every client connection shares: configuration turned into policies, and the services. */
 export interface ConnectionDeps {
+  readonly tls: ClientTlsDeps | undefined;
   readonly auth: { readonly method: "trust" | "scram-sha-256"; readonly timeoutMs: number };
   readonly limits: {
     readonly maxMessageBytes: number;
@@ -93,6 +109,11 @@ const loginTimeout = pgwardenError(
   SqlState.connectionFailure,
   "authentication timed out",
 );
+const tlsRequired = pgwardenError(
+  "PGW_ACCESS_DENIED",
+  SqlState.invalidAuthorization,
+  "TLS is required: connection without encryption refused",
+);
 const tooManyClients = pgwardenError(
   "PGW_TOO_MANY_CONNECTIONS",
   SqlState.tooManyConnections,
@@ -124,7 +145,12 @@ const refusalForClient = (sqlstate: string, database: string): PgwardenError =>
 export class ClientConnection {
   readonly id: string;
   readonly machine: ClientRunner;
-  readonly socket: Socket;
+  /** The accepted TCP socket. */
+  private readonly raw: Socket;
+  /** What the session reads and writes: `raw`, or the TLS socket on top of it once the handshake is done. */
+  private transport: Socket;
+  private tlsSession: TlsSession | undefined;
+  private tlsRequest: { negotiation: "ssl-request" | "direct"; buffered: Buffer } | undefined;
   private readonly deps: ConnectionDeps;
   private first: FirstPacket | undefined;
   private startup: StartupPacket | undefined;
@@ -151,7 +177,8 @@ export class ClientConnection {
 
   constructor(id: string, socket: Socket, deps: ConnectionDeps) {
     this.id = id;
-    this.socket = socket;
+    this.raw = socket;
+    this.transport = socket;
     this.deps = deps;
     this.machine = new MachineRunner(id, deps.onTransition);
   }
@@ -161,8 +188,27 @@ export class ClientConnection {
     return this.server?.pid;
   }
 
+  /** The client leg everything after the first packet uses (Link included): TLS once negotiated. */
+  get socket(): Socket {
+    return this.transport;
+  }
+
+  get transportKind(): ClientTransport {
+    const t = this.tlsSession;
+    return t === undefined ? "plain" : t.peer === undefined ? "tls" : "mtls";
+  }
+
+  /** The client leg's TLS session, once established. */
+  get tls(): TlsSession | undefined {
+    return this.tlsSession;
+  }
+
+  get tlsAvailable(): boolean {
+    return this.deps.tls !== undefined && this.tlsSession === undefined;
+  }
+
   get bytesFromClient(): number {
-    return this.socket.bytesRead;
+    return this.raw.bytesRead;
   }
 
   get bytesFromServer(): number {
@@ -190,7 +236,8 @@ export class ClientConnection {
 
   /** Destroys both sockets now: the end of the linger, or the scope closing. */
   destroy(): void {
-    this.socket.destroy();
+    this.transport.destroy();
+    if (this.transport !== this.raw) this.raw.destroy();
     this.server?.destroy();
   }
 
@@ -208,6 +255,8 @@ export class ClientConnection {
       case "refuseEncryption":
         this.socket.write(SSL_REFUSE);
         return;
+      case "acceptTls":
+        return void this.acceptTls().catch((e: unknown) => this.internalError(e));
       case "forwardCancel":
         return void this.forwardCancel();
       case "authenticate":
@@ -305,6 +354,73 @@ export class ClientConnection {
 
   // First packet -----------------------------------------------------------------------------------
 
+  /** The first-packet step saw SSLRequest or a direct-TLS ClientHello, with TLS on offer. */
+  tlsRequested(negotiation: "ssl-request" | "direct", buffered: Buffer): void {
+    this.first = undefined;
+    this.tlsRequest = { negotiation, buffered };
+    this.machine.send(negotiation === "direct" ? Events.DirectTLSAvailable : Events.SSLRequestTls);
+  }
+
+  /** `S` (for SSLRequest) and the handshake on the same socket; the login deadline still bounds it. */
+  private async acceptTls(): Promise<void> {
+    const request = this.tlsRequest!;
+    this.tlsRequest = undefined;
+    const tls = this.deps.tls!;
+    const outcome = await startTlsOnSocket(this.raw, {
+      context: tls.context(),
+      negotiation: request.negotiation,
+      buffered: request.buffered,
+      requestCert: tls.requestCert,
+      handshakeTimeoutMs: Math.min(tls.handshakeTimeoutMs, this.deps.auth.timeoutMs),
+    });
+    const log = this.deps.log;
+    if (isPgwardenError(outcome)) {
+      log.warn({ conn: this.id, code: outcome.code, reason: outcome.message }, "TLS handshake failed");
+      this.deps.events.emit({
+        kind: "tlsHandshake",
+        conn: this.id,
+        negotiation: request.negotiation,
+        ok: false,
+        reason: outcome.message,
+      });
+      this.machine.send(Events.TlsFailed);
+      return;
+    }
+    if (!this.machine.in("tls")) {
+      // The deadline or a shutdown came first.
+      outcome.socket.destroy();
+      return;
+    }
+    this.useTransport(outcome);
+    const fingerprint = outcome.peer?.fingerprint256;
+    if (log.isLevelEnabled("info"))
+      log.info(
+        { conn: this.id, protocol: outcome.protocol, cipher: outcome.cipher, client: fingerprint },
+        "TLS established",
+      );
+    this.deps.events.emit({
+      kind: "tlsHandshake",
+      conn: this.id,
+      negotiation: request.negotiation,
+      ok: true,
+      protocol: outcome.protocol,
+      cipher: outcome.cipher,
+      ...(fingerprint === undefined ? {} : { clientCertificate: fingerprint }),
+    });
+    this.machine.send(Events.TlsEstablished);
+    this.first = new FirstPacket(this.transport, this);
+    this.first.start();
+  }
+
+  /** Everything from here on — first packet, authentication, Link — reads and writes the TLS socket. */
+  private useTransport(session: TlsSession): void {
+    this.tlsSession = session;
+    const s = session.socket;
+    s.on("error", this.onSocketError);
+    s.on("close", this.onClientClose);
+    this.transport = s;
+  }
+
   /** The first-packet step ended: with the startup packet, or with a cancel request. */
   firstPacketDone(outcome: FirstPacketOutcome): void {
     this.first = undefined;
@@ -351,6 +467,12 @@ export class ClientConnection {
   private authenticate(): void {
     const startup = this.startup!;
     this.startup = undefined;
+    // Before any credential is read: with tls.mode require, plaintext goes no further.
+    if (this.deps.tls?.mode === "require" && this.tlsSession === undefined) {
+      this.deps.log.warn({ conn: this.id }, "connection refused: TLS is required");
+      this.failWith(Events.ClientAuthFailed, tlsRequired);
+      return;
+    }
     if (!this.deps.admission.admitClient()) {
       this.deps.log.warn({ conn: this.id }, "connection refused: too many clients");
       this.failWith(Events.ClientAuthFailed, tooManyClients);
@@ -548,6 +670,8 @@ export class ClientConnection {
   };
 
   private readonly onClientClose = (): void => {
+    // Both the TCP socket and the TLS socket on it report the close.
+    if (this.clientGone) return;
     this.clientGone = true;
     if (!this.machine.done) this.machine.send(Events.ClientClosed);
     this.settle();

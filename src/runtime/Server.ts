@@ -7,9 +7,11 @@ import * as FiberSet from "effect/FiberSet";
 import * as Redacted from "effect/Redacted";
 import type * as Scope from "effect/Scope";
 import type { Logger } from "pino";
+import { clientLegContextOptions, requestsClientCertificate } from "../adapters/tls/policy.ts";
+import { createReloadableContext, type ReloadableContext } from "../adapters/tls/reloadableContext.ts";
 import { connectUpstream, sendCancel, UpstreamCredentials } from "../adapters/upstream.ts";
 import { SCRAM_DEFAULT_ITERATIONS, type ScramVerifier } from "../auth/scramVerifier.ts";
-import { type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
+import { isPgwardenError, type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
 import type { TransitionListener } from "../machines/MachineRunner.ts";
 import { encodeError } from "../protocol/backend.ts";
 import { CancelRegistry } from "./CancelRegistry.ts";
@@ -46,6 +48,16 @@ export interface RunningServer {
   stop(): Promise<void>;
   /** Settles when the server has stopped, however that happened. */
   readonly stopped: Promise<StopResult>;
+  /**
+   * SIGHUP: re-reads certificates and keys; what fails to load leaves the running one in force.
+   * Sessions already open keep what they started with.
+   */
+  reload(): ReloadReport;
+}
+
+/** What a reload did, per part; absent parts are not configured. */
+export interface ReloadReport {
+  readonly tls?: { readonly ok: boolean; readonly reason?: string };
 }
 
 const listen = (host: string, port: number): Effect.Effect<NetServer, PgwardenError, Scope.Scope> =>
@@ -188,7 +200,14 @@ interface Listening {
   server: NetServer;
   sessions: Map<string, ClientConnection>;
   cancels: CancelRegistry;
+  reload: () => ReloadReport;
 }
+
+/** The client leg's context, built once at start (a bad certificate stops the start) and on reload. */
+const clientTlsContext = (config: PgwardenConfig): ReloadableContext | PgwardenError | undefined =>
+  config.tls.mode === "disable"
+    ? undefined
+    : createReloadableContext(() => clientLegContextOptions(config.tls));
 
 /**
  * The proxy as an Effect program: a scoped listener, one supervised fiber per connection in a
@@ -212,7 +231,19 @@ const program = (
     const limits = config.limits;
     const slots = admission(limits.maxClientConnections, limits.maxCancelConnections);
     const { host, port, connectTimeoutMs } = config.upstream;
+    const tlsContext = clientTlsContext(config);
+    if (isPgwardenError(tlsContext)) return yield* Effect.fail(tlsContext);
+    const clientTls = config.tls;
     const deps: ConnectionDeps = {
+      tls:
+        tlsContext === undefined || clientTls.mode === "disable"
+          ? undefined
+          : {
+              mode: clientTls.mode,
+              context: () => tlsContext.current(),
+              requestCert: requestsClientCertificate(clientTls),
+              handshakeTimeoutMs: clientTls.handshakeTimeoutMs,
+            },
       auth: config.auth,
       limits,
       startup: config.startup,
@@ -263,7 +294,18 @@ const program = (
       conn.start();
       run(id, superviseConnection(conn, limits.lingerMs));
     });
-    onListening({ server, sessions, cancels });
+    const reload = (): ReloadReport => {
+      const report: { tls?: { ok: boolean; reason?: string } } = {};
+      if (tlsContext !== undefined) {
+        const r = tlsContext.reload();
+        report.tls = r.reloaded ? { ok: true } : { ok: false, reason: r.error.message };
+        if (r.reloaded) log.info({ generation: r.generation }, "TLS certificates reloaded");
+        else log.error({ reason: r.error.message }, "TLS reload failed; keeping the running certificates");
+        events.emit({ kind: "reload", what: "tls", ...report.tls });
+      }
+      return report;
+    };
+    onListening({ server, sessions, cancels, reload });
     log.info({ address: server.address() }, "listening");
 
     const first = yield* Effect.raceFirst(
@@ -311,7 +353,7 @@ export const startServer = async (options: ServerOptions): Promise<RunningServer
       } else resolve({ ok: true });
     });
   });
-  const { server, sessions } = await listening;
+  const { server, sessions, reload } = await listening;
   const addr = server.address();
   if (addr === null || typeof addr === "string") throw new Error("listener has no TCP address");
   return {
@@ -320,6 +362,7 @@ export const startServer = async (options: ServerOptions): Promise<RunningServer
     sessions,
     cancels,
     stopped,
+    reload,
     drain: async () => {
       Deferred.doneUnsafe(drain, Effect.void);
       await stopped;
