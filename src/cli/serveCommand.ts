@@ -94,6 +94,8 @@ export const runServe = async (flags: ServeFlags): Promise<number> => {
       grants: [{ identity: app.role, databases: [app.database], role: app.role }],
     };
     if (flags["users-file"] === undefined) setPath(layered, "auth.usersFile", usersFile);
+    // Loopback only, until the embedded default serves TLS.
+    (layered.auth as Record<string, unknown>).allowPasswordOverPlaintext = true;
   }
 
   const config = decodeConfig(layered);

@@ -10,6 +10,8 @@ import type {
   UpstreamCredentials,
   UpstreamTarget,
 } from "../adapters/upstream.ts";
+import { TLS_SERVER_END_POINT, tlsServerEndPoint } from "../auth/channelBinding.ts";
+import type { ScramChannelBinding } from "../auth/scramServer.ts";
 import type { ScramVerifier } from "../auth/scramVerifier.ts";
 import { isPgwardenError, type PgwardenError, pgwardenError, protocolError, SqlState } from "../errors.ts";
 import type { ClientAction, DeadlinePhase, FinalError } from "../machines/actions.ts";
@@ -56,7 +58,11 @@ export type ClientTransport = "plain" | "tls" | "mtls";
 /** What every client connection shares: configuration turned into policies, and the services. */
 export interface ConnectionDeps {
   readonly tls: ClientTlsDeps | undefined;
-  readonly auth: { readonly method: "trust" | "scram-sha-256"; readonly timeoutMs: number };
+  readonly auth: {
+    readonly method: "trust" | "scram-sha-256";
+    readonly timeoutMs: number;
+    readonly allowPasswordOverPlaintext: boolean;
+  };
   readonly limits: {
     readonly maxMessageBytes: number;
     readonly maxBufferedBytesPerConnection: number;
@@ -113,6 +119,11 @@ const tlsRequired = pgwardenError(
   "PGW_ACCESS_DENIED",
   SqlState.invalidAuthorization,
   "TLS is required: connection without encryption refused",
+);
+const passwordOverPlaintext = pgwardenError(
+  "PGW_ACCESS_DENIED",
+  SqlState.invalidAuthorization,
+  "password authentication over an unencrypted connection is not allowed",
 );
 const tooManyClients = pgwardenError(
   "PGW_TOO_MANY_CONNECTIONS",
@@ -473,6 +484,15 @@ export class ClientConnection {
       this.failWith(Events.ClientAuthFailed, tlsRequired);
       return;
     }
+    if (
+      this.deps.auth.method === "scram-sha-256" &&
+      this.tlsSession === undefined &&
+      !this.deps.auth.allowPasswordOverPlaintext
+    ) {
+      this.deps.log.warn({ conn: this.id }, "connection refused: password over plaintext");
+      this.failWith(Events.ClientAuthFailed, passwordOverPlaintext);
+      return;
+    }
     if (!this.deps.admission.admitClient()) {
       this.deps.log.warn({ conn: this.id }, "connection refused: too many clients");
       this.failWith(Events.ClientAuthFailed, tooManyClients);
@@ -546,6 +566,7 @@ export class ClientConnection {
       verifier: this.deps.users().get(user),
       mockSecret: this.deps.mockSecret,
       mockIterations: this.deps.mockIterations(),
+      channelBinding: this.channelBinding(),
       send: (m) => {
         if (this.machine.in("authenticating.client")) this.socket.write(m);
       },
@@ -571,7 +592,8 @@ export class ClientConnection {
         );
         return this.failWith(Events.ClientAuthFailed, outcome.error);
       case "ok":
-        if (method !== "trust") log.info({ conn: this.id, user }, "client authenticated");
+        if (method !== "trust")
+          log.info({ conn: this.id, user, mechanism: outcome.mechanism }, "client authenticated");
     }
     const pending = stream.handOff();
     this.stream = undefined;
@@ -580,6 +602,15 @@ export class ClientConnection {
     // Whatever the client sends before ReadyForQuery waits in the socket.
     this.socket.pause();
     this.machine.send(Events.ClientAuthOk);
+  }
+
+  /** RFC 5929 tls-server-end-point of the certificate this leg presented; none on plaintext. */
+  private channelBinding(): ScramChannelBinding | undefined {
+    const der = this.tlsSession?.localCertificate;
+    if (der === undefined) return undefined;
+    const data = tlsServerEndPoint(der);
+    // A certificate with no defined end-point hash (Ed25519) simply gets no -PLUS offer.
+    return Buffer.isBuffer(data) ? { type: TLS_SERVER_END_POINT, data } : undefined;
   }
 
   private upstreamParameters: Map<string, string> | undefined;

@@ -35,7 +35,8 @@ const defaultUsers: ReadonlyMap<string, ScramVerifier> = new Map([
 
 /**
  * Starts pgwarden in-process in front of the test PostgreSQL, as a deployment would run it:
- * SCRAM on the client leg (identity `postgres`, TEST_PASSWORD), upstream as the non-superuser
+ * SCRAM on the client leg (identity `postgres`, TEST_PASSWORD; passwords over plaintext explicitly
+ * allowed, as `auth.allowPasswordOverPlaintext` is false by default), upstream as the non-superuser
  * role `pgw_app`, every database granted; any free port. Tests that speak raw bytes pass
  * `auth: { method: "trust" }`.
  */
@@ -50,7 +51,8 @@ export const startProxy = async (
     listen: { host: "127.0.0.1", port: 0, ...o.listen },
     upstream: { host: pg.host, port: pg.port, user: "pgw_app", password: pg.rolePassword, ...o.upstream },
     access: { grants: [{ identity: "*", databases: ["*"] }], ...o.access },
-    auth: { method: "scram-sha-256", ...o.auth },
+    // Most tests speak SCRAM over a plaintext client leg; production defaults refuse that.
+    auth: { method: "scram-sha-256", allowPasswordOverPlaintext: true, ...o.auth },
     limits: { ...o.limits },
     shutdown: { drainTimeoutMs: 2000, ...o.shutdown },
     log: { level: "debug", ...o.log },
