@@ -676,7 +676,15 @@ export class ClientConnection {
       maxBuffered: this.deps.limits.maxBufferedBytesPerConnection,
     });
     this.link = link;
-    this.deps.log.info({ conn: this.id, pid: upstream.key.processId }, "session ready");
+    this.deps.log.info(
+      {
+        conn: this.id,
+        pid: upstream.key.processId,
+        upstreamAuth: upstream.method,
+        upstreamTls: upstream.tlsProtocol,
+      },
+      "session ready",
+    );
     const pending = this.clientPending;
     this.clientPending = [];
     link.start({

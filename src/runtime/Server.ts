@@ -7,7 +7,11 @@ import * as FiberSet from "effect/FiberSet";
 import * as Redacted from "effect/Redacted";
 import type * as Scope from "effect/Scope";
 import type { Logger } from "pino";
-import { clientLegContextOptions, requestsClientCertificate } from "../adapters/tls/policy.ts";
+import {
+  clientLegContextOptions,
+  requestsClientCertificate,
+  upstreamLegContextOptions,
+} from "../adapters/tls/policy.ts";
 import { createReloadableContext, type ReloadableContext } from "../adapters/tls/reloadableContext.ts";
 import { connectUpstream, sendCancel, UpstreamCredentials } from "../adapters/upstream.ts";
 import { SCRAM_DEFAULT_ITERATIONS, type ScramVerifier } from "../auth/scramVerifier.ts";
@@ -58,6 +62,7 @@ export interface RunningServer {
 /** What a reload did, per part; absent parts are not configured. */
 export interface ReloadReport {
   readonly tls?: { readonly ok: boolean; readonly reason?: string };
+  readonly upstreamTls?: { readonly ok: boolean; readonly reason?: string };
 }
 
 const listen = (host: string, port: number): Effect.Effect<NetServer, PgwardenError, Scope.Scope> =>
@@ -233,6 +238,12 @@ const program = (
     const { host, port, connectTimeoutMs } = config.upstream;
     const tlsContext = clientTlsContext(config);
     if (isPgwardenError(tlsContext)) return yield* Effect.fail(tlsContext);
+    const upstreamTls = config.upstream.tls;
+    const upstreamContext =
+      upstreamTls.mode === "disable"
+        ? undefined
+        : createReloadableContext(() => upstreamLegContextOptions(upstreamTls));
+    if (isPgwardenError(upstreamContext)) return yield* Effect.fail(upstreamContext);
     const clientTls = config.tls;
     const deps: ConnectionDeps = {
       tls:
@@ -252,7 +263,22 @@ const program = (
         defaultRole: config.upstream.user,
         fallbackToClientUser: config.upstream.fallbackToClientUser,
       },
-      target: { host, port, connectTimeoutMs },
+      target: {
+        host,
+        port,
+        connectTimeoutMs,
+        ...(upstreamContext === undefined || upstreamTls.mode === "disable"
+          ? {}
+          : {
+              tls: {
+                mode: upstreamTls.mode,
+                context: () => upstreamContext.current(),
+                ...(upstreamTls.servername === undefined ? {} : { servername: upstreamTls.servername }),
+                direct: upstreamTls.direct,
+                handshakeTimeoutMs: upstreamTls.handshakeTimeoutMs,
+              },
+            }),
+      },
       credentials:
         config.upstream.password === undefined
           ? undefined
@@ -294,17 +320,20 @@ const program = (
       conn.start();
       run(id, superviseConnection(conn, limits.lingerMs));
     });
-    const reload = (): ReloadReport => {
-      const report: { tls?: { ok: boolean; reason?: string } } = {};
-      if (tlsContext !== undefined) {
-        const r = tlsContext.reload();
-        report.tls = r.reloaded ? { ok: true } : { ok: false, reason: r.error.message };
-        if (r.reloaded) log.info({ generation: r.generation }, "TLS certificates reloaded");
-        else log.error({ reason: r.error.message }, "TLS reload failed; keeping the running certificates");
-        events.emit({ kind: "reload", what: "tls", ...report.tls });
-      }
-      return report;
+    const reloadContext = (leg: "tls" | "upstream.tls", ctx: ReloadableContext) => {
+      const r = ctx.reload();
+      if (r.reloaded) log.info({ leg, generation: r.generation }, "TLS certificates reloaded");
+      else log.error({ leg, reason: r.error.message }, "TLS reload failed; keeping the running certificates");
+      const outcome = r.reloaded ? { ok: true } : { ok: false, reason: r.error.message };
+      events.emit({ kind: "reload", what: "tls", ...outcome });
+      return outcome;
     };
+    const reload = (): ReloadReport => ({
+      ...(tlsContext === undefined ? {} : { tls: reloadContext("tls", tlsContext) }),
+      ...(upstreamContext === undefined
+        ? {}
+        : { upstreamTls: reloadContext("upstream.tls", upstreamContext) }),
+    });
     onListening({ server, sessions, cancels, reload });
     log.info({ address: server.address() }, "listening");
 
