@@ -103,13 +103,29 @@ export const runServe = async (flags: ServeFlags): Promise<number> => {
     await embedded?.stop();
     return fail(config.message);
   }
-  return serveWith(config, embedded, clientLogin);
+  // SIGHUP re-reads the file (with the same environment and flags) for the access rules.
+  const reread =
+    configPath === undefined || configPath === ""
+      ? undefined
+      : async (): Promise<PgwardenConfig | string> => {
+          const text = await readFile(configPath, "utf8").catch((e: NodeJS.ErrnoException) => e);
+          if (text instanceof Error)
+            return `cannot read config file ${configPath}: ${text.code ?? text.message}`;
+          const parsed = await parseConfigText(text, configPath);
+          if (isPgwardenError(parsed)) return parsed.message;
+          const again = applyFlags(applyEnv(parsed, process.env), flags);
+          if (typeof again === "string") return again;
+          const decoded = decodeConfig(again);
+          return isPgwardenError(decoded) ? decoded.message : decoded;
+        };
+  return serveWith(config, embedded, clientLogin, reread);
 };
 
 const serveWith = async (
   config: PgwardenConfig,
   embedded: EmbeddedInstance | undefined,
   clientLogin: { user: string; password: string; database: string } | undefined,
+  reread: (() => Promise<PgwardenConfig | string>) | undefined,
 ): Promise<number> => {
   const log = createLogger(config.log.level);
   let users: ReadonlyMap<string, ScramVerifier> = new Map();
@@ -166,8 +182,15 @@ const serveWith = async (
   process.on("SIGINT", () => onSignal("SIGINT"));
   process.on("SIGTERM", () => onSignal("SIGTERM"));
   process.on("SIGHUP", () => {
-    // Certificates (and rules) reload in place; sessions already open are not dropped.
-    server.reload();
+    // Certificates and rules reload in place; sessions already open are not dropped.
+    if (reread === undefined) server.reload();
+    else
+      void reread().then((next) => {
+        if (typeof next === "string") {
+          log.error({ reason: next }, "configuration reload failed; keeping the running rules");
+          server.reload();
+        } else server.reload(next);
+      });
     if (config.auth.method === "trust") return;
     void loadUsers(config.auth.usersFile).then((u) => {
       if (isPgwardenError(u))

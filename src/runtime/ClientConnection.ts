@@ -17,6 +17,13 @@ import { isPgwardenError, type PgwardenError, pgwardenError, protocolError, SqlS
 import type { ClientAction, DeadlinePhase, FinalError } from "../machines/actions.ts";
 import { Events } from "../machines/events.ts";
 import { type ClientRunner, MachineRunner, type TransitionListener } from "../machines/MachineRunner.ts";
+import {
+  accessDeniedError,
+  type CompiledAccess,
+  describeDecision,
+  type RuleMethod,
+} from "../policy/accessRules.ts";
+import { describeCertIdentity } from "../policy/certIdentity.ts";
 import { type Destination, type GrantPolicy, resolveGrant } from "../policy/grants.ts";
 import { filterStartupParameters, type StartupPolicy } from "../policy/startupParameters.ts";
 import {
@@ -69,6 +76,8 @@ export interface ConnectionDeps {
     readonly lingerMs: number;
   };
   readonly startup: StartupPolicy;
+  /** Access rules and certificate mapping as compiled now (replaced on SIGHUP). */
+  readonly access: () => CompiledAccess;
   readonly grants: GrantPolicy;
   readonly target: UpstreamTarget;
   readonly credentials: UpstreamCredentials | undefined;
@@ -125,6 +134,12 @@ const passwordOverPlaintext = pgwardenError(
   SqlState.invalidAuthorization,
   "password authentication over an unencrypted connection is not allowed",
 );
+const certificateRefused = (user: string): PgwardenError =>
+  pgwardenError(
+    "PGW_TLS_CLIENT_CERT",
+    SqlState.invalidAuthorization,
+    `certificate authentication failed for user ${JSON.stringify(user)}`,
+  );
 const tooManyClients = pgwardenError(
   "PGW_TOO_MANY_CONNECTIONS",
   SqlState.tooManyConnections,
@@ -484,15 +499,7 @@ export class ClientConnection {
       this.failWith(Events.ClientAuthFailed, tlsRequired);
       return;
     }
-    if (
-      this.deps.auth.method === "scram-sha-256" &&
-      this.tlsSession === undefined &&
-      !this.deps.auth.allowPasswordOverPlaintext
-    ) {
-      this.deps.log.warn({ conn: this.id }, "connection refused: password over plaintext");
-      this.failWith(Events.ClientAuthFailed, passwordOverPlaintext);
-      return;
-    }
+
     if (!this.deps.admission.admitClient()) {
       this.deps.log.warn({ conn: this.id }, "connection refused: too many clients");
       this.failWith(Events.ClientAuthFailed, tooManyClients);
@@ -520,6 +527,15 @@ export class ClientConnection {
     this.user = user;
     this.database = database;
     log.info({ conn: this.id, user, database, application: params.get("application_name") }, "startup");
+
+    // Access rules, before any credential is read: who may try which method from where.
+    const ruleMethod = this.decideAccess(user, database);
+    if (isPgwardenError(ruleMethod)) return this.failWith(Events.ClientAuthFailed, ruleMethod);
+    const password = ruleMethod === "scram-sha-256" || ruleMethod === "cert+scram";
+    if (password && this.tlsSession === undefined && !this.deps.auth.allowPasswordOverPlaintext) {
+      log.warn({ conn: this.id }, "connection refused: password over plaintext");
+      return this.failWith(Events.ClientAuthFailed, passwordOverPlaintext);
+    }
 
     // The startup boundary, before any credential is read: what may go upstream, and where.
     const filtered = filterStartupParameters(this.deps.startup, params);
@@ -559,7 +575,8 @@ export class ClientConnection {
     this.leftover = undefined;
     this.stream = stream;
     this.socket.resume();
-    const method = this.deps.auth.method;
+    // `cert` was proven by the handshake; only password methods run an exchange.
+    const method = password ? "scram-sha-256" : "trust";
     const outcome = await authenticateClient(stream, {
       method,
       user,
@@ -592,8 +609,16 @@ export class ClientConnection {
         );
         return this.failWith(Events.ClientAuthFailed, outcome.error);
       case "ok":
-        if (method !== "trust")
-          log.info({ conn: this.id, user, mechanism: outcome.mechanism }, "client authenticated");
+        log.info(
+          {
+            conn: this.id,
+            user,
+            method: ruleMethod,
+            mechanism: outcome.mechanism,
+            transport: this.transportKind,
+          },
+          "client authenticated",
+        );
     }
     const pending = stream.handOff();
     this.stream = undefined;
@@ -602,6 +627,40 @@ export class ClientConnection {
     // Whatever the client sends before ReadyForQuery waits in the socket.
     this.socket.pause();
     this.machine.send(Events.ClientAuthOk);
+  }
+
+  /**
+   * The ordered access rules decide from source, transport, identity and database; on mtls the
+   * identity is the certificate's mapped one, and the startup user must be it. The decision and
+   * its rule go to the log and the event sink; the client is told only that access is denied.
+   */
+  private decideAccess(user: string, database: string): RuleMethod | PgwardenError {
+    const { policy, certs } = this.deps.access();
+    const log = this.deps.log;
+    const transport = this.transportKind;
+    if (transport === "mtls") {
+      const mapped = certs.map(this.tlsSession!.socket.getPeerCertificate());
+      log.info({ conn: this.id, user, mapped: mapped?.identity }, describeCertIdentity(mapped));
+      if (mapped === undefined || mapped.identity !== user) return certificateRefused(user);
+    }
+    const request = { source: this.raw.remoteAddress, transport, identity: user, database };
+    const decision = policy.decide(request);
+    const text = describeDecision(decision, request);
+    log.info({ conn: this.id, rule: decision.rule, action: decision.action }, text);
+    this.deps.events.emit({
+      kind: "accessDecision",
+      conn: this.id,
+      action: decision.action,
+      rule: decision.rule,
+      index: decision.index,
+      method: decision.action === "allow" ? decision.method : undefined,
+      identity: user,
+      database,
+      source: request.source,
+      transport,
+      text,
+    });
+    return decision.action === "allow" ? decision.method : accessDeniedError(request);
   }
 
   /** RFC 5929 tls-server-end-point of the certificate this leg presented; none on plaintext. */

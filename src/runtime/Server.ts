@@ -17,6 +17,7 @@ import { connectUpstream, sendCancel, UpstreamCredentials } from "../adapters/up
 import { SCRAM_DEFAULT_ITERATIONS, type ScramVerifier } from "../auth/scramVerifier.ts";
 import { isPgwardenError, type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
 import type { TransitionListener } from "../machines/MachineRunner.ts";
+import { type CompiledAccess, compileAccess } from "../policy/accessRules.ts";
 import { encodeError } from "../protocol/backend.ts";
 import { CancelRegistry } from "./CancelRegistry.ts";
 import { type Admission, ClientConnection, type ConnectionDeps } from "./ClientConnection.ts";
@@ -53,16 +54,18 @@ export interface RunningServer {
   /** Settles when the server has stopped, however that happened. */
   readonly stopped: Promise<StopResult>;
   /**
-   * SIGHUP: re-reads certificates and keys; what fails to load leaves the running one in force.
-   * Sessions already open keep what they started with.
+   * SIGHUP: re-reads certificates and keys and, given the re-read configuration, recompiles the
+   * access rules, groups and certificate mapping. What fails to load leaves the running one in
+   * force; sessions already open keep what they were admitted under.
    */
-  reload(): ReloadReport;
+  reload(next?: PgwardenConfig): ReloadReport;
 }
 
 /** What a reload did, per part; absent parts are not configured. */
 export interface ReloadReport {
   readonly tls?: { readonly ok: boolean; readonly reason?: string };
   readonly upstreamTls?: { readonly ok: boolean; readonly reason?: string };
+  readonly access?: { readonly ok: boolean; readonly reason?: string };
 }
 
 const listen = (host: string, port: number): Effect.Effect<NetServer, PgwardenError, Scope.Scope> =>
@@ -205,7 +208,7 @@ interface Listening {
   server: NetServer;
   sessions: Map<string, ClientConnection>;
   cancels: CancelRegistry;
-  reload: () => ReloadReport;
+  reload: (next?: PgwardenConfig) => ReloadReport;
 }
 
 /** The client leg's context, built once at start (a bad certificate stops the start) and on reload. */
@@ -244,6 +247,10 @@ const program = (
         ? undefined
         : createReloadableContext(() => upstreamLegContextOptions(upstreamTls));
     if (isPgwardenError(upstreamContext)) return yield* Effect.fail(upstreamContext);
+    const compileRules = (c: PgwardenConfig) => compileAccess(c.access, { defaultMethod: c.auth.method });
+    const compiled = compileRules(config);
+    if (isPgwardenError(compiled)) return yield* Effect.fail(compiled);
+    let access: CompiledAccess = compiled;
     const clientTls = config.tls;
     const deps: ConnectionDeps = {
       tls:
@@ -258,6 +265,7 @@ const program = (
       auth: config.auth,
       limits,
       startup: config.startup,
+      access: () => access,
       grants: {
         grants: config.access.grants,
         defaultRole: config.upstream.user,
@@ -328,11 +336,24 @@ const program = (
       events.emit({ kind: "reload", what: "tls", ...outcome });
       return outcome;
     };
-    const reload = (): ReloadReport => ({
+    const reloadAccess = (next: PgwardenConfig) => {
+      const recompiled = compileRules(next);
+      if (isPgwardenError(recompiled))
+        log.error({ reason: recompiled.message }, "access rules reload failed; keeping the running rules");
+      else {
+        access = recompiled;
+        log.info({ rules: next.access.rules.map((r) => r.name) }, "access rules reloaded");
+      }
+      const outcome = isPgwardenError(recompiled) ? { ok: false, reason: recompiled.message } : { ok: true };
+      events.emit({ kind: "reload", what: "access", ...outcome });
+      return outcome;
+    };
+    const reload = (next?: PgwardenConfig): ReloadReport => ({
       ...(tlsContext === undefined ? {} : { tls: reloadContext("tls", tlsContext) }),
       ...(upstreamContext === undefined
         ? {}
         : { upstreamTls: reloadContext("upstream.tls", upstreamContext) }),
+      ...(next === undefined ? {} : { access: reloadAccess(next) }),
     });
     onListening({ server, sessions, cancels, reload });
     log.info({ address: server.address() }, "listening");

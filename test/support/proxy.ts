@@ -3,6 +3,7 @@ import { deriveScramVerifier, type ScramVerifier } from "../../src/auth/scramVer
 import { isPgwardenError } from "../../src/errors.ts";
 import type { Transition } from "../../src/machines/MachineRunner.ts";
 import { decodeConfig } from "../../src/runtime/config.ts";
+import type { ProxyEvent } from "../../src/runtime/EventSink.ts";
 import { createLogger } from "../../src/runtime/logger.ts";
 import { type RunningServer, startServer } from "../../src/runtime/Server.ts";
 import { postgresInfo } from "./postgres.ts";
@@ -11,6 +12,8 @@ export interface TestProxy {
   readonly server: RunningServer;
   readonly port: number;
   readonly transitions: Transition[];
+  /** Every event the proxy emitted except transitions (those are in `transitions`). */
+  readonly events: ProxyEvent[];
   /** Log lines as JSON objects, for assertions about what was (not) logged. */
   readonly logs: Record<string, unknown>[];
   /** Connection options for pg/postgres.js through the proxy (the default identity has a password). */
@@ -69,16 +72,23 @@ export const startProxy = async (
     },
   });
   const transitions: Transition[] = [];
+  const events: ProxyEvent[] = [];
   const server = await startServer({
     config,
     log: createLogger(config.log.level, sink),
     users: () => users,
     onTransition: (t) => transitions.push(t),
+    events: {
+      emit: (e) => {
+        if (e.kind !== "transition") events.push(e);
+      },
+    },
   });
   return {
     server,
     port: server.port,
     transitions,
+    events,
     logs,
     connection: (user = TEST_USER) => ({
       host: "127.0.0.1",
