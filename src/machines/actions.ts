@@ -7,8 +7,11 @@
 /** Which final error `sendError` sends; "given" is the error that travelled beside the event. */
 export type FinalError = "given" | "adminShutdown" | "connectionLost" | "loginTimeout";
 
-/** Deadlines a connection arms: everything before the first ReadyForQuery, and the last linger. */
-export type DeadlinePhase = "login" | "linger";
+/**
+ * Deadlines a connection arms: everything before the first ReadyForQuery, the session controls
+ * (idle timeout and maximum lifetime, one timer) once relaying, and the last linger.
+ */
+export type DeadlinePhase = "login" | "session" | "linger";
 
 export type ClientAction =
   | { readonly type: "armDeadline"; readonly params: { readonly phase: DeadlinePhase } }

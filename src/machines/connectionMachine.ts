@@ -189,7 +189,11 @@ export const connectionMachine = setup({
             ...lifecycle("loginTimeout"),
             UpstreamReady: {
               target: "#connection.ready.idle",
-              actions: [clearDeadline("login"), { type: "startRelay" }],
+              actions: [
+                clearDeadline("login"),
+                { type: "startRelay" },
+                { type: "armDeadline", params: { phase: "session" } },
+              ],
             },
             UpstreamFailed: end(sendError("given")),
           },

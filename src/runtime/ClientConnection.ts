@@ -25,6 +25,15 @@ import {
 } from "../policy/accessRules.ts";
 import { describeCertIdentity } from "../policy/certIdentity.ts";
 import { type Destination, type GrantPolicy, resolveGrant } from "../policy/grants.ts";
+import {
+  isSessionRefusal,
+  type SessionCounter,
+  type SessionLease,
+  type SessionTimers,
+  sessionEndError,
+  sessionLimitError,
+  timerAction,
+} from "../policy/sessionLimits.ts";
 import { filterStartupParameters, type StartupPolicy } from "../policy/startupParameters.ts";
 import {
   encodeAuthentication,
@@ -79,6 +88,8 @@ export interface ConnectionDeps {
   /** Access rules and certificate mapping as compiled now (replaced on SIGHUP). */
   readonly access: () => CompiledAccess;
   readonly grants: GrantPolicy;
+  /** Concurrent-session leases and the idle/lifetime deadlines (`sessions`). */
+  readonly sessions: { readonly counter: SessionCounter; readonly timers: () => SessionTimers };
   readonly target: UpstreamTarget;
   readonly credentials: UpstreamCredentials | undefined;
   readonly users: () => ReadonlyMap<string, ScramVerifier>;
@@ -192,6 +203,11 @@ export class ClientConnection {
   private errorSent = false;
   private clientGone = false;
   private admitted: "client" | "cancel" | undefined;
+  private lease: SessionLease | undefined;
+  /** Session controls: when relaying began, the last client activity seen, and the bytes read then. */
+  private sessionStartedAt = 0;
+  private lastActivityAt = 0;
+  private bytesSeen = 0;
   private readonly openedAt = Date.now();
   user: string | undefined;
   database: string | undefined;
@@ -319,14 +335,63 @@ export class ClientConnection {
   }
 
   private arm(phase: DeadlinePhase): void {
+    if (phase === "session") {
+      this.sessionStartedAt = this.lastActivityAt = Date.now();
+      this.bytesSeen = this.transport.bytesRead;
+      this.checkSession();
+      return;
+    }
     const ms = phase === "login" ? this.deps.auth.timeoutMs : this.deps.limits.lingerMs;
     this.deps.deadlines.arm(this, phase, ms);
+  }
+
+  /**
+   * The idle and lifetime deadlines on one timer. Activity is sampled from the bytes read, not
+   * tracked per message (the relay stays as it is), at an eighth of the idle timeout: an idle
+   * session ends between 1 and 1⅛ idle timeouts after the client's last message.
+   */
+  private checkSession(): void {
+    const timers = this.deps.sessions.timers();
+    const now = Date.now();
+    const bytes = this.transport.bytesRead;
+    const busy = !this.machine.state.startsWith("ready");
+    if (busy || bytes !== this.bytesSeen) {
+      this.lastActivityAt = now;
+      this.bytesSeen = bytes;
+    }
+    const next = timerAction(
+      timers,
+      { startedAt: this.sessionStartedAt, lastActivityAt: this.lastActivityAt, busy },
+      now,
+    );
+    if (next.kind === "end") {
+      const idle = next.deadline.kind === "idle";
+      const error = sessionEndError(next.deadline.kind, timers);
+      this.deps.log.info({ conn: this.id, user: this.user, code: error.code }, error.message);
+      this.deps.events.emit({
+        kind: "sessionControl",
+        conn: this.id,
+        control: idle ? "idleTimeout" : "maxLifetime",
+        identity: this.user,
+        source: this.raw.remoteAddress,
+        limit: idle ? timers.idleTimeoutMs : timers.maxLifetimeMs,
+      });
+      this.failWith(Events.Timeout, error);
+      return;
+    }
+    const cadence = timers.idleTimeoutMs > 0 ? Math.ceil(timers.idleTimeoutMs / 8) : Number.POSITIVE_INFINITY;
+    const delay = Math.min(next.kind === "arm" ? next.delayMs : Number.POSITIVE_INFINITY, cadence);
+    if (Number.isFinite(delay)) this.deps.deadlines.arm(this, "session", delay);
   }
 
   /** A deadline passed: the login one ends the connection, the linger destroys both sockets. */
   onDeadline(phase: DeadlinePhase): void {
     if (phase === "linger") {
       this.destroy();
+      return;
+    }
+    if (phase === "session") {
+      if (this.machine.in("ready") || this.machine.in("busy")) this.checkSession();
       return;
     }
     if (this.deps.log.isLevelEnabled("warn"))
@@ -620,6 +685,23 @@ export class ClientConnection {
           "client authenticated",
         );
     }
+    // AC-10: the lease is taken once the identity is proven, and given back when the session ends.
+    const source = this.raw.remoteAddress;
+    const lease = this.deps.sessions.counter.tryAcquire(user, source);
+    if (isSessionRefusal(lease)) {
+      const error = sessionLimitError(lease, user, source);
+      log.warn({ conn: this.id, user, source, limit: lease.limit }, error.message);
+      this.deps.events.emit({
+        kind: "sessionControl",
+        conn: this.id,
+        control: lease.refused === "identity" ? "maxPerIdentity" : "maxPerSource",
+        identity: user,
+        source,
+        limit: lease.limit,
+      });
+      return this.failWith(Events.ClientAuthFailed, error);
+    }
+    this.lease = lease;
     const pending = stream.handOff();
     this.stream = undefined;
     if (isPgwardenError(pending)) return this.violation(pending);
@@ -797,6 +879,8 @@ export class ClientConnection {
     if (!this.machine.done) return;
     this.deps.deadlines.clearAll(this);
     if (this.clientKey !== undefined) this.deps.cancels.revoke(this.clientKey);
+    this.lease?.release();
+    this.lease = undefined;
     if (this.admitted === "client") this.deps.admission.releaseClient();
     else if (this.admitted === "cancel") this.deps.admission.releaseCancel();
     this.admitted = undefined;

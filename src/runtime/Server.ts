@@ -18,6 +18,7 @@ import { SCRAM_DEFAULT_ITERATIONS, type ScramVerifier } from "../auth/scramVerif
 import { isPgwardenError, type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
 import type { TransitionListener } from "../machines/MachineRunner.ts";
 import { type CompiledAccess, compileAccess } from "../policy/accessRules.ts";
+import { createSessionCounter } from "../policy/sessionLimits.ts";
 import { encodeError } from "../protocol/backend.ts";
 import { CancelRegistry } from "./CancelRegistry.ts";
 import { type Admission, ClientConnection, type ConnectionDeps } from "./ClientConnection.ts";
@@ -66,6 +67,7 @@ export interface ReloadReport {
   readonly tls?: { readonly ok: boolean; readonly reason?: string };
   readonly upstreamTls?: { readonly ok: boolean; readonly reason?: string };
   readonly access?: { readonly ok: boolean; readonly reason?: string };
+  readonly sessions?: { readonly ok: boolean };
 }
 
 const listen = (host: string, port: number): Effect.Effect<NetServer, PgwardenError, Scope.Scope> =>
@@ -251,6 +253,8 @@ const program = (
     const compiled = compileRules(config);
     if (isPgwardenError(compiled)) return yield* Effect.fail(compiled);
     let access: CompiledAccess = compiled;
+    const sessionCounter = createSessionCounter(config.sessions);
+    let sessionTimers = config.sessions;
     const clientTls = config.tls;
     const deps: ConnectionDeps = {
       tls:
@@ -266,6 +270,7 @@ const program = (
       limits,
       startup: config.startup,
       access: () => access,
+      sessions: { counter: sessionCounter, timers: () => sessionTimers },
       grants: {
         grants: config.access.grants,
         defaultRole: config.upstream.user,
@@ -348,12 +353,19 @@ const program = (
       events.emit({ kind: "reload", what: "access", ...outcome });
       return outcome;
     };
+    // Lowered limits apply to new sessions; new timeouts to each session's next check.
+    const reloadSessions = (next: PgwardenConfig) => {
+      sessionCounter.reconfigure(next.sessions);
+      sessionTimers = next.sessions;
+      events.emit({ kind: "reload", what: "sessions", ok: true });
+      return { ok: true };
+    };
     const reload = (next?: PgwardenConfig): ReloadReport => ({
       ...(tlsContext === undefined ? {} : { tls: reloadContext("tls", tlsContext) }),
       ...(upstreamContext === undefined
         ? {}
         : { upstreamTls: reloadContext("upstream.tls", upstreamContext) }),
-      ...(next === undefined ? {} : { access: reloadAccess(next) }),
+      ...(next === undefined ? {} : { access: reloadAccess(next), sessions: reloadSessions(next) }),
     });
     onListening({ server, sessions, cancels, reload });
     log.info({ address: server.address() }, "listening");

@@ -113,6 +113,7 @@ describe("MachineRunner: the login walk and its actions", () => {
     expect(r.actions).toEqual([
       { type: "clearDeadline", params: { phase: "login" } },
       { type: "startRelay" },
+      { type: "armDeadline", params: { phase: "session" } },
     ]);
     expect(r.runner.state).toBe("ready.idle");
     expect(r.emitted.map((t) => [t.machine, t.from, t.to, t.cause])).toEqual([
@@ -157,6 +158,7 @@ describe("MachineRunner: the login walk and its actions", () => {
       "authenticating.upstream -> ready.idle",
       { type: "clearDeadline", params: { phase: "login" } },
       { type: "startRelay" },
+      { type: "armDeadline", params: { phase: "session" } },
     ]);
   });
 
@@ -177,6 +179,7 @@ describe("MachineRunner: the login walk and its actions", () => {
       "authenticating.upstream -> ready.idle",
       { type: "clearDeadline", params: { phase: "login" } },
       { type: "startRelay" },
+      { type: "armDeadline", params: { phase: "session" } },
     ]);
   });
 
@@ -195,6 +198,7 @@ describe("MachineRunner: the login walk and its actions", () => {
       "authenticating.upstream -> ready.idle",
       { type: "clearDeadline", params: { phase: "login" } },
       { type: "startRelay" },
+      { type: "armDeadline", params: { phase: "session" } },
       "ready.idle -> busy.simpleQuery",
     ]);
     // Nothing is left in the queue: the next event is applied alone.
