@@ -4,6 +4,7 @@ import type { EmbeddedInstance } from "../adapters/embeddedPostgres.ts";
 import { createScramVerifier, type ScramVerifier } from "../auth/scramVerifier.ts";
 import { isPgwardenError } from "../errors.ts";
 import { applyEnv, decodeConfig, type PgwardenConfig, parseConfigText, setPath } from "../runtime/config.ts";
+import type { FipsStatus } from "../runtime/fips.ts";
 import { createLogger } from "../runtime/logger.ts";
 import { startServer } from "../runtime/Server.ts";
 import { ensureUser, loadUsers } from "../runtime/users.ts";
@@ -16,9 +17,10 @@ export const serveOptions = {
   "users-file": { type: "string" },
   "log-level": { type: "string" },
   "data-dir": { type: "string" },
+  fips: { type: "boolean" },
 } as const;
 
-export type ServeFlags = { [K in keyof typeof serveOptions]?: string };
+export type ServeFlags = { [K in Exclude<keyof typeof serveOptions, "fips">]?: string } & { fips?: boolean };
 
 const fail = (message: string, code = 2): number => {
   process.stderr.write(`pgwarden: ${message}\n`);
@@ -42,6 +44,7 @@ const applyFlags = (base: Record<string, unknown>, flags: ServeFlags): Record<st
   if (flags.auth !== undefined) setPath(out, "auth.method", flags.auth);
   if (flags["users-file"] !== undefined) setPath(out, "auth.usersFile", flags["users-file"]);
   if (flags["log-level"] !== undefined) setPath(out, "log.level", flags["log-level"]);
+  if (flags.fips === true) out.fips = true;
   return out;
 };
 
@@ -128,6 +131,25 @@ const serveWith = async (
   reread: (() => Promise<PgwardenConfig | string>) | undefined,
 ): Promise<number> => {
   const log = createLogger(config.log.level);
+  let fipsStatus: FipsStatus | undefined;
+  if (config.fips) {
+    // Before the users file or any TLS context is used: every later primitive runs in FIPS mode.
+    const checked = await startInFipsMode(config);
+    if (typeof checked === "string") {
+      log.fatal({ reason: checked }, "FIPS mode self-test failed; not starting");
+      await embedded?.stop();
+      return fail(checked, 1);
+    }
+    fipsStatus = checked;
+    log.info(
+      {
+        provider: checked.providers?.find((p) => p.id === "fips")?.name,
+        version: checked.providers?.find((p) => p.id === "fips")?.version,
+        probes: checked.probes.map((p) => `${p.ok ? "pass" : "FAIL"} ${p.name}`),
+      },
+      "FIPS mode on: every self-test passed",
+    );
+  }
   let users: ReadonlyMap<string, ScramVerifier> = new Map();
   if (config.auth.method === "trust") {
     const banner =
@@ -147,7 +169,12 @@ const serveWith = async (
 
   let server: Awaited<ReturnType<typeof startServer>>;
   try {
-    server = await startServer({ config, log, users: () => users });
+    server = await startServer({
+      config,
+      log,
+      users: () => users,
+      ...(fipsStatus === undefined ? {} : { fipsStatus }),
+    });
   } catch (e) {
     await embedded?.stop();
     return fail((e as Error).message, 1);
@@ -212,4 +239,33 @@ const serveWith = async (
     return fail(`pgwarden failed: ${result.cause}`, 1);
   }
   return 0;
+};
+
+/**
+ * `fips: true`: FIPS mode on, then the self-test with the configured TLS policies and the client
+ * leg's real context (loopback handshakes). A string says why pgwarden must not start.
+ */
+const startInFipsMode = async (config: PgwardenConfig): Promise<FipsStatus | string> => {
+  const { enableFips, fipsSelfTest, formatFipsStatus } = await import("../runtime/fips.ts");
+  const { buildSecureContext, clientLegContextOptions, cipherPolicyOptions } = await import(
+    "../adapters/tls/policy.ts"
+  );
+  const enabled = enableFips();
+  if (isPgwardenError(enabled)) return enabled.message;
+  const policies = [{ name: "upstream.tls", options: cipherPolicyOptions(config.upstream.tls) }];
+  const contexts: { name: string; context: import("node:tls").SecureContext }[] = [];
+  let contextError: string | undefined;
+  if (config.tls.mode !== "disable") {
+    const options = clientLegContextOptions(config.tls);
+    if (isPgwardenError(options)) return options.message;
+    policies.push({ name: "tls", options });
+    // Without a working provider no context builds: the report still says what is missing.
+    const context = buildSecureContext(options);
+    if (isPgwardenError(context)) contextError = context.message;
+    else contexts.push({ name: "tls", context });
+  }
+  const status = await fipsSelfTest({ policies, contexts });
+  if (status.ok && contextError === undefined) return status;
+  const why = contextError === undefined ? "" : ` (tls: ${contextError})`;
+  return `FIPS mode requested, but the self-test failed${why}:\n${formatFipsStatus(status)}`;
 };

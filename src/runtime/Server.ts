@@ -25,6 +25,7 @@ import { type Admission, ClientConnection, type ConnectionDeps } from "./ClientC
 import type { PgwardenConfig } from "./config.ts";
 import { Deadlines } from "./Deadlines.ts";
 import { discardEvents, type EventSink } from "./EventSink.ts";
+import type { FipsStatus } from "./fips.ts";
 import { Cancels, Config, Events, Users } from "./services.ts";
 
 export interface ServerOptions {
@@ -33,6 +34,8 @@ export interface ServerOptions {
   readonly users: () => ReadonlyMap<string, ScramVerifier>;
   readonly onTransition?: TransitionListener;
   readonly events?: EventSink;
+  /** The FIPS self-test that passed before start (fips: true): logged and emitted as an event. */
+  readonly fipsStatus?: FipsStatus;
 }
 
 /** How the program ended: `ok` false when it failed rather than being drained or stopped. */
@@ -224,7 +227,7 @@ const clientTlsContext = (config: PgwardenConfig): ReloadableContext | PgwardenE
  * FiberMap keyed by connection id, and a drain on request.
  */
 const program = (
-  options: Pick<ServerOptions, "log" | "onTransition">,
+  options: Pick<ServerOptions, "log" | "onTransition" | "fipsStatus">,
   signals: { drain: Deferred.Deferred<void>; stop: Deferred.Deferred<void> },
   onListening: (l: Listening) => void,
 ) =>
@@ -280,6 +283,8 @@ const program = (
         host,
         port,
         connectTimeoutMs,
+        // MD5 is no approved algorithm: PostgreSQL asking for it is refused in FIPS mode.
+        refuseMd5: config.fips,
         ...(upstreamContext === undefined || upstreamTls.mode === "disable"
           ? {}
           : {
@@ -366,6 +371,14 @@ const program = (
         ? {}
         : { upstreamTls: reloadContext("upstream.tls", upstreamContext) }),
       ...(next === undefined ? {} : { access: reloadAccess(next), sessions: reloadSessions(next) }),
+    });
+    const fips = options.fipsStatus;
+    events.emit({
+      kind: "fipsStatus",
+      enabled: config.fips,
+      passed: fips?.ok ?? false,
+      provider: fips?.providers?.find((p) => p.id === "fips")?.name,
+      results: (fips?.probes ?? []).map((p) => ({ name: p.name, ok: p.ok })),
     });
     onListening({ server, sessions, cancels, reload });
     log.info({ address: server.address() }, "listening");
