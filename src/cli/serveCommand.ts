@@ -63,10 +63,10 @@ export const runServe = async (flags: ServeFlags): Promise<number> => {
   if (typeof layered === "string") return fail(layered);
 
   let embedded: EmbeddedInstance | undefined;
-  let clientLogin: { user: string; password: string; database: string } | undefined;
+  let clientLogin: { user: string; password: string; database: string; ca: string } | undefined;
   if (configPath === undefined || configPath === "") {
-    // Embedded mode: a private PostgreSQL, its own generated secrets, SCRAM for clients, and an
-    // application role that is no superuser and owns its database.
+    // Embedded mode: a private PostgreSQL, its own generated secrets, SCRAM over required TLS for
+    // clients, and an application role that is no superuser and owns its database.
     // Loaded only here: the package is heavy and installs exit hooks.
     const { defaultDataHome, ensureAppRole, persistentSecret, startEmbeddedPostgres } = await import(
       "../adapters/embeddedPostgres.ts"
@@ -88,7 +88,6 @@ export const runServe = async (flags: ServeFlags): Promise<number> => {
       await embedded.stop();
       return fail(ensured.message, 1);
     }
-    clientLogin = { user: app.role, password: clientPassword, database: app.database };
     setPath(layered, "upstream.host", embedded.host);
     setPath(layered, "upstream.port", String(embedded.port));
     setPath(layered, "upstream.user", app.role);
@@ -97,8 +96,15 @@ export const runServe = async (flags: ServeFlags): Promise<number> => {
       grants: [{ identity: app.role, databases: [app.database], role: app.role }],
     };
     if (flags["users-file"] === undefined) setPath(layered, "auth.usersFile", usersFile);
-    // Loopback only, until the embedded default serves TLS.
-    (layered.auth as Record<string, unknown>).allowPasswordOverPlaintext = true;
+    // TLS required, with certificates of its own made on first run; clients verify the server.
+    const { ensureLocalCertificates } = await import("../adapters/tls/localCa.ts");
+    const local = await ensureLocalCertificates(join(home, "tls"));
+    if (isPgwardenError(local)) {
+      await embedded.stop();
+      return fail(local.message, 1);
+    }
+    clientLogin = { user: app.role, password: clientPassword, database: app.database, ca: local.ca };
+    (layered as { tls?: unknown }).tls = { mode: "require", cert: local.cert, key: local.key };
   }
 
   const config = decodeConfig(layered);
@@ -127,7 +133,7 @@ export const runServe = async (flags: ServeFlags): Promise<number> => {
 const serveWith = async (
   config: PgwardenConfig,
   embedded: EmbeddedInstance | undefined,
-  clientLogin: { user: string; password: string; database: string } | undefined,
+  clientLogin: { user: string; password: string; database: string; ca: string } | undefined,
   reread: (() => Promise<PgwardenConfig | string>) | undefined,
 ): Promise<number> => {
   const log = createLogger(config.log.level);
@@ -182,10 +188,12 @@ const serveWith = async (
 
   const where = `${server.host.includes(":") ? `[${server.host}]` : server.host}:${server.port}`;
   if (embedded !== undefined && clientLogin !== undefined) {
-    const { user, password, database } = clientLogin;
+    const { user, password, database, ca } = clientLogin;
+    // verify-full: the client checks pgwarden's certificate against the local CA, not just encrypts.
+    const verify = `sslmode=verify-full&sslrootcert=${encodeURIComponent(ca)}`;
     process.stdout.write(
-      `\npgwarden is listening on ${where}, in front of an embedded PostgreSQL.\nConnect with:\n\n` +
-        `  psql "postgresql://${user}:${encodeURIComponent(password)}@${where}/${database}"\n\nCtrl-C stops both.\n`,
+      `\npgwarden is listening on ${where} (TLS required), in front of an embedded PostgreSQL.\nConnect with:\n\n` +
+        `  psql "postgresql://${user}:${encodeURIComponent(password)}@${where}/${database}?${verify}"\n\nCtrl-C stops both.\n`,
     );
   } else {
     process.stdout.write(
