@@ -1,11 +1,12 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtemp, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
 import { describe, expect, it } from "vitest";
 import { freePort } from "../src/adapters/embeddedPostgres.ts";
 import { postgresInfo } from "./support/postgres.ts";
+import { runClient } from "./support/run.ts";
 
 /** `pgwarden serve` as a real process, with its output collected. */
 const serve = (args: string[], env: Record<string, string> = {}) => {
@@ -73,8 +74,27 @@ describe("pgwarden serve as a process", () => {
     try {
       await waitFor(() => p.out.stdout.includes('psql "'), 90_000, "the psql line");
       const url = /psql "([^"]+)"/.exec(p.out.stdout)![1]!;
-      expect(url).toMatch(new RegExp(`^postgresql://app:[^@]+@127\\.0\\.0\\.1:${port}/app$`));
-      const c = new pg.Client({ connectionString: url });
+      // TLS required, and the line makes the client verify pgwarden against the local CA.
+      expect(url).toMatch(
+        new RegExp(
+          `^postgresql://app:[^@]+@127\\.0\\.0\\.1:${port}/app\\?sslmode=verify-full&sslrootcert=[^&]+$`,
+        ),
+      );
+      const ca = decodeURIComponent(/sslrootcert=([^&]+)/.exec(url)![1]!);
+      expect(ca).toBe(join(dir, "tls", "ca.crt"));
+      // psql itself, with the printed line as it stands.
+      const viaPsql = await runClient("psql", ["-X", "-At", "-c", "select 'verified'", url], {
+        env: { PGPASSWORD: "" },
+      });
+      expect(viaPsql.stderr).toBe("");
+      expect(viaPsql.stdout.trim()).toBe("verified");
+      // Plaintext is refused before any credential is read.
+      const plain = new pg.Client({ connectionString: url.replace(/\?.*$/, "?sslmode=disable") });
+      await expect(plain.connect()).rejects.toMatchObject({ code: "28000" });
+      // node-postgres with the same CA.
+      const base = url.replace(/\?.*$/, "");
+      const tlsOptions = { ssl: { ca: await readFile(ca, "utf8"), servername: "localhost" } };
+      const c = new pg.Client({ connectionString: base, ...tlsOptions });
       await c.connect();
       expect((await c.query("SELECT 6 * 7 AS n")).rows).toEqual([{ n: 42 }]);
       // The embedded default is no superuser: it owns its database and nothing more.
@@ -85,10 +105,10 @@ describe("pgwarden serve as a process", () => {
         { u: "app", rolsuper: false, rolreplication: false, rolcreaterole: false, owner: "app" },
       ]);
       // Other databases are not granted to the identity.
-      const other = new pg.Client({ connectionString: url.replace(/\/app$/, "/postgres") });
+      const other = new pg.Client({ connectionString: base.replace(/\/app$/, "/postgres"), ...tlsOptions });
       await expect(other.connect()).rejects.toMatchObject({ code: "28000" });
       await c.end();
-      const wrong = new pg.Client({ connectionString: url.replace(/:[^:@]+@/, ":wrong@") });
+      const wrong = new pg.Client({ connectionString: base.replace(/:[^:@]+@/, ":wrong@"), ...tlsOptions });
       await expect(wrong.connect()).rejects.toMatchObject({ code: "28P01" });
       p.child.kill("SIGINT");
       expect(await p.exited).toBe(0);

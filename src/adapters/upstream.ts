@@ -1,7 +1,10 @@
 import { connect, type Socket } from "node:net";
+import type { SecureContext } from "node:tls";
+import { TLS_SERVER_END_POINT, tlsServerEndPoint } from "../auth/channelBinding.ts";
 import { md5PasswordMessage } from "../auth/md5.ts";
 import { SaltedPasswordCache, scramSaltOf } from "../auth/SaltedPasswordCache.ts";
-import { createScramClient, SCRAM_CLIENT_MAX_ITERATIONS } from "../auth/scramClient.ts";
+import { createScramClient, SCRAM_CLIENT_MAX_ITERATIONS, selectScramOptions } from "../auth/scramClient.ts";
+import type { ScramChannelBinding } from "../auth/scramServer.ts";
 import { isPgwardenError, type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
 import {
   type BackendKeyData,
@@ -20,11 +23,27 @@ import { Backend } from "../protocol/messageTypes.ts";
 import { serverStartupPolicy } from "../protocol/policies.ts";
 import { encodeCancelRequest, encodeStartup } from "../protocol/startup.ts";
 import { MessageStream } from "./MessageStream.ts";
+import type { UpstreamTlsMode } from "./tls/config.ts";
+import { negotiateUpstreamTls } from "./tls/upstreamTls.ts";
+
+/** TLS to PostgreSQL as configured (`upstream.tls`), with its context built once at start. */
+export interface UpstreamTls {
+  readonly mode: Exclude<UpstreamTlsMode, "disable">;
+  /** The context for new connections (reloaded on SIGHUP). */
+  readonly context: () => SecureContext;
+  readonly servername?: string;
+  readonly direct: boolean;
+  readonly handshakeTimeoutMs: number;
+}
 
 export interface UpstreamTarget {
   readonly host: string;
   readonly port: number;
   readonly connectTimeoutMs: number;
+  /** Undefined: plaintext (`upstream.tls.mode: disable`). Otherwise never a plaintext fallback. */
+  readonly tls?: UpstreamTls;
+  /** md5 password authentication is refused (FIPS mode). */
+  readonly refuseMd5?: boolean;
 }
 
 export interface UpstreamLogin extends UpstreamTarget {
@@ -58,6 +77,10 @@ export interface Upstream {
   readonly ready: Buffer;
   /** Messages that followed ReadyForQuery in the same read. */
   readonly pending: readonly Buffer[];
+  /** How pgwarden authenticated upstream: trust, password, md5, SCRAM-SHA-256 or SCRAM-SHA-256-PLUS. */
+  readonly method: string;
+  /** The negotiated TLS protocol, or undefined on a plaintext leg. */
+  readonly tlsProtocol: string | undefined;
 }
 
 /**
@@ -103,17 +126,52 @@ export const openSocket = (t: UpstreamTarget, signal?: AbortSignal): Promise<Soc
     });
   });
 
+/** A TCP connection, then TLS when configured; a TLS failure is an error, never plaintext. */
+const openLeg = async (
+  t: UpstreamTarget,
+  signal?: AbortSignal,
+): Promise<
+  { socket: Socket; binding: ScramChannelBinding | undefined; protocol?: string } | PgwardenError
+> => {
+  const socket = await openSocket(t, signal);
+  if (isPgwardenError(socket) || t.tls === undefined) {
+    return isPgwardenError(socket) ? socket : { socket, binding: undefined };
+  }
+  const session = await negotiateUpstreamTls(socket, {
+    mode: t.tls.mode,
+    context: t.tls.context(),
+    host: t.host,
+    ...(t.tls.servername === undefined ? {} : { servername: t.tls.servername }),
+    direct: t.tls.direct,
+    handshakeTimeoutMs: t.tls.handshakeTimeoutMs,
+  });
+  if (isPgwardenError(session)) return session;
+  if (signal?.aborted === true) {
+    session.socket.destroy();
+    return unavailable("login abandoned");
+  }
+  signal?.addEventListener("abort", () => session.socket.destroy(), { once: true });
+  const data = tlsServerEndPoint(session.serverCertificate);
+  return {
+    socket: session.socket,
+    binding: Buffer.isBuffer(data) ? { type: TLS_SERVER_END_POINT, data } : undefined,
+    protocol: session.protocol,
+  };
+};
+
 /**
- * Connects and logs in to PostgreSQL as a client: trust, cleartext, md5 or SCRAM-SHA-256,
- * with the password from pgwarden's configuration, so clients never hold it.
+ * Connects and logs in to PostgreSQL as a client: trust, cleartext, md5 or SCRAM-SHA-256
+ * (-PLUS, bound to PostgreSQL's certificate, when the leg is TLS and it is offered), with the
+ * password from pgwarden's configuration, so clients never hold it.
  */
 export const connectUpstream = async (
   login: UpstreamLogin,
 ): Promise<Upstream | UpstreamRefusal | PgwardenError> => {
-  const socket = await openSocket(login, login.signal);
-  if (isPgwardenError(socket)) return socket;
+  const leg = await openLeg(login, login.signal);
+  if (isPgwardenError(leg)) return leg;
+  const socket = leg.socket;
   login.onConnected?.();
-  const result = await startup(socket, login).catch(
+  const result = await startup(socket, login, leg.binding, leg.protocol).catch(
     (e: unknown): PgwardenError => unavailable(`upstream login failed: ${(e as Error).message}`),
   );
   if (isPgwardenError(result) || "_tag" in result) {
@@ -126,6 +184,8 @@ export const connectUpstream = async (
 const startup = async (
   socket: Socket,
   login: UpstreamLogin,
+  binding: ScramChannelBinding | undefined,
+  tlsProtocol: string | undefined,
 ): Promise<Upstream | UpstreamRefusal | PgwardenError> => {
   const stream = new MessageStream(socket, serverStartupPolicy);
   const deadline = Date.now() + login.connectTimeoutMs;
@@ -138,6 +198,7 @@ const startup = async (
   let scram: ReturnType<typeof createScramClient> | undefined;
   const startupMessages: Buffer[] = [];
   let key: BackendKeyData | undefined;
+  let method = "trust";
   for (;;) {
     const msg = await next();
     if (msg === "closed") return unavailable("PostgreSQL closed the connection during startup");
@@ -153,17 +214,23 @@ const startup = async (
           return authProblem(
             `PostgreSQL asked for a password for role "${user}" and upstream.password is not set`,
           );
-        if (auth.kind === "CleartextPassword") socket.write(encodePasswordMessage(password));
-        else if (auth.kind === "MD5Password")
-          socket.write(encodePasswordMessage(md5PasswordMessage(user, password, auth.salt)));
-        else if (auth.kind === "SASL") {
-          if (!auth.mechanisms.includes("SCRAM-SHA-256")) {
+        if (auth.kind === "CleartextPassword") {
+          method = "password";
+          socket.write(encodePasswordMessage(password));
+        } else if (auth.kind === "MD5Password") {
+          // MD5 is no approved algorithm: in FIPS mode it cannot (and must not) be used.
+          if (login.refuseMd5 === true)
             return authProblem(
-              `PostgreSQL offered only ${auth.mechanisms.join(", ")}; pgwarden speaks SCRAM-SHA-256`,
+              `PostgreSQL asked for md5 authentication for role "${user}", refused in FIPS mode`,
             );
-          }
-          scram = createScramClient(password);
-          socket.write(encodeSASLInitialResponse("SCRAM-SHA-256", Buffer.from(scram.clientFirst())));
+          method = "md5";
+          socket.write(encodePasswordMessage(md5PasswordMessage(user, password, auth.salt)));
+        } else if (auth.kind === "SASL") {
+          const options = selectScramOptions(auth.mechanisms, binding);
+          if (isPgwardenError(options)) return options;
+          scram = createScramClient(password, options);
+          method = scram.mechanism;
+          socket.write(encodeSASLInitialResponse(scram.mechanism, Buffer.from(scram.clientFirst())));
         } else if (auth.kind === "SASLContinue") {
           if (scram === undefined || credentials === undefined)
             return authProblem("SASLContinue before SASL");
@@ -216,6 +283,8 @@ const startup = async (
           startupMessages,
           ready: msg,
           pending,
+          method,
+          tlsProtocol,
         };
       }
       default:
@@ -231,8 +300,10 @@ const startup = async (
  * `target.connectTimeoutMs`.
  */
 export const sendCancel = async (target: UpstreamTarget, key: BackendKeyData): Promise<void> => {
-  const socket = await openSocket(target);
-  if (isPgwardenError(socket)) return;
+  // Over TLS too when configured: the cancel key is a secret.
+  const leg = await openLeg(target);
+  if (isPgwardenError(leg)) return;
+  const socket = leg.socket;
   await new Promise<void>((resolve) => {
     const timer = setTimeout(() => socket.destroy(), target.connectTimeoutMs);
     socket.on("error", () => socket.destroy());

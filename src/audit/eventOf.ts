@@ -150,6 +150,15 @@ export const eventOf = (
         rule: e.rule,
         ...opt("reason", e.reason),
       };
+    // Access rules decide before credentials; grants after: both are access decisions on the record.
+    case "accessRule":
+      return {
+        ...ctx.envelope(e.conn, ts),
+        kind: "access.decision",
+        decision: e.action === "allow" ? "allow" : "deny",
+        rule: `access.rules: ${e.rule}`,
+        reason: e.text,
+      };
     case "statement":
       return {
         ...ctx.envelope(e.conn, ts),

@@ -5,6 +5,7 @@ import type { EmbeddedInstance } from "../adapters/embeddedPostgres.ts";
 import { createScramVerifier, type ScramVerifier } from "../auth/scramVerifier.ts";
 import { isPgwardenError } from "../errors.ts";
 import { applyEnv, decodeConfig, type PgwardenConfig, parseConfigText, setPath } from "../runtime/config.ts";
+import type { FipsStatus } from "../runtime/fips.ts";
 import { createLogger } from "../runtime/logger.ts";
 import { startServer } from "../runtime/Server.ts";
 import { ensureUser, loadUsers } from "../runtime/users.ts";
@@ -17,9 +18,10 @@ export const serveOptions = {
   "users-file": { type: "string" },
   "log-level": { type: "string" },
   "data-dir": { type: "string" },
+  fips: { type: "boolean" },
 } as const;
 
-export type ServeFlags = { [K in keyof typeof serveOptions]?: string };
+export type ServeFlags = { [K in Exclude<keyof typeof serveOptions, "fips">]?: string } & { fips?: boolean };
 
 const fail = (message: string, code = 2): number => {
   process.stderr.write(`pgwarden: ${message}\n`);
@@ -43,6 +45,7 @@ const applyFlags = (base: Record<string, unknown>, flags: ServeFlags): Record<st
   if (flags.auth !== undefined) setPath(out, "auth.method", flags.auth);
   if (flags["users-file"] !== undefined) setPath(out, "auth.usersFile", flags["users-file"]);
   if (flags["log-level"] !== undefined) setPath(out, "log.level", flags["log-level"]);
+  if (flags.fips === true) out.fips = true;
   return out;
 };
 
@@ -61,11 +64,11 @@ export const runServe = async (flags: ServeFlags): Promise<number> => {
   if (typeof layered === "string") return fail(layered);
 
   let embedded: EmbeddedInstance | undefined;
-  let clientLogin: { user: string; password: string; database: string } | undefined;
+  let clientLogin: { user: string; password: string; database: string; ca: string } | undefined;
   let auditKeys: { hmacKeyFile: string; publicKeyFile: string } | undefined;
   if (configPath === undefined || configPath === "") {
-    // Embedded mode: a private PostgreSQL, its own generated secrets, SCRAM for clients, and an
-    // application role that is no superuser and owns its database.
+    // Embedded mode: a private PostgreSQL, its own generated secrets, SCRAM over required TLS for
+    // clients, and an application role that is no superuser and owns its database.
     // Loaded only here: the package is heavy and installs exit hooks.
     const { defaultDataHome, ensureAppRole, persistentSecret, startEmbeddedPostgres } = await import(
       "../adapters/embeddedPostgres.ts"
@@ -87,7 +90,6 @@ export const runServe = async (flags: ServeFlags): Promise<number> => {
       await embedded.stop();
       return fail(ensured.message, 1);
     }
-    clientLogin = { user: app.role, password: clientPassword, database: app.database };
     setPath(layered, "upstream.host", embedded.host);
     setPath(layered, "upstream.port", String(embedded.port));
     setPath(layered, "upstream.user", app.role);
@@ -96,6 +98,15 @@ export const runServe = async (flags: ServeFlags): Promise<number> => {
       grants: [{ identity: app.role, databases: [app.database], role: app.role }],
     };
     if (flags["users-file"] === undefined) setPath(layered, "auth.usersFile", usersFile);
+    // TLS required, with certificates of its own made on first run; clients verify the server.
+    const { ensureLocalCertificates } = await import("../adapters/tls/localCa.ts");
+    const local = await ensureLocalCertificates(join(home, "tls"));
+    if (isPgwardenError(local)) {
+      await embedded.stop();
+      return fail(local.message, 1);
+    }
+    clientLogin = { user: app.role, password: clientPassword, database: app.database, ca: local.ca };
+    (layered as { tls?: unknown }).tls = { mode: "require", cert: local.cert, key: local.key };
     if ((layered as { audit?: unknown }).audit === undefined) {
       // The embedded default audits into its data directory, with keys made on first run.
       const { ensureEmbeddedAuditKeys } = await import("../audit/openPipeline.ts");
@@ -114,7 +125,22 @@ export const runServe = async (flags: ServeFlags): Promise<number> => {
     await embedded?.stop();
     return fail(config.message);
   }
-  return serveWith(config, embedded, clientLogin, auditKeys);
+  // SIGHUP re-reads the file (with the same environment and flags) for the access rules.
+  const reread =
+    configPath === undefined || configPath === ""
+      ? undefined
+      : async (): Promise<PgwardenConfig | string> => {
+          const text = await readFile(configPath, "utf8").catch((e: NodeJS.ErrnoException) => e);
+          if (text instanceof Error)
+            return `cannot read config file ${configPath}: ${text.code ?? text.message}`;
+          const parsed = await parseConfigText(text, configPath);
+          if (isPgwardenError(parsed)) return parsed.message;
+          const again = applyFlags(applyEnv(parsed, process.env), flags);
+          if (typeof again === "string") return again;
+          const decoded = decodeConfig(again);
+          return isPgwardenError(decoded) ? decoded.message : decoded;
+        };
+  return serveWith(config, embedded, clientLogin, auditKeys, reread);
 };
 
 const packageVersion = (): string =>
@@ -124,10 +150,30 @@ const packageVersion = (): string =>
 const serveWith = async (
   config: PgwardenConfig,
   embedded: EmbeddedInstance | undefined,
-  clientLogin: { user: string; password: string; database: string } | undefined,
+  clientLogin: { user: string; password: string; database: string; ca: string } | undefined,
   auditKeys: { hmacKeyFile: string; publicKeyFile: string } | undefined,
+  reread: (() => Promise<PgwardenConfig | string>) | undefined,
 ): Promise<number> => {
   const log = createLogger(config.log.level);
+  let fipsStatus: FipsStatus | undefined;
+  if (config.fips) {
+    // Before the users file or any TLS context is used: every later primitive runs in FIPS mode.
+    const checked = await startInFipsMode(config);
+    if (typeof checked === "string") {
+      log.fatal({ reason: checked }, "FIPS mode self-test failed; not starting");
+      await embedded?.stop();
+      return fail(checked, 1);
+    }
+    fipsStatus = checked;
+    log.info(
+      {
+        provider: checked.providers?.find((p) => p.id === "fips")?.name,
+        version: checked.providers?.find((p) => p.id === "fips")?.version,
+        probes: checked.probes.map((p) => `${p.ok ? "pass" : "FAIL"} ${p.name}`),
+      },
+      "FIPS mode on: every self-test passed",
+    );
+  }
   let users: ReadonlyMap<string, ScramVerifier> = new Map();
   if (config.auth.method === "trust") {
     const banner =
@@ -175,6 +221,7 @@ const serveWith = async (
       log,
       users: () => users,
       ...(audit === undefined ? {} : { events: audit.pipeline.sink }),
+      ...(fipsStatus === undefined ? {} : { fipsStatus }),
     });
   } catch (e) {
     await audit?.stop(0);
@@ -184,10 +231,12 @@ const serveWith = async (
 
   const where = `${server.host.includes(":") ? `[${server.host}]` : server.host}:${server.port}`;
   if (embedded !== undefined && clientLogin !== undefined) {
-    const { user, password, database } = clientLogin;
+    const { user, password, database, ca } = clientLogin;
+    // verify-full: the client checks pgwarden's certificate against the local CA, not just encrypts.
+    const verify = `sslmode=verify-full&sslrootcert=${encodeURIComponent(ca)}`;
     process.stdout.write(
-      `\npgwarden is listening on ${where}, in front of an embedded PostgreSQL.\nConnect with:\n\n` +
-        `  psql "postgresql://${user}:${encodeURIComponent(password)}@${where}/${database}"\n\nCtrl-C stops both.\n`,
+      `\npgwarden is listening on ${where} (TLS required), in front of an embedded PostgreSQL.\nConnect with:\n\n` +
+        `  psql "postgresql://${user}:${encodeURIComponent(password)}@${where}/${database}?${verify}"\n\nCtrl-C stops both.\n`,
     );
   } else {
     process.stdout.write(
@@ -211,6 +260,15 @@ const serveWith = async (
   process.on("SIGINT", () => onSignal("SIGINT"));
   process.on("SIGTERM", () => onSignal("SIGTERM"));
   process.on("SIGHUP", () => {
+    // Certificates and rules reload in place; sessions already open are not dropped.
+    if (reread === undefined) server.reload();
+    else
+      void reread().then((next) => {
+        if (typeof next === "string") {
+          log.error({ reason: next }, "configuration reload failed; keeping the running rules");
+          server.reload();
+        } else server.reload(next);
+      });
     if (config.auth.method === "trust") return;
     void loadUsers(config.auth.usersFile).then((u) => {
       if (isPgwardenError(u))
@@ -239,4 +297,33 @@ const serveWith = async (
     return fail(`pgwarden failed: ${result.cause}`, 1);
   }
   return 0;
+};
+
+/**
+ * `fips: true`: FIPS mode on, then the self-test with the configured TLS policies and the client
+ * leg's real context (loopback handshakes). A string says why pgwarden must not start.
+ */
+const startInFipsMode = async (config: PgwardenConfig): Promise<FipsStatus | string> => {
+  const { enableFips, fipsSelfTest, formatFipsStatus } = await import("../runtime/fips.ts");
+  const { buildSecureContext, clientLegContextOptions, cipherPolicyOptions } = await import(
+    "../adapters/tls/policy.ts"
+  );
+  const enabled = enableFips();
+  if (isPgwardenError(enabled)) return enabled.message;
+  const policies = [{ name: "upstream.tls", options: cipherPolicyOptions(config.upstream.tls) }];
+  const contexts: { name: string; context: import("node:tls").SecureContext }[] = [];
+  let contextError: string | undefined;
+  if (config.tls.mode !== "disable") {
+    const options = clientLegContextOptions(config.tls);
+    if (isPgwardenError(options)) return options.message;
+    policies.push({ name: "tls", options });
+    // Without a working provider no context builds: the report still says what is missing.
+    const context = buildSecureContext(options);
+    if (isPgwardenError(context)) contextError = context.message;
+    else contexts.push({ name: "tls", context });
+  }
+  const status = await fipsSelfTest({ policies, contexts });
+  if (status.ok && contextError === undefined) return status;
+  const why = contextError === undefined ? "" : ` (tls: ${contextError})`;
+  return `FIPS mode requested, but the self-test failed${why}:\n${formatFipsStatus(status)}`;
 };

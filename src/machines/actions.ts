@@ -7,14 +7,19 @@
 /** Which final error `sendError` sends; "given" is the error that travelled beside the event. */
 export type FinalError = "given" | "adminShutdown" | "connectionLost" | "loginTimeout";
 
-/** Deadlines a connection arms: everything before the first ReadyForQuery, and the last linger. */
-export type DeadlinePhase = "login" | "linger";
+/**
+ * Deadlines a connection arms: everything before the first ReadyForQuery, the session controls
+ * (idle timeout and maximum lifetime, one timer) once relaying, and the last linger.
+ */
+export type DeadlinePhase = "login" | "session" | "linger";
 
 export type ClientAction =
   | { readonly type: "armDeadline"; readonly params: { readonly phase: DeadlinePhase } }
   | { readonly type: "clearDeadline"; readonly params: { readonly phase: DeadlinePhase } }
   /** Answer SSLRequest or GSSENCRequest with `N`. */
   | { readonly type: "refuseEncryption" }
+  /** Answer SSLRequest with `S` (or take a direct-TLS ClientHello) and run the handshake on the same socket. */
+  | { readonly type: "acceptTls" }
   /** Look up the cancel key and forward it; the cancel connection closes once PostgreSQL's does. */
   | { readonly type: "forwardCancel" }
   /** Apply the startup boundary and begin client authentication. */

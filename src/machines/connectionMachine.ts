@@ -78,6 +78,7 @@ export const connectionMachine = setup({
     armDeadline: noop,
     clearDeadline: noop,
     refuseEncryption: noop,
+    acceptTls: noop,
     forwardCancel: noop,
     authenticate: noop,
     sendAuthOk: noop,
@@ -110,11 +111,14 @@ export const connectionMachine = setup({
         fresh: {
           on: {
             SSLRequest: [
-              { guard: "tlsAvailable", target: "#connection.tls" },
+              { guard: "tlsAvailable", target: "#connection.tls", actions: [{ type: "acceptTls" }] },
               { target: "sslRefused", actions: [{ type: "refuseEncryption" }] },
             ],
             GSSENCRequest: { target: "gssRefused", actions: [{ type: "refuseEncryption" }] },
-            DirectTLS: [{ guard: "tlsAvailable", target: "#connection.tls" }, end()],
+            DirectTLS: [
+              { guard: "tlsAvailable", target: "#connection.tls", actions: [{ type: "acceptTls" }] },
+              end(),
+            ],
           },
         },
         sslRefused: {
@@ -126,7 +130,7 @@ export const connectionMachine = setup({
         gssRefused: {
           on: {
             SSLRequest: [
-              { guard: "tlsAvailable", target: "#connection.tls" },
+              { guard: "tlsAvailable", target: "#connection.tls", actions: [{ type: "acceptTls" }] },
               { target: "bothRefused", actions: [{ type: "refuseEncryption" }] },
             ],
             GSSENCRequest: repeated,
@@ -148,7 +152,16 @@ export const connectionMachine = setup({
     },
     tls: {
       description: "TLS handshake on the client leg; the startup packet follows inside TLS.",
-      on: { ...lifecycle("given"), TlsEstablished: "startup.bothRefused", TlsFailed: end() },
+      // Nothing plaintext can be written mid-handshake: every ending here is silent, as PostgreSQL's.
+      on: {
+        ClientClosed: end(),
+        Timeout: end(),
+        Shutdown: end(),
+        TlsEstablished: "startup.bothRefused",
+        TlsFailed: end(),
+        ProtocolViolation: end(),
+        "*": end(),
+      },
     },
     cancelling: {
       description:
@@ -176,7 +189,11 @@ export const connectionMachine = setup({
             ...lifecycle("loginTimeout"),
             UpstreamReady: {
               target: "#connection.ready.idle",
-              actions: [clearDeadline("login"), { type: "startRelay" }],
+              actions: [
+                clearDeadline("login"),
+                { type: "startRelay" },
+                { type: "armDeadline", params: { phase: "session" } },
+              ],
             },
             UpstreamFailed: end(sendError("given")),
           },

@@ -1,6 +1,8 @@
 import type { Socket } from "node:net";
+import type { SecureContext } from "node:tls";
 import type { Logger } from "pino";
 import { MessageStream } from "../adapters/MessageStream.ts";
+import { startTlsOnSocket, type TlsSession } from "../adapters/tls/startTls.ts";
 import type {
   connectUpstream,
   sendCancel,
@@ -8,12 +10,30 @@ import type {
   UpstreamCredentials,
   UpstreamTarget,
 } from "../adapters/upstream.ts";
+import { TLS_SERVER_END_POINT, tlsServerEndPoint } from "../auth/channelBinding.ts";
+import type { ScramChannelBinding } from "../auth/scramServer.ts";
 import type { ScramVerifier } from "../auth/scramVerifier.ts";
 import { isPgwardenError, type PgwardenError, pgwardenError, protocolError, SqlState } from "../errors.ts";
 import type { ClientAction, DeadlinePhase, FinalError } from "../machines/actions.ts";
 import { Events } from "../machines/events.ts";
 import { type ClientRunner, MachineRunner, type TransitionListener } from "../machines/MachineRunner.ts";
+import {
+  accessDeniedError,
+  type CompiledAccess,
+  describeDecision,
+  type RuleMethod,
+} from "../policy/accessRules.ts";
+import { describeCertIdentity } from "../policy/certIdentity.ts";
 import { type Destination, type GrantPolicy, resolveGrant } from "../policy/grants.ts";
+import {
+  isSessionRefusal,
+  type SessionCounter,
+  type SessionLease,
+  type SessionTimers,
+  sessionEndError,
+  sessionLimitError,
+  timerAction,
+} from "../policy/sessionLimits.ts";
 import { filterStartupParameters, type StartupPolicy } from "../policy/startupParameters.ts";
 import { poolKey, type ServerPool } from "../pool/ServerPool.ts";
 import {
@@ -39,16 +59,38 @@ import {
 import { Link } from "./Link.ts";
 import { ServerConnection } from "./ServerConnection.ts";
 
+/** The client leg's TLS, when `tls.mode` is not disable. */
+export interface ClientTlsDeps {
+  readonly mode: "allow" | "prefer" | "require";
+  /** The context new handshakes use: swapped on SIGHUP, sessions keep theirs. */
+  readonly context: () => SecureContext;
+  /** `tls.clientCa` is set: certificates are requested and verified. */
+  readonly requestCert: boolean;
+  readonly handshakeTimeoutMs: number;
+}
+
+/** Which transport the client leg runs on: what access rules match on. */
+export type ClientTransport = "plain" | "tls" | "mtls";
+
 /** What every client connection shares: configuration turned into policies, and the services. */
 export interface ConnectionDeps {
-  readonly auth: { readonly method: "trust" | "scram-sha-256"; readonly timeoutMs: number };
+  readonly tls: ClientTlsDeps | undefined;
+  readonly auth: {
+    readonly method: "trust" | "scram-sha-256";
+    readonly timeoutMs: number;
+    readonly allowPasswordOverPlaintext: boolean;
+  };
   readonly limits: {
     readonly maxMessageBytes: number;
     readonly maxBufferedBytesPerConnection: number;
     readonly lingerMs: number;
   };
   readonly startup: StartupPolicy;
+  /** Access rules and certificate mapping as compiled now (replaced on SIGHUP). */
+  readonly access: () => CompiledAccess;
   readonly grants: GrantPolicy;
+  /** Concurrent-session leases and the idle/lifetime deadlines (`sessions`). */
+  readonly sessions: { readonly counter: SessionCounter; readonly timers: () => SessionTimers };
   readonly target: UpstreamTarget;
   readonly credentials: UpstreamCredentials | undefined;
   readonly users: () => ReadonlyMap<string, ScramVerifier>;
@@ -96,6 +138,22 @@ const loginTimeout = pgwardenError(
   SqlState.connectionFailure,
   "authentication timed out",
 );
+const tlsRequired = pgwardenError(
+  "PGW_ACCESS_DENIED",
+  SqlState.invalidAuthorization,
+  "TLS is required: connection without encryption refused",
+);
+const passwordOverPlaintext = pgwardenError(
+  "PGW_ACCESS_DENIED",
+  SqlState.invalidAuthorization,
+  "password authentication over an unencrypted connection is not allowed",
+);
+const certificateRefused = (user: string): PgwardenError =>
+  pgwardenError(
+    "PGW_TLS_CLIENT_CERT",
+    SqlState.invalidAuthorization,
+    `certificate authentication failed for user ${JSON.stringify(user)}`,
+  );
 const tooManyClients = pgwardenError(
   "PGW_TOO_MANY_CONNECTIONS",
   SqlState.tooManyConnections,
@@ -127,7 +185,12 @@ const refusalForClient = (sqlstate: string, database: string): PgwardenError =>
 export class ClientConnection {
   readonly id: string;
   readonly machine: ClientRunner;
-  readonly socket: Socket;
+  /** The accepted TCP socket. */
+  private readonly raw: Socket;
+  /** What the session reads and writes: `raw`, or the TLS socket on top of it once the handshake is done. */
+  private transport: Socket;
+  private tlsSession: TlsSession | undefined;
+  private tlsRequest: { negotiation: "ssl-request" | "direct"; buffered: Buffer } | undefined;
   private readonly deps: ConnectionDeps;
   private first: FirstPacket | undefined;
   private startup: StartupPacket | undefined;
@@ -143,6 +206,11 @@ export class ClientConnection {
   private errorSent = false;
   private clientGone = false;
   private admitted: "client" | "cancel" | undefined;
+  private lease: SessionLease | undefined;
+  /** Session controls: when relaying began, the last client activity seen, and the bytes read then. */
+  private sessionStartedAt = 0;
+  private lastActivityAt = 0;
+  private bytesSeen = 0;
   private readonly openedAt = Date.now();
   user: string | undefined;
   database: string | undefined;
@@ -154,7 +222,8 @@ export class ClientConnection {
 
   constructor(id: string, socket: Socket, deps: ConnectionDeps) {
     this.id = id;
-    this.socket = socket;
+    this.raw = socket;
+    this.transport = socket;
     this.deps = deps;
     this.machine = new MachineRunner(id, deps.onTransition);
   }
@@ -164,8 +233,27 @@ export class ClientConnection {
     return this.server?.pid;
   }
 
+  /** The client leg everything after the first packet uses (Link included): TLS once negotiated. */
+  get socket(): Socket {
+    return this.transport;
+  }
+
+  get transportKind(): ClientTransport {
+    const t = this.tlsSession;
+    return t === undefined ? "plain" : t.peer === undefined ? "tls" : "mtls";
+  }
+
+  /** The client leg's TLS session, once established. */
+  get tls(): TlsSession | undefined {
+    return this.tlsSession;
+  }
+
+  get tlsAvailable(): boolean {
+    return this.deps.tls !== undefined && this.tlsSession === undefined;
+  }
+
   get bytesFromClient(): number {
-    return this.socket.bytesRead;
+    return this.raw.bytesRead;
   }
 
   get bytesFromServer(): number {
@@ -200,7 +288,8 @@ export class ClientConnection {
 
   /** Destroys both sockets now: the end of the linger, or the scope closing. */
   destroy(): void {
-    this.socket.destroy();
+    this.transport.destroy();
+    if (this.transport !== this.raw) this.raw.destroy();
     this.server?.destroy();
     // The endings that follow may arm the linger again; settling clears it for good.
     this.deps.deadlines.clear(this, "login");
@@ -220,6 +309,8 @@ export class ClientConnection {
       case "refuseEncryption":
         this.socket.write(SSL_REFUSE);
         return;
+      case "acceptTls":
+        return void this.acceptTls().catch((e: unknown) => this.internalError(e));
       case "forwardCancel":
         return void this.forwardCancel();
       case "authenticate":
@@ -277,14 +368,63 @@ export class ClientConnection {
   private serverBytes = 0;
 
   private arm(phase: DeadlinePhase): void {
+    if (phase === "session") {
+      this.sessionStartedAt = this.lastActivityAt = Date.now();
+      this.bytesSeen = this.transport.bytesRead;
+      this.checkSession();
+      return;
+    }
     const ms = phase === "login" ? this.deps.auth.timeoutMs : this.deps.limits.lingerMs;
     this.deps.deadlines.arm(this, phase, ms);
+  }
+
+  /**
+   * The idle and lifetime deadlines on one timer. Activity is sampled from the bytes read, not
+   * tracked per message (the relay stays as it is), at an eighth of the idle timeout: an idle
+   * session ends between 1 and 1⅛ idle timeouts after the client's last message.
+   */
+  private checkSession(): void {
+    const timers = this.deps.sessions.timers();
+    const now = Date.now();
+    const bytes = this.transport.bytesRead;
+    const busy = !this.machine.state.startsWith("ready");
+    if (busy || bytes !== this.bytesSeen) {
+      this.lastActivityAt = now;
+      this.bytesSeen = bytes;
+    }
+    const next = timerAction(
+      timers,
+      { startedAt: this.sessionStartedAt, lastActivityAt: this.lastActivityAt, busy },
+      now,
+    );
+    if (next.kind === "end") {
+      const idle = next.deadline.kind === "idle";
+      const error = sessionEndError(next.deadline.kind, timers);
+      this.deps.log.info({ conn: this.id, user: this.user, code: error.code }, error.message);
+      this.deps.events.emit({
+        kind: "sessionControl",
+        conn: this.id,
+        control: idle ? "idleTimeout" : "maxLifetime",
+        identity: this.user,
+        source: this.raw.remoteAddress,
+        limit: idle ? timers.idleTimeoutMs : timers.maxLifetimeMs,
+      });
+      this.failWith(Events.Timeout, error);
+      return;
+    }
+    const cadence = timers.idleTimeoutMs > 0 ? Math.ceil(timers.idleTimeoutMs / 8) : Number.POSITIVE_INFINITY;
+    const delay = Math.min(next.kind === "arm" ? next.delayMs : Number.POSITIVE_INFINITY, cadence);
+    if (Number.isFinite(delay)) this.deps.deadlines.arm(this, "session", delay);
   }
 
   /** A deadline passed: the login one ends the connection, the linger destroys both sockets. */
   onDeadline(phase: DeadlinePhase): void {
     if (phase === "linger") {
       this.destroy();
+      return;
+    }
+    if (phase === "session") {
+      if (this.machine.in("ready") || this.machine.in("busy")) this.checkSession();
       return;
     }
     if (this.deps.log.isLevelEnabled("warn"))
@@ -338,6 +478,73 @@ export class ClientConnection {
 
   // First packet -----------------------------------------------------------------------------------
 
+  /** The first-packet step saw SSLRequest or a direct-TLS ClientHello, with TLS on offer. */
+  tlsRequested(negotiation: "ssl-request" | "direct", buffered: Buffer): void {
+    this.first = undefined;
+    this.tlsRequest = { negotiation, buffered };
+    this.machine.send(negotiation === "direct" ? Events.DirectTLSAvailable : Events.SSLRequestTls);
+  }
+
+  /** `S` (for SSLRequest) and the handshake on the same socket; the login deadline still bounds it. */
+  private async acceptTls(): Promise<void> {
+    const request = this.tlsRequest!;
+    this.tlsRequest = undefined;
+    const tls = this.deps.tls!;
+    const outcome = await startTlsOnSocket(this.raw, {
+      context: tls.context(),
+      negotiation: request.negotiation,
+      buffered: request.buffered,
+      requestCert: tls.requestCert,
+      handshakeTimeoutMs: Math.min(tls.handshakeTimeoutMs, this.deps.auth.timeoutMs),
+    });
+    const log = this.deps.log;
+    if (isPgwardenError(outcome)) {
+      log.warn({ conn: this.id, code: outcome.code, reason: outcome.message }, "TLS handshake failed");
+      this.deps.events.emit({
+        kind: "tlsHandshake",
+        conn: this.id,
+        negotiation: request.negotiation,
+        ok: false,
+        reason: outcome.message,
+      });
+      this.machine.send(Events.TlsFailed);
+      return;
+    }
+    if (!this.machine.in("tls")) {
+      // The deadline or a shutdown came first.
+      outcome.socket.destroy();
+      return;
+    }
+    this.useTransport(outcome);
+    const fingerprint = outcome.peer?.fingerprint256;
+    if (log.isLevelEnabled("info"))
+      log.info(
+        { conn: this.id, protocol: outcome.protocol, cipher: outcome.cipher, client: fingerprint },
+        "TLS established",
+      );
+    this.deps.events.emit({
+      kind: "tlsHandshake",
+      conn: this.id,
+      negotiation: request.negotiation,
+      ok: true,
+      protocol: outcome.protocol,
+      cipher: outcome.cipher,
+      ...(fingerprint === undefined ? {} : { clientCertificate: fingerprint }),
+    });
+    this.machine.send(Events.TlsEstablished);
+    this.first = new FirstPacket(this.transport, this);
+    this.first.start();
+  }
+
+  /** Everything from here on — first packet, authentication, Link — reads and writes the TLS socket. */
+  private useTransport(session: TlsSession): void {
+    this.tlsSession = session;
+    const s = session.socket;
+    s.on("error", this.onSocketError);
+    s.on("close", this.onClientClose);
+    this.transport = s;
+  }
+
   /** The first-packet step ended: with the startup packet, or with a cancel request. */
   firstPacketDone(outcome: FirstPacketOutcome): void {
     this.first = undefined;
@@ -379,6 +586,13 @@ export class ClientConnection {
   private authenticate(): void {
     const startup = this.startup!;
     this.startup = undefined;
+    // Before any credential is read: with tls.mode require, plaintext goes no further.
+    if (this.deps.tls?.mode === "require" && this.tlsSession === undefined) {
+      this.deps.log.warn({ conn: this.id }, "connection refused: TLS is required");
+      this.failWith(Events.ClientAuthFailed, tlsRequired);
+      return;
+    }
+
     if (!this.deps.admission.admitClient()) {
       this.deps.log.warn({ conn: this.id }, "connection refused: too many clients");
       this.failWith(Events.ClientAuthFailed, tooManyClients);
@@ -407,6 +621,15 @@ export class ClientConnection {
     this.database = database;
     log.info({ conn: this.id, user, database, application: params.get("application_name") }, "startup");
 
+    // Access rules, before any credential is read: who may try which method from where.
+    const ruleMethod = this.decideAccess(user, database);
+    if (isPgwardenError(ruleMethod)) return this.failWith(Events.ClientAuthFailed, ruleMethod);
+    const password = ruleMethod === "scram-sha-256" || ruleMethod === "cert+scram";
+    if (password && this.tlsSession === undefined && !this.deps.auth.allowPasswordOverPlaintext) {
+      log.warn({ conn: this.id }, "connection refused: password over plaintext");
+      return this.failWith(Events.ClientAuthFailed, passwordOverPlaintext);
+    }
+
     // The startup boundary, before any credential is read: what may go upstream.
     const filtered = filterStartupParameters(this.deps.startup, params);
     if (isPgwardenError(filtered)) {
@@ -434,7 +657,8 @@ export class ClientConnection {
     this.leftover = undefined;
     this.stream = stream;
     this.socket.resume();
-    const method = this.deps.auth.method;
+    // `cert` was proven by the handshake; only password methods run an exchange.
+    const method = password ? "scram-sha-256" : "trust";
     this.deps.events.emit({ kind: "authAttempt", conn: this.id, method, user });
     const outcome = await authenticateClient(stream, {
       method,
@@ -442,6 +666,7 @@ export class ClientConnection {
       verifier: this.deps.users().get(user),
       mockSecret: this.deps.mockSecret,
       mockIterations: this.deps.mockIterations(),
+      channelBinding: this.channelBinding(),
       send: (m) => {
         if (this.machine.in("authenticating.client")) this.socket.write(m);
       },
@@ -476,7 +701,16 @@ export class ClientConnection {
         return this.failWith(Events.ClientAuthFailed, outcome.error);
       case "ok":
         this.deps.events.emit({ kind: "authSuccess", conn: this.id, method, user });
-        if (method !== "trust") log.info({ conn: this.id, user }, "client authenticated");
+        log.info(
+          {
+            conn: this.id,
+            user,
+            method: ruleMethod,
+            mechanism: outcome.mechanism,
+            transport: this.transportKind,
+          },
+          "client authenticated",
+        );
     }
     // Grants are decided once the identity is proven: before that, an answer that depends on them
     // would tell an unauthenticated client which identities have access to what.
@@ -501,6 +735,23 @@ export class ClientConnection {
       ["database", destination.database],
       ...filtered.parameters,
     ]);
+    // AC-10: the lease is taken once the identity is proven, and given back when the session ends.
+    const source = this.raw.remoteAddress;
+    const lease = this.deps.sessions.counter.tryAcquire(user, source);
+    if (isSessionRefusal(lease)) {
+      const error = sessionLimitError(lease, user, source);
+      log.warn({ conn: this.id, user, source, limit: lease.limit }, error.message);
+      this.deps.events.emit({
+        kind: "sessionControl",
+        conn: this.id,
+        control: lease.refused === "identity" ? "maxPerIdentity" : "maxPerSource",
+        identity: user,
+        source,
+        limit: lease.limit,
+      });
+      return this.failWith(Events.ClientAuthFailed, error);
+    }
+    this.lease = lease;
     const pending = stream.handOff();
     this.stream = undefined;
     if (isPgwardenError(pending)) return this.violation(pending);
@@ -508,6 +759,49 @@ export class ClientConnection {
     // Whatever the client sends before ReadyForQuery waits in the socket.
     this.socket.pause();
     this.machine.send(Events.ClientAuthOk);
+  }
+
+  /**
+   * The ordered access rules decide from source, transport, identity and database; on mtls the
+   * identity is the certificate's mapped one, and the startup user must be it. The decision and
+   * its rule go to the log and the event sink; the client is told only that access is denied.
+   */
+  private decideAccess(user: string, database: string): RuleMethod | PgwardenError {
+    const { policy, certs } = this.deps.access();
+    const log = this.deps.log;
+    const transport = this.transportKind;
+    if (transport === "mtls") {
+      const mapped = certs.map(this.tlsSession!.socket.getPeerCertificate());
+      log.info({ conn: this.id, user, mapped: mapped?.identity }, describeCertIdentity(mapped));
+      if (mapped === undefined || mapped.identity !== user) return certificateRefused(user);
+    }
+    const request = { source: this.raw.remoteAddress, transport, identity: user, database };
+    const decision = policy.decide(request);
+    const text = describeDecision(decision, request);
+    log.info({ conn: this.id, rule: decision.rule, action: decision.action }, text);
+    this.deps.events.emit({
+      kind: "accessRule",
+      conn: this.id,
+      action: decision.action,
+      rule: decision.rule,
+      index: decision.index,
+      method: decision.action === "allow" ? decision.method : undefined,
+      identity: user,
+      database,
+      source: request.source,
+      transport,
+      text,
+    });
+    return decision.action === "allow" ? decision.method : accessDeniedError(request);
+  }
+
+  /** RFC 5929 tls-server-end-point of the certificate this leg presented; none on plaintext. */
+  private channelBinding(): ScramChannelBinding | undefined {
+    const der = this.tlsSession?.localCertificate;
+    if (der === undefined) return undefined;
+    const data = tlsServerEndPoint(der);
+    // A certificate with no defined end-point hash (Ed25519) simply gets no -PLUS offer.
+    return Buffer.isBuffer(data) ? { type: TLS_SERVER_END_POINT, data } : undefined;
   }
 
   private upstreamParameters: Map<string, string> | undefined;
@@ -531,6 +825,8 @@ export class ClientConnection {
         startupMessages: pooled.startupMessages,
         ready: pooled.ready!,
         pending: [],
+        method: pooled.method,
+        tlsProtocol: pooled.tlsProtocol,
       };
       this.deps.log.info({ conn: this.id, server: pooled.id }, "server connection reused");
       this.machine.send(Events.UpstreamReady);
@@ -593,7 +889,15 @@ export class ClientConnection {
       events: this.deps.events,
     });
     this.link = link;
-    this.deps.log.info({ conn: this.id, pid: upstream.key.processId }, "session ready");
+    this.deps.log.info(
+      {
+        conn: this.id,
+        pid: upstream.key.processId,
+        upstreamAuth: upstream.method,
+        upstreamTls: upstream.tlsProtocol,
+      },
+      "session ready",
+    );
     const pending = this.clientPending;
     this.clientPending = [];
     link.start({
@@ -618,6 +922,8 @@ export class ClientConnection {
   };
 
   private readonly onClientClose = (): void => {
+    // Both the TCP socket and the TLS socket on it report the close.
+    if (this.clientGone) return;
     this.clientGone = true;
     if (!this.machine.done) this.machine.send(Events.ClientClosed);
     this.settle();
@@ -645,6 +951,8 @@ export class ClientConnection {
     if (!this.machine.done) return;
     this.deps.deadlines.clearAll(this);
     if (this.clientKey !== undefined) this.deps.cancels.revoke(this.clientKey);
+    this.lease?.release();
+    this.lease = undefined;
     if (this.admitted === "client") this.deps.admission.releaseClient();
     else if (this.admitted === "cancel") this.deps.admission.releaseCancel();
     this.admitted = undefined;

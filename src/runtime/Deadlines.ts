@@ -48,6 +48,7 @@ export class Deadlines {
 
   clearAll(owner: DeadlineOwner): void {
     this.clear(owner, "login");
+    this.clear(owner, "session");
     this.clear(owner, "linger");
   }
 

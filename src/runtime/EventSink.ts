@@ -64,6 +64,56 @@ export type ProxyEvent =
       readonly sqlstate?: string;
       readonly user: string | undefined;
       readonly database: string | undefined;
+    }
+  /** The client leg's TLS handshake: what was negotiated, or why it failed. */
+  | {
+      readonly kind: "tlsHandshake";
+      readonly conn: string;
+      readonly negotiation: "ssl-request" | "direct";
+      readonly ok: boolean;
+      readonly protocol?: string;
+      readonly cipher?: string;
+      /** SHA-256 fingerprint of a verified client certificate. */
+      readonly clientCertificate?: string;
+      readonly reason?: string;
+    }
+  /** An access-rule decision and the rule that made it (`(implicit reject)` when none matched). */
+  | {
+      readonly kind: "accessRule";
+      readonly conn: string;
+      readonly action: "allow" | "reject";
+      readonly rule: string;
+      readonly index: number;
+      readonly method: string | undefined;
+      readonly identity: string;
+      readonly database: string;
+      readonly source: string | undefined;
+      readonly transport: "plain" | "tls" | "mtls";
+      readonly text: string;
+    }
+  /** A session refused by a concurrency limit, or ended by the idle or lifetime deadline. */
+  | {
+      readonly kind: "sessionControl";
+      readonly conn: string;
+      readonly control: "maxPerIdentity" | "maxPerSource" | "idleTimeout" | "maxLifetime";
+      readonly identity: string | undefined;
+      readonly source: string | undefined;
+      readonly limit: number;
+    }
+  /** SIGHUP: a certificate, rules or users reload, applied or kept back. */
+  | {
+      readonly kind: "reload";
+      readonly what: "tls" | "access" | "sessions";
+      readonly ok: boolean;
+      readonly reason?: string;
+    }
+  /** The FIPS self-test at start. */
+  | {
+      readonly kind: "fipsStatus";
+      readonly enabled: boolean;
+      readonly passed: boolean;
+      readonly provider: string | undefined;
+      readonly results: readonly { readonly name: string; readonly ok: boolean }[];
     };
 
 export interface EventSink {

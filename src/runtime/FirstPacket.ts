@@ -29,6 +29,10 @@ export type FirstPacketOutcome =
 /** The client half, as the step sees it: its machine, and where endings and the outcome go. */
 export interface FirstPacketHost {
   readonly machine: ClientRunner;
+  /** TLS is offered on this leg (tls.mode is not disable) and not yet in use. */
+  readonly tlsAvailable: boolean;
+  /** The client asked for TLS: the host records how, then sends the event whose action runs the handshake. */
+  tlsRequested(negotiation: "ssl-request" | "direct", buffered: Buffer): void;
   /** Ends the connection through `event`, with `error` as the final error its actions send. */
   failWith(event: ConnectionEvent, error: PgwardenError): void;
   /** A first packet PostgreSQL answers with silence (bad length, bad cancel packet), or in protocol 2's format. */
@@ -41,8 +45,10 @@ export interface FirstPacketHost {
  * The untagged first packet(s) of a connection, as their own step: encryption requests go to the
  * machine (whose actions answer them), then the step ends with the transport, the startup packet
  * and any leftover bytes — or a cancel request. At most one packet (10,000 bytes) is buffered;
- * once it ends, the step reads nothing more. The front-door issue swaps the transport here when
- * an SSLRequest is accepted, so nothing after this step knows whether it runs over TLS.
+ * once it ends, the step reads nothing more. An accepted SSLRequest or direct-TLS ClientHello
+ * ends this step; once the handshake is done the host runs a new one on the TLS socket, whose
+ * machine state (`startup.bothRefused`) refuses a second encryption request. So nothing after
+ * the first packet knows whether it runs over TLS.
  */
 export class FirstPacket {
   transport: Socket;
@@ -83,7 +89,9 @@ export class FirstPacket {
       if (len === "need-more") return;
       if (len === "direct-tls") {
         this.stop();
-        machine.send(Events.DirectTLS);
+        // The ClientHello bytes read so far are replayed into the handshake.
+        if (this.host.tlsAvailable) this.host.tlsRequested("direct", buf);
+        else machine.send(Events.DirectTLS);
         return;
       }
       if (isPgwardenError(len)) {
@@ -101,7 +109,13 @@ export class FirstPacket {
       switch (packet.kind) {
         case "SSLRequest":
         case "GSSENCRequest": {
-          const event = packet.kind === "SSLRequest" ? Events.SSLRequest : Events.GSSENCRequest;
+          const tls = packet.kind === "SSLRequest" && this.host.tlsAvailable;
+          const event =
+            packet.kind === "GSSENCRequest"
+              ? Events.GSSENCRequest
+              : tls
+                ? Events.SSLRequestTls
+                : Events.SSLRequest;
           // A repeated request reads, to PostgreSQL, as a protocol version it lacks.
           if (machine.peek(event).to === "violation") {
             this.stop();
@@ -111,8 +125,16 @@ export class FirstPacket {
             );
             return;
           }
-          machine.send(event);
           // Bytes sent before the answer was read were sent in the clear: an injection, perhaps.
+          // With TLS that is judged before `S` is written, so nothing plaintext is taken as encrypted.
+          if (tls) {
+            this.stop();
+            if (rest.length > 0)
+              this.host.failWith(Events.ProtocolViolation, dataAfterNegotiation("SSLRequest"));
+            else this.host.tlsRequested("ssl-request", rest);
+            return;
+          }
+          machine.send(event);
           if (rest.length > 0) {
             this.stop();
             this.host.failWith(Events.ProtocolViolation, dataAfterNegotiation(packet.kind));

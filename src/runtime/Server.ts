@@ -7,10 +7,18 @@ import * as FiberSet from "effect/FiberSet";
 import * as Redacted from "effect/Redacted";
 import type * as Scope from "effect/Scope";
 import type { Logger } from "pino";
+import {
+  clientLegContextOptions,
+  requestsClientCertificate,
+  upstreamLegContextOptions,
+} from "../adapters/tls/policy.ts";
+import { createReloadableContext, type ReloadableContext } from "../adapters/tls/reloadableContext.ts";
 import { connectUpstream, sendCancel, UpstreamCredentials } from "../adapters/upstream.ts";
 import { SCRAM_DEFAULT_ITERATIONS, type ScramVerifier } from "../auth/scramVerifier.ts";
-import { type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
+import { isPgwardenError, type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
 import type { TransitionListener } from "../machines/MachineRunner.ts";
+import { type CompiledAccess, compileAccess } from "../policy/accessRules.ts";
+import { createSessionCounter } from "../policy/sessionLimits.ts";
 import { ServerPool } from "../pool/ServerPool.ts";
 import { encodeError } from "../protocol/backend.ts";
 import { CancelRegistry } from "./CancelRegistry.ts";
@@ -18,6 +26,7 @@ import { type Admission, ClientConnection, type ConnectionDeps } from "./ClientC
 import type { PgwardenConfig } from "./config.ts";
 import { Deadlines } from "./Deadlines.ts";
 import { discardEvents, type EventSink } from "./EventSink.ts";
+import type { FipsStatus } from "./fips.ts";
 import { Cancels, Config, Events, Users } from "./services.ts";
 
 export interface ServerOptions {
@@ -26,6 +35,8 @@ export interface ServerOptions {
   readonly users: () => ReadonlyMap<string, ScramVerifier>;
   readonly onTransition?: TransitionListener;
   readonly events?: EventSink;
+  /** The FIPS self-test that passed before start (fips: true): logged and emitted as an event. */
+  readonly fipsStatus?: FipsStatus;
 }
 
 /** How the program ended: `ok` false when it failed rather than being drained or stopped. */
@@ -49,6 +60,20 @@ export interface RunningServer {
   stop(): Promise<void>;
   /** Settles when the server has stopped, however that happened. */
   readonly stopped: Promise<StopResult>;
+  /**
+   * SIGHUP: re-reads certificates and keys and, given the re-read configuration, recompiles the
+   * access rules, groups and certificate mapping. What fails to load leaves the running one in
+   * force; sessions already open keep what they were admitted under.
+   */
+  reload(next?: PgwardenConfig): ReloadReport;
+}
+
+/** What a reload did, per part; absent parts are not configured. */
+export interface ReloadReport {
+  readonly tls?: { readonly ok: boolean; readonly reason?: string };
+  readonly upstreamTls?: { readonly ok: boolean; readonly reason?: string };
+  readonly access?: { readonly ok: boolean; readonly reason?: string };
+  readonly sessions?: { readonly ok: boolean };
 }
 
 const listen = (host: string, port: number): Effect.Effect<NetServer, PgwardenError, Scope.Scope> =>
@@ -192,14 +217,21 @@ interface Listening {
   sessions: Map<string, ClientConnection>;
   cancels: CancelRegistry;
   pool: ServerPool;
+  reload: (next?: PgwardenConfig) => ReloadReport;
 }
+
+/** The client leg's context, built once at start (a bad certificate stops the start) and on reload. */
+const clientTlsContext = (config: PgwardenConfig): ReloadableContext | PgwardenError | undefined =>
+  config.tls.mode === "disable"
+    ? undefined
+    : createReloadableContext(() => clientLegContextOptions(config.tls));
 
 /**
  * The proxy as an Effect program: a scoped listener, one supervised fiber per connection in a
  * FiberMap keyed by connection id, and a drain on request.
  */
 const program = (
-  options: Pick<ServerOptions, "log" | "onTransition">,
+  options: Pick<ServerOptions, "log" | "onTransition" | "fipsStatus">,
   signals: { drain: Deferred.Deferred<void>; stop: Deferred.Deferred<void> },
   onListening: (l: Listening) => void,
 ) =>
@@ -222,16 +254,59 @@ const program = (
     // Pooled connections end with the program, however it ends.
     yield* Effect.addFinalizer(() => Effect.sync(() => pool.closeAll()));
     const { host, port, connectTimeoutMs } = config.upstream;
+    const tlsContext = clientTlsContext(config);
+    if (isPgwardenError(tlsContext)) return yield* Effect.fail(tlsContext);
+    const upstreamTls = config.upstream.tls;
+    const upstreamContext =
+      upstreamTls.mode === "disable"
+        ? undefined
+        : createReloadableContext(() => upstreamLegContextOptions(upstreamTls));
+    if (isPgwardenError(upstreamContext)) return yield* Effect.fail(upstreamContext);
+    const compileRules = (c: PgwardenConfig) => compileAccess(c.access, { defaultMethod: c.auth.method });
+    const compiled = compileRules(config);
+    if (isPgwardenError(compiled)) return yield* Effect.fail(compiled);
+    let access: CompiledAccess = compiled;
+    const sessionCounter = createSessionCounter(config.sessions);
+    let sessionTimers = config.sessions;
+    const clientTls = config.tls;
     const deps: ConnectionDeps = {
+      tls:
+        tlsContext === undefined || clientTls.mode === "disable"
+          ? undefined
+          : {
+              mode: clientTls.mode,
+              context: () => tlsContext.current(),
+              requestCert: requestsClientCertificate(clientTls),
+              handshakeTimeoutMs: clientTls.handshakeTimeoutMs,
+            },
       auth: config.auth,
       limits,
       startup: config.startup,
+      access: () => access,
+      sessions: { counter: sessionCounter, timers: () => sessionTimers },
       grants: {
         grants: config.access.grants,
         defaultRole: config.upstream.user,
         fallbackToClientUser: config.upstream.fallbackToClientUser,
       },
-      target: { host, port, connectTimeoutMs },
+      target: {
+        host,
+        port,
+        connectTimeoutMs,
+        // MD5 is no approved algorithm: PostgreSQL asking for it is refused in FIPS mode.
+        refuseMd5: config.fips,
+        ...(upstreamContext === undefined || upstreamTls.mode === "disable"
+          ? {}
+          : {
+              tls: {
+                mode: upstreamTls.mode,
+                context: () => upstreamContext.current(),
+                ...(upstreamTls.servername === undefined ? {} : { servername: upstreamTls.servername }),
+                direct: upstreamTls.direct,
+                handshakeTimeoutMs: upstreamTls.handshakeTimeoutMs,
+              },
+            }),
+      },
       credentials:
         config.upstream.password === undefined
           ? undefined
@@ -291,7 +366,49 @@ const program = (
       conn.start();
       run(id, superviseConnection(conn, limits.lingerMs));
     });
-    onListening({ server, sessions, cancels, pool });
+    const reloadContext = (leg: "tls" | "upstream.tls", ctx: ReloadableContext) => {
+      const r = ctx.reload();
+      if (r.reloaded) log.info({ leg, generation: r.generation }, "TLS certificates reloaded");
+      else log.error({ leg, reason: r.error.message }, "TLS reload failed; keeping the running certificates");
+      const outcome = r.reloaded ? { ok: true } : { ok: false, reason: r.error.message };
+      events.emit({ kind: "reload", what: "tls", ...outcome });
+      return outcome;
+    };
+    const reloadAccess = (next: PgwardenConfig) => {
+      const recompiled = compileRules(next);
+      if (isPgwardenError(recompiled))
+        log.error({ reason: recompiled.message }, "access rules reload failed; keeping the running rules");
+      else {
+        access = recompiled;
+        log.info({ rules: next.access.rules.map((r) => r.name) }, "access rules reloaded");
+      }
+      const outcome = isPgwardenError(recompiled) ? { ok: false, reason: recompiled.message } : { ok: true };
+      events.emit({ kind: "reload", what: "access", ...outcome });
+      return outcome;
+    };
+    // Lowered limits apply to new sessions; new timeouts to each session's next check.
+    const reloadSessions = (next: PgwardenConfig) => {
+      sessionCounter.reconfigure(next.sessions);
+      sessionTimers = next.sessions;
+      events.emit({ kind: "reload", what: "sessions", ok: true });
+      return { ok: true };
+    };
+    const reload = (next?: PgwardenConfig): ReloadReport => ({
+      ...(tlsContext === undefined ? {} : { tls: reloadContext("tls", tlsContext) }),
+      ...(upstreamContext === undefined
+        ? {}
+        : { upstreamTls: reloadContext("upstream.tls", upstreamContext) }),
+      ...(next === undefined ? {} : { access: reloadAccess(next), sessions: reloadSessions(next) }),
+    });
+    const fips = options.fipsStatus;
+    events.emit({
+      kind: "fipsStatus",
+      enabled: config.fips,
+      passed: fips?.ok ?? false,
+      provider: fips?.providers?.find((p) => p.id === "fips")?.name,
+      results: (fips?.probes ?? []).map((p) => ({ name: p.name, ok: p.ok })),
+    });
+    onListening({ server, sessions, cancels, pool, reload });
     log.info({ address: server.address() }, "listening");
 
     const first = yield* Effect.raceFirst(
@@ -339,7 +456,7 @@ export const startServer = async (options: ServerOptions): Promise<RunningServer
       } else resolve({ ok: true });
     });
   });
-  const { server, sessions, pool } = await listening;
+  const { server, sessions, pool, reload } = await listening;
   const addr = server.address();
   if (addr === null || typeof addr === "string") throw new Error("listener has no TCP address");
   return {
@@ -349,6 +466,7 @@ export const startServer = async (options: ServerOptions): Promise<RunningServer
     cancels,
     pool,
     stopped,
+    reload,
     drain: async () => {
       Deferred.doneUnsafe(drain, Effect.void);
       await stopped;

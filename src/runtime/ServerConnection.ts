@@ -59,6 +59,9 @@ export class ServerConnection {
   /** What the login answered, kept for the next client a pool hands this connection to. */
   startupMessages: readonly Buffer[] = [];
   ready: Buffer | undefined;
+  /** How the login authenticated and over what: kept for the next client, like the rest. */
+  method = "";
+  tlsProtocol: string | undefined;
   /** The pool this connection belongs to: (database, role, startup settings). */
   poolKey: string | undefined;
 
@@ -126,6 +129,8 @@ export class ServerConnection {
     this.abort = undefined;
     this.startupMessages = result.startupMessages;
     this.ready = result.ready;
+    this.method = result.method;
+    this.tlsProtocol = result.tlsProtocol;
     this.machine.send(ServerEvents.LoggedIn);
     return { kind: "ready", upstream: result };
   }

@@ -1,5 +1,11 @@
 import type { MessageStream } from "../adapters/MessageStream.ts";
-import { createScramServer } from "../auth/scramServer.ts";
+import {
+  createScramServer,
+  SCRAM_SHA_256_PLUS,
+  type ScramChannelBinding,
+  type ScramMechanism,
+  scramMechanisms,
+} from "../auth/scramServer.ts";
 import type { ScramVerifier } from "../auth/scramVerifier.ts";
 import { isPgwardenError, type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
 import { encodeAuthentication } from "../protocol/backend.ts";
@@ -7,7 +13,8 @@ import { decodeSASLInitialResponse, decodeSASLResponse } from "../protocol/front
 
 /** How the client's side of authentication ended; the session turns it into events and replies. */
 export type AuthOutcome =
-  | { readonly kind: "ok" }
+  /** `mechanism` is what the client proved its password with (undefined for trust). */
+  | { readonly kind: "ok"; readonly mechanism?: ScramMechanism }
   /** The client went away; nothing is left to say. */
   | { readonly kind: "closed" }
   | { readonly kind: "violation"; readonly error: PgwardenError }
@@ -22,6 +29,8 @@ export interface ClientAuthContext {
   readonly mockSecret: Buffer;
   /** Iteration count the mock verifier shows: the real verifiers' own, so none stands out. */
   readonly mockIterations: number;
+  /** tls-server-end-point data of the client leg when it is TLS: SCRAM-SHA-256-PLUS is then offered. */
+  readonly channelBinding: ScramChannelBinding | undefined;
   readonly send: (message: Buffer) => void;
   /**
    * Puts a client message to the connection machine: undefined if legal, the violation if not,
@@ -58,20 +67,26 @@ export const authenticateClient = async (
   ctx: ClientAuthContext,
 ): Promise<AuthOutcome> => {
   if (ctx.method === "trust") return { kind: "ok" };
-  const scram = createScramServer(ctx.verifier, {
-    mockSecret: ctx.mockSecret,
-    user: ctx.user,
-    mockIterations: ctx.mockIterations,
-  });
-  ctx.send(encodeAuthentication({ kind: "SASL", mechanisms: ["SCRAM-SHA-256"] }));
+  const binding = ctx.channelBinding;
+  const offered = scramMechanisms(binding);
+  ctx.send(encodeAuthentication({ kind: "SASL", mechanisms: offered }));
 
   const first = await next(stream, ctx);
   if (!Buffer.isBuffer(first)) return first;
   const init = decodeSASLInitialResponse(first);
   if (isPgwardenError(init)) return { kind: "violation", error: init };
-  if (init.mechanism !== "SCRAM-SHA-256" || init.data === null) {
+  const mechanism = offered.find((m) => m === init.mechanism);
+  if (mechanism === undefined || init.data === null) {
     return failed(SqlState.protocolViolation, "client selected an invalid SASL authentication mechanism");
   }
+  const scram = createScramServer(ctx.verifier, {
+    mockSecret: ctx.mockSecret,
+    user: ctx.user,
+    mockIterations: ctx.mockIterations,
+    mechanism,
+    // Only a TLS leg has binding data; -PLUS is offered exactly then.
+    ...(binding === undefined ? {} : { channelBinding: binding }),
+  });
   const serverFirst = scram.handleClientFirst(init.data.toString("utf8"));
   if (isPgwardenError(serverFirst))
     return failed(serverFirst.sqlstate, serverFirst.message, scram.failureReason());
@@ -86,5 +101,5 @@ export const authenticateClient = async (
     return failed(SqlState.invalidPassword, `password authentication failed for user "${ctx.user}"`, reason);
   }
   ctx.send(encodeAuthentication({ kind: "SASLFinal", data: Buffer.from(outcome.serverFinal) }));
-  return { kind: "ok" };
+  return { kind: "ok", mechanism };
 };

@@ -1,8 +1,11 @@
 // Effect by module, not the package index: the index loads every module (≈ 13 MB of start memory).
 import * as Effect from "effect/Effect";
 import * as Schema from "effect/Schema";
+import { ClientTlsConfig, UpstreamTlsConfig } from "../adapters/tls/config.ts";
 import { AuditConfig } from "../audit/AuditConfig.ts";
-import { type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
+import { isPgwardenError, type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
+import { compileAccessPolicy, AccessConfig as RulesConfig } from "../policy/accessRules.ts";
+import { SessionControlsConfig } from "../policy/sessionLimits.ts";
 
 /**
  * The one configuration schema. YAML file, environment and flags are merged in that order and
@@ -37,6 +40,8 @@ export const UpstreamConfig = Schema.Struct({
   fallbackToClientUser: withDefault(Schema.Boolean, false),
   password: Schema.optionalKey(Secret),
   connectTimeoutMs: withDefault(Millis, 5000),
+  /** TLS to PostgreSQL: disable | require | verify-ca | verify-full; never a plaintext fallback. */
+  tls: withDefault(UpstreamTlsConfig, {}),
 });
 
 export const AuthConfig = Schema.Struct({
@@ -44,6 +49,8 @@ export const AuthConfig = Schema.Struct({
   usersFile: withDefault(Schema.String, "pgwarden-users.txt"),
   /** One deadline for everything before the first ReadyForQuery, upstream login included. */
   timeoutMs: withDefault(Millis, 10_000),
+  /** Passwords (SCRAM) on a client leg without TLS are refused unless this is true. */
+  allowPasswordOverPlaintext: withDefault(Schema.Boolean, false),
 });
 
 export const LimitsConfig = Schema.Struct({
@@ -86,10 +93,18 @@ export const Grant = Schema.Struct({
 });
 export type Grant = typeof Grant.Type;
 
+/** Grants (identity → databases, upstream role) beside the ordered access rules of src/policy. */
 export const AccessConfig = Schema.Struct({
   /** First grant whose identity matches decides; none matching is a 28000. */
   grants: withDefault(Schema.Array(Grant), []),
-});
+  ...RulesConfig.fields,
+  // Cross-rule checks (unique names, declared groups, nothing hidden behind a catch-all), as compiled.
+}).check(
+  Schema.makeFilter((c) => {
+    const compiled = compileAccessPolicy(c);
+    return isPgwardenError(compiled) ? compiled.message : undefined;
+  }),
+);
 
 export const PoolConfig = Schema.Struct({
   /** Session mode: a client keeps one server connection for its life; it is reused once the client leaves. */
@@ -118,6 +133,12 @@ export const PgwardenConfig = Schema.Struct({
   pool: withDefault(PoolConfig, {}),
   shutdown: withDefault(ShutdownConfig, {}),
   log: withDefault(LogConfig, {}),
+  /** The client leg's TLS (docs/tls.md). */
+  tls: withDefault(ClientTlsConfig, {}),
+  /** Concurrent-session limits, idle timeout and maximum lifetime (docs/access-rules.md). */
+  sessions: withDefault(SessionControlsConfig, {}),
+  /** OpenSSL FIPS mode at start; pgwarden refuses to start unless the self-test passes (docs/fips.md). */
+  fips: withDefault(Schema.Boolean, false),
   /** The audit trail; absent in a config file means audit off (serve warns). Embedded mode sets it. */
   audit: Schema.optionalKey(AuditConfig),
 });
@@ -133,7 +154,6 @@ export const configReference = (): Record<string, unknown> => {
     } else out[prefix] = v;
   };
   walk("", defaults);
-  for (const k of ["upstream.user", "upstream.password"]) out[k] = undefined;
   // The audit section has required keys, so its defaults come from a minimal example.
   const audit = Schema.decodeUnknownSync(AuditConfig)({
     dir: "-",
@@ -166,6 +186,18 @@ export const configReference = (): Record<string, unknown> => {
     "audit.sinks.jetstream.tls.ca",
     "audit.sinks.jetstream.tls.cert",
     "audit.sinks.jetstream.tls.key",
+    "upstream.user",
+    "upstream.password",
+    "upstream.tls.ca",
+    "upstream.tls.servername",
+    "upstream.tls.cert",
+    "upstream.tls.key",
+    "tls.cert",
+    "tls.key",
+    "tls.clientCa",
+    "tls.clientCrl",
+    "sessions.maxPerIdentity",
+    "sessions.maxPerSource",
   ])
     out[k] = undefined;
   return out;

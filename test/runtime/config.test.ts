@@ -11,11 +11,26 @@ const message = (input: unknown): string => {
 };
 
 describe("configuration", () => {
+  const cipherDefaults = {
+    minVersion: "TLSv1.2",
+    ciphers:
+      "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256",
+    ciphersuites: "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256",
+    groups: "P-256:P-384",
+    handshakeTimeoutMs: 10000,
+  };
+
   it("fills every default from an empty document", () => {
     const c = decodeConfig({});
     expect(c).toEqual({
       listen: { host: "127.0.0.1", port: 6432 },
-      upstream: { host: "127.0.0.1", port: 5432, fallbackToClientUser: false, connectTimeoutMs: 5000 },
+      upstream: {
+        host: "127.0.0.1",
+        port: 5432,
+        fallbackToClientUser: false,
+        connectTimeoutMs: 5000,
+        tls: { mode: "disable", direct: false, ...cipherDefaults },
+      },
       startup: {
         parameters: [
           "application_name",
@@ -29,8 +44,13 @@ describe("configuration", () => {
         options: "refuse",
       },
       // Fail closed: with no grants, nobody gets in.
-      access: { grants: [] },
-      auth: { method: "scram-sha-256", usersFile: "pgwarden-users.txt", timeoutMs: 10000 },
+      access: { grants: [], rules: [{ name: "default", action: "allow" }], groups: {}, certMapping: [] },
+      auth: {
+        method: "scram-sha-256",
+        usersFile: "pgwarden-users.txt",
+        timeoutMs: 10000,
+        allowPasswordOverPlaintext: false,
+      },
       limits: {
         maxClientConnections: 1000,
         maxCancelConnections: 16,
@@ -41,6 +61,9 @@ describe("configuration", () => {
       pool: { mode: "session", resetQuery: "DISCARD ALL", maxIdlePerKey: 20 },
       shutdown: { drainTimeoutMs: 30000 },
       log: { level: "info" },
+      tls: { mode: "disable", ...cipherDefaults },
+      sessions: { perIdentity: {}, idleTimeoutMs: 900000, maxLifetimeMs: 0 },
+      fips: false,
     });
   });
 

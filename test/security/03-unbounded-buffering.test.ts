@@ -49,7 +49,7 @@ describe("buffering before authentication (pgwarden serve as a process)", () => 
         ...boundary(),
         listen: { host: "127.0.0.1", port },
         upstream: { host: pg.host, port: pg.port, user: pg.appRole, password: pg.rolePassword },
-        auth: { method: "scram-sha-256", timeoutMs: 10_000 },
+        auth: { method: "scram-sha-256", timeoutMs: 10_000, allowPasswordOverPlaintext: true },
         limits: { maxBufferedBytesPerConnection: MiB },
         log: { level: "warn" },
       },

@@ -39,7 +39,7 @@ const configFor = (port: number, upstreamPort: number) => {
     ...boundary(),
     listen: { host: "127.0.0.1", port },
     upstream: { host: "127.0.0.1", port: upstreamPort, user: i.appRole, password: i.rolePassword },
-    auth: { method: "scram-sha-256", timeoutMs: 5000 },
+    auth: { method: "scram-sha-256", timeoutMs: 5000, allowPasswordOverPlaintext: true },
     log: { level: "info" },
   };
 };

@@ -3,6 +3,7 @@ import { deriveScramVerifier, type ScramVerifier } from "../../src/auth/scramVer
 import { isPgwardenError } from "../../src/errors.ts";
 import type { Transition } from "../../src/machines/MachineRunner.ts";
 import { decodeConfig } from "../../src/runtime/config.ts";
+import type { ProxyEvent } from "../../src/runtime/EventSink.ts";
 import { createLogger } from "../../src/runtime/logger.ts";
 import { type RunningServer, startServer } from "../../src/runtime/Server.ts";
 import { postgresInfo } from "./postgres.ts";
@@ -11,6 +12,8 @@ export interface TestProxy {
   readonly server: RunningServer;
   readonly port: number;
   readonly transitions: Transition[];
+  /** Every event the proxy emitted except transitions (those are in `transitions`). */
+  readonly events: ProxyEvent[];
   /** Log lines as JSON objects, for assertions about what was (not) logged. */
   readonly logs: Record<string, unknown>[];
   /** Connection options for pg/postgres.js through the proxy (the default identity has a password). */
@@ -35,7 +38,8 @@ const defaultUsers: ReadonlyMap<string, ScramVerifier> = new Map([
 
 /**
  * Starts pgwarden in-process in front of the test PostgreSQL, as a deployment would run it:
- * SCRAM on the client leg (identity `postgres`, TEST_PASSWORD), upstream as the non-superuser
+ * SCRAM on the client leg (identity `postgres`, TEST_PASSWORD; passwords over plaintext explicitly
+ * allowed, as `auth.allowPasswordOverPlaintext` is false by default), upstream as the non-superuser
  * role `pgw_app`, every database granted; any free port. Tests that speak raw bytes pass
  * `auth: { method: "trust" }`.
  */
@@ -50,7 +54,8 @@ export const startProxy = async (
     listen: { host: "127.0.0.1", port: 0, ...o.listen },
     upstream: { host: pg.host, port: pg.port, user: "pgw_app", password: pg.rolePassword, ...o.upstream },
     access: { grants: [{ identity: "*", databases: ["*"] }], ...o.access },
-    auth: { method: "scram-sha-256", ...o.auth },
+    // Most tests speak SCRAM over a plaintext client leg; production defaults refuse that.
+    auth: { method: "scram-sha-256", allowPasswordOverPlaintext: true, ...o.auth },
     limits: { ...o.limits },
     shutdown: { drainTimeoutMs: 2000, ...o.shutdown },
     log: { level: "debug", ...o.log },
@@ -67,16 +72,23 @@ export const startProxy = async (
     },
   });
   const transitions: Transition[] = [];
+  const events: ProxyEvent[] = [];
   const server = await startServer({
     config,
     log: createLogger(config.log.level, sink),
     users: () => users,
     onTransition: (t) => transitions.push(t),
+    events: {
+      emit: (e) => {
+        if (e.kind !== "transition") events.push(e);
+      },
+    },
   });
   return {
     server,
     port: server.port,
     transitions,
+    events,
     logs,
     connection: (user = TEST_USER) => ({
       host: "127.0.0.1",
