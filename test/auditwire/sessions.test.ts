@@ -91,15 +91,17 @@ describe("sessions through the proxy leave exactly their events, and the log ver
     const st = story(records, s);
     expect(st.map((r) => r.kind)).toEqual([
       "connection.accepted",
+      // Access rules decide before credentials are read; grants once the identity is proven.
+      "access.decision",
       "auth.attempt",
       "auth.success",
-      // Grants are decided once the identity is proven.
       "access.decision",
       "statement",
       "statement",
       "connection.closed",
     ]);
-    const [acc, , ok, dec, q1, q2, closed] = st;
+    const [acc, rule, , ok, dec, q1, q2, closed] = st;
+    expect(rule).toMatchObject({ decision: "allow", rule: "access.rules: default" });
     expect(acc!.source).toMatch(/^127\.0\.0\.1:\d+$/);
     expect(dec).toMatchObject({
       decision: "allow",
@@ -161,6 +163,7 @@ describe("sessions through the proxy leave exactly their events, and the log ver
     const s = String(failure!.session);
     expect(story(records, s).map((r) => r.kind)).toEqual([
       "connection.accepted",
+      "access.decision",
       "auth.attempt",
       "auth.failure",
       "connection.closed",
@@ -170,6 +173,7 @@ describe("sessions through the proxy leave exactly their events, and the log ver
     expect(String(deny!.reason)).toMatch(/not granted/);
     expect(story(records, String(deny!.session)).map((r) => r.kind)).toEqual([
       "connection.accepted",
+      "access.decision",
       "auth.attempt",
       "auth.success",
       "access.decision",

@@ -59,7 +59,8 @@ export const startAuditedProxy = async (
     listen: { host: "127.0.0.1", port: 0 },
     upstream: { host: pg.host, port: pg.port, user: "pgw_app", password: pg.rolePassword },
     access: { grants },
-    auth: { method: "scram-sha-256" },
+    // Plaintext SCRAM on loopback, as the default test proxy allows it: TLS is not what is tested here.
+    auth: { method: "scram-sha-256", allowPasswordOverPlaintext: true },
     shutdown: { drainTimeoutMs: 2000 },
     log: { level: "debug" },
     audit: {
