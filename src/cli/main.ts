@@ -34,6 +34,7 @@ serve options:
   --users-file FILE   SCRAM verifiers for client authentication
   --log-level LEVEL   fatal, error, warn, info, debug, trace, silent
   --data-dir DIR      embedded mode: where PostgreSQL and generated secrets live
+  --fips              OpenSSL FIPS mode; refuses to start unless the self-test passes
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.
 See docs/configuration.md for every setting.`;
