@@ -1,4 +1,4 @@
-import { type ChildProcess, spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { mkdtemp, readFile, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -7,22 +7,9 @@ import { describe, expect, it } from "vitest";
 import { freePort } from "../src/adapters/embeddedPostgres.ts";
 import { postgresInfo } from "./support/postgres.ts";
 import { runClient } from "./support/run.ts";
+import { serveProcess } from "./support/serve.ts";
 
-/** `pgwarden serve` as a real process, with its output collected. */
-const serve = (args: string[], env: Record<string, string> = {}) => {
-  const child = spawn(process.execPath, ["src/cli/main.ts", "serve", ...args], {
-    env: { ...process.env, ...env },
-  });
-  const out = { stdout: "", stderr: "" };
-  child.stdout.on("data", (d) => {
-    out.stdout += d;
-  });
-  child.stderr.on("data", (d) => {
-    out.stderr += d;
-  });
-  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
-  return { child, out, exited };
-};
+const serve = serveProcess;
 
 const waitFor = async (f: () => boolean, ms: number, what: string) => {
   const start = Date.now();

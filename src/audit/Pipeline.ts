@@ -8,10 +8,8 @@ import { type AuditError, auditError, isAuditError } from "./AuditError.ts";
 import type { AuditEvent } from "./AuditEvent.ts";
 import type { ChainedLine } from "./Chain.ts";
 import { eventOf, SessionContexts, type StatementTextMode } from "./eventOf.ts";
-import type { HmacKey } from "./HmacKey.ts";
 import { makeRemoteFeed, type RemoteFeed } from "./RemoteFeed.ts";
-import { SegmentWriter } from "./SegmentWriter.ts";
-import type { Signer } from "./Signer.ts";
+import { SegmentWriter, type SegmentWriterOptions } from "./SegmentWriter.ts";
 import { formatEpochMs, makeEpochMsClock } from "./timestamp.ts";
 
 /**
@@ -29,16 +27,20 @@ export interface RemoteSinkSpec {
   readonly queue: SinkQueueSettings;
 }
 
-export interface AuditPipelineOptions {
-  readonly dir: string;
-  readonly instance: string;
-  readonly boot: string;
-  readonly hmacKey: HmacKey;
-  readonly previousHmacKeys?: readonly HmacKey[];
-  readonly signer: Signer;
-  readonly segmentMaxBytes: number;
-  readonly segmentMaxAgeMs: number;
-  readonly fsyncBatchMs: number;
+/** The segments' own settings, as the writer takes them, plus the pipeline's. */
+export interface AuditPipelineOptions
+  extends Pick<
+    SegmentWriterOptions,
+    | "dir"
+    | "instance"
+    | "boot"
+    | "hmacKey"
+    | "previousHmacKeys"
+    | "signer"
+    | "segmentMaxBytes"
+    | "segmentMaxAgeMs"
+    | "fsyncBatchMs"
+  > {
   readonly onFailure: "block" | "alert";
   readonly statements: StatementTextMode;
   /** Events held before emit starts dropping (and, under block, refusing). */

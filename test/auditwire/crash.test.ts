@@ -1,4 +1,4 @@
-import { type ChildProcess, spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { mkdtemp, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -7,21 +7,11 @@ import { afterEach, describe, expect, it } from "vitest";
 import { freePort } from "../../src/adapters/embeddedPostgres.ts";
 import { makeKeys } from "../audit/support/auditLog.ts";
 import { postgresInfo } from "../support/postgres.ts";
+import { serveProcess } from "../support/serve.ts";
 import { eventually, expectAllValid, readRecords, verifyCli } from "./support.ts";
 
 /** `pgwarden serve --config` as a real process. */
-const serve = (config: string) => {
-  const child = spawn(process.execPath, ["src/cli/main.ts", "serve", "--config", config]);
-  const out = { stdout: "", stderr: "" };
-  child.stdout.on("data", (d) => {
-    out.stdout += d;
-  });
-  child.stderr.on("data", (d) => {
-    out.stderr += d;
-  });
-  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
-  return { child, out, exited };
-};
+const serve = (config: string) => serveProcess(["--config", config]);
 
 const children: ChildProcess[] = [];
 afterEach(() => {

@@ -148,14 +148,4 @@ export const verifyCli = (dir: string, keys: Keys, json = false) => {
 
 export const decodeAuditConfig = Schema.decodeUnknownSync(AuditConfig);
 
-export const eventually = async (
-  what: string,
-  check: () => boolean | Promise<boolean>,
-  timeoutMs = 15_000,
-) => {
-  const until = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-};
+export { eventually } from "../audit-sinks/support/queue.ts";
