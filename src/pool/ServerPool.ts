@@ -139,10 +139,16 @@ export class Pool {
 
   /** A server connection for `waiter`: an idle one, a new login, or a place in the queue. */
   acquire(waiter: Waiter): void {
-    if (this.closed) return waiter.failed(poolClosed);
+    if (this.closed) {
+      waiter.failed(poolClosed);
+      return;
+    }
     const w: Waiting = { waiter, since: Date.now(), timer: undefined };
     if (this.waiting.length === 0 && this.serveFromIdle(w)) return;
-    if (this.waiting.length === 0 && this.open < this.settings.size) return this.startLogin(w);
+    if (this.waiting.length === 0 && this.open < this.settings.size) {
+      this.startLogin(w);
+      return;
+    }
     this.waiting.push(w);
     const { queryWaitTimeoutMs: limit, reserveSize, reserveAfterMs } = this.settings;
     const reserve = reserveSize > 0 && (limit === 0 || reserveAfterMs < limit);
@@ -193,7 +199,10 @@ export class Pool {
       return;
     }
     const next = this.waiting.shift();
-    if (next !== undefined) return this.grant(next, server);
+    if (next !== undefined) {
+      this.grant(next, server);
+      return;
+    }
     if (this.idle.length >= this.settings.maxIdle) {
       server.close();
       return;
@@ -262,7 +271,10 @@ export class Pool {
         this.active.add(server);
         void server.run(serverCheckQuery).then((ok) => {
           this.active.delete(server);
-          if (ok) return this.grant(w, server);
+          if (ok) {
+            this.grant(w, server);
+            return;
+          }
           server.close();
           this.acquireAgain(w);
         });
@@ -275,9 +287,15 @@ export class Pool {
 
   /** A checked connection failed: the waiter tries again from the front of the queue. */
   private acquireAgain(w: Waiting): void {
-    if (this.closed) return w.waiter.failed(poolClosed);
+    if (this.closed) {
+      w.waiter.failed(poolClosed);
+      return;
+    }
     if (this.serveFromIdle(w)) return;
-    if (this.open < this.settings.size) return this.startLogin(w);
+    if (this.open < this.settings.size) {
+      this.startLogin(w);
+      return;
+    }
     this.waiting.unshift(w);
   }
 
@@ -340,7 +358,10 @@ export class Pool {
         return;
       }
       this.defaults ??= new Map(server.reported);
-      if (w === undefined) return this.settled(server, true);
+      if (w === undefined) {
+        this.settled(server, true);
+        return;
+      }
       this.grant(w, server);
     });
   }

@@ -661,7 +661,10 @@ export class ClientConnection {
 
     // Access rules, before any credential is read: who may try which method from where.
     const ruleMethod = this.decideAccess(user, database);
-    if (isPgwardenError(ruleMethod)) return this.failWith(Events.ClientAuthFailed, ruleMethod);
+    if (isPgwardenError(ruleMethod)) {
+      this.failWith(Events.ClientAuthFailed, ruleMethod);
+      return;
+    }
     const password = ruleMethod === "scram-sha-256" || ruleMethod === "cert+scram";
     if (password && this.tlsSession === undefined && !this.deps.auth.allowPasswordOverPlaintext) {
       log.warn({ conn: this.id }, "connection refused: password over plaintext");
@@ -792,7 +795,10 @@ export class ClientConnection {
     this.lease = lease;
     const pending = stream.handOff();
     this.stream = undefined;
-    if (isPgwardenError(pending)) return this.violation(pending);
+    if (isPgwardenError(pending)) {
+      this.violation(pending);
+      return;
+    }
     this.clientPending = pending;
     // Whatever the client sends before ReadyForQuery waits in the socket.
     this.socket.pause();
@@ -861,13 +867,17 @@ export class ClientConnection {
     const max = pool.settings.maxClients;
     if (max > 0 && pool.clients >= max) {
       this.deps.log.warn({ conn: this.id, pool: pool.key, limit: max }, poolFull.message);
-      return this.failWith(Events.UpstreamFailed, poolFull);
+      this.failWith(Events.UpstreamFailed, poolFull);
+      return;
     }
     pool.clients++;
     this.pool = pool;
     const waiter: Waiter = {
       granted: (server, waitedMs) => {
-        if (this.waiter !== waiter) return pool.release(server);
+        if (this.waiter !== waiter) {
+          pool.release(server);
+          return;
+        }
         this.waiter = undefined;
         void this.serverGranted(server, parameters, waitedMs).catch((e: unknown) => {
           pool.release(server);
@@ -896,7 +906,10 @@ export class ClientConnection {
     waitedMs: number,
   ): Promise<void> {
     const pool = this.pool!;
-    if (!this.machine.in("authenticating.upstream")) return pool.release(server);
+    if (!this.machine.in("authenticating.upstream")) {
+      pool.release(server);
+      return;
+    }
     const own: Record<string, string> = Object.fromEntries(pool.defaults ?? server.reported);
     for (const [k, v] of parameters) if (k !== "user" && k !== "database") own[k] = v;
     const state = SessionState.fromStartup(own);
@@ -910,7 +923,10 @@ export class ClientConnection {
         pgwardenError("PGW_UPSTREAM_AUTH", SqlState.connectionRejected, "the startup settings were refused"),
       );
     }
-    if (!this.machine.in("authenticating.upstream")) return pool.release(server);
+    if (!this.machine.in("authenticating.upstream")) {
+      pool.release(server);
+      return;
+    }
     server.settings.adopt(state.settings);
     this.sessionState = state;
     this.attached(server);

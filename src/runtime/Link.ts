@@ -230,7 +230,7 @@ export class Link {
     if (!this.replay(first.serverPending, this.serverBase, this.toClient)) return;
     this.flushToClient();
     this.client.socket.on("data", this.onClientData);
-    if (this.pooled !== undefined && this.current !== undefined && this.current.owed.settled) {
+    if (this.pooled && this.current?.owed.settled) {
       // The login's server connection goes back at once: the client has asked for nothing yet.
       this.release("idle");
     }
@@ -361,7 +361,10 @@ export class Link {
   private readonly onClientMessageAudited = (type: number, msg: Buffer): Verdict => {
     if (type === Frontend.Query || type === Frontend.Parse || type === Frontend.FunctionCall) {
       const blocked = this.events!.blocked?.();
-      if (blocked !== undefined) return this.refuseStatement(type, msg, blocked);
+      if (blocked !== undefined) {
+        this.refuseStatement(type, msg, blocked);
+        return;
+      }
     }
     const v = this.clientBase(type, msg);
     if (v === undefined) this.statements!.client(type, msg);
@@ -520,7 +523,10 @@ export class Link {
         if (isPgwardenError(p)) return p;
         const effects = sessionEffectsOf(pooled.parser, p.query);
         const refused = pooled.refusePins ? refusedFeature(effects) : undefined;
-        if (refused !== undefined) return this.refuseLocally(SqlState.featureNotSupported, refused);
+        if (refused !== undefined) {
+          this.refuseLocally(SqlState.featureNotSupported, refused);
+          return;
+        }
         if (effects.length > 0) this.statementEffects.set(p.name, effects);
         else this.statementEffects.delete(p.name);
         if (statements === undefined || p.name === "") {
@@ -528,7 +534,10 @@ export class Link {
           return undefined;
         }
         const answer = statements.onParse(this.client.id, p.name, p.query, p.paramTypes, server.id);
-        if ("sqlstate" in answer) return this.refuseLocally(answer.sqlstate, answer.message);
+        if ("sqlstate" in answer) {
+          this.refuseLocally(answer.sqlstate, answer.message);
+          return;
+        }
         const out: Uint8Array[] = [];
         this.inject(answer.evict, out);
         if (!answer.needsParse) {
@@ -594,7 +603,10 @@ export class Link {
       reply === Reply.bind
         ? statements.onBind(this.client.id, name, this.current!.id)
         : statements.onDescribe(this.client.id, name, this.current!.id);
-    if ("sqlstate" in answer) return this.refuseLocally(answer.sqlstate, answer.message);
+    if ("sqlstate" in answer) {
+      this.refuseLocally(answer.sqlstate, answer.message);
+      return;
+    }
     const out: Uint8Array[] = [];
     this.inject(answer.inject, out);
     const renamed = rewriteStatementName(msg, answer.serverName);

@@ -25,7 +25,7 @@ it("smoke: pg through transaction mode", async () => {
           .query({ name: "st", text: "SELECT $1::text AS t", values: [`x${i}`] })
           .then((r) => expect(r.rows[0].t).toBe(`x${i}`));
       }
-      await c.query("SET application_name = 'c" + i + "'");
+      await c.query(`SET application_name = 'c${i}'`);
       const r = await c.query("SHOW application_name");
       expect(r.rows[0].application_name).toBe(`c${i}`);
     }),
