@@ -362,7 +362,11 @@ export class ClientConnection {
     this.released(server, "clientClosed");
     this.pool!.release(server);
     const s = server.machine.state;
-    if (s === "closing" || s === "closed") this.server = server;
+    if (s === "closing" || s === "closed") {
+      // Not wanted again: this connection waits for it to close, like its own leg.
+      this.server = server;
+      server.whenLost(this);
+    }
   }
 
   /** Link: the connection now holds `server` (pooled modes, per transaction). */

@@ -367,7 +367,8 @@ export class Link {
       }
     }
     const v = this.clientBase(type, msg);
-    if (v === undefined) this.statements!.client(type, msg);
+    // Pooled modes rename statements or answer them locally: recorded all the same.
+    if (v === undefined || (this.pooled !== undefined && !isPgwardenError(v))) this.statements!.client(type, msg);
     return v;
   };
 
