@@ -324,7 +324,6 @@ const HELP =
   "\n\tSHOW HELP|POOLS|CLIENTS|SERVERS|DATABASES|LISTS|CONFIG|VERSION" +
   "\n\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES";
 
-
 const echo = (s: string): string => (s.length > ECHO_LIMIT ? `${s.slice(0, ECHO_LIMIT)}...` : s);
 
 /**
