@@ -27,7 +27,9 @@ type Options = Omit<AdminSessionOptions, "log" | "pending" | "maxMessageBytes"> 
   maxMessageBytes?: number;
 };
 
-const readStartup = (socket: Socket): Promise<{ params: ReadonlyMap<string, string>; rest: Buffer } | undefined> =>
+const readStartup = (
+  socket: Socket,
+): Promise<{ params: ReadonlyMap<string, string>; rest: Buffer } | undefined> =>
   new Promise((resolve) => {
     let buf = Buffer.alloc(0);
     const onData = (chunk: Buffer) => {
