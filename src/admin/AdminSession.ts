@@ -1,8 +1,8 @@
 import { randomBytes } from "node:crypto";
 import type { Socket } from "node:net";
 import type { Logger } from "pino";
-import { MessageStream } from "../adapters/MessageStream.ts";
-import { isPgwardenError, type PgwardenError, protocolError } from "../errors.ts";
+import { MessageStream, type Next } from "../adapters/MessageStream.ts";
+import { isPgwardenError, type PgwardenError, pgwardenError, protocolError, SqlState } from "../errors.ts";
 import {
   type BackendKeyData,
   encodeBackendKeyData,
@@ -27,6 +27,10 @@ export interface AdminSessionOptions {
   readonly backendKey?: BackendKeyData | undefined;
   /** How long a close waits for the peer before the socket is destroyed. */
   readonly closeGraceMs?: number | undefined;
+  /** Ends a session that sends nothing for this long (57P05); absent or 0: never. */
+  readonly idleTimeoutMs?: number | undefined;
+  /** Aborting ends the session at once with 57P01, as at pgwarden's shutdown. */
+  readonly signal?: AbortSignal | undefined;
 }
 
 /** Every message held whole (no streamed CopyData), with the session's size caps. */
@@ -70,6 +74,40 @@ const refusal = (type: number): PgwardenError =>
     ? protocolError("extended query protocol not supported by admin console")
     : protocolError(`unsupported message type for admin console: ${frontendName(type)}`);
 
+const idleTimeout = (): PgwardenError =>
+  pgwardenError(
+    "PGW_IDLE_TIMEOUT",
+    SqlState.idleSessionTimeout,
+    "terminating connection due to idle-session timeout",
+  );
+const shutdown = (): PgwardenError =>
+  pgwardenError(
+    "PGW_SHUTDOWN",
+    SqlState.adminShutdown,
+    "terminating connection due to administrator command",
+  );
+
+/** The stream's next message, unless the idle deadline or the abort signal comes first. */
+const nextBefore = (
+  stream: MessageStream,
+  idleMs: number,
+  signal: AbortSignal | undefined,
+): Promise<Next> => {
+  if (idleMs <= 0 && signal === undefined) return stream.next();
+  if (signal?.aborted) return Promise.resolve(shutdown());
+  return new Promise((resolve) => {
+    const onAbort = () => settle(shutdown());
+    const timer = idleMs > 0 ? setTimeout(() => settle(idleTimeout()), idleMs) : undefined;
+    const settle = (v: Next) => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+      resolve(v);
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+    void stream.next().then(settle);
+  });
+};
+
 /**
  * Serves the admin console on a client socket that has just been sent AuthenticationOk. Answers
  * simple Query messages until Terminate, end of stream or a protocol violation; resolves once the
@@ -97,12 +135,14 @@ export const serveAdmin = async (
       const done = () => {
         socket.off("drain", done);
         socket.off("close", done);
+        opts.signal?.removeEventListener("abort", done);
         resolve();
       };
       socket.on("drain", done);
       socket.on("close", done);
+      opts.signal?.addEventListener("abort", done, { once: true });
     });
-    return !socket.destroyed;
+    return !socket.destroyed && opts.signal?.aborted !== true;
   };
 
   const finish = (last?: Buffer) => {
@@ -122,7 +162,7 @@ export const serveAdmin = async (
   try {
     if (await write(adminWelcome(source.version, opts.backendKey ?? randomKey()))) {
       for (;;) {
-        const msg = await stream.next();
+        const msg = await nextBefore(stream, opts.idleTimeoutMs ?? 0, opts.signal);
         if (msg === "closed") break;
         if (isPgwardenError(msg)) {
           fatal(msg);

@@ -240,6 +240,46 @@ describe("serveAdmin ending sessions", () => {
   });
 });
 
+describe("serveAdmin deadlines", () => {
+  it("ends a session idle past idleTimeoutMs with 57P05, and only then", async () => {
+    const c = await startConsole(sampleSource(), { idleTimeoutMs: 300 });
+    try {
+      const w = await openRaw(c);
+      // Activity resets the deadline: three commands 150 ms apart outlive one 300 ms period.
+      for (let i = 0; i < 3; i++) {
+        await new Promise((r) => setTimeout(r, 150));
+        w.send(encodeQuery("SHOW VERSION"));
+        await w.until((x) => readyCount(x) === i + 2, 2000, "an answer");
+      }
+      expect(w.closed).toBe(false);
+      await w.waitClosed(2000);
+      expect(errorOf(w)?.get("C")).toBe("57P05");
+    } finally {
+      await c.close();
+    }
+  });
+
+  it("aborting the signal ends every session with 57P01", async () => {
+    const stop = new AbortController();
+    const c = await startConsole(sampleSource(), { signal: stop.signal });
+    try {
+      const a = await openRaw(c);
+      const b = await openRaw(c);
+      stop.abort();
+      await Promise.all([a.waitClosed(), b.waitClosed()]);
+      expect([errorOf(a)?.get("C"), errorOf(b)?.get("C")]).toEqual(["57P01", "57P01"]);
+      await Promise.all(c.sessions);
+      // A session that starts after the abort ends at once.
+      const late = await WireClient.open(c.port);
+      late.send(startup);
+      await late.waitClosed();
+      expect(errorOf(late)?.get("C")).toBe("57P01");
+    } finally {
+      await c.close();
+    }
+  });
+});
+
 describe("serveAdmin back-pressure", () => {
   it("stops reading while a client does not read its answers", async () => {
     // ~250 KB per SHOW CONFIG answer; 200 pipelined would be 50 MB if written without waiting.
