@@ -34,12 +34,11 @@ const ECHO_LIMIT = 200;
 const ready = (): Buffer => encodeReadyForQuery("I");
 const show = (): Buffer => encodeCommandComplete("SHOW");
 
-type ColumnType = "text" | "int4" | "int8" | "numeric";
+type ColumnType = "text" | "int4" | "numeric";
 // OID and typlen for each type, as PgBouncer declares them.
 const typeInfo: Record<ColumnType, { oid: number; size: number }> = {
   text: { oid: 25, size: -1 },
   int4: { oid: 23, size: 4 },
-  int8: { oid: 20, size: 8 },
   numeric: { oid: 1700, size: -1 },
 };
 
@@ -52,7 +51,7 @@ interface Column<R> {
 const INT4_MIN = -(2 ** 31);
 const INT4_MAX = 2 ** 31 - 1;
 
-/** An int4 as text: truncated, clamped to the type's range, NaN as 0 (what a C int cast would not). */
+/** An int4 as text: truncated and clamped to the type's range; NaN (a source bug) shows as 0. */
 const int4Text = (n: number): string =>
   Number.isNaN(n) ? "0" : String(Math.min(INT4_MAX, Math.max(INT4_MIN, Math.trunc(n))));
 
@@ -66,12 +65,10 @@ const pad2 = (n: number): string => String(n).padStart(2, "0");
 
 /** PgBouncer's timestamp text ("2024-05-01 12:00:00 UTC"), always in UTC here. */
 const timestampText = (d: Date): string | null => {
-  const t = d instanceof Date ? d.getTime() : Number.NaN;
-  if (Number.isNaN(t)) return null;
-  const u = new Date(t);
+  if (!(d instanceof Date) || Number.isNaN(d.getTime())) return null;
   return (
-    `${String(u.getUTCFullYear()).padStart(4, "0")}-${pad2(u.getUTCMonth() + 1)}-${pad2(u.getUTCDate())} ` +
-    `${pad2(u.getUTCHours())}:${pad2(u.getUTCMinutes())}:${pad2(u.getUTCSeconds())} UTC`
+    `${String(d.getUTCFullYear()).padStart(4, "0")}-${pad2(d.getUTCMonth() + 1)}-${pad2(d.getUTCDate())} ` +
+    `${pad2(d.getUTCHours())}:${pad2(d.getUTCMinutes())}:${pad2(d.getUTCSeconds())} UTC`
   );
 };
 

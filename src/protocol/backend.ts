@@ -360,15 +360,31 @@ export const encodeRowDescription = (fields: readonly FieldDescription[]): Buffe
 };
 
 export const encodeDataRow = (values: readonly DataValue[]): Buffer => {
-  const bytes = values.map((v) => (typeof v === "string" ? Buffer.from(v, "utf8") : v));
-  let size = 2;
-  for (const b of bytes) size += 4 + (b === null ? 0 : b.length);
-  const w = Writer.message(Backend.DataRow, size).uint16(bytes.length);
-  for (const b of bytes) {
-    if (b === null) w.int32(-1);
-    else w.int32(b.length).bytes(b);
+  // Strings are measured, then written in place: no intermediate Buffer per value.
+  let size = 7;
+  for (const v of values)
+    size += 4 + (v === null ? 0 : typeof v === "string" ? Buffer.byteLength(v, "utf8") : v.length);
+  const buf = Buffer.allocUnsafe(size);
+  buf[0] = Backend.DataRow;
+  buf.writeInt32BE(size - 1, 1);
+  buf.writeUInt16BE(values.length, 5);
+  let pos = 7;
+  for (const v of values) {
+    if (v === null) {
+      buf.writeInt32BE(-1, pos);
+      pos += 4;
+    } else if (typeof v === "string") {
+      const n = buf.write(v, pos + 4, "utf8");
+      buf.writeInt32BE(n, pos);
+      pos += 4 + n;
+    } else {
+      buf.writeInt32BE(v.length, pos);
+      buf.set(v, pos + 4);
+      pos += 4 + v.length;
+    }
   }
-  return w.end();
+  if (pos !== size) throw new Error(`DataRow size mismatch: wrote ${pos} of ${size}`);
+  return buf;
 };
 
 export const encodeEmptyQueryResponse = (): Buffer => Writer.message(Backend.EmptyQueryResponse, 0).end();
