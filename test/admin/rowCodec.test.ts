@@ -41,7 +41,7 @@ describe("row codecs", () => {
       { name: "a", tableOid: 0, columnAttr: 0, typeOid: 25, typeSize: -1, typeModifier: -1, format: 0 },
     ]);
     expect(t.toString("hex")).toBe("540000001a0001610000000000000000000019ffffffffffff0000");
-    expect(encodeDataRow(["é", null]).toString("hex")).toBe("440000001000020000000002c3a9ffffffff");
+    expect(encodeDataRow(["é", null]).toString("hex")).toBe("4400000010000200000002c3a9ffffffff");
     expect(encodeEmptyQueryResponse().toString("hex")).toBe("4900000004");
   });
 
