@@ -1,6 +1,5 @@
 import { randomBytes } from "node:crypto";
-import * as Effect from "effect/Effect";
-import * as Schema from "effect/Schema";
+import { Effect, Schema } from "effect";
 import { AuditSinksConfig } from "../adapters/audit/sinkConfig.ts";
 import { InstanceId, StatementTextMode } from "./AuditEvent.ts";
 import { AuditIntegrityConfig } from "./AuditIntegrityConfig.ts";

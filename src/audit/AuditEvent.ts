@@ -1,5 +1,4 @@
-import * as Schema from "effect/Schema";
-import * as SchemaIssue from "effect/SchemaIssue";
+import { Schema, SchemaIssue } from "effect";
 import { type AuditError, auditError } from "./AuditError.ts";
 import { canonicalJson } from "./canonicalJson.ts";
 import { TIMESTAMP_PATTERN } from "./timestamp.ts";

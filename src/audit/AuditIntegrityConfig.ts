@@ -1,5 +1,4 @@
-import * as Effect from "effect/Effect";
-import * as Schema from "effect/Schema";
+import { Effect, Schema } from "effect";
 
 /**
  * The integrity settings of `audit:` (the lead merges this under the config's `audit` key).

@@ -1,5 +1,4 @@
-import * as Effect from "effect/Effect";
-import * as Schema from "effect/Schema";
+import { Effect, Schema } from "effect";
 
 /** Config sections for transaction-mode pooling, for the lead to merge under `pool:`. */
 

@@ -1,4 +1,4 @@
-import * as Data from "effect/Data";
+import { Data } from "effect";
 
 /**
  * The contract between the audit pipeline and a remote sink. The pipeline hands over records that

@@ -1,6 +1,5 @@
 import { readFile } from "node:fs/promises";
-import * as Effect from "effect/Effect";
-import * as Schema from "effect/Schema";
+import { Effect, Schema } from "effect";
 import { SinkError } from "./AuditSink.ts";
 import type { JetStreamSinkOptions } from "./JetStreamSink.ts";
 import { isSdName, SyslogFacilities } from "./rfc5424.ts";

@@ -1,5 +1,4 @@
-import * as Effect from "effect/Effect";
-import * as Schema from "effect/Schema";
+import { Effect, Schema } from "effect";
 
 /**
  * Configuration of both TLS legs, as Effect Schemas the main configuration embeds
