@@ -215,6 +215,13 @@ export class Link {
     );
   }
 
+  /** Since when the client waits for a server connection (pooled modes), for SHOW CLIENTS. */
+  get waitingSince(): number | undefined {
+    return this.waiting === undefined ? undefined : this.waitStart;
+  }
+
+  private waitStart = 0;
+
   /** The server connection the link holds now (pooled modes: none between transactions). */
   get server(): ServerConnection | undefined {
     return this.current;
@@ -368,7 +375,8 @@ export class Link {
     }
     const v = this.clientBase(type, msg);
     // Pooled modes rename statements or answer them locally: recorded all the same.
-    if (v === undefined || (this.pooled !== undefined && !isPgwardenError(v))) this.statements!.client(type, msg);
+    if (v === undefined || (this.pooled !== undefined && !isPgwardenError(v)))
+      this.statements!.client(type, msg);
     return v;
   };
 
@@ -778,6 +786,7 @@ export class Link {
       },
     };
     this.waiting = waiter;
+    this.waitStart = Date.now();
     this.pooled!.pool.acquire(waiter);
   }
 
