@@ -993,7 +993,7 @@ export class ClientConnection {
     const own: Record<string, string> = Object.fromEntries(pool.defaults ?? server.reported);
     for (const [k, v] of parameters) if (k !== "user" && k !== "database") own[k] = v;
     const state = SessionState.fromStartup(own);
-    const sql = replaySql(state.settings, server.settings.settings);
+    const sql = replaySql(state.current, server.settings.current);
     if (sql !== "" && !(await server.run(sql))) {
       server.close();
       pool.release(server);
@@ -1007,7 +1007,7 @@ export class ClientConnection {
       pool.release(server);
       return;
     }
-    server.settings.adopt(state.settings);
+    server.settings.adoptFrom(state);
     this.sessionState = state;
     this.attached(server);
     this.deps.log.info(

@@ -777,7 +777,10 @@ export class Link {
       granted: (server) => {
         if (this.waiting !== waiter) return this.pooled!.pool.release(server);
         this.waiting = undefined;
-        void this.prepare(server).catch(() => this.client.endWith(replayFailed));
+        const state = this.pooled!.state;
+        const sql = server.settings.sameAs(state) ? "" : replaySql(state.current, server.settings.current);
+        if (sql === "") this.resume(server);
+        else void this.prepare(server, sql).catch(() => this.client.endWith(replayFailed));
       },
       failed: (error) => {
         if (this.waiting !== waiter) return;
@@ -790,21 +793,24 @@ export class Link {
     this.pooled!.pool.acquire(waiter);
   }
 
-  /** The client's settings onto the server connection, then the waiting requests. */
-  private async prepare(server: ServerConnection): Promise<void> {
-    const state = this.pooled!.state;
-    const sql = replaySql(state.settings, server.settings.settings);
-    if (sql !== "" && !(await server.run(sql))) {
+  /** The client's settings onto the server connection first (one query, replies swallowed). */
+  private async prepare(server: ServerConnection, sql: string): Promise<void> {
+    if (!(await server.run(sql))) {
       server.close();
       this.pooled!.pool.release(server);
       this.client.endWith(replayFailed);
       return;
     }
+    this.resume(server);
+  }
+
+  /** The server connection is ready for this client: the requests that waited go to it. */
+  private resume(server: ServerConnection): void {
     if (!this.linked) {
       this.pooled!.pool.release(server);
       return;
     }
-    server.settings.adopt(state.settings);
+    server.settings.adoptFrom(this.pooled!.state);
     this.attach(server);
     const stash = this.stash;
     this.stash = [];
@@ -832,7 +838,7 @@ export class Link {
     this.current = undefined;
     this.serverSocket = undefined;
     this.replies.clear();
-    server.settings.adopt(this.pooled!.state.settings);
+    server.settings.adoptFrom(this.pooled!.state);
     this.client.released(server, reason);
     this.pooled!.pool.release(server);
   }
