@@ -91,7 +91,7 @@ export class Link {
     const events = limits.events;
     if (events?.statements === true) {
       this.events = events;
-      this.statements = new StatementTracker(client.id, events);
+      this.statements = new StatementTracker(client.id, events, undefined, server.id);
       this.clientScanner = new MessageScanner(
         auditedClientSessionPolicy(limits.maxMessageBytes),
         this.onClientMessageAudited,
@@ -221,7 +221,12 @@ export class Link {
   };
 
   private readonly onServerMessageAudited = (type: number, msg: Buffer): Verdict => {
-    // Seen before the machines move: a ReadyForQuery closes the group its statements belong to.
+    // A ReadyForQuery moves the machines first, so the statements it closes carry those transitions.
+    if (type === Backend.ReadyForQuery) {
+      const v = this.onServerMessage(type, msg);
+      this.statements!.server(type, msg);
+      return v;
+    }
     this.statements!.server(type, msg);
     return type === Backend.CommandComplete ? undefined : this.onServerMessage(type, msg);
   };
