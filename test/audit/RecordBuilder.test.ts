@@ -31,7 +31,7 @@ const query = (sql: string): ProxyEvent => ({
 const build = (events: readonly ProxyEvent[], o: { fold?: boolean; holdMs?: number } = {}) => {
   const b = new RecordBuilder({ statements: "full", parser: undefined, ...o });
   const out: AuditEvent[] = [];
-  events.forEach((e, i) => b.add(e, T0 + i, out));
+  for (const [i, e] of events.entries()) b.add(e, T0 + i, out);
   b.flushHeld(out);
   for (const ev of out) expect(isAuditError(validateEvent(ev)), JSON.stringify(ev)).toBe(false);
   return { out, b };
