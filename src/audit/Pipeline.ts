@@ -11,6 +11,7 @@ import type { StatementTextMode } from "./eventOf.ts";
 import { RecordBuilder } from "./RecordBuilder.ts";
 import { makeRemoteFeed, type RemoteFeed } from "./RemoteFeed.ts";
 import { SegmentWriter, type SegmentWriterOptions } from "./SegmentWriter.ts";
+import { makeSinkCursor, readSinkCursor, type SinkCursor } from "./SinkCursor.ts";
 import { formatEpochMs, makeEpochMsClock } from "./timestamp.ts";
 
 /**
@@ -209,8 +210,20 @@ export const makeAuditPipeline = (
         } as Omit<AuditEvent, "ts">);
       }
     };
+    const cursors: SinkCursor[] = [];
     for (const spec of o.sinks) {
-      const queue = yield* makeSinkQueue(spec.sink, spec.queue, { onEvent: onSinkEvent(spec.required) });
+      const name = spec.sink.name;
+      const saved = yield* Effect.promise(() => readSinkCursor(o.dir, o.instance, name));
+      // A sink without a cursor (new) starts from what is durable now; the cursor says so at once.
+      const cursor = makeSinkCursor(o.dir, o.instance, name, saved, (e) =>
+        log.warn({ sink: name, error: String((e as Error).message) }, "audit sink cursor not saved"),
+      );
+      if (saved === undefined) cursor.acked(writer.durableSeq);
+      cursors.push(cursor);
+      const queue = yield* makeSinkQueue(spec.sink, spec.queue, {
+        onEvent: onSinkEvent(spec.required),
+        onAcked: cursor.acked,
+      });
       feeds.push(
         yield* makeRemoteFeed({
           queue,
@@ -218,6 +231,7 @@ export const makeAuditPipeline = (
           dir: o.dir,
           instance: o.instance,
           durableSeq: () => writer.durableSeq,
+          resumeAfter: saved ?? writer.durableSeq,
         }),
       );
     }
@@ -383,6 +397,7 @@ export const makeAuditPipeline = (
               "audit sink not drained at shutdown; the local segments hold the rest",
             );
         }
+        yield* Effect.promise(() => Promise.all(cursors.map((c) => c.flush())));
         if (dropped > 0) log.error({ dropped }, "audit events dropped: the queue was full");
         return (
           err ??
