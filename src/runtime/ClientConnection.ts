@@ -616,6 +616,7 @@ export class ClientConnection {
       protocol: outcome.protocol,
       cipher: outcome.cipher,
       ...(fingerprint === undefined ? {} : { clientCertificate: fingerprint }),
+      ...(outcome.peer === undefined ? {} : { clientSubject: outcome.peer.subject }),
     });
     this.machine.send(Events.TlsEstablished);
     this.first = new FirstPacket(this.transport, this);

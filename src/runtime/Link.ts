@@ -184,7 +184,7 @@ export class Link {
     const audited = events?.statements === true;
     if (audited) {
       this.events = events;
-      this.statements = new StatementTracker(client.id, events);
+      this.statements = new StatementTracker(client.id, events, undefined, server?.id);
     }
     if (this.pooled !== undefined) {
       this.clientBase = this.onClientMessagePooled;
@@ -381,7 +381,12 @@ export class Link {
   };
 
   private readonly onServerMessageAudited = (type: number, msg: Buffer): Verdict => {
-    // Seen before the machines move: a ReadyForQuery closes the group its statements belong to.
+    // A ReadyForQuery moves the machines first, so the statements it closes carry those transitions.
+    if (type === Backend.ReadyForQuery) {
+      const v = this.serverBase(type, msg);
+      this.statements!.server(type, msg);
+      return v;
+    }
     this.statements!.server(type, msg);
     return type === Backend.CommandComplete && this.pooled === undefined
       ? undefined
@@ -826,6 +831,7 @@ export class Link {
     this.serverSocket = server.socket;
     if (!this.serverScanner.atBoundary) this.serverScanner = this.newServerScanner();
     this.client.attached(server);
+    if (this.statements !== undefined) this.statements.serverId = server.id;
     server.socket!.on("data", this.onServerData);
     server.socket!.resume();
   }
