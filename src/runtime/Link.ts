@@ -368,10 +368,7 @@ export class Link {
   private readonly onClientMessageAudited = (type: number, msg: Buffer): Verdict => {
     if (type === Frontend.Query || type === Frontend.Parse || type === Frontend.FunctionCall) {
       const blocked = this.events!.blocked?.();
-      if (blocked !== undefined) {
-        this.refuseStatement(type, msg, blocked);
-        return;
-      }
+      if (blocked !== undefined) return this.refuseStatement(type, msg, blocked);
     }
     const v = this.clientBase(type, msg);
     // Pooled modes rename statements or answer them locally: recorded all the same.
@@ -537,10 +534,7 @@ export class Link {
         if (isPgwardenError(p)) return p;
         const effects = sessionEffectsOf(pooled.parser, p.query);
         const refused = pooled.refusePins ? refusedFeature(effects) : undefined;
-        if (refused !== undefined) {
-          this.refuseLocally(SqlState.featureNotSupported, refused);
-          return;
-        }
+        if (refused !== undefined) return this.refuseLocally(SqlState.featureNotSupported, refused);
         if (effects.length > 0) this.statementEffects.set(p.name, effects);
         else this.statementEffects.delete(p.name);
         if (statements === undefined || p.name === "") {
@@ -548,10 +542,7 @@ export class Link {
           return undefined;
         }
         const answer = statements.onParse(this.client.id, p.name, p.query, p.paramTypes, server.id);
-        if ("sqlstate" in answer) {
-          this.refuseLocally(answer.sqlstate, answer.message);
-          return;
-        }
+        if ("sqlstate" in answer) return this.refuseLocally(answer.sqlstate, answer.message);
         const out: Uint8Array[] = [];
         this.inject(answer.evict, out);
         if (!answer.needsParse) {
@@ -617,10 +608,7 @@ export class Link {
       reply === Reply.bind
         ? statements.onBind(this.client.id, name, this.current!.id)
         : statements.onDescribe(this.client.id, name, this.current!.id);
-    if ("sqlstate" in answer) {
-      this.refuseLocally(answer.sqlstate, answer.message);
-      return;
-    }
+    if ("sqlstate" in answer) return this.refuseLocally(answer.sqlstate, answer.message);
     const out: Uint8Array[] = [];
     this.inject(answer.inject, out);
     const renamed = rewriteStatementName(msg, answer.serverName);

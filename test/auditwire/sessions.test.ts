@@ -108,11 +108,16 @@ describe("sessions through the proxy leave exactly their events, and the log ver
       "auth.attempt",
       "auth.success",
       "access.decision",
+      // The session's server connection comes from its pool and goes back when the client leaves.
+      "pool.checkout",
       "statement",
       "statement",
+      "pool.release",
       "connection.closed",
     ]);
-    const [acc, rule, , ok, dec, q1, q2, closed] = st;
+    const [acc, rule, , ok, dec, checkout, q1, q2, release, closed] = st;
+    expect(checkout).toMatchObject({ mode: "session" });
+    expect(release).toMatchObject({ reason: "clientClosed" });
     expect(rule).toMatchObject({ decision: "allow", rule: "access.rules: default" });
     expect(acc!.source).toMatch(/^127\.0\.0\.1:\d+$/);
     expect(dec).toMatchObject({
