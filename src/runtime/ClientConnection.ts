@@ -39,7 +39,7 @@ import {
 } from "../policy/sessionLimits.ts";
 import { filterStartupParameters, type StartupPolicy } from "../policy/startupParameters.ts";
 import type { Pool, ServerPool, Waiter } from "../pool/ServerPool.ts";
-import { replaySql, SessionState } from "../pool/SessionState.ts";
+import { replaySql, type SessionState } from "../pool/SessionState.ts";
 import {
   encodeAuthentication,
   encodeBackendKeyData,
@@ -991,9 +991,7 @@ export class ClientConnection {
       pool.release(server);
       return;
     }
-    const own: Record<string, string> = Object.fromEntries(pool.defaults ?? server.reported);
-    for (const [k, v] of parameters) if (k !== "user" && k !== "database") own[k] = v;
-    const state = SessionState.fromStartup(own);
+    const state = pool.startupSettings(parameters, server.reported);
     const sql = replaySql(state.current, server.settings.current);
     if (sql !== "" && !(await server.run(sql))) {
       server.close();
