@@ -60,15 +60,25 @@ export interface Negotiated {
   readonly error?: string;
 }
 
+/** OpenSSL's short names of the NIST curves, as TLS and Node name them. */
+const OPENSSL_CURVE_NAMES: Readonly<Record<string, string>> = {
+  prime256v1: "P-256",
+  secp384r1: "P-384",
+  secp521r1: "P-521",
+};
+
 /** Parses `openssl s_client -brief` output (it writes the summary to stderr). */
 export function parseSClient(text: string): Negotiated {
   const field = (name: string) => new RegExp(`^${name}:\\s*(.+)$`, "m").exec(text)?.[1]?.trim();
-  const temp = field("(?:Server|Peer) Temp Key");
-  const curve = temp?.split(",").map((s) => s.trim())[1];
+  // "ECDH, prime256v1, 256 bits" for NIST curves, "X25519, 253 bits" for the others.
+  const temp = field("(?:Server|Peer) Temp Key")
+    ?.split(",")
+    .map((s) => s.trim());
+  const curve = temp?.[0] === "ECDH" ? temp[1] : temp?.[0];
   return {
     protocol: field("Protocol version"),
     cipher: field("Ciphersuite"),
-    group: curve === "prime256v1" ? "P-256" : curve,
+    group: curve === undefined ? undefined : (OPENSSL_CURVE_NAMES[curve] ?? curve),
   };
 }
 
