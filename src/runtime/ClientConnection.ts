@@ -571,21 +571,33 @@ export class ClientConnection {
     this.machine.send(negotiation === "direct" ? Events.DirectTLSAvailable : Events.SSLRequestTls);
   }
 
-  /** `S` (for SSLRequest) and the handshake on the same socket; the login deadline still bounds it. */
+  /**
+   * `S` (for SSLRequest) and the handshake on the same socket. The handshake's own timer takes the
+   * rest of the login deadline, so a stalled handshake ends as PGW_TLS_TIMEOUT, logged once; the
+   * login deadline resumes with what is left once TLS is up.
+   */
   private async acceptTls(): Promise<void> {
     const request = this.tlsRequest!;
     this.tlsRequest = undefined;
     const tls = this.deps.tls!;
+    const loginLeft = () => this.deps.auth.timeoutMs - (Date.now() - this.openedAt);
+    this.deps.deadlines.clear(this, "login");
     const outcome = await startTlsOnSocket(this.raw, {
       context: tls.context(),
       negotiation: request.negotiation,
       buffered: request.buffered,
       requestCert: tls.requestCert,
-      handshakeTimeoutMs: Math.min(tls.handshakeTimeoutMs, this.deps.auth.timeoutMs),
+      handshakeTimeoutMs: Math.max(1, Math.min(tls.handshakeTimeoutMs, loginLeft())),
     });
     const log = this.deps.log;
     if (isPgwardenError(outcome)) {
-      log.warn({ conn: this.id, code: outcome.code, reason: outcome.message }, "TLS handshake failed");
+      // A shutdown or the client's close ended the connection first: no refusal of ours to report.
+      const ours = this.machine.in("tls") && outcome.code !== "PGW_TLS_CLOSED";
+      if (ours ? log.isLevelEnabled("warn") : log.isLevelEnabled("info"))
+        log[ours ? "warn" : "info"](
+          { conn: this.id, code: outcome.code, reason: outcome.message },
+          "TLS handshake failed",
+        );
       this.deps.events.emit({
         kind: "tlsHandshake",
         conn: this.id,
@@ -597,10 +609,11 @@ export class ClientConnection {
       return;
     }
     if (!this.machine.in("tls")) {
-      // The deadline or a shutdown came first.
+      // A shutdown came first.
       outcome.socket.destroy();
       return;
     }
+    this.deps.deadlines.arm(this, "login", Math.max(0, loginLeft()));
     this.useTransport(outcome);
     const fingerprint = outcome.peer?.fingerprint256;
     if (log.isLevelEnabled("info"))
