@@ -6,7 +6,6 @@ import { startTlsOnSocket, type TlsSession } from "../adapters/tls/startTls.ts";
 import type {
   connectUpstream,
   sendCancel,
-  Upstream,
   UpstreamCredentials,
   UpstreamTarget,
 } from "../adapters/upstream.ts";
@@ -167,6 +166,16 @@ const certificateRefused = (user: string): PgwardenError =>
     `certificate authentication failed for user ${JSON.stringify(user)}`,
   );
 const READY_IDLE = Buffer.from([0x5a, 0, 0, 0, 5, 0x49]);
+
+/** ParameterStatus for a client: the pool's reported values, the client's startup settings over them. */
+const startupReport = (
+  defaults: ReadonlyMap<string, string>,
+  parameters: ReadonlyMap<string, string>,
+): Buffer[] => {
+  const own = new Map<string, string>();
+  for (const [k, v] of parameters) if (k !== "user" && k !== "database") own.set(k.toLowerCase(), v);
+  return [...defaults].map(([k, v]) => encodeParameterStatus(k, own.get(k.toLowerCase()) ?? v));
+};
 const poolFull = pgwardenError(
   "PGW_POOL_FULL",
   SqlState.tooManyConnections,
@@ -966,6 +975,19 @@ export class ClientConnection {
     }
     pool.clients++;
     this.pool = pool;
+    if (pool.settings.mode !== "session" && pool.defaults !== undefined) {
+      // Pooled modes answer the startup from what the pool's logins reported, with the client's own
+      // settings over them: no server connection is taken until the client asks for something.
+      this.sessionState = pool.startupSettings(parameters, pool.defaults);
+      this.serverReady = {
+        pid: undefined,
+        startupMessages: startupReport(pool.defaults, parameters),
+        method: "",
+        tlsProtocol: undefined,
+      };
+      this.machine.send(Events.UpstreamReady);
+      return;
+    }
     const waiter: Waiter = {
       granted: (server, waitedMs) => {
         if (this.waiter !== waiter) {
@@ -1027,18 +1049,23 @@ export class ClientConnection {
       "server connection assigned",
     );
     this.serverReady = {
-      socket: server.socket!,
-      key: server.key!,
+      pid: server.pid,
       startupMessages: [...server.reported].map(([k, v]) => encodeParameterStatus(k, v)),
-      ready: READY_IDLE,
-      pending: [],
       method: server.method,
       tlsProtocol: server.tlsProtocol,
     };
     this.machine.send(Events.UpstreamReady);
   }
 
-  private serverReady: Upstream | undefined;
+  /** What the client is told at the end of its startup: from the server it got, or the pool's defaults. */
+  private serverReady:
+    | {
+        readonly pid: number | undefined;
+        readonly startupMessages: readonly Uint8Array[];
+        readonly method: string;
+        readonly tlsProtocol: string | undefined;
+      }
+    | undefined;
 
   private startRelay(): void {
     if (this.admin !== undefined) {
@@ -1052,7 +1079,7 @@ export class ClientConnection {
     // Session mode hands out the backend's PID; pooled modes a pgwarden one, as no backend is the client's.
     this.clientKey = pooledMode
       ? this.deps.cancels.issuePooled(this.minor, this)
-      : this.deps.cancels.issue(upstream.key.processId, this.minor, this);
+      : this.deps.cancels.issue(upstream.pid!, this.minor, this);
     const pooled: PooledSession | undefined = pooledMode
       ? { pool, state: this.sessionState!, ...this.deps.pooling }
       : undefined;
@@ -1063,20 +1090,21 @@ export class ClientConnection {
       ...(pooled === undefined ? {} : { pooled }),
     });
     this.link = link;
-    this.deps.log.info(
-      {
-        conn: this.id,
-        pid: upstream.key.processId,
-        upstreamAuth: upstream.method,
-        upstreamTls: upstream.tlsProtocol,
-      },
-      "session ready",
-    );
+    if (this.deps.log.isLevelEnabled("info"))
+      this.deps.log.info(
+        {
+          conn: this.id,
+          pid: upstream.pid,
+          upstreamAuth: upstream.method,
+          upstreamTls: upstream.tlsProtocol,
+        },
+        "session ready",
+      );
     const pending = this.clientPending;
     this.clientPending = [];
     link.start({
-      toClient: [...upstream.startupMessages, encodeBackendKeyData(this.clientKey), upstream.ready],
-      serverPending: upstream.pending,
+      toClient: [...upstream.startupMessages, encodeBackendKeyData(this.clientKey), READY_IDLE],
+      serverPending: [],
       clientPending: pending,
     });
   }
