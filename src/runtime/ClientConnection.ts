@@ -38,7 +38,7 @@ import {
 } from "../policy/sessionLimits.ts";
 import { filterStartupParameters, type StartupPolicy } from "../policy/startupParameters.ts";
 import type { Pool, ServerPool, Waiter } from "../pool/ServerPool.ts";
-import { replaySql, type SessionState } from "../pool/SessionState.ts";
+import { replaySql, SessionState } from "../pool/SessionState.ts";
 import {
   encodeAuthentication,
   encodeBackendKeyData,
@@ -166,6 +166,14 @@ const certificateRefused = (user: string): PgwardenError =>
     `certificate authentication failed for user ${JSON.stringify(user)}`,
   );
 const READY_IDLE = Buffer.from([0x5a, 0, 0, 0, 5, 0x49]);
+
+/** The startup settings a client forwards upstream, without user and database (the pool's). */
+const forwarded = (parameters: ReadonlyMap<string, string>): Map<string, string> =>
+  new Map([...parameters].filter(([k]) => k !== "user" && k !== "database"));
+
+/** Session mode: connections are reused only for clients with the same startup settings. */
+const loginKeyOf = (parameters: ReadonlyMap<string, string>): string =>
+  JSON.stringify([...forwarded(parameters)].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
 
 /** ParameterStatus for a client: the pool's reported values, the client's startup settings over them. */
 const startupReport = (
@@ -988,7 +996,9 @@ export class ClientConnection {
       this.machine.send(Events.UpstreamReady);
       return;
     }
+    const session = pool.settings.mode === "session";
     const waiter: Waiter = {
+      ...(session ? { login: { key: loginKeyOf(parameters), parameters: forwarded(parameters) } } : {}),
       granted: (server, waitedMs) => {
         if (this.waiter !== waiter) {
           pool.release(server);
@@ -1026,7 +1036,11 @@ export class ClientConnection {
       pool.release(server);
       return;
     }
-    const state = pool.startupSettings(parameters, server.reported);
+    // Session mode: the connection was logged in with this client's startup settings.
+    const state =
+      pool.settings.mode === "session"
+        ? SessionState.fromStartup(Object.fromEntries(server.reported))
+        : pool.startupSettings(parameters, server.reported);
     const sql = replaySql(state.current, server.settings.current);
     if (sql !== "" && !(await server.run(sql))) {
       server.close();
