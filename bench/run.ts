@@ -35,6 +35,7 @@ import {
   directTarget,
   type ProxyOptions,
   REPO_ROOT,
+  SHIPPED_NODE_FLAGS,
   type Started,
   startPgwarden,
   startRelay,
@@ -337,7 +338,7 @@ function formatText(
         ` (warm-up ${options.warmupSec} s${options.rounds > 1 ? `, median of ${options.rounds} rounds` : ""}` +
         `${options.clientTls ? ", sslmode=require" : ""}${options.pool ? `, pool ${options.pool.mode}/${options.pool.size}` : ""}),` +
         ` PostgreSQL ${server.version}, ${cpus} CPUs` +
-        (options.nodeFlags.length ? `, pgwarden node flags: ${options.nodeFlags.join(" ")}` : ""),
+        `, pgwarden node flags: ${[...SHIPPED_NODE_FLAGS, ...options.nodeFlags].join(" ") || "none"}`,
       formatTables(measurements),
       ...(notes.length ? [notes.join("\n")] : []),
       formatSummary(summarize(measurements), measurements),
