@@ -7,7 +7,7 @@ import type { ClientRunner } from "../machines/MachineRunner.ts";
 import { ServerEvents } from "../machines/serverEvents.ts";
 import { Owed } from "../pool/OwedResponses.ts";
 import { encodeError } from "../protocol/backend.ts";
-import { DROP, MessageScanner, type Verdict } from "../protocol/MessageScanner.ts";
+import { DROP, MessageScanner, type ScanPolicy, type Verdict } from "../protocol/MessageScanner.ts";
 import { Backend, Frontend, frontendName } from "../protocol/messageTypes.ts";
 import {
   auditedClientSessionPolicy,
@@ -30,6 +30,23 @@ export interface ClientSide {
 
 const STATUS: Record<number, "I" | "T" | "E"> = { 73: "I", 84: "T", 69: "E" };
 const READY_IDLE = Buffer.from([Backend.ReadyForQuery, 0, 0, 0, 5, 73]);
+
+/** One policy object per size limit, shared by every link: a session holds no tables or closures of its own. */
+const shared = (make: (maxMessageBytes: number) => ScanPolicy) => {
+  const made = new Map<number, ScanPolicy>();
+  return (maxMessageBytes: number): ScanPolicy => {
+    let p = made.get(maxMessageBytes);
+    if (p === undefined) {
+      p = make(maxMessageBytes);
+      made.set(maxMessageBytes, p);
+    }
+    return p;
+  };
+};
+const clientPolicy = shared(clientSessionPolicy);
+const serverPolicy = shared(serverSessionPolicy);
+const auditedClientPolicy = shared(auditedClientSessionPolicy);
+const auditedServerPolicy = shared(auditedServerSessionPolicy);
 
 const internalFailure = (e: unknown): PgwardenError =>
   pgwardenError("PGW_INTERNAL", SqlState.internalError, "internal error in pgwarden", String(e));
@@ -93,23 +110,17 @@ export class Link {
       this.events = events;
       this.statements = new StatementTracker(client.id, events);
       this.clientScanner = new MessageScanner(
-        auditedClientSessionPolicy(limits.maxMessageBytes),
+        auditedClientPolicy(limits.maxMessageBytes),
         this.onClientMessageAudited,
       );
       this.serverScanner = new MessageScanner(
-        auditedServerSessionPolicy(limits.maxMessageBytes),
+        auditedServerPolicy(limits.maxMessageBytes),
         this.onServerMessageAudited,
       );
       return;
     }
-    this.clientScanner = new MessageScanner(
-      clientSessionPolicy(limits.maxMessageBytes),
-      this.onClientMessage,
-    );
-    this.serverScanner = new MessageScanner(
-      serverSessionPolicy(limits.maxMessageBytes),
-      this.onServerMessage,
-    );
+    this.clientScanner = new MessageScanner(clientPolicy(limits.maxMessageBytes), this.onClientMessage);
+    this.serverScanner = new MessageScanner(serverPolicy(limits.maxMessageBytes), this.onServerMessage);
   }
 
   /** Starts relaying: first what each side sent ahead, then the live streams. */

@@ -4,7 +4,9 @@ import { PGWARDEN_ENTRY, SHIPPED_NODE_FLAGS, shebangFlags } from "../../bench/ta
 
 describe("the node flags the bench starts pgwarden with", () => {
   it("reads the flags of an env -S shebang, and none from any other first line", () => {
-    expect(shebangFlags("#!/usr/bin/env -S node --max-semi-space-size=1")).toEqual(["--max-semi-space-size=1"]);
+    expect(shebangFlags("#!/usr/bin/env -S node --max-semi-space-size=1")).toEqual([
+      "--max-semi-space-size=1",
+    ]);
     expect(shebangFlags("#!/usr/bin/env -S node --a=1 --b ")).toEqual(["--a=1", "--b"]);
     expect(shebangFlags("#!/usr/bin/env node")).toEqual([]);
     expect(shebangFlags("// not a shebang")).toEqual([]);
