@@ -30,7 +30,7 @@ export interface SessionLease {
   /** The canonical source key the lease counts against. */
   readonly source: string;
   /** Gives the slot back; calling it again does nothing. */
-  readonly release: () => void;
+  release(): void;
 }
 
 export interface SessionRefusal {
@@ -63,6 +63,34 @@ const bump = (counts: Map<string, number>, key: string, by: 1 | -1): void => {
   else counts.set(key, n);
 };
 
+/** A lease as an object with a method: a session holds no closure for giving its slot back. */
+class Lease implements SessionLease {
+  readonly identity: string;
+  readonly source: string;
+  private readonly byIdentity: Map<string, number>;
+  private readonly bySource: Map<string, number>;
+  private held = true;
+
+  constructor(
+    identity: string,
+    source: string,
+    byIdentity: Map<string, number>,
+    bySource: Map<string, number>,
+  ) {
+    this.identity = identity;
+    this.source = source;
+    this.byIdentity = byIdentity;
+    this.bySource = bySource;
+  }
+
+  release(): void {
+    if (!this.held) return;
+    this.held = false;
+    bump(this.byIdentity, this.identity, -1);
+    bump(this.bySource, this.source, -1);
+  }
+}
+
 export const createSessionCounter = (initial: SessionLimits): SessionCounter => {
   let limits = initial;
   const byIdentity = new Map<string, number>();
@@ -79,17 +107,7 @@ export const createSessionCounter = (initial: SessionLimits): SessionCounter => 
         return { refused: "source", limit: limits.maxPerSource };
       bump(byIdentity, identity, 1);
       bump(bySource, key, 1);
-      let held = true;
-      return {
-        identity,
-        source: key,
-        release: () => {
-          if (!held) return;
-          held = false;
-          bump(byIdentity, identity, -1);
-          bump(bySource, key, -1);
-        },
-      };
+      return new Lease(identity, key, byIdentity, bySource);
     },
     reconfigure: (next) => {
       limits = next;

@@ -109,13 +109,11 @@ export class Link {
     if (events?.statements === true) {
       this.events = events;
       this.statements = new StatementTracker(client.id, events);
-      this.clientScanner = new MessageScanner(
-        auditedClientPolicy(limits.maxMessageBytes),
-        this.onClientMessageAudited,
+      this.clientScanner = new MessageScanner(auditedClientPolicy(limits.maxMessageBytes), (type, msg) =>
+        this.onClientMessageAudited(type, msg),
       );
-      this.serverScanner = new MessageScanner(
-        auditedServerPolicy(limits.maxMessageBytes),
-        this.onServerMessageAudited,
+      this.serverScanner = new MessageScanner(auditedServerPolicy(limits.maxMessageBytes), (type, msg) =>
+        this.onServerMessageAudited(type, msg),
       );
       return;
     }
@@ -220,8 +218,11 @@ export class Link {
     }
   };
 
-  /** Audit on: a new statement is refused while the audit trail cannot take records; others are recorded. */
-  private readonly onClientMessageAudited = (type: number, msg: Buffer): Verdict => {
+  /**
+   * Audit on: a new statement is refused while the audit trail cannot take records; others are
+   * recorded. Methods, wrapped only when audit is on: a link without audit holds no closure for them.
+   */
+  private onClientMessageAudited(type: number, msg: Buffer): Verdict {
     if (type === Frontend.Query || type === Frontend.Parse || type === Frontend.FunctionCall) {
       const blocked = this.events!.blocked?.();
       if (blocked !== undefined) return this.refuseStatement(type, msg, blocked);
@@ -229,13 +230,13 @@ export class Link {
     const v = this.onClientMessage(type, msg);
     if (v === undefined) this.statements!.client(type, msg);
     return v;
-  };
+  }
 
-  private readonly onServerMessageAudited = (type: number, msg: Buffer): Verdict => {
+  private onServerMessageAudited(type: number, msg: Buffer): Verdict {
     // Seen before the machines move: a ReadyForQuery closes the group its statements belong to.
     this.statements!.server(type, msg);
     return type === Backend.CommandComplete ? undefined : this.onServerMessage(type, msg);
-  };
+  }
 
   /**
    * AU-5 block: the statement does not reach PostgreSQL. Outside a transaction, with nothing
