@@ -36,17 +36,6 @@ export const typeSet = (...types: number[]): Uint8Array => {
 
 const HEADER = 5;
 
-const limitTables = new WeakMap<ScanPolicy, Float64Array>();
-const limitsOf = (policy: ScanPolicy): Float64Array => {
-  let table = limitTables.get(policy);
-  if (table === undefined) {
-    table = new Float64Array(256);
-    for (let t = 0; t < 256; t++) table[t] = policy.maxLength(t);
-    limitTables.set(policy, table);
-  }
-  return table;
-};
-
 // PostgreSQL's own wording, with the type in decimal.
 const unknownType = (sender: string, type: number): PgwardenError =>
   protocolError(`invalid ${sender} message type ${type}`);
@@ -70,13 +59,9 @@ export class MessageScanner {
   private heldPos = 0;
   private streamRemaining = 0;
 
-  /** `policy.maxLength` of every type byte, asked once per policy: no call per message. */
-  private readonly limits: Float64Array;
-
   constructor(policy: ScanPolicy, handler: MessageHandler) {
     this.policy = policy;
     this.handler = handler;
-    this.limits = limitsOf(policy);
   }
 
   /** True when no message is partly received: the stream sits on a message boundary. */
@@ -198,10 +183,9 @@ export class MessageScanner {
   }
 
   private checkLength(type: number, len: number): PgwardenError | undefined {
-    if (len >= 4 && len <= this.limits[type]!) return undefined;
     if (len < 4)
       return protocolError(`invalid message length ${len} for message type 0x${type.toString(16)}`);
-    const max = this.limits[type]!;
+    const max = this.policy.maxLength(type);
     if (len > max) {
       return pgwardenError(
         "PGW_MESSAGE_TOO_LARGE",
