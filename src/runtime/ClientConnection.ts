@@ -34,7 +34,8 @@ import {
   type SessionTimers,
   sessionEndError,
   sessionLimitError,
-  timerAction,
+  sweepPeriodMs,
+  visitSession,
 } from "../policy/sessionLimits.ts";
 import { filterStartupParameters, type StartupPolicy } from "../policy/startupParameters.ts";
 import type { Pool, ServerPool, Waiter } from "../pool/ServerPool.ts";
@@ -474,7 +475,8 @@ export class ClientConnection {
     if (phase === "session") {
       this.sessionStartedAt = this.lastActivityAt = Date.now();
       this.bytesSeen = this.transport.bytesRead;
-      this.checkSession();
+      const period = sweepPeriodMs(this.deps.sessions.timers());
+      if (period !== undefined) this.deps.deadlines.watch(this, period);
       return;
     }
     const ms = phase === "login" ? this.deps.auth.timeoutMs : this.deps.limits.lingerMs;
@@ -482,24 +484,22 @@ export class ClientConnection {
   }
 
   /**
-   * The idle and lifetime deadlines on one timer. Activity is sampled from the bytes read, not
-   * tracked per message (the relay stays as it is), at an eighth of the idle timeout: an idle
-   * session ends between 1 and 1⅛ idle timeouts after the client's last message.
+   * The idle and lifetime deadlines, checked when the shared sweep visits. Activity is sampled
+   * from the bytes read, not tracked per message (the relay stays as it is): see visitSession.
    */
   private checkSession(): void {
     const timers = this.deps.sessions.timers();
     const now = Date.now();
-    const bytes = this.transport.bytesRead;
-    const busy = !this.machine.state.startsWith("ready");
-    if (busy || bytes !== this.bytesSeen) {
-      this.lastActivityAt = now;
-      this.bytesSeen = bytes;
-    }
-    const next = timerAction(
+    const { sample, action: next } = visitSession(
       timers,
-      { startedAt: this.sessionStartedAt, lastActivityAt: this.lastActivityAt, busy },
+      this.sessionStartedAt,
+      { lastActivityAt: this.lastActivityAt, bytesSeen: this.bytesSeen },
       now,
+      this.transport.bytesRead,
+      !this.machine.state.startsWith("ready"),
     );
+    this.lastActivityAt = sample.lastActivityAt;
+    this.bytesSeen = sample.bytesSeen;
     if (next.kind === "end") {
       const idle = next.deadline.kind === "idle";
       const error = sessionEndError(next.deadline.kind, timers);
@@ -515,9 +515,10 @@ export class ClientConnection {
       this.failWith(Events.Timeout, error);
       return;
     }
-    const cadence = timers.idleTimeoutMs > 0 ? Math.ceil(timers.idleTimeoutMs / 8) : Number.POSITIVE_INFINITY;
-    const delay = Math.min(next.kind === "arm" ? next.delayMs : Number.POSITIVE_INFINITY, cadence);
-    if (Number.isFinite(delay)) this.deps.deadlines.arm(this, "session", delay);
+    // A reload may have changed the timeouts: the sweep follows, or lets the session go.
+    const period = sweepPeriodMs(timers);
+    if (period === undefined) this.deps.deadlines.unwatch(this);
+    else this.deps.deadlines.watch(this, period);
   }
 
   /** A deadline passed: the login one ends the connection, the linger destroys both sockets. */
