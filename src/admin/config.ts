@@ -1,4 +1,4 @@
-import { Schema } from "effect";
+import * as Schema from "effect/Schema";
 import { type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
 import { Name, withDefault } from "../policy/schemaKit.ts";
 

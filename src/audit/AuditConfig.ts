@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
-import { Effect, Schema } from "effect";
+import * as Effect from "effect/Effect";
+import * as Schema from "effect/Schema";
 import { AuditSinksConfig } from "../adapters/audit/sinkConfig.ts";
 import { InstanceId, StatementTextMode } from "./AuditEvent.ts";
 import { AuditIntegrityConfig } from "./AuditIntegrityConfig.ts";

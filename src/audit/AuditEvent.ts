@@ -1,4 +1,5 @@
-import { Schema, SchemaIssue } from "effect";
+import * as Schema from "effect/Schema";
+import * as SchemaIssue from "effect/SchemaIssue";
 import { type AuditError, auditError } from "./AuditError.ts";
 import { canonicalJson } from "./canonicalJson.ts";
 import { TIMESTAMP_PATTERN } from "./timestamp.ts";

@@ -1,4 +1,8 @@
-import { Duration, Effect, Fiber, Latch, type Scope } from "effect";
+import * as Duration from "effect/Duration";
+import * as Effect from "effect/Effect";
+import * as Fiber from "effect/Fiber";
+import * as Latch from "effect/Latch";
+import type * as Scope from "effect/Scope";
 import type { Logger } from "pino";
 import type { AuditSink } from "../adapters/audit/AuditSink.ts";
 import { makeSinkQueue, type SinkQueueEvent, type SinkQueueSettings } from "../adapters/audit/SinkQueue.ts";

@@ -1,4 +1,7 @@
-import { Duration, Effect, FiberSet, type Scope } from "effect";
+import * as Duration from "effect/Duration";
+import * as Effect from "effect/Effect";
+import * as FiberSet from "effect/FiberSet";
+import type * as Scope from "effect/Scope";
 import type { AuditLine } from "../adapters/audit/AuditSink.ts";
 import type { SinkQueue } from "../adapters/audit/SinkQueue.ts";
 import type { ChainedLine } from "./Chain.ts";

@@ -1,4 +1,4 @@
-import { Schema } from "effect";
+import * as Schema from "effect/Schema";
 import { isPgwardenError, type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
 import { type CertMapper, CertMappingConfig, compileCertMapping } from "./certIdentity.ts";
 import { type Cidr, cidrContains, formatIp, isCidrError, parseCidr, parseIp } from "./cidr.ts";

@@ -1,4 +1,4 @@
-import { Data } from "effect";
+import * as Data from "effect/Data";
 
 /**
  * The contract between the audit pipeline and a remote sink. The pipeline hands over records that

@@ -1,4 +1,10 @@
-import { Clock, Duration, Effect, Fiber, Latch, Schedule, type Scope } from "effect";
+import * as Clock from "effect/Clock";
+import * as Duration from "effect/Duration";
+import * as Effect from "effect/Effect";
+import * as Fiber from "effect/Fiber";
+import * as Latch from "effect/Latch";
+import * as Schedule from "effect/Schedule";
+import type * as Scope from "effect/Scope";
 import {
   type AuditLine,
   type AuditSink,

@@ -1,5 +1,6 @@
 import { readFile } from "node:fs/promises";
-import { Effect, Schema } from "effect";
+import * as Effect from "effect/Effect";
+import * as Schema from "effect/Schema";
 import { SinkError } from "./AuditSink.ts";
 import type { JetStreamSinkOptions } from "./JetStreamSink.ts";
 import { isSdName, SyslogFacilities } from "./rfc5424.ts";

@@ -1,4 +1,5 @@
-import { Effect, Schema } from "effect";
+import * as Effect from "effect/Effect";
+import * as Schema from "effect/Schema";
 
 /**
  * Configuration of both TLS legs, as Effect Schemas the main configuration embeds
