@@ -181,7 +181,6 @@ export class Pool {
     // Full, but idle connections logged in for other startup settings: the oldest makes room.
     if (this.waiting.length === 0 && this.open >= this.settings.size && this.idle.length > 0) {
       const oldest = this.idle.shift()!;
-      oldest.unpark();
       oldest.close();
       this.servers.delete(oldest);
     }
@@ -261,7 +260,6 @@ export class Pool {
       return;
     }
     server.idleSince = Date.now();
-    server.park();
     this.idle.push(server);
   }
 
@@ -284,7 +282,6 @@ export class Pool {
       const unused = serverIdleTimeoutMs > 0 && now - s.idleSince >= serverIdleTimeoutMs;
       if (tooOld || (unused && this.idle.length > minIdle)) {
         this.idle.splice(i, 1);
-        s.unpark();
         s.close();
       } else i++;
     }
@@ -297,7 +294,6 @@ export class Pool {
   close(): void {
     this.closed = true;
     for (const s of this.idle) {
-      s.unpark();
       s.close();
     }
     this.idle.length = 0;
@@ -317,7 +313,6 @@ export class Pool {
         key === undefined ? this.idle.length - 1 : this.idle.findLastIndex((s) => s.loginKey === key);
       if (at < 0) return false;
       const server = this.idle.splice(at, 1)[0]!;
-      server.unpark();
       if (!server.reusable) {
         server.close();
         continue;

@@ -55,7 +55,7 @@ import type { CancelRegistry } from "./CancelRegistry.ts";
 import { authenticateClient } from "./clientAuth.ts";
 import { clientEvents } from "./clientEvents.ts";
 import type { Deadlines } from "./Deadlines.ts";
-import type { EventSink } from "./EventSink.ts";
+import { discardEvents, type EventSink } from "./EventSink.ts";
 import {
   type CancelPacket,
   FirstPacket,
@@ -436,6 +436,7 @@ export class ClientConnection {
     this.requestedAt = Date.now();
     server.whenLost(this);
     this.serverBytesBefore = server.socket?.bytesRead ?? 0;
+    if (this.deps.events === discardEvents) return;
     this.deps.events.emit({
       kind: "poolCheckout",
       conn: this.id,
@@ -452,6 +453,7 @@ export class ClientConnection {
     server.whenLost(undefined);
     this.serverBytes += (server.socket?.bytesRead ?? this.serverBytesBefore) - this.serverBytesBefore;
     this.server = undefined;
+    if (this.deps.events === discardEvents) return;
     this.deps.events.emit({
       kind: "poolRelease",
       conn: this.id,

@@ -262,8 +262,7 @@ export class Link {
     if (this.current !== undefined) {
       if (!this.replay(first.clientPending, (t, m) => this.clientBase(t, m), this.toServer)) return;
       this.flushToServer();
-      this.serverSocket!.on("data", this.onServerData);
-      this.serverSocket!.resume();
+      this.current.relayTo(this.onServerData);
     } else {
       for (const m of first.clientPending) this.onClientData(m);
     }
@@ -275,7 +274,7 @@ export class Link {
     if (!this.linked) return;
     this.linked = false;
     this.client.socket.off("data", this.onClientData);
-    this.serverSocket?.off("data", this.onServerData);
+    this.current?.relayTo(undefined);
     this.clearTimers();
     if (this.waiting !== undefined) {
       this.pooled?.pool.abandon(this.waiting);
@@ -800,7 +799,6 @@ export class Link {
   /** Asks the pool for a server connection; the client's bytes wait, its socket paused. */
   private checkout(): void {
     if (this.waiting !== undefined || !this.linked) return;
-    this.client.socket.pause();
     const waiter: Waiter = {
       granted: (server) => {
         if (this.waiting !== waiter) return this.pooled!.pool.release(server);
@@ -819,6 +817,11 @@ export class Link {
     this.waiting = waiter;
     this.waitStart = Date.now();
     this.pooled!.pool.acquire(waiter);
+    // Not served at once: the client's further bytes wait in its socket.
+    if (this.waiting === waiter) {
+      this.pausedForServer = true;
+      this.client.socket.pause();
+    }
   }
 
   /** The client's settings onto the server connection first (one query, replies swallowed). */
@@ -846,8 +849,13 @@ export class Link {
       if (!this.linked) return;
       this.onClientData(chunk);
     }
-    if (this.linked) this.client.socket.resume();
+    if (this.linked && this.pausedForServer) {
+      this.pausedForServer = false;
+      this.client.socket.resume();
+    }
   }
+
+  private pausedForServer = false;
 
   private attach(server: ServerConnection): void {
     this.current = server;
@@ -855,15 +863,14 @@ export class Link {
     if (!this.serverScanner.atBoundary) this.serverScanner = this.newServerScanner();
     this.client.attached(server);
     if (this.statements !== undefined) this.statements.serverId = server.id;
-    server.socket!.on("data", this.onServerData);
-    server.socket!.resume();
+    server.relayTo(this.onServerData);
   }
 
   /** Gives the server connection back: ReadyForQuery `I`, nothing owed, nothing pinned. */
   private release(reason: "idle" | "clientClosed" | "error"): void {
     const server = this.current;
     if (server === undefined) return;
-    this.serverSocket?.off("data", this.onServerData);
+    server.relayTo(undefined);
     this.current = undefined;
     this.serverSocket = undefined;
     this.replies.clear();

@@ -192,6 +192,13 @@ export class ServerConnection {
     this.key = result.key;
     socket.on("error", () => {});
     socket.on("close", () => this.lost());
+    // One listener for the connection's life; who reads is a field, so a checkout in transaction
+    // mode swaps a reference instead of adding and removing socket listeners.
+    socket.on("data", (chunk: Buffer) => {
+      const r = this.receiver;
+      if (r !== undefined) r(chunk);
+      else this.unclaimed();
+    });
     if (this.machine.done || this.abort?.signal.aborted !== false) {
       // The client went away or the deadline passed while PostgreSQL was answering.
       socket.destroy();
@@ -262,11 +269,10 @@ export class ServerConnection {
   ): Promise<boolean> {
     const socket = this.socket;
     if (socket === undefined || !this.reusable) return Promise.resolve(false);
-    this.unpark();
     return new Promise((resolve) => {
       let failed = false;
       const done = (ok: boolean) => {
-        socket.off("data", onData);
+        if (this.receiver === onData) this.receiver = undefined;
         socket.off("close", onClose);
         resolve(ok);
       };
@@ -287,7 +293,7 @@ export class ServerConnection {
         if (err !== undefined) done(false);
       };
       const onClose = () => done(false);
-      socket.on("data", onData);
+      this.receiver = onData;
       socket.on("close", onClose);
       this.owed.push(Owed.skip);
       this.machine.send(event);
@@ -296,25 +302,22 @@ export class ServerConnection {
     });
   }
 
-  /** In its pool, unlinked: anything PostgreSQL sends now (a FATAL before a shutdown) retires it. */
-  park(): void {
-    const s = this.socket;
-    if (s === undefined || this.parked) return;
-    this.parked = true;
-    s.on("data", this.onParkedData);
+  /** Who reads the socket: the linked client's Link, or pgwarden's own query; none while pooled. */
+  private receiver: ((chunk: Buffer) => void) | undefined;
+
+  /** The Link that now relays this connection's replies (undefined: it gives the connection back). */
+  relayTo(receiver: ((chunk: Buffer) => void) | undefined): void {
+    this.receiver = receiver;
+    if (receiver !== undefined) this.socket?.resume();
   }
 
-  unpark(): void {
-    if (!this.parked) return;
-    this.parked = false;
-    this.socket?.off("data", this.onParkedData);
-  }
-
-  private parked = false;
-  private readonly onParkedData = (): void => {
-    this.unpark();
+  /**
+   * Nobody reads (in its pool, between clients): anything PostgreSQL sends now (a FATAL before
+   * a shutdown) retires the connection.
+   */
+  private unclaimed(): void {
     this.close();
-  };
+  }
 
   /** A cancel for this connection's work starts; the pool holds the connection until it ends. */
   cancelStarted(): void {
