@@ -12,7 +12,8 @@ import { startProxy } from "../support/proxy.ts";
  * What the pooling tests run against, chosen by PGW_TXPOOL_TARGET:
  *   pgwarden  (default) pgwarden with a `pool:` section, in-process or as `pgwarden serve`;
  *   pgbouncer a real PgBouncer with the equivalent settings, to check that the tests themselves
- *             are right; features PgBouncer lacks are skipped by `supports`.
+ *             are right; features PgBouncer lacks are skipped by `supports` (unless
+ *             PGW_TXPOOL_ALL_FEATURES=1).
  * Each test file gets its own database and two upstream roles (two pool keys), so counts read
  * from pg_stat_activity are the file's own.
  */
@@ -62,8 +63,12 @@ export type Feature =
   | "transactionTimeout"
   | "clientLimitSqlstate";
 
-export const supports = (feature: Feature): boolean => {
-  if (TARGET === "pgwarden") return true;
+export const supports = (feature: Feature): boolean =>
+  // PGW_TXPOOL_ALL_FEATURES=1 runs everything on PgBouncer too, to see how it falls short.
+  TARGET === "pgwarden" || process.env.PGW_TXPOOL_ALL_FEATURES === "1" || pgbouncerHas(feature);
+
+/** Whether the installed PgBouncer has a feature (decides its settings too). */
+const pgbouncerHas = (feature: Feature): boolean => {
   const v = pgbouncerVersion() ?? [0, 0, 0];
   const atLeast = (major: number, minor: number) => v[0]! > major || (v[0] === major && v[1]! >= minor);
   switch (feature) {
@@ -154,13 +159,14 @@ const pgbouncerSettings = (o: StartOptions): Record<string, string | number> => 
   if (p.reserveSize !== undefined) s.reserve_pool_size = p.reserveSize;
   if (p.reserveAfterMs !== undefined) s.reserve_pool_timeout = ms(p.reserveAfterMs);
   if (p.idleInTransactionTimeoutMs !== undefined) s.idle_transaction_timeout = ms(p.idleInTransactionTimeoutMs);
-  if (p.transactionTimeoutMs !== undefined) s.transaction_timeout = ms(p.transactionTimeoutMs);
+  if (p.transactionTimeoutMs !== undefined && pgbouncerHas("transactionTimeout"))
+    s.transaction_timeout = ms(p.transactionTimeoutMs);
   if (p.serverLifetimeMs !== undefined) s.server_lifetime = ms(p.serverLifetimeMs);
   if (p.serverIdleTimeoutMs !== undefined) s.server_idle_timeout = ms(p.serverIdleTimeoutMs);
   if (p.serverConnectTimeoutMs !== undefined) s.server_connect_timeout = ms(p.serverConnectTimeoutMs);
   if (p.serverCheckDelayMs !== undefined) s.server_check_delay = ms(p.serverCheckDelayMs);
   if (p.resetQuery !== undefined) s.server_reset_query = p.resetQuery;
-  if (supports("preparedStatements"))
+  if (pgbouncerHas("preparedStatements"))
     s.max_prepared_statements =
       p.preparedStatements?.enabled === false ? 0 : (p.preparedStatements?.perServerCapacity ?? 200);
   return s;
