@@ -31,7 +31,13 @@ const readyEnd = (buf: Buffer): number => {
     const len = buf.readInt32BE(p + 1);
     if (p + 1 + len > buf.length) return -1;
     const type = buf[p];
-    if (type === 0x45) throw new Error(buf.toString("utf8", p + 5, p + 1 + len).replaceAll("\0", " ").trim());
+    if (type === 0x45)
+      throw new Error(
+        buf
+          .toString("utf8", p + 5, p + 1 + len)
+          .replaceAll("\0", " ")
+          .trim(),
+      );
     if (type === 0x5a) return p + 1 + len;
     p += 1 + len;
   }

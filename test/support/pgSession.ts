@@ -120,7 +120,9 @@ export class PgSession {
     const s = new PgSession(wire, o.port);
     try {
       wire.send(
-        encodeStartup(new Map([["user", o.user], ["database", o.database], ...Object.entries(o.parameters ?? {})])),
+        encodeStartup(
+          new Map([["user", o.user], ["database", o.database], ...Object.entries(o.parameters ?? {})]),
+        ),
       );
       const ms = o.timeoutMs ?? 10_000;
       await wire.until(

@@ -67,7 +67,10 @@ describe.skipIf(skip !== undefined)(`cancel with a pool of one (${skip ?? "runni
       await Promise.all(background);
     }
     const hit = innocent.filter((r) => r.error?.code === "57014").length;
-    expect({ hit, other: innocent.filter((r) => r.error !== undefined && r.error.code !== "57014").length }).toEqual({
+    expect({
+      hit,
+      other: innocent.filter((r) => r.error !== undefined && r.error.code !== "57014").length,
+    }).toEqual({
       hit: 0,
       other: 0,
     });

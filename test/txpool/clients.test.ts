@@ -71,11 +71,17 @@ describe.skipIf(skip !== undefined)(`real clients through a pool of ${SIZE} (${s
             const r = await c.query("SELECT $1::int * 2 AS n, $2::text AS t", [i * 100 + j, `c${i}`]);
             expect(r.rows).toEqual([{ n: (i * 100 + j) * 2, t: `c${i}` }]);
             if (prepared) {
-              const named = await c.query({ name: "pgw_named", text: "SELECT $1::int + 1 AS n", values: [j] });
+              const named = await c.query({
+                name: "pgw_named",
+                text: "SELECT $1::int + 1 AS n",
+                values: [j],
+              });
               expect(named.rows).toEqual([{ n: j + 1 }]);
             }
             await c.query("BEGIN");
-            const tx = await c.query("SELECT abalance FROM pgbench_accounts WHERE aid = $1", [1 + ((i * 20 + j) % 1000)]);
+            const tx = await c.query("SELECT abalance FROM pgbench_accounts WHERE aid = $1", [
+              1 + ((i * 20 + j) % 1000),
+            ]);
             expect(tx.rows).toHaveLength(1);
             await c.query("COMMIT");
           }
@@ -92,7 +98,7 @@ describe.skipIf(skip !== undefined)(`real clients through a pool of ${SIZE} (${s
       const results = await Promise.all(
         Array.from({ length: 1000 }, (_, i) => sql`SELECT ${i}::int AS i, ${`v${i}`}::text AS v`),
       );
-      results.forEach((r, i) => expect(r).toEqual([{ i, v: `v${i}` }]));
+      for (const [i, r] of results.entries()) expect(r).toEqual([{ i, v: `v${i}` }]);
       const txs = await Promise.all(
         Array.from({ length: 100 }, (_, i) =>
           sql.begin(async (t) => {
@@ -102,7 +108,7 @@ describe.skipIf(skip !== undefined)(`real clients through a pool of ${SIZE} (${s
           }),
         ),
       );
-      txs.forEach((r, i) => expect(r).toEqual([1, i]));
+      for (const [i, r] of txs.entries()) expect(r).toEqual([1, i]);
     } finally {
       await sql.end({ timeout: 5 });
     }
@@ -113,13 +119,32 @@ describe.skipIf(skip !== undefined)(`real clients through a pool of ${SIZE} (${s
       const c = target.connection();
       const run = await runClient(
         "pgbench",
-        ["-n", "-M", mode, "-c", String(CLIENTS), "-j", "2", "-T", "5", "-h", c.host, "-p", String(c.port), "-U", c.user, c.database],
+        [
+          "-n",
+          "-M",
+          mode,
+          "-c",
+          String(CLIENTS),
+          "-j",
+          "2",
+          "-T",
+          "5",
+          "-h",
+          c.host,
+          "-p",
+          String(c.port),
+          "-U",
+          c.user,
+          c.database,
+        ],
         { env: { PGPASSWORD: c.password }, timeoutMs: 90_000 },
       );
       expect(run.stderr).not.toMatch(/error|abort|FATAL/i);
       expect(run.code).toBe(0);
       expect(run.stdout).toMatch(/^number of failed transactions: 0 \(0\.000%\)$/m);
-      expect(Number(/^number of transactions actually processed: (\d+)/m.exec(run.stdout)?.[1])).toBeGreaterThan(CLIENTS);
+      expect(
+        Number(/^number of transactions actually processed: (\d+)/m.exec(run.stdout)?.[1]),
+      ).toBeGreaterThan(CLIENTS);
     }, 120_000);
   }
 

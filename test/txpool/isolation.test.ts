@@ -45,10 +45,14 @@ describe.skipIf(skip !== undefined)(`tenant isolation in transaction mode (${ski
   it("temporary tables", async () => {
     const [a, b] = fixture.roles;
     const alice = await session(a);
-    const made = await alice.query("CREATE TEMP TABLE iso_tmp (secret text); INSERT INTO iso_tmp VALUES ('a-only')");
+    const made = await alice.query(
+      "CREATE TEMP TABLE iso_tmp (secret text); INSERT INTO iso_tmp VALUES ('a-only')",
+    );
     expect(made.error).toBeUndefined();
     await fromMany(b, async (s) => {
-      const r = await s.query("SELECT to_regclass('pg_temp.iso_tmp') IS NULL, (SELECT count(*) FROM pg_class WHERE relname = 'iso_tmp' AND relnamespace = pg_my_temp_schema())");
+      const r = await s.query(
+        "SELECT to_regclass('pg_temp.iso_tmp') IS NULL, (SELECT count(*) FROM pg_class WHERE relname = 'iso_tmp' AND relnamespace = pg_my_temp_schema())",
+      );
       expect(r.rows).toEqual([["t", "0"]]);
       expect((await s.query("SELECT * FROM iso_tmp")).error?.code).toBe("42P01");
     });
@@ -57,7 +61,13 @@ describe.skipIf(skip !== undefined)(`tenant isolation in transaction mode (${ski
   it("SET values", async () => {
     const [a, b] = fixture.roles;
     const alice = await session(a);
-    expect((await alice.query("SET work_mem = '7MB'; SET application_name = 'alice-secret'; SET myapp.tenant = 'alice'")).error).toBeUndefined();
+    expect(
+      (
+        await alice.query(
+          "SET work_mem = '7MB'; SET application_name = 'alice-secret'; SET myapp.tenant = 'alice'",
+        )
+      ).error,
+    ).toBeUndefined();
     await fromMany(b, async (s) => {
       const r = await s.query(
         "SELECT current_setting('work_mem'), current_setting('application_name'), current_setting('myapp.tenant', true)",
@@ -72,13 +82,17 @@ describe.skipIf(skip !== undefined)(`tenant isolation in transaction mode (${ski
   it("prepared statements, protocol and SQL", async () => {
     const [a, b] = fixture.roles;
     const alice = await session(a);
-    expect(typesOf(await alice.exchange([msg.parse("iso_stmt", "SELECT 'alice statement'"), msg.sync()]))).toBe("1 Z");
+    expect(
+      typesOf(await alice.exchange([msg.parse("iso_stmt", "SELECT 'alice statement'"), msg.sync()])),
+    ).toBe("1 Z");
     expect((await alice.query("PREPARE iso_sql AS SELECT 'alice sql statement'")).error).toBeUndefined();
     await fromMany(b, async (s) => {
       const bind = await s.exchange([msg.bind("iso_stmt"), msg.execute(), msg.sync()]);
       expect(typesOf(bind)).toBe("E Z");
       expect((await s.query("EXECUTE iso_sql")).error?.code).toBe("26000");
-      const seen = await s.query("SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE '%alice%'");
+      const seen = await s.query(
+        "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE '%alice%'",
+      );
       expect(seen.rows).toEqual([["0"]]);
     });
   });
@@ -91,7 +105,9 @@ describe.skipIf(skip !== undefined)(`tenant isolation in transaction mode (${ski
     for (let i = 0; i < ROUNDS; i++) {
       await admin.query("NOTIFY iso_alice_channel, 'for alice only'");
       for (const s of bobs) {
-        const r = await s.query("SELECT count(*) FROM pg_listening_channels() c WHERE c = 'iso_alice_channel'");
+        const r = await s.query(
+          "SELECT count(*) FROM pg_listening_channels() c WHERE c = 'iso_alice_channel'",
+        );
         expect(r.rows).toEqual([["0"]]);
       }
     }
@@ -103,7 +119,9 @@ describe.skipIf(skip !== undefined)(`tenant isolation in transaction mode (${ski
   it("cursors", async () => {
     const [a, b] = fixture.roles;
     const alice = await session(a);
-    const declared = await alice.query("BEGIN; DECLARE iso_cur CURSOR WITH HOLD FOR SELECT 'alice row'; COMMIT");
+    const declared = await alice.query(
+      "BEGIN; DECLARE iso_cur CURSOR WITH HOLD FOR SELECT 'alice row'; COMMIT",
+    );
     expect(declared.error).toBeUndefined();
     await fromMany(b, async (s) => {
       expect((await s.query("FETCH iso_cur")).error?.code).toBe("34000");

@@ -80,7 +80,9 @@ describe.skipIf(skip !== undefined)(`pool limits and timeouts (${skip ?? "runnin
         await sleep(20);
       }
     })();
-    const results = await Promise.all(clients.map((c) => c.query("SELECT pg_backend_pid() FROM pg_sleep(0.2)")));
+    const results = await Promise.all(
+      clients.map((c) => c.query("SELECT pg_backend_pid() FROM pg_sleep(0.2)")),
+    );
     sampling = false;
     await sampler;
     for (const r of results) expect(r.error).toBeUndefined();

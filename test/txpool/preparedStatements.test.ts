@@ -154,16 +154,19 @@ describe.skipIf(skip !== undefined)(`prepared statements in transaction mode (${
 
   it("a failed Parse inside a pipeline is retried after Sync with the same name", async () => {
     const a = await session();
-    const bad = await a.exchange([
-      msg.parse("piped", "SELECT 1/0 FROM no_such_table"),
-      msg.bind("piped"),
-      msg.execute(),
-      msg.sync(),
-      msg.parse("piped", "SELECT 'retried'::text"),
-      msg.bind("piped"),
-      msg.execute(),
-      msg.sync(),
-    ], 2);
+    const bad = await a.exchange(
+      [
+        msg.parse("piped", "SELECT 1/0 FROM no_such_table"),
+        msg.bind("piped"),
+        msg.execute(),
+        msg.sync(),
+        msg.parse("piped", "SELECT 'retried'::text"),
+        msg.bind("piped"),
+        msg.execute(),
+        msg.sync(),
+      ],
+      2,
+    );
     expect(typesOf(bad)).toBe("E Z 1 2 D C Z");
     expect(sqlstate(bad)).toBe("42P01");
     expect(rows(bad)).toEqual([["retried"]]);

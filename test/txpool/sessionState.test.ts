@@ -56,7 +56,7 @@ describe.skipIf(skip !== undefined)(`session state in transaction mode (${skip ?
     "SET survives a server switch and does not leak to the next client of that server",
     async () => {
       const a = await session();
-      const set = await a.query("SET work_mem = '3MB'; SET search_path = pg_catalog, public; " + SETTINGS);
+      const set = await a.query(`SET work_mem = '3MB'; SET search_path = pg_catalog, public; ${SETTINGS}`);
       expect(set.error).toBeUndefined();
       const p1 = Number(set.rows[0]![2]);
       let release = await steerTo(target, role, other(p1), SIZE);
@@ -81,7 +81,7 @@ describe.skipIf(skip !== undefined)(`session state in transaction mode (${skip ?
   it.skipIf(!supports("sessionState"))("RESET and a rolled-back SET are not replayed", async () => {
     const a = await session();
     const r = await a.query(
-      "SET work_mem = '9MB'; RESET work_mem; BEGIN; SET search_path = nowhere; ROLLBACK; " + SETTINGS,
+      `SET work_mem = '9MB'; RESET work_mem; BEGIN; SET search_path = nowhere; ROLLBACK; ${SETTINGS}`,
     );
     expect(r.rows[0]!.slice(0, 2)).toEqual(defaults);
     const release = await steerTo(target, role, other(Number(r.rows[0]![2])), SIZE);
@@ -94,7 +94,7 @@ describe.skipIf(skip !== undefined)(`session state in transaction mode (${skip ?
 
   it("SET LOCAL lasts one transaction only", async () => {
     const a = await session();
-    const inside = await a.query("BEGIN; SET LOCAL work_mem = '5MB'; " + SETTINGS);
+    const inside = await a.query(`BEGIN; SET LOCAL work_mem = '5MB'; ${SETTINGS}`);
     expect(inside.rows[0]![0]).toBe("5MB");
     expect((await a.query("COMMIT")).error).toBeUndefined();
     for (const pid of servers) {
@@ -109,7 +109,9 @@ describe.skipIf(skip !== undefined)(`session state in transaction mode (${skip ?
 
   it("a vanished client's open transaction is rolled back and its locks are freed", async () => {
     const a = await session();
-    const r = await a.query("BEGIN; INSERT INTO state_rows VALUES (1, 'uncommitted'); SELECT pg_backend_pid()");
+    const r = await a.query(
+      "BEGIN; INSERT INTO state_rows VALUES (1, 'uncommitted'); SELECT pg_backend_pid()",
+    );
     expect(r.error).toBeUndefined();
     expect(r.status).toBe("T");
     a.vanish();

@@ -3,8 +3,8 @@ import { freePort } from "../../src/adapters/embeddedPostgres.ts";
 import { isPgwardenError } from "../../src/errors.ts";
 import { decodeConfig } from "../../src/runtime/config.ts";
 import { serveChild, writeServeFiles } from "../support/hostile.ts";
-import { type PgSession, PgSession as Session } from "../support/pgSession.ts";
 import { pgbouncerVersion, startPgbouncer } from "../support/pgbouncer.ts";
+import { type PgSession, PgSession as Session } from "../support/pgSession.ts";
 import { directClient, postgresInfo } from "../support/postgres.ts";
 import { startProxy } from "../support/proxy.ts";
 
@@ -158,7 +158,8 @@ const pgbouncerSettings = (o: StartOptions): Record<string, string | number> => 
   if (p.minIdle !== undefined) s.min_pool_size = p.minIdle;
   if (p.reserveSize !== undefined) s.reserve_pool_size = p.reserveSize;
   if (p.reserveAfterMs !== undefined) s.reserve_pool_timeout = ms(p.reserveAfterMs);
-  if (p.idleInTransactionTimeoutMs !== undefined) s.idle_transaction_timeout = ms(p.idleInTransactionTimeoutMs);
+  if (p.idleInTransactionTimeoutMs !== undefined)
+    s.idle_transaction_timeout = ms(p.idleInTransactionTimeoutMs);
   if (p.transactionTimeoutMs !== undefined && pgbouncerHas("transactionTimeout"))
     s.transaction_timeout = ms(p.transactionTimeoutMs);
   if (p.serverLifetimeMs !== undefined) s.server_lifetime = ms(p.serverLifetimeMs);
