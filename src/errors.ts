@@ -15,6 +15,12 @@ export const SqlState = {
   idleSessionTimeout: "57P05",
   cannotConnectNow: "57P03",
   featureNotSupported: "0A000",
+  /** Class 53: no server connection became free in time. */
+  insufficientResources: "53000",
+  idleInTransactionTimeout: "25P03",
+  transactionTimeout: "25P04",
+  invalidStatementName: "26000",
+  duplicatePreparedStatement: "42P05",
   internalError: "XX000",
 } as const;
 export type SqlState = (typeof SqlState)[keyof typeof SqlState];
@@ -54,6 +60,13 @@ export type ErrorCode =
   | "PGW_UPSTREAM_TLS"
   | "PGW_FIPS"
   | "PGW_USERS_FILE"
+  | "PGW_POOL_WAIT_TIMEOUT"
+  | "PGW_POOL_FULL"
+  | "PGW_IDLE_IN_TRANSACTION"
+  | "PGW_TRANSACTION_TIMEOUT"
+  | "PGW_STATEMENT_MODE"
+  | "PGW_PINNED_STATE_REFUSED"
+  | "PGW_PREPARED_STATEMENT"
   | "PGW_INTERNAL";
 
 export interface PgwardenError {

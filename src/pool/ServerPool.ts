@@ -1,94 +1,459 @@
-import type { ServerConnection, ServerLossListener } from "../runtime/ServerConnection.ts";
+import { type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
+import type { ServerConnection } from "../runtime/ServerConnection.ts";
+import { PreparedStatements } from "./PreparedStatements.ts";
+import { SessionState } from "./SessionState.ts";
 
-export interface ServerPoolOptions {
-  /** Run before a connection serves anyone else, so nothing of one session reaches the next. */
+export type PoolMode = "session" | "transaction" | "statement";
+
+/** One pool's limits and timeouts (`pool` in the configuration, after overrides). */
+export interface PoolSettings {
+  readonly mode: PoolMode;
+  readonly size: number;
+  readonly minIdle: number;
+  readonly reserveSize: number;
+  readonly reserveAfterMs: number;
+  readonly maxClients: number;
+  readonly queryWaitTimeoutMs: number;
+  readonly serverLifetimeMs: number;
+  readonly serverIdleTimeoutMs: number;
+  readonly serverConnectTimeoutMs: number;
+  readonly serverCheckDelayMs: number;
+  readonly serverCheckQuery: string;
   readonly resetQuery: string;
-  /** Idle connections kept per key; more are closed when their client leaves. */
-  readonly maxIdlePerKey: number;
+  readonly maxIdle: number;
+  /** Statements each server connection keeps prepared; 0 leaves prepared statements unmapped. */
+  readonly preparedPerServer: number;
+}
+
+/** A client waiting for a server connection; told exactly once. */
+export interface Waiter {
+  /** The startup settings a new login for this client uses (user, database and nothing else). */
+  granted(server: ServerConnection, waitedMs: number): void;
+  failed(error: PgwardenError): void;
+}
+
+/** How a pool logs in a new server connection; the outcome goes to the waiter that caused it. */
+export type Login = (pool: Pool) => Promise<ServerConnection | PgwardenError>;
+
+interface Waiting {
+  readonly waiter: Waiter;
+  readonly since: number;
+  timer: ReturnType<typeof setTimeout> | undefined;
+}
+
+const waitTimeout = (ms: number): PgwardenError =>
+  pgwardenError(
+    "PGW_POOL_WAIT_TIMEOUT",
+    SqlState.insufficientResources,
+    `query_wait_timeout: no server connection became free within ${ms} ms`,
+  );
+
+const poolClosed = pgwardenError("PGW_SHUTDOWN", SqlState.adminShutdown, "the server pool is closing");
+
+/** Counters in PgBouncer's SHOW STATS units. */
+export interface PoolStats {
+  assignments: number;
+  transactions: number;
+  queries: number;
+  waitUs: number;
+  transactionUs: number;
+  queryUs: number;
+  received: number;
+  sent: number;
 }
 
 /**
- * Server connections kept for reuse, by pool key: (database, role, the startup settings the
- * connection was logged in with) — a connection never serves another key, so no role, database
- * or startup setting of one client reaches another. Session mode hands a connection back when its
- * client leaves; the pool keeps it only if it is clean (nothing owed, ReadyForQuery `I`) and the
- * reset query succeeds, so `pgbench -C` no longer pays a PostgreSQL login per client.
+ * The server connections of one (database, upstream role): a connection never serves another
+ * pool, so no role or database of one client reaches another. At most `size` connections
+ * (plus `reserveSize` once a client has waited `reserveAfterMs`); clients beyond that wait in
+ * order, up to `queryWaitTimeoutMs`. A connection comes back only clean — nothing owed and the
+ * last ReadyForQuery `I` — and is handed to the longest waiter or kept idle (LIFO, so the
+ * least used ones age out). A connection with a cancel under way serves nobody until the
+ * cancel has finished.
  */
-export class ServerPool implements ServerLossListener {
-  private readonly options: ServerPoolOptions;
-  private readonly idle = new Map<string, ServerConnection[]>();
-  /** Connections being reset: not yet idle, not anyone's. */
-  private readonly resetting = new Set<ServerConnection>();
+export class Pool {
+  readonly key: string;
+  readonly database: string;
+  readonly role: string;
+  readonly settings: PoolSettings;
+  /** Shared by every client of the pool: server-side names are the pool's. */
+  readonly statements: PreparedStatements | undefined;
+  /** Parameter values a fresh login reports: a client's settings start from these. */
+  defaults: ReadonlyMap<string, string> | undefined;
+  readonly stats: PoolStats = {
+    assignments: 0,
+    transactions: 0,
+    queries: 0,
+    waitUs: 0,
+    transactionUs: 0,
+    queryUs: 0,
+    received: 0,
+    sent: 0,
+  };
+  private readonly login: Login;
+  private readonly idle: ServerConnection[] = [];
+  /** Every open connection: logging in, linked, resetting, held for a cancel, or idle. */
+  readonly servers = new Set<ServerConnection>();
+  /** Connections linked to a client now. */
+  readonly active = new Set<ServerConnection>();
+  private logins = 0;
+  private waiting: Waiting[] = [];
   private closed = false;
+  /** Clients of this pool, for maxClientsPerPool and SHOW POOLS. */
+  clients = 0;
 
-  constructor(options: ServerPoolOptions) {
-    this.options = options;
+  constructor(key: string, database: string, role: string, settings: PoolSettings, login: Login) {
+    this.key = key;
+    this.database = database;
+    this.role = role;
+    this.settings = settings;
+    this.login = login;
+    this.statements =
+      settings.mode !== "session" && settings.preparedPerServer > 0
+        ? new PreparedStatements(settings.preparedPerServer)
+        : undefined;
   }
 
-  /** An idle, reset connection for `key`, or undefined: the caller then logs in a new one. */
-  take(key: string): ServerConnection | undefined {
-    const list = this.idle.get(key);
-    for (;;) {
-      const server = list?.pop();
-      if (server === undefined) return undefined;
-      if (list!.length === 0) this.idle.delete(key);
-      if (server.reusable) return server;
-      server.close();
+  /** Open connections plus logins under way: what `size` bounds. */
+  get open(): number {
+    return this.servers.size + this.logins;
+  }
+
+  get idleCount(): number {
+    return this.idle.length;
+  }
+
+  get waitingCount(): number {
+    return this.waiting.length;
+  }
+
+  get loginCount(): number {
+    return this.logins;
+  }
+
+  /** The oldest wait, in µs, for SHOW POOLS' maxwait. */
+  maxWaitUs(now = Date.now()): number {
+    const first = this.waiting[0];
+    return first === undefined ? 0 : (now - first.since) * 1000;
+  }
+
+  /** A server connection for `waiter`: an idle one, a new login, or a place in the queue. */
+  acquire(waiter: Waiter): void {
+    if (this.closed) {
+      waiter.failed(poolClosed);
+      return;
+    }
+    const w: Waiting = { waiter, since: Date.now(), timer: undefined };
+    if (this.waiting.length === 0 && this.serveFromIdle(w)) return;
+    if (this.waiting.length === 0 && this.open < this.settings.size) {
+      this.startLogin(w);
+      return;
+    }
+    this.waiting.push(w);
+    const { queryWaitTimeoutMs: limit, reserveSize, reserveAfterMs } = this.settings;
+    const reserve = reserveSize > 0 && (limit === 0 || reserveAfterMs < limit);
+    if (reserve || limit > 0) {
+      w.timer = setTimeout(() => this.waited(w), reserve ? reserveAfterMs : limit);
+      w.timer.unref?.();
     }
   }
 
+  /** The client gave up waiting (it closed, or its deadline passed). */
+  abandon(waiter: Waiter): void {
+    const at = this.waiting.findIndex((w) => w.waiter === waiter);
+    if (at < 0) return;
+    const [w] = this.waiting.splice(at, 1);
+    if (w?.timer !== undefined) clearTimeout(w.timer);
+  }
+
   /**
-   * The client is done with `server`: true when the pool keeps it (clean, and there is room),
-   * false when it is not wanted and the caller must close it.
+   * The linked client is done with `server`, at ReadyForQuery `I` with nothing owed or at its
+   * own end. Session mode resets it first; a dirty or old connection is closed.
    */
-  give(server: ServerConnection): boolean {
-    const key = server.poolKey;
-    const room = key !== undefined && (this.idle.get(key)?.length ?? 0) < this.options.maxIdlePerKey;
-    if (this.closed || !room || !server.reusable) return false;
-    server.whenLost(this);
-    this.resetting.add(server);
-    void server.reset(this.options.resetQuery).then((ok) => {
-      this.resetting.delete(server);
-      if (!ok || this.closed) {
-        server.close();
+  release(server: ServerConnection): void {
+    this.active.delete(server);
+    server.whenNoCancels(() => {
+      if (this.settings.mode === "session" && server.reusable && this.keeps(server)) {
+        void server.reset(this.settings.resetQuery).then((ok) => {
+          // DISCARD ALL leaves what a fresh login has; the values it reported were noted on the way.
+          if (ok)
+            server.settings.adopt(SessionState.fromStartup(Object.fromEntries(server.reported)).settings);
+          this.settled(server, ok);
+        });
         return;
       }
-      const list = this.idle.get(key);
-      if (list === undefined) this.idle.set(key, [server]);
-      else list.push(server);
+      this.settled(server, server.reusable);
     });
-    return true;
   }
 
-  /** A pooled connection's socket closed (PostgreSQL restarted, or an idle timeout upstream). */
-  onServerLost(server: ServerConnection): void {
-    this.resetting.delete(server);
-    const key = server.poolKey;
-    if (key === undefined) return;
-    const list = this.idle.get(key);
-    const at = list?.indexOf(server) ?? -1;
-    if (at >= 0) list!.splice(at, 1);
-    if (list?.length === 0) this.idle.delete(key);
+  private keeps(server: ServerConnection): boolean {
+    const { serverLifetimeMs, maxIdle } = this.settings;
+    if (this.closed || maxIdle === 0) return false;
+    return serverLifetimeMs === 0 || Date.now() - server.createdAt < serverLifetimeMs;
   }
 
-  /** Idle connections per key, for tests and (later) SHOW POOLS. */
-  idleCount(key?: string): number {
-    if (key !== undefined) return this.idle.get(key)?.length ?? 0;
-    let n = 0;
-    for (const l of this.idle.values()) n += l.length;
-    return n;
+  private settled(server: ServerConnection, clean: boolean): void {
+    if (!clean || !this.keeps(server)) {
+      server.close();
+      this.refill();
+      return;
+    }
+    const next = this.waiting.shift();
+    if (next !== undefined) {
+      this.grant(next, server);
+      return;
+    }
+    if (this.idle.length >= this.settings.maxIdle) {
+      server.close();
+      return;
+    }
+    server.idleSince = Date.now();
+    server.park();
+    this.idle.push(server);
   }
 
-  /** Stops pooling: every idle connection is closed, and so is every one handed back later. */
-  closeAll(): void {
+  /** A connection closed (its socket, whichever way): it is no longer the pool's. */
+  forget(server: ServerConnection): void {
+    if (!this.servers.delete(server)) return;
+    this.active.delete(server);
+    const at = this.idle.indexOf(server);
+    if (at >= 0) this.idle.splice(at, 1);
+    this.statements?.onServerClosed(server.id);
+    this.refill();
+  }
+
+  /** Timers of the whole pool: idle and lifetime limits, and `minIdle`. */
+  sweep(now: number): void {
+    const { serverIdleTimeoutMs, serverLifetimeMs, minIdle } = this.settings;
+    for (let i = 0; i < this.idle.length; ) {
+      const s = this.idle[i]!;
+      const tooOld = serverLifetimeMs > 0 && now - s.createdAt >= serverLifetimeMs;
+      const unused = serverIdleTimeoutMs > 0 && now - s.idleSince >= serverIdleTimeoutMs;
+      if (tooOld || (unused && this.idle.length > minIdle)) {
+        this.idle.splice(i, 1);
+        s.unpark();
+        s.close();
+      } else i++;
+    }
+    while (!this.closed && this.idle.length + this.logins < minIdle && this.open < this.settings.size) {
+      this.startLogin(undefined);
+    }
+  }
+
+  /** Stops pooling: idle connections close now, waiters are refused, the rest close when released. */
+  close(): void {
     this.closed = true;
-    for (const list of this.idle.values()) for (const s of list) s.close();
-    this.idle.clear();
-    for (const s of this.resetting) s.close();
-    this.resetting.clear();
+    for (const s of this.idle) {
+      s.unpark();
+      s.close();
+    }
+    this.idle.length = 0;
+    const waiting = this.waiting;
+    this.waiting = [];
+    for (const w of waiting) {
+      if (w.timer !== undefined) clearTimeout(w.timer);
+      w.waiter.failed(poolClosed);
+    }
+  }
+
+  private serveFromIdle(w: Waiting): boolean {
+    for (;;) {
+      const server = this.idle.pop();
+      if (server === undefined) return false;
+      server.unpark();
+      if (!server.reusable) {
+        server.close();
+        continue;
+      }
+      const { serverCheckDelayMs, serverCheckQuery } = this.settings;
+      if (Date.now() - server.idleSince >= serverCheckDelayMs) {
+        // Idle long enough for PostgreSQL or the network to have dropped it: check first.
+        this.active.add(server);
+        void server.run(serverCheckQuery).then((ok) => {
+          this.active.delete(server);
+          if (ok) {
+            this.grant(w, server);
+            return;
+          }
+          server.close();
+          this.acquireAgain(w);
+        });
+        return true;
+      }
+      this.grant(w, server);
+      return true;
+    }
+  }
+
+  /** A checked connection failed: the waiter tries again from the front of the queue. */
+  private acquireAgain(w: Waiting): void {
+    if (this.closed) {
+      w.waiter.failed(poolClosed);
+      return;
+    }
+    if (this.serveFromIdle(w)) return;
+    if (this.open < this.settings.size) {
+      this.startLogin(w);
+      return;
+    }
+    this.waiting.unshift(w);
+  }
+
+  private grant(w: Waiting, server: ServerConnection): void {
+    if (w.timer !== undefined) clearTimeout(w.timer);
+    this.active.add(server);
+    const waited = Date.now() - w.since;
+    this.stats.assignments++;
+    this.stats.waitUs += waited * 1000;
+    w.waiter.granted(server, waited);
+  }
+
+  private waited(w: Waiting): void {
+    w.timer = undefined;
+    if (!this.waiting.includes(w)) return;
+    const { size, reserveSize, queryWaitTimeoutMs } = this.settings;
+    const waited = Date.now() - w.since;
+    if (reserveSize > 0 && this.open < size + reserveSize && waited < queryWaitTimeoutMs) {
+      this.waiting.splice(this.waiting.indexOf(w), 1);
+      this.startLogin(w);
+      return;
+    }
+    if (queryWaitTimeoutMs > 0 && waited >= queryWaitTimeoutMs) {
+      this.waiting.splice(this.waiting.indexOf(w), 1);
+      w.waiter.failed(waitTimeout(queryWaitTimeoutMs));
+      return;
+    }
+    const left = queryWaitTimeoutMs - waited;
+    if (queryWaitTimeoutMs > 0 && left > 0) {
+      w.timer = setTimeout(() => this.waited(w), left);
+      w.timer.unref?.();
+    }
+  }
+
+  /** Room opened (a connection closed): the longest waiter gets a new login. */
+  private refill(): void {
+    if (this.closed) return;
+    while (this.waiting.length > this.logins && this.open < this.settings.size) {
+      const w = this.waiting.shift()!;
+      if (w.timer !== undefined) clearTimeout(w.timer);
+      this.startLogin(w);
+    }
+  }
+
+  private startLogin(w: Waiting | undefined): void {
+    this.logins++;
+    void this.login(this).then((result) => {
+      this.logins--;
+      if (result instanceof Error || !("machine" in result)) {
+        if (w !== undefined) w.waiter.failed(result as PgwardenError);
+        this.refill();
+        return;
+      }
+      const server = result;
+      this.servers.add(server);
+      void server.closed.then(() => this.forget(server));
+      if (this.closed) {
+        server.close();
+        if (w !== undefined) w.waiter.failed(poolClosed);
+        return;
+      }
+      this.defaults ??= new Map(server.reported);
+      if (w === undefined) {
+        this.settled(server, true);
+        return;
+      }
+      this.grant(w, server);
+    });
   }
 }
 
-/** The pool key: a connection is reused only for the same database, role and startup settings. */
-export const poolKey = (parameters: ReadonlyMap<string, string>): string =>
-  JSON.stringify([...parameters].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+/** What decides a pool's settings: the configured defaults, then the first matching override. */
+export interface PoolOverrideRule {
+  readonly database?: string;
+  readonly identity?: string;
+  readonly mode?: PoolMode;
+  readonly size?: number;
+}
+
+/**
+ * Every pool, by (database, upstream role), and the one timer that sweeps them all. Pools are
+ * made on first use and live as long as the proxy.
+ */
+export class ServerPool {
+  private readonly pools = new Map<string, Pool>();
+  private readonly base: PoolSettings;
+  private readonly overrides: readonly PoolOverrideRule[];
+  private readonly login: Login;
+  private timer: ReturnType<typeof setInterval> | undefined;
+  private closed = false;
+
+  constructor(base: PoolSettings, overrides: readonly PoolOverrideRule[], login: Login) {
+    this.base = base;
+    this.overrides = overrides;
+    this.login = login;
+  }
+
+  /** The mode a client of this identity and database gets. */
+  settingsFor(database: string, identity: string): PoolSettings {
+    const o = this.overrides.find(
+      (r) =>
+        (r.database === undefined || r.database === database) &&
+        (r.identity === undefined || r.identity === identity),
+    );
+    if (o === undefined) return this.base;
+    return {
+      ...this.base,
+      ...(o.mode === undefined ? {} : { mode: o.mode }),
+      ...(o.size === undefined ? {} : { size: o.size }),
+    };
+  }
+
+  /**
+   * The pool for (database, role). Pools with different modes for the same key are kept apart,
+   * so an override never makes a transaction-mode client share a session-mode connection.
+   */
+  poolFor(database: string, role: string, identity: string): Pool {
+    const settings = this.settingsFor(database, identity);
+    const key = `${database}/${role}/${settings.mode}/${settings.size}`;
+    let pool = this.pools.get(key);
+    if (pool === undefined) {
+      pool = new Pool(key, database, role, settings, this.login);
+      this.pools.set(key, pool);
+      this.startSweep();
+      if (this.closed) pool.close();
+    }
+    return pool;
+  }
+
+  all(): readonly Pool[] {
+    return [...this.pools.values()];
+  }
+
+  /** Idle connections in every pool, for tests and SHOW POOLS. */
+  idleCount(): number {
+    let n = 0;
+    for (const p of this.pools.values()) n += p.idleCount;
+    return n;
+  }
+
+  closeAll(): void {
+    this.closed = true;
+    if (this.timer !== undefined) clearInterval(this.timer);
+    this.timer = undefined;
+    for (const p of this.pools.values()) p.close();
+  }
+
+  private startSweep(): void {
+    if (this.timer !== undefined || this.closed) return;
+    const { serverIdleTimeoutMs, serverLifetimeMs } = this.base;
+    const finest = Math.min(...[serverIdleTimeoutMs, serverLifetimeMs, 10_000].filter((n) => n > 0));
+    this.timer = setInterval(
+      () => {
+        const now = Date.now();
+        for (const p of this.pools.values()) p.sweep(now);
+      },
+      Math.max(100, Math.ceil(finest / 4)),
+    );
+    this.timer.unref?.();
+  }
+}

@@ -1,4 +1,5 @@
-import { Effect, Schema } from "effect";
+import * as Effect from "effect/Effect";
+import * as Schema from "effect/Schema";
 
 /** Config sections for transaction-mode pooling, for the lead to merge under `pool:`. */
 

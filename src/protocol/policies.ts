@@ -104,3 +104,47 @@ export const auditedServerSessionPolicy = (maxMessageBytes: number): ScanPolicy 
   streamed: auditedServerStreamedTypes,
   maxLength: (type) => (auditedServerStreamedTypes[type] === 1 ? 0x7fffffff : maxMessageBytes),
 });
+
+/** Replies pooled modes match to requests: prepared statements, session state, answered-locally replies. */
+const pooledServerHandledTypes = [
+  ...serverHandledTypes,
+  Backend.ParseComplete,
+  Backend.BindComplete,
+  Backend.CloseComplete,
+  Backend.ParameterDescription,
+  Backend.RowDescription,
+  Backend.NoData,
+  Backend.CommandComplete,
+  Backend.EmptyQueryResponse,
+  Backend.PortalSuspended,
+  Backend.ParameterStatus,
+  Backend.FunctionCallResponse,
+];
+const pooledServerStreamedTypes = typeSet(
+  ...Object.values(Backend).filter((t) => !(pooledServerHandledTypes as number[]).includes(t)),
+);
+
+/**
+ * Pooled modes: every reply that ends a request is held, so replies pgwarden injected are
+ * skipped and its own answers are put in their place; rows and COPY data still stream.
+ */
+export const pooledServerSessionPolicy = (maxMessageBytes: number): ScanPolicy => ({
+  known: serverTypes,
+  sender: "backend",
+  streamed: pooledServerStreamedTypes,
+  maxLength: (type) => (pooledServerStreamedTypes[type] === 1 ? 0x7fffffff : maxMessageBytes),
+});
+
+/** Pooled modes: the statement requests' bytes reach the handler (names are mapped, SQL classified). */
+export const pooledClientSessionPolicy = (maxMessageBytes: number): ScanPolicy => ({
+  ...clientSessionPolicy(maxMessageBytes),
+  inspect: typeSet(
+    Frontend.Query,
+    Frontend.Parse,
+    Frontend.Bind,
+    Frontend.Execute,
+    Frontend.Describe,
+    Frontend.Close,
+    Frontend.FunctionCall,
+  ),
+});

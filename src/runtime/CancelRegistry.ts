@@ -30,6 +30,23 @@ export class CancelRegistry {
     return { processId, secret };
   }
 
+  /**
+   * A key for a pooled client, whose work moves between backends: the PID is pgwarden's own.
+   * Bits 30–21 carry `instanceId`, so instances can tell whose key a cancel holds and forward it;
+   * bits 20–0 count, skipping 0 (libpq treats a zero PID as "no key").
+   */
+  issuePooled(minor: number, target: Cancellable): BackendKeyData {
+    for (;;) {
+      this.counter = (this.counter + 1) & 0x1fffff;
+      const pid = ((this.instanceId & 0x3ff) << 21) | this.counter;
+      if (pid !== 0 && !this.byPid.has(pid)) return this.issue(pid, minor, target);
+    }
+  }
+
+  private counter = 0;
+  /** Which pgwarden instance issued a pooled key (0 for a single instance). */
+  instanceId = 0;
+
   revoke(key: BackendKeyData): void {
     const list = this.byPid.get(key.processId);
     if (list === undefined) return;

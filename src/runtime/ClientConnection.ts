@@ -35,16 +35,19 @@ import {
   timerAction,
 } from "../policy/sessionLimits.ts";
 import { filterStartupParameters, type StartupPolicy } from "../policy/startupParameters.ts";
-import { poolKey, type ServerPool } from "../pool/ServerPool.ts";
+import type { Pool, ServerPool, Waiter } from "../pool/ServerPool.ts";
+import { replaySql, SessionState } from "../pool/SessionState.ts";
 import {
   encodeAuthentication,
   encodeBackendKeyData,
   encodeError,
   encodeNegotiateProtocolVersion,
+  encodeParameterStatus,
 } from "../protocol/backend.ts";
 import { frontendName } from "../protocol/messageTypes.ts";
 import { clientAuthPolicy } from "../protocol/policies.ts";
 import { encodeV2Error, SSL_REFUSE } from "../protocol/startup.ts";
+import type { SqlParser } from "../sql/parser.ts";
 import type { CancelRegistry } from "./CancelRegistry.ts";
 import { authenticateClient } from "./clientAuth.ts";
 import { clientEvents } from "./clientEvents.ts";
@@ -56,8 +59,8 @@ import {
   type FirstPacketOutcome,
   type StartupPacket,
 } from "./FirstPacket.ts";
-import { Link } from "./Link.ts";
-import { ServerConnection } from "./ServerConnection.ts";
+import { Link, type PooledSession } from "./Link.ts";
+import type { ServerConnection } from "./ServerConnection.ts";
 
 /** The client leg's TLS, when `tls.mode` is not disable. */
 export interface ClientTlsDeps {
@@ -99,8 +102,16 @@ export interface ConnectionDeps {
   /** Keys the mock SCRAM exchange for unknown users, so they look like wrong passwords. */
   readonly mockSecret: Buffer;
   readonly cancels: CancelRegistry;
-  /** Server connections kept for reuse once their client leaves. */
+  /** The pools of server connections, by (database, upstream role). */
   readonly pool: ServerPool;
+  /** Transaction and statement mode: what pooling does with state, and when a transaction is too long. */
+  readonly pooling: {
+    readonly refusePins: boolean;
+    readonly idleInTransactionTimeoutMs: number;
+    readonly transactionTimeoutMs: number;
+    /** PostgreSQL's parser, loaded at start when a pooled mode is configured. */
+    readonly parser: SqlParser | undefined;
+  };
   /** Client and cancel slots, taken once the first packet says which the connection is. */
   readonly admission: Admission;
   readonly deadlines: Deadlines;
@@ -118,10 +129,6 @@ export interface Admission {
   admitCancel(): boolean;
   releaseCancel(): void;
 }
-
-let serverCounter = 0;
-/** Server connections have ids of their own: in pooled modes one serves many clients. */
-const nextServerId = (): string => `s${(++serverCounter).toString(36)}`;
 
 const adminShutdown = pgwardenError(
   "PGW_SHUTDOWN",
@@ -154,24 +161,17 @@ const certificateRefused = (user: string): PgwardenError =>
     SqlState.invalidAuthorization,
     `certificate authentication failed for user ${JSON.stringify(user)}`,
   );
+const READY_IDLE = Buffer.from([0x5a, 0, 0, 0, 5, 0x49]);
+const poolFull = pgwardenError(
+  "PGW_POOL_FULL",
+  SqlState.tooManyConnections,
+  "sorry, too many clients already for this database and role",
+);
 const tooManyClients = pgwardenError(
   "PGW_TOO_MANY_CONNECTIONS",
   SqlState.tooManyConnections,
   "sorry, too many clients already",
 );
-
-/**
- * What the client is told when PostgreSQL refuses pgwarden's login: the SQLSTATE, and words that
- * name nothing but what the client itself asked for (PostgreSQL's own name the service role).
- */
-const refusalForClient = (sqlstate: string, database: string): PgwardenError =>
-  pgwardenError(
-    "PGW_UPSTREAM_AUTH",
-    sqlstate as SqlState,
-    sqlstate === "3D000"
-      ? `database "${database}" does not exist`
-      : `the database server refused the connection (SQLSTATE ${sqlstate})`,
-  );
 
 /**
  * The client half of a connection: the client socket, the first packet, client authentication,
@@ -258,7 +258,7 @@ export class ClientConnection {
 
   get bytesFromServer(): number {
     const s = this.server?.socket;
-    return s === undefined ? this.serverBytes : s.bytesRead - this.serverBytesBefore;
+    return this.serverBytes + (s === undefined ? 0 : s.bytesRead - this.serverBytesBefore);
   }
 
   start(): void {
@@ -347,21 +347,59 @@ export class ClientConnection {
 
   /**
    * This client is done with its server leg: the pool keeps the connection if it is clean, and
-   * closes it otherwise. From here on the connection is not this client's to destroy.
+   * closes it otherwise. A connection the pool closes is still waited for, like the client's own
+   * leg; one it keeps is no longer this client's to destroy.
    */
   private releaseServer(): void {
     this.link?.unlink();
     this.link = undefined;
+    if (this.waiter !== undefined) {
+      this.pool?.abandon(this.waiter);
+      this.waiter = undefined;
+    }
     const server = this.server;
     if (server === undefined) return;
-    const socket = server.socket;
-    if (socket === undefined || !this.deps.pool.give(server)) {
-      // Not wanted again: closed, and this connection waits for it to close like its own leg.
-      server.close();
-      return;
-    }
+    this.released(server, "clientClosed");
+    this.pool!.release(server);
+    const s = server.machine.state;
+    if (s === "closing" || s === "closed") this.server = server;
+  }
+
+  /** Link: the connection now holds `server` (pooled modes, per transaction). */
+  attached(server: ServerConnection): void {
+    this.server = server;
+    server.whenLost(this);
+    this.serverBytesBefore = server.socket?.bytesRead ?? 0;
+    this.deps.events.emit({
+      kind: "poolCheckout",
+      conn: this.id,
+      server: server.id,
+      pool: `${this.pool!.database}/${this.pool!.role}`,
+      mode: this.pool!.settings.mode,
+      waitedMs: 0,
+    });
+  }
+
+  /** The connection gave `server` back (or is about to): its bytes are counted, it is not ours. */
+  released(server: ServerConnection, reason: "idle" | "clientClosed" | "error"): void {
+    if (this.server !== server) return;
+    server.whenLost(undefined);
+    this.serverBytes += (server.socket?.bytesRead ?? this.serverBytesBefore) - this.serverBytesBefore;
     this.server = undefined;
-    this.serverBytes = socket.bytesRead - this.serverBytesBefore;
+    this.deps.events.emit({
+      kind: "poolRelease",
+      conn: this.id,
+      server: server.id,
+      pool: `${this.pool!.database}/${this.pool!.role}`,
+      reason,
+    });
+  }
+
+  /** Ends the session with `error` as a FATAL: a pool timeout, a refused transaction block. */
+  endWith(error: PgwardenError): void {
+    if (this.machine.done || this.machine.in("violation") || this.machine.in("terminating")) return;
+    this.deps.log.info({ conn: this.id, code: error.code }, error.message);
+    this.failWith(Events.Timeout, error);
   }
 
   private serverBytesBefore = 0;
@@ -623,7 +661,10 @@ export class ClientConnection {
 
     // Access rules, before any credential is read: who may try which method from where.
     const ruleMethod = this.decideAccess(user, database);
-    if (isPgwardenError(ruleMethod)) return this.failWith(Events.ClientAuthFailed, ruleMethod);
+    if (isPgwardenError(ruleMethod)) {
+      this.failWith(Events.ClientAuthFailed, ruleMethod);
+      return;
+    }
     const password = ruleMethod === "scram-sha-256" || ruleMethod === "cert+scram";
     if (password && this.tlsSession === undefined && !this.deps.auth.allowPasswordOverPlaintext) {
       log.warn({ conn: this.id }, "connection refused: password over plaintext");
@@ -754,7 +795,10 @@ export class ClientConnection {
     this.lease = lease;
     const pending = stream.handOff();
     this.stream = undefined;
-    if (isPgwardenError(pending)) return this.violation(pending);
+    if (isPgwardenError(pending)) {
+      this.violation(pending);
+      return;
+    }
     this.clientPending = pending;
     // Whatever the client sends before ReadyForQuery waits in the socket.
     this.socket.pause();
@@ -809,72 +853,97 @@ export class ClientConnection {
 
   // Server half --------------------------------------------------------------------------------------
 
-  private async connectServer(): Promise<void> {
+  private pool: Pool | undefined;
+  private waiter: Waiter | undefined;
+  /** The client's own session settings: defaults, then its startup packet, then its SETs. */
+  private sessionState: SessionState | undefined;
+
+  /** A server connection from the pool for (database, role): idle, new, or after a wait. */
+  private connectServer(): void {
     const parameters = this.upstreamParameters!;
     this.upstreamParameters = undefined;
-    const key = poolKey(parameters);
-    const pooled = this.deps.pool.take(key);
-    if (pooled !== undefined) {
-      // A clean connection for the same database, role and settings, reset since its last client.
-      this.server = pooled;
-      pooled.whenLost(this);
-      this.serverBytesBefore = pooled.socket!.bytesRead;
-      this.serverReady = {
-        socket: pooled.socket!,
-        key: pooled.key!,
-        startupMessages: pooled.startupMessages,
-        ready: pooled.ready!,
-        pending: [],
-        method: pooled.method,
-        tlsProtocol: pooled.tlsProtocol,
-      };
-      this.deps.log.info({ conn: this.id, server: pooled.id }, "server connection reused");
-      this.machine.send(Events.UpstreamReady);
+    const destination = this.destination!;
+    const pool = this.deps.pool.poolFor(destination.database, destination.role, this.user!);
+    const max = pool.settings.maxClients;
+    if (max > 0 && pool.clients >= max) {
+      this.deps.log.warn({ conn: this.id, pool: pool.key, limit: max }, poolFull.message);
+      this.failWith(Events.UpstreamFailed, poolFull);
       return;
     }
-    const server = new ServerConnection(nextServerId(), {
-      target: this.deps.target,
-      credentials: this.deps.credentials,
-      connectUpstream: this.deps.connectUpstream,
-      sendCancel: this.deps.sendCancel,
-      onTransition: this.deps.onTransition,
-    });
-    server.poolKey = key;
-    this.server = server;
-    server.whenLost(this);
-    const outcome = await server.login(parameters).catch(
-      (e: unknown) =>
-        ({
-          kind: "failed",
-          error: pgwardenError("PGW_INTERNAL", SqlState.internalError, String(e)),
-        }) as const,
-    );
+    pool.clients++;
+    this.pool = pool;
+    const waiter: Waiter = {
+      granted: (server, waitedMs) => {
+        if (this.waiter !== waiter) {
+          pool.release(server);
+          return;
+        }
+        this.waiter = undefined;
+        void this.serverGranted(server, parameters, waitedMs).catch((e: unknown) => {
+          pool.release(server);
+          this.internalError(e);
+        });
+      },
+      failed: (error) => {
+        if (this.waiter !== waiter) return;
+        this.waiter = undefined;
+        if (!this.machine.in("authenticating.upstream")) return;
+        this.deps.log.warn(
+          { conn: this.id, code: error.code, reason: error.message },
+          "no server connection",
+        );
+        this.failWith(Events.UpstreamFailed, error);
+      },
+    };
+    this.waiter = waiter;
+    pool.acquire(waiter);
+  }
+
+  /** The first server connection: the client's startup settings onto it, then ReadyForQuery. */
+  private async serverGranted(
+    server: ServerConnection,
+    parameters: ReadonlyMap<string, string>,
+    waitedMs: number,
+  ): Promise<void> {
+    const pool = this.pool!;
     if (!this.machine.in("authenticating.upstream")) {
+      pool.release(server);
+      return;
+    }
+    const own: Record<string, string> = Object.fromEntries(pool.defaults ?? server.reported);
+    for (const [k, v] of parameters) if (k !== "user" && k !== "database") own[k] = v;
+    const state = SessionState.fromStartup(own);
+    const sql = replaySql(state.settings, server.settings.settings);
+    if (sql !== "" && !(await server.run(sql))) {
       server.close();
-      return this.settle();
+      pool.release(server);
+      this.deps.log.warn({ conn: this.id, server: server.id }, "startup settings refused by PostgreSQL");
+      return this.failWith(
+        Events.UpstreamFailed,
+        pgwardenError("PGW_UPSTREAM_AUTH", SqlState.connectionRejected, "the startup settings were refused"),
+      );
     }
-    const log = this.deps.log;
-    switch (outcome.kind) {
-      case "ready":
-        this.serverReady = outcome.upstream;
-        this.machine.send(Events.UpstreamReady);
-        return;
-      case "refused":
-        log.warn(
-          { conn: this.id, sqlstate: outcome.sqlstate, reason: outcome.reason },
-          "PostgreSQL refused the login",
-        );
-        return this.failWith(
-          Events.UpstreamFailed,
-          refusalForClient(outcome.sqlstate, this.destination!.database),
-        );
-      case "failed":
-        log.warn(
-          { conn: this.id, code: outcome.error.code, reason: outcome.error.message },
-          "upstream login failed",
-        );
-        return this.failWith(Events.UpstreamFailed, outcome.error);
+    if (!this.machine.in("authenticating.upstream")) {
+      pool.release(server);
+      return;
     }
+    server.settings.adopt(state.settings);
+    this.sessionState = state;
+    this.attached(server);
+    this.deps.log.info(
+      { conn: this.id, server: server.id, waitedMs, pool: pool.key },
+      "server connection assigned",
+    );
+    this.serverReady = {
+      socket: server.socket!,
+      key: server.key!,
+      startupMessages: [...server.reported].map(([k, v]) => encodeParameterStatus(k, v)),
+      ready: READY_IDLE,
+      pending: [],
+      method: server.method,
+      tlsProtocol: server.tlsProtocol,
+    };
+    this.machine.send(Events.UpstreamReady);
   }
 
   private serverReady: Upstream | undefined;
@@ -882,11 +951,20 @@ export class ClientConnection {
   private startRelay(): void {
     const upstream = this.serverReady!;
     this.serverReady = undefined;
-    this.clientKey = this.deps.cancels.issue(upstream.key.processId, this.minor, this);
+    const pool = this.pool!;
+    const pooledMode = pool.settings.mode !== "session";
+    // Session mode hands out the backend's PID; pooled modes a pgwarden one, as no backend is the client's.
+    this.clientKey = pooledMode
+      ? this.deps.cancels.issuePooled(this.minor, this)
+      : this.deps.cancels.issue(upstream.key.processId, this.minor, this);
+    const pooled: PooledSession | undefined = pooledMode
+      ? { pool, state: this.sessionState!, ...this.deps.pooling }
+      : undefined;
     const link = new Link(this, this.server!, {
       maxMessageBytes: this.deps.limits.maxMessageBytes,
       maxBuffered: this.deps.limits.maxBufferedBytesPerConnection,
       events: this.deps.events,
+      ...(pooled === undefined ? {} : { pooled }),
     });
     this.link = link;
     this.deps.log.info(
@@ -909,10 +987,11 @@ export class ClientConnection {
 
   /** CancelRequest for this connection's running query (Cancellable). */
   cancel(): Promise<void> {
-    const link = this.link;
-    if (link === undefined) return Promise.resolve();
-    this.deps.log.info({ conn: this.id, server: link.server.id }, "cancel request forwarded");
-    return link.server.cancel();
+    // Between transactions a pooled client runs nothing: the cancel cancels nothing.
+    const server = this.link?.server;
+    if (server === undefined) return Promise.resolve();
+    this.deps.log.info({ conn: this.id, server: server.id }, "cancel request forwarded");
+    return server.cancel();
   }
 
   // Endings ------------------------------------------------------------------------------------------
@@ -953,6 +1032,8 @@ export class ClientConnection {
     if (this.clientKey !== undefined) this.deps.cancels.revoke(this.clientKey);
     this.lease?.release();
     this.lease = undefined;
+    if (this.pool !== undefined) this.pool.clients--;
+    this.pool = undefined;
     if (this.admitted === "client") this.deps.admission.releaseClient();
     else if (this.admitted === "cancel") this.deps.admission.releaseCancel();
     this.admitted = undefined;

@@ -1,20 +1,30 @@
 import type { Socket } from "node:net";
 import { batchWrite } from "../adapters/batchWrite.ts";
 import { StatementTracker } from "../audit/StatementTracker.ts";
-import { type PgwardenError, pgwardenError, protocolError, SqlState } from "../errors.ts";
+import { isPgwardenError, type PgwardenError, pgwardenError, protocolError, SqlState } from "../errors.ts";
 import { type ConnectionEvent, Events, ReadyForQuery } from "../machines/events.ts";
 import type { ClientRunner } from "../machines/MachineRunner.ts";
 import { ServerEvents } from "../machines/serverEvents.ts";
+import { NO_EFFECTS, refusalQuery, refusedFeature, sessionEffectsOf } from "../pool/classify.ts";
 import { Owed } from "../pool/OwedResponses.ts";
+import { Action, type Entry, Replies, Reply } from "../pool/Replies.ts";
+import type { Pool, Waiter } from "../pool/ServerPool.ts";
+import { replaySql, type SessionState } from "../pool/SessionState.ts";
 import { encodeError } from "../protocol/backend.ts";
+import { decodeParse, encodeQuery } from "../protocol/frontend.ts";
 import { DROP, MessageScanner, type Verdict } from "../protocol/MessageScanner.ts";
 import { Backend, Frontend, frontendName } from "../protocol/messageTypes.ts";
 import {
   auditedClientSessionPolicy,
   auditedServerSessionPolicy,
   clientSessionPolicy,
+  pooledClientSessionPolicy,
+  pooledServerSessionPolicy,
   serverSessionPolicy,
 } from "../protocol/policies.ts";
+import { encodeCloseComplete, encodeParseComplete, rewriteStatementName } from "../protocol/rewrite.ts";
+import type { SqlParser } from "../sql/parser.ts";
+import type { SessionEffect, StatementEffects } from "../sql/sessionEffects.ts";
 import { clientEvents, isExtended, isSyncPoint } from "./clientEvents.ts";
 import type { EventSink } from "./EventSink.ts";
 import type { ServerConnection } from "./ServerConnection.ts";
@@ -26,7 +36,65 @@ export interface ClientSide {
   readonly machine: ClientRunner;
   /** A violation on either leg: the client half sends 08P01 and both legs close. */
   violation(error: PgwardenError): void;
+  /** Ends the session with `error` as a FATAL (a pool timeout, a refused transaction block). */
+  endWith(error: PgwardenError): void;
+  /** Pooled modes: the link now holds `server`, or has given it back. */
+  attached(server: ServerConnection): void;
+  released(server: ServerConnection, reason: "idle" | "clientClosed" | "error"): void;
 }
+
+/** What a link in transaction or statement mode works with besides its two legs. */
+export interface PooledSession {
+  readonly pool: Pool;
+  /** The client's own session settings, replayed on each server connection it gets. */
+  readonly state: SessionState;
+  readonly parser: SqlParser | undefined;
+  readonly refusePins: boolean;
+  readonly idleInTransactionTimeoutMs: number;
+  readonly transactionTimeoutMs: number;
+}
+
+const statementModeRefusal = pgwardenError(
+  "PGW_STATEMENT_MODE",
+  SqlState.featureNotSupported,
+  "transaction blocks are not allowed in statement pooling mode",
+);
+const idleInTransaction = pgwardenError(
+  "PGW_IDLE_IN_TRANSACTION",
+  SqlState.idleInTransactionTimeout,
+  "terminating connection due to idle-in-transaction timeout",
+);
+const transactionTimeout = pgwardenError(
+  "PGW_TRANSACTION_TIMEOUT",
+  SqlState.transactionTimeout,
+  "terminating connection due to transaction timeout",
+);
+const replayFailed = pgwardenError(
+  "PGW_UPSTREAM_CLOSED",
+  SqlState.connectionFailure,
+  "could not restore the session's settings on a server connection",
+);
+
+const localError = (sqlstate: string, message: string): Buffer =>
+  encodeError({ severity: "ERROR", code: sqlstate, message });
+
+/** Portal and statement names of a Bind, without decoding its parameters. */
+const bindNames = (msg: Buffer): { portal: string; statement: string } | undefined => {
+  const a = msg.indexOf(0, 5);
+  const b = a < 0 ? -1 : msg.indexOf(0, a + 1);
+  if (b < 0) return undefined;
+  return { portal: msg.toString("utf8", 5, a), statement: msg.toString("utf8", a + 1, b) };
+};
+
+/** Target ('S' or 'P') and name of a Describe or Close. */
+const targetName = (msg: Buffer): { target: number; name: string } | undefined => {
+  const end = msg.indexOf(0, 6);
+  if (msg.length < 7 || end < 0) return undefined;
+  return { target: msg[5]!, name: msg.toString("utf8", 6, end) };
+};
+
+const concat = (parts: readonly Uint8Array[]): Uint8Array =>
+  parts.length === 0 ? DROP : parts.length === 1 ? parts[0]! : Buffer.concat(parts);
 
 const STATUS: Record<number, "I" | "T" | "E"> = { 73: "I", 84: "T", 69: "E" };
 const READY_IDLE = Buffer.from([Backend.ReadyForQuery, 0, 0, 0, 5, 73]);
@@ -62,15 +130,19 @@ const isFatalSeverity = (msg: Buffer, start: number, end: number): boolean => {
 /**
  * Joins a client connection to a server connection: the two-way relay. Control messages drive
  * both machines and the server's owed-responses record; everything else passes as views of the
- * chunks it arrived in, one writev per read. In session mode a link lasts for the client's life;
- * the pooling issue unlinks at ReadyForQuery `I` with nothing owed (`server.owed.settled`).
+ * chunks it arrived in, one writev per read. In session mode a link holds one server connection
+ * for the client's life. In transaction and statement mode (`pooled`) it holds one only from the
+ * client's next request to ReadyForQuery `I` with nothing owed, then gives it back to the pool;
+ * requests are matched to replies (Replies) so that prepared statements can be mapped and
+ * replies pgwarden injected or answers itself come out in order.
  */
 export class Link {
   readonly client: ClientSide;
-  readonly server: ServerConnection;
-  private readonly serverSocket: Socket;
+  private current: ServerConnection | undefined;
+  private serverSocket: Socket | undefined;
   private readonly clientScanner: MessageScanner;
-  private readonly serverScanner: MessageScanner;
+  private serverScanner: MessageScanner;
+  private readonly serverPolicy;
   private readonly toServer: Uint8Array[] = [];
   private readonly toClient: Uint8Array[] = [];
   private readonly bufferLimit: number;
@@ -78,38 +150,74 @@ export class Link {
   /** Present only while audit records statements: audit off keeps the relay as lean as it was. */
   private readonly statements: StatementTracker | undefined;
   private readonly events: EventSink | undefined;
+  private readonly clientBase: (type: number, msg: Buffer) => Verdict;
+  private readonly serverBase: (type: number, msg: Buffer) => PgwardenError | Verdict;
+  // Pooled modes ------------------------------------------------------------------------------------
+  private readonly pooled: PooledSession | undefined;
+  private readonly replies = new Replies();
+  /** Chunks the client sent while the link held no server connection. */
+  private stash: Buffer[] = [];
+  private waiting: Waiter | undefined;
+  private releaseDue = false;
+  /** After a message pgwarden refused locally, PostgreSQL's rule: ignore everything up to Sync. */
+  private skipToSync = false;
+  /** Session effects per client statement and portal (named or not), for Execute to queue. */
+  private readonly statementEffects = new Map<string, StatementEffects>();
+  private readonly portalEffects = new Map<string, StatementEffects>();
+  /** Effects of the Executes since the last Sync, then per sync point still owed. */
+  private groupEffects: (readonly SessionEffect[])[] = [];
+  private readonly pendingGroups: StatementEffects[] = [];
+  private idleTimer: ReturnType<typeof setTimeout> | undefined;
+  private transactionTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(
     client: ClientSide,
-    server: ServerConnection,
-    limits: { maxMessageBytes: number; maxBuffered: number; events?: EventSink },
+    server: ServerConnection | undefined,
+    limits: { maxMessageBytes: number; maxBuffered: number; events?: EventSink; pooled?: PooledSession },
   ) {
     this.client = client;
-    this.server = server;
-    this.serverSocket = server.socket!;
+    this.current = server;
+    this.serverSocket = server?.socket;
     this.bufferLimit = limits.maxBuffered;
+    this.pooled = limits.pooled;
     const events = limits.events;
-    if (events?.statements === true) {
+    const audited = events?.statements === true;
+    if (audited) {
       this.events = events;
       this.statements = new StatementTracker(client.id, events);
-      this.clientScanner = new MessageScanner(
-        auditedClientSessionPolicy(limits.maxMessageBytes),
-        this.onClientMessageAudited,
-      );
-      this.serverScanner = new MessageScanner(
-        auditedServerSessionPolicy(limits.maxMessageBytes),
-        this.onServerMessageAudited,
-      );
-      return;
     }
-    this.clientScanner = new MessageScanner(
-      clientSessionPolicy(limits.maxMessageBytes),
-      this.onClientMessage,
+    if (this.pooled !== undefined) {
+      this.clientBase = this.onClientMessagePooled;
+      this.serverBase = this.onServerMessagePooled;
+      this.serverPolicy = pooledServerSessionPolicy(limits.maxMessageBytes);
+      this.clientScanner = new MessageScanner(
+        pooledClientSessionPolicy(limits.maxMessageBytes),
+        audited ? this.onClientMessageAudited : this.clientBase,
+      );
+    } else {
+      this.clientBase = this.onClientMessage;
+      this.serverBase = this.onServerMessage;
+      this.serverPolicy = (audited ? auditedServerSessionPolicy : serverSessionPolicy)(
+        limits.maxMessageBytes,
+      );
+      this.clientScanner = new MessageScanner(
+        (audited ? auditedClientSessionPolicy : clientSessionPolicy)(limits.maxMessageBytes),
+        audited ? this.onClientMessageAudited : this.clientBase,
+      );
+    }
+    this.serverScanner = this.newServerScanner();
+  }
+
+  private newServerScanner(): MessageScanner {
+    return new MessageScanner(
+      this.serverPolicy,
+      this.statements !== undefined ? this.onServerMessageAudited : this.serverBase,
     );
-    this.serverScanner = new MessageScanner(
-      serverSessionPolicy(limits.maxMessageBytes),
-      this.onServerMessage,
-    );
+  }
+
+  /** The server connection the link holds now (pooled modes: none between transactions). */
+  get server(): ServerConnection | undefined {
+    return this.current;
   }
 
   /** Starts relaying: first what each side sent ahead, then the live streams. */
@@ -119,14 +227,22 @@ export class Link {
     clientPending: readonly Buffer[];
   }): void {
     for (const m of first.toClient) this.toClient.push(m);
-    if (!this.replay(first.serverPending, this.onServerMessage, this.toClient)) return;
+    if (!this.replay(first.serverPending, this.serverBase, this.toClient)) return;
     this.flushToClient();
-    if (!this.replay(first.clientPending, this.onClientMessage, this.toServer)) return;
-    this.flushToServer();
     this.client.socket.on("data", this.onClientData);
-    this.serverSocket.on("data", this.onServerData);
+    if (this.pooled && this.current?.owed.settled) {
+      // The login's server connection goes back at once: the client has asked for nothing yet.
+      this.release("idle");
+    }
+    if (this.current !== undefined) {
+      if (!this.replay(first.clientPending, this.clientBase, this.toServer)) return;
+      this.flushToServer();
+      this.serverSocket!.on("data", this.onServerData);
+      this.serverSocket!.resume();
+    } else {
+      for (const m of first.clientPending) this.onClientData(m);
+    }
     this.client.socket.resume();
-    this.serverSocket.resume();
   }
 
   /** Stops relaying in both directions (the connection is ending, or the pool takes the server back). */
@@ -134,7 +250,12 @@ export class Link {
     if (!this.linked) return;
     this.linked = false;
     this.client.socket.off("data", this.onClientData);
-    this.serverSocket.off("data", this.onServerData);
+    this.serverSocket?.off("data", this.onServerData);
+    this.clearTimers();
+    if (this.waiting !== undefined) {
+      this.pooled?.pool.abandon(this.waiting);
+      this.waiting = undefined;
+    }
   }
 
   /** Messages that arrived during a handover go through the same checks as the stream. */
@@ -157,11 +278,15 @@ export class Link {
   }
 
   private flushToServer(): void {
-    if (!batchWrite(this.serverSocket, this.toServer, this.client.socket, this.bufferLimit)) this.overLimit();
+    if (this.toServer.length === 0) return;
+    if (!batchWrite(this.serverSocket!, this.toServer, this.client.socket, this.bufferLimit))
+      this.overLimit();
   }
 
   private flushToClient(): void {
-    if (!batchWrite(this.client.socket, this.toClient, this.serverSocket, this.bufferLimit)) this.overLimit();
+    if (this.toClient.length === 0) return;
+    const peer = this.serverSocket ?? this.client.socket;
+    if (!batchWrite(this.client.socket, this.toClient, peer, this.bufferLimit)) this.overLimit();
   }
 
   private overLimit(): void {
@@ -175,6 +300,12 @@ export class Link {
   }
 
   private readonly onClientData = (chunk: Buffer): void => {
+    if (this.current === undefined && !this.terminateOnly(chunk)) {
+      // Pooled, between transactions: the next request waits for a server connection.
+      this.stash.push(chunk);
+      this.checkout();
+      return;
+    }
     let err: PgwardenError | undefined;
     try {
       err = this.clientScanner.scan(chunk, this.toServer);
@@ -187,8 +318,19 @@ export class Link {
       this.client.violation(err);
       return;
     }
-    this.flushToServer();
+    if (this.current !== undefined) this.flushToServer();
+    if (this.pooled !== undefined) this.answerLocally();
   };
+
+  /** A lone Terminate needs no server connection. */
+  private terminateOnly(chunk: Buffer): boolean {
+    return (
+      chunk.length === 5 &&
+      chunk[0] === Frontend.Terminate &&
+      chunk.readInt32BE(1) === 4 &&
+      this.clientScanner.atBoundary
+    );
+  }
 
   private readonly onServerData = (chunk: Buffer): void => {
     let err: PgwardenError | undefined;
@@ -200,12 +342,18 @@ export class Link {
     // What came before a bad message still reaches the client: an error, often.
     this.flushToClient();
     if (err !== undefined) {
-      this.server.machine.send(ServerEvents.ProtocolViolation);
+      this.current?.machine.send(ServerEvents.ProtocolViolation);
       this.client.violation(
         err.code !== "PGW_PROTOCOL" || err.message.startsWith("PostgreSQL")
           ? err
           : protocolError(`PostgreSQL sent an invalid stream: ${err.message}`),
       );
+      return;
+    }
+    if (this.releaseDue) {
+      this.releaseDue = false;
+      if (this.serverScanner.atBoundary && this.current?.owed.settled === true && this.replies.empty)
+        this.release("idle");
     }
   };
 
@@ -213,9 +361,12 @@ export class Link {
   private readonly onClientMessageAudited = (type: number, msg: Buffer): Verdict => {
     if (type === Frontend.Query || type === Frontend.Parse || type === Frontend.FunctionCall) {
       const blocked = this.events!.blocked?.();
-      if (blocked !== undefined) return this.refuseStatement(type, msg, blocked);
+      if (blocked !== undefined) {
+        this.refuseStatement(type, msg, blocked);
+        return;
+      }
     }
-    const v = this.onClientMessage(type, msg);
+    const v = this.clientBase(type, msg);
     if (v === undefined) this.statements!.client(type, msg);
     return v;
   };
@@ -223,7 +374,9 @@ export class Link {
   private readonly onServerMessageAudited = (type: number, msg: Buffer): Verdict => {
     // Seen before the machines move: a ReadyForQuery closes the group its statements belong to.
     this.statements!.server(type, msg);
-    return type === Backend.CommandComplete ? undefined : this.onServerMessage(type, msg);
+    return type === Backend.CommandComplete && this.pooled === undefined
+      ? undefined
+      : this.serverBase(type, msg);
   };
 
   /**
@@ -241,8 +394,15 @@ export class Link {
     );
     this.statements!.refused(type, msg, error.sqlstate);
     const m = this.client.machine;
-    const owed = this.server.owed;
-    if (type === Frontend.Parse || m.state !== "ready.idle" || owed.size > 0 || owed.unsynced) return error;
+    const owed = this.current?.owed;
+    if (
+      type === Frontend.Parse ||
+      m.state !== "ready.idle" ||
+      owed === undefined ||
+      owed.size > 0 ||
+      owed.unsynced
+    )
+      return error;
     if (!m.sendUnlessViolation(clientEvents[type]!)) return error;
     m.sendUnlessViolation(ReadyForQuery.I[0]);
     this.toClient.push(
@@ -268,11 +428,11 @@ export class Link {
     if (type === Frontend.Terminate) return DROP;
     // PostgreSQL ignores Flush and Sync during COPY IN: they owe nothing and leave nothing pending.
     if (copyIn) return undefined;
-    const owed = this.server.owed;
+    const owed = this.current!.owed;
     if (isSyncPoint(type)) {
       owed.push(Owed.forward);
       owed.unsynced = false;
-      this.server.machine.send(ServerEvents.Request);
+      this.current!.machine.send(ServerEvents.Request);
     } else if (isExtended(type)) owed.unsynced = true;
     return undefined;
   };
@@ -284,10 +444,14 @@ export class Link {
       case Backend.ReadyForQuery: {
         const status = STATUS[msg.length === 6 ? msg[5]! : 0];
         if (status === undefined) return protocolError("PostgreSQL sent an invalid ReadyForQuery");
-        const owed = this.server.owed;
+        const owed = this.current!.owed;
         owed.shift();
         event = ReadyForQuery[status][owed.size > 0 || owed.unsynced ? 1 : 0];
-        this.server.machine.send(event);
+        this.current!.machine.send(event);
+        if (this.pooled !== undefined) {
+          const refused = this.afterReadyForQuery(status);
+          if (refused !== undefined) return refused;
+        }
         break;
       }
       case Backend.CopyInResponse:
@@ -314,4 +478,352 @@ export class Link {
       return protocolError(`PostgreSQL sent message 0x${type.toString(16)} out of turn in state ${m.state}`);
     return undefined;
   };
+
+  // Pooled modes: requests --------------------------------------------------------------------------
+
+  /**
+   * The session rules first (the machine), then what pooling needs: statement names mapped to
+   * the pool's, session effects noted, each request's reply expected in order.
+   */
+  private readonly onClientMessagePooled = (type: number, msg: Buffer): Verdict => {
+    const copyIn = this.client.machine.state.startsWith("busy.copy.");
+    const v = this.onClientMessage(type, msg);
+    if (v !== undefined || copyIn) return v;
+    this.clearIdleTimer();
+    if (this.skipToSync && type !== Frontend.Sync) return isExtended(type) ? DROP : this.requested(type, msg);
+    return this.requested(type, msg);
+  };
+
+  private requested(type: number, msg: Buffer): Verdict {
+    const pooled = this.pooled!;
+    const statements = pooled.pool.statements;
+    const server = this.current!;
+    switch (type) {
+      case Frontend.Query: {
+        const sql = msg.toString("utf8", 5, msg.length - 1);
+        const effects = sessionEffectsOf(pooled.parser, sql);
+        this.replies.push({ reply: Reply.query, action: Action.forward });
+        const refused = pooled.refusePins ? refusedFeature(effects) : undefined;
+        this.syncPoint(refused === undefined ? effects : NO_EFFECTS);
+        // The server fails it, so a transaction block fails exactly as for any failed statement.
+        return refused === undefined ? undefined : encodeQuery(refusalQuery(refused));
+      }
+      case Frontend.FunctionCall:
+        this.replies.push({ reply: Reply.query, action: Action.forward });
+        this.syncPoint(NO_EFFECTS);
+        return undefined;
+      case Frontend.Sync:
+        this.skipToSync = false;
+        this.replies.push({ reply: Reply.sync, action: Action.forward });
+        this.syncPoint(this.groupEffects);
+        this.groupEffects = [];
+        return undefined;
+      case Frontend.Parse: {
+        const p = decodeParse(msg);
+        if (isPgwardenError(p)) return p;
+        const effects = sessionEffectsOf(pooled.parser, p.query);
+        const refused = pooled.refusePins ? refusedFeature(effects) : undefined;
+        if (refused !== undefined) {
+          this.refuseLocally(SqlState.featureNotSupported, refused);
+          return;
+        }
+        if (effects.length > 0) this.statementEffects.set(p.name, effects);
+        else this.statementEffects.delete(p.name);
+        if (statements === undefined || p.name === "") {
+          this.replies.push({ reply: Reply.parse, action: Action.forward, name: p.name });
+          return undefined;
+        }
+        const answer = statements.onParse(this.client.id, p.name, p.query, p.paramTypes, server.id);
+        if ("sqlstate" in answer) {
+          this.refuseLocally(answer.sqlstate, answer.message);
+          return;
+        }
+        const out: Uint8Array[] = [];
+        this.inject(answer.evict, out);
+        if (!answer.needsParse) {
+          this.replies.push({ reply: Reply.parse, action: Action.local, local: encodeParseComplete() });
+          return concat(out);
+        }
+        const renamed = rewriteStatementName(msg, answer.serverName);
+        if (isPgwardenError(renamed)) return renamed;
+        this.replies.push({ reply: Reply.parse, action: Action.forward, name: p.name });
+        out.push(renamed);
+        return concat(out);
+      }
+      case Frontend.Bind: {
+        const names = bindNames(msg);
+        if (names === undefined) return protocolError("Bind: names are not terminated");
+        const effects = this.statementEffects.get(names.statement);
+        if (effects !== undefined) this.portalEffects.set(names.portal, effects);
+        else this.portalEffects.delete(names.portal);
+        return this.useStatement(Reply.bind, names.statement, msg);
+      }
+      case Frontend.Describe: {
+        const t = targetName(msg);
+        if (t === undefined) return protocolError("Describe: malformed");
+        if (t.target === 0x50) {
+          this.replies.push({ reply: Reply.describePortal, action: Action.forward });
+          return undefined;
+        }
+        return this.useStatement(Reply.describeStatement, t.name, msg);
+      }
+      case Frontend.Close: {
+        const t = targetName(msg);
+        if (t === undefined) return protocolError("Close: malformed");
+        if (t.target === 0x53) this.statementEffects.delete(t.name);
+        else this.portalEffects.delete(t.name);
+        if (t.target === 0x53 && statements?.onClose(this.client.id, t.name) === true) {
+          // The server-side statement stays for other clients; this client's name is gone.
+          this.replies.push({ reply: Reply.close, action: Action.local, local: encodeCloseComplete() });
+          return DROP;
+        }
+        this.replies.push({ reply: Reply.close, action: Action.forward });
+        return undefined;
+      }
+      case Frontend.Execute: {
+        const end = msg.indexOf(0, 5);
+        const portal = end < 0 ? "" : msg.toString("utf8", 5, end);
+        this.groupEffects.push(this.portalEffects.get(portal)?.[0] ?? []);
+        this.replies.push({ reply: Reply.execute, action: Action.forward });
+        return undefined;
+      }
+      default:
+        return undefined;
+    }
+  }
+
+  /** Bind or Describe of a statement: on this server it may need a re-Parse first. */
+  private useStatement(reply: Reply, name: string, msg: Buffer): Verdict {
+    const statements = this.pooled!.pool.statements;
+    if (statements === undefined || name === "") {
+      this.replies.push({ reply, action: Action.forward });
+      return undefined;
+    }
+    const answer =
+      reply === Reply.bind
+        ? statements.onBind(this.client.id, name, this.current!.id)
+        : statements.onDescribe(this.client.id, name, this.current!.id);
+    if ("sqlstate" in answer) {
+      this.refuseLocally(answer.sqlstate, answer.message);
+      return;
+    }
+    const out: Uint8Array[] = [];
+    this.inject(answer.inject, out);
+    const renamed = rewriteStatementName(msg, answer.serverName);
+    if (isPgwardenError(renamed)) return renamed;
+    this.replies.push({ reply, action: Action.forward });
+    out.push(renamed);
+    return concat(out);
+  }
+
+  /** Close and Parse messages pgwarden sends on its own: their replies are swallowed. */
+  private inject(messages: readonly Buffer[], out: Uint8Array[]): void {
+    for (const m of messages) {
+      const parse = m[0] === Frontend.Parse;
+      const name = parse ? m.toString("utf8", 5, m.indexOf(0, 5)) : undefined;
+      this.replies.push({
+        reply: parse ? Reply.parse : Reply.close,
+        action: Action.skip,
+        ...(name === undefined ? {} : { name }),
+      });
+      out.push(m);
+    }
+  }
+
+  /** An ERROR in the place of this message's reply; the rest up to Sync is ignored, as PostgreSQL does. */
+  private refuseLocally(sqlstate: string, message: string): Verdict {
+    this.replies.push({ reply: Reply.parse, action: Action.local, local: localError(sqlstate, message) });
+    this.skipToSync = true;
+    return DROP;
+  }
+
+  /** One more ReadyForQuery owed; its effects start counting once the replies before it are in. */
+  private syncPoint(effects: StatementEffects): void {
+    if (this.current!.owed.size === 1) this.pooled!.state.queue(effects);
+    else this.pendingGroups.push(effects);
+  }
+
+  /** Local answers at the head of the queue leave now (nothing owed before them). */
+  private answerLocally(): void {
+    if (this.replies.peek()?.action !== Action.local) return;
+    const out: Buffer[] = [];
+    this.replies.takeLocals(out);
+    for (const b of out) this.toClient.push(b);
+    this.flushToClient();
+  }
+
+  // Pooled modes: replies ---------------------------------------------------------------------------
+
+  private readonly onServerMessagePooled = (type: number, msg: Buffer): Verdict => {
+    const before: Buffer[] = [];
+    this.replies.takeLocals(before);
+    const match = this.replies.match(type);
+    let forward = true;
+    const pooled = this.pooled!;
+    const server = this.current!;
+    switch (match.kind) {
+      case "unexpected":
+        return protocolError(`PostgreSQL sent message 0x${type.toString(16)} that answers no request`);
+      case "async":
+        if (type === Backend.ParameterStatus) {
+          server.noteParameter(msg);
+          const p = msg.indexOf(0, 5);
+          if (p > 0)
+            pooled.state.onParameterStatus(
+              msg.toString("utf8", 5, p),
+              msg.toString("utf8", p + 1, msg.length - 1),
+            );
+        }
+        break;
+      case "reply":
+        forward = this.replied(type, msg, match.entry, server);
+    }
+    const v =
+      type === Backend.ReadyForQuery || type === Backend.ErrorResponse || (type >= 0x47 && type <= 0x63)
+        ? this.onServerMessage(type, msg)
+        : undefined;
+    if (v !== undefined) return v;
+    const after: Buffer[] = [];
+    this.replies.takeLocals(after);
+    if (forward && before.length === 0 && after.length === 0) return undefined;
+    return concat([...before, ...(forward ? [msg] : []), ...after]);
+  };
+
+  /** A reply to `entry`: bookkeeping, and whether the client gets it. */
+  private replied(type: number, msg: Buffer, entry: Entry, server: ServerConnection): boolean {
+    const pooled = this.pooled!;
+    const statements = pooled.pool.statements;
+    if (type === Backend.ErrorResponse) {
+      pooled.state.onError();
+      if (entry.reply === Reply.parse && entry.name !== undefined && statements !== undefined) {
+        if (entry.action === Action.skip) statements.onReparseFailed(server.id, entry.name);
+        else statements.onParseFailed(this.client.id, entry.name, server.id);
+      }
+      // A failed re-Parse is the client's error too: its Bind would fail next.
+      return true;
+    }
+    if (type === Backend.CommandComplete) {
+      pooled.state.onCommandComplete();
+      const tag = msg.toString("latin1", 5, msg.length - 1);
+      if (tag === "DISCARD ALL" || tag === "DEALLOCATE ALL") {
+        // The server dropped every prepared statement; only this client's names go with them.
+        statements?.onServerCleared(server.id);
+        statements?.deallocateAll(this.client.id);
+      }
+    }
+    return entry.action === Action.forward;
+  }
+
+  /**
+   * ReadyForQuery in a pooled mode: session state settles, statement mode refuses transaction
+   * blocks, and at `I` with nothing owed the server connection goes back to the pool.
+   */
+  private afterReadyForQuery(status: "I" | "T" | "E"): PgwardenError | undefined {
+    const pooled = this.pooled!;
+    pooled.state.onReadyForQuery(status);
+    const next = this.pendingGroups.shift();
+    if (next !== undefined) pooled.state.queue(next);
+    const stats = pooled.pool.stats;
+    stats.queries++;
+    if (status !== "I") {
+      if (pooled.pool.settings.mode === "statement") return statementModeRefusal;
+      this.armTransactionTimers();
+      return undefined;
+    }
+    stats.transactions++;
+    this.clearTimers();
+    if (this.current!.owed.settled && !pooled.state.pinned) this.releaseDue = true;
+    return undefined;
+  }
+
+  private armTransactionTimers(): void {
+    const { idleInTransactionTimeoutMs: idle, transactionTimeoutMs: total } = this.pooled!;
+    if (idle > 0) {
+      this.clearIdleTimer();
+      this.idleTimer = setTimeout(() => this.client.endWith(idleInTransaction), idle);
+    }
+    if (total > 0 && this.transactionTimer === undefined)
+      this.transactionTimer = setTimeout(() => this.client.endWith(transactionTimeout), total);
+  }
+
+  private clearIdleTimer(): void {
+    if (this.idleTimer === undefined) return;
+    clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+  }
+
+  private clearTimers(): void {
+    this.clearIdleTimer();
+    if (this.transactionTimer !== undefined) clearTimeout(this.transactionTimer);
+    this.transactionTimer = undefined;
+  }
+
+  // Pooled modes: holding and giving back server connections -----------------------------------------
+
+  /** Asks the pool for a server connection; the client's bytes wait, its socket paused. */
+  private checkout(): void {
+    if (this.waiting !== undefined || !this.linked) return;
+    this.client.socket.pause();
+    const waiter: Waiter = {
+      granted: (server) => {
+        if (this.waiting !== waiter) return this.pooled!.pool.release(server);
+        this.waiting = undefined;
+        void this.prepare(server).catch(() => this.client.endWith(replayFailed));
+      },
+      failed: (error) => {
+        if (this.waiting !== waiter) return;
+        this.waiting = undefined;
+        this.client.endWith(error);
+      },
+    };
+    this.waiting = waiter;
+    this.pooled!.pool.acquire(waiter);
+  }
+
+  /** The client's settings onto the server connection, then the waiting requests. */
+  private async prepare(server: ServerConnection): Promise<void> {
+    const state = this.pooled!.state;
+    const sql = replaySql(state.settings, server.settings.settings);
+    if (sql !== "" && !(await server.run(sql))) {
+      server.close();
+      this.pooled!.pool.release(server);
+      this.client.endWith(replayFailed);
+      return;
+    }
+    if (!this.linked) {
+      this.pooled!.pool.release(server);
+      return;
+    }
+    server.settings.adopt(state.settings);
+    this.attach(server);
+    const stash = this.stash;
+    this.stash = [];
+    for (const chunk of stash) {
+      if (!this.linked) return;
+      this.onClientData(chunk);
+    }
+    if (this.linked) this.client.socket.resume();
+  }
+
+  private attach(server: ServerConnection): void {
+    this.current = server;
+    this.serverSocket = server.socket;
+    if (!this.serverScanner.atBoundary) this.serverScanner = this.newServerScanner();
+    this.client.attached(server);
+    server.socket!.on("data", this.onServerData);
+    server.socket!.resume();
+  }
+
+  /** Gives the server connection back: ReadyForQuery `I`, nothing owed, nothing pinned. */
+  private release(reason: "idle" | "clientClosed" | "error"): void {
+    const server = this.current;
+    if (server === undefined) return;
+    this.serverSocket?.off("data", this.onServerData);
+    this.current = undefined;
+    this.serverSocket = undefined;
+    this.replies.clear();
+    server.settings.adopt(this.pooled!.state.settings);
+    this.client.released(server, reason);
+    this.pooled!.pool.release(server);
+  }
 }

@@ -27,6 +27,7 @@ import type { PgwardenConfig } from "./config.ts";
 import { Deadlines } from "./Deadlines.ts";
 import { discardEvents, type EventSink } from "./EventSink.ts";
 import type { FipsStatus } from "./fips.ts";
+import { poolLogin, type ServerConnectionDeps } from "./ServerConnection.ts";
 import { Cancels, Config, Events, Users } from "./services.ts";
 
 export interface ServerOptions {
@@ -247,10 +248,35 @@ const program = (
     const sessions = new Map<string, ClientConnection>();
     const limits = config.limits;
     const slots = admission(limits.maxClientConnections, limits.maxCancelConnections);
-    const pool = new ServerPool({
-      resetQuery: config.pool.resetQuery,
-      maxIdlePerKey: config.pool.maxIdlePerKey,
-    });
+    const pc = config.pool;
+    const pooledModes =
+      pc.mode !== "session" || pc.overrides.some((o) => o.mode !== undefined && o.mode !== "session");
+    // Pooled modes read session effects with PostgreSQL's own grammar: loaded once, before serving.
+    const parser = pooledModes
+      ? yield* Effect.promise(() => import("../sql/parser.ts").then((m) => m.loadSqlParser()))
+      : undefined;
+    let loginDeps: ServerConnectionDeps | undefined;
+    const pool = new ServerPool(
+      {
+        mode: pc.mode,
+        size: pc.size,
+        minIdle: pc.minIdle,
+        reserveSize: pc.reserveSize,
+        reserveAfterMs: pc.reserveAfterMs,
+        maxClients: pc.maxClientsPerPool,
+        queryWaitTimeoutMs: pc.queryWaitTimeoutMs,
+        serverLifetimeMs: pc.serverLifetimeMs,
+        serverIdleTimeoutMs: pc.serverIdleTimeoutMs,
+        serverConnectTimeoutMs: pc.serverConnectTimeoutMs,
+        serverCheckDelayMs: pc.serverCheckDelayMs,
+        serverCheckQuery: pc.serverCheckQuery,
+        resetQuery: pc.resetQuery,
+        maxIdle: Math.min(pc.maxIdlePerKey, pc.size + pc.reserveSize),
+        preparedPerServer: pc.preparedStatements.enabled ? pc.preparedStatements.perServerCapacity : 0,
+      },
+      pc.overrides,
+      (p) => poolLogin(loginDeps!, log, pc.serverConnectTimeoutMs)(p),
+    );
     // Pooled connections end with the program, however it ends.
     yield* Effect.addFinalizer(() => Effect.sync(() => pool.closeAll()));
     const { host, port, connectTimeoutMs } = config.upstream;
@@ -316,6 +342,12 @@ const program = (
       mockSecret: mockSecretFor(config),
       cancels,
       pool,
+      pooling: {
+        refusePins: pc.pinning.onSessionState === "refuse",
+        idleInTransactionTimeoutMs: pc.idleInTransactionTimeoutMs,
+        transactionTimeoutMs: pc.transactionTimeoutMs,
+        parser,
+      },
       admission: slots,
       deadlines: new Deadlines((e) => forkTimer(e)),
       events,
@@ -323,6 +355,13 @@ const program = (
       onTransition: withDebugLog(log, events, options.onTransition),
       connectUpstream,
       sendCancel,
+    };
+    loginDeps = {
+      target: deps.target,
+      credentials: deps.credentials,
+      connectUpstream: deps.connectUpstream,
+      sendCancel: deps.sendCancel,
+      onTransition: deps.onTransition,
     };
     // Sockets still in their first packet are bounded too: every live one is a client, a cancel,
     // or one that will be either within auth.timeoutMs.

@@ -1,4 +1,5 @@
 import type { Socket } from "node:net";
+import type { Logger } from "pino";
 import type {
   connectUpstream,
   sendCancel,
@@ -12,11 +13,76 @@ import { ReadyForQuery } from "../machines/events.ts";
 import { type ServerRunner, serverRunner, type TransitionListener } from "../machines/MachineRunner.ts";
 import { ServerEvents } from "../machines/serverEvents.ts";
 import { Owed, OwedResponses } from "../pool/OwedResponses.ts";
-import type { BackendKeyData } from "../protocol/backend.ts";
+import type { Login } from "../pool/ServerPool.ts";
+import { SessionState } from "../pool/SessionState.ts";
+import { type BackendKeyData, decodeParameterStatus } from "../protocol/backend.ts";
 import { encodeQuery, encodeTerminate } from "../protocol/frontend.ts";
 import { DROP, MessageScanner } from "../protocol/MessageScanner.ts";
 import { Backend } from "../protocol/messageTypes.ts";
-import { serverSessionPolicy } from "../protocol/policies.ts";
+import { pooledServerSessionPolicy } from "../protocol/policies.ts";
+
+const runPolicy = pooledServerSessionPolicy(1_048_576);
+
+let serverCounter = 0;
+/** Server connections have ids of their own: in pooled modes one serves many clients. */
+const nextServerId = (): string => `s${(++serverCounter).toString(36)}`;
+
+/**
+ * What the client is told when PostgreSQL refuses pgwarden's login: the SQLSTATE, and words that
+ * name nothing but what the client itself asked for (PostgreSQL's own name the service role).
+ */
+const refusalForClient = (sqlstate: string, database: string): PgwardenError =>
+  pgwardenError(
+    "PGW_UPSTREAM_AUTH",
+    sqlstate as SqlState,
+    sqlstate === "3D000"
+      ? `database "${database}" does not exist`
+      : `the database server refused the connection (SQLSTATE ${sqlstate})`,
+  );
+
+/**
+ * How pools log in: as the pool's role to its database with no other startup setting, so that
+ * RESET and DISCARD ALL return a connection to the role's defaults, never to another client's
+ * startup values; each client's own settings are replayed onto it (SessionState).
+ */
+export const poolLogin =
+  (deps: ServerConnectionDeps, log: Logger, timeoutMs: number): Login =>
+  async (pool) => {
+    const server = new ServerConnection(nextServerId(), deps);
+    server.poolKey = pool.key;
+    const timer = setTimeout(() => server.close(), timeoutMs);
+    const outcome = await server
+      .login(
+        new Map([
+          ["user", pool.role],
+          ["database", pool.database],
+        ]),
+      )
+      .catch(
+        (e: unknown): LoginOutcome => ({
+          kind: "failed",
+          error: pgwardenError("PGW_INTERNAL", SqlState.internalError, String(e)),
+        }),
+      );
+    clearTimeout(timer);
+    switch (outcome.kind) {
+      case "ready":
+        log.info({ server: server.id, pool: pool.key, pid: server.pid }, "server connection logged in");
+        return server;
+      case "refused":
+        log.warn(
+          { pool: pool.key, sqlstate: outcome.sqlstate, reason: outcome.reason },
+          "PostgreSQL refused the login",
+        );
+        return refusalForClient(outcome.sqlstate, pool.database);
+      case "failed":
+        log.warn(
+          { pool: pool.key, code: outcome.error.code, reason: outcome.error.message },
+          "upstream login failed",
+        );
+        return outcome.error;
+    }
+  };
 
 /** Who is told when the server leg is gone: the linked client, or the pool holding it. */
 export interface ServerLossListener {
@@ -62,8 +128,18 @@ export class ServerConnection {
   /** How the login authenticated and over what: kept for the next client, like the rest. */
   method = "";
   tlsProtocol: string | undefined;
-  /** The pool this connection belongs to: (database, role, startup settings). */
+  /** The pool this connection belongs to: (database, role). */
   poolKey: string | undefined;
+  /** Every parameter PostgreSQL reported (ParameterStatus), as it stands now: what a new client is told. */
+  readonly reported = new Map<string, string>();
+  /** The session settings in force on the backend, as far as pgwarden knows them (pooled modes). */
+  readonly settings = new SessionState();
+  readonly createdAt = Date.now();
+  /** When the connection last went idle in its pool. */
+  idleSince = 0;
+  /** Cancels under way for whatever this connection ran: it serves nobody else until they finish. */
+  cancelsInFlight = 0;
+  private afterCancels: (() => void) | undefined;
 
   constructor(id: string, deps: ServerConnectionDeps) {
     this.id = id;
@@ -128,6 +204,7 @@ export class ServerConnection {
     }
     this.abort = undefined;
     this.startupMessages = result.startupMessages;
+    for (const m of result.startupMessages) if (m[0] === Backend.ParameterStatus) this.noteParameter(m);
     this.ready = result.ready;
     this.method = result.method;
     this.tlsProtocol = result.tlsProtocol;
@@ -162,25 +239,47 @@ export class ServerConnection {
     return this.machine.state === "idle" && this.owed.settled && this.socket?.destroyed === false;
   }
 
-  /**
-   * Runs pgwarden's own reset query while no client is linked, swallowing its results; resolves
-   * true once the connection is idle again (ReadyForQuery `I`), false if it is not reusable.
-   */
+  /** Records a ParameterStatus PostgreSQL sent, whoever it was relayed to. */
+  noteParameter(msg: Buffer): void {
+    const p = decodeParameterStatus(msg);
+    if (typeof p === "object" && "name" in p) {
+      this.reported.set(p.name, p.value);
+      this.settings.onParameterStatus(p.name, p.value);
+    }
+  }
+
+  /** Session mode's reset query before another client gets the connection. */
   reset(sql: string): Promise<boolean> {
+    return this.run(sql, ServerEvents.Reset);
+  }
+
+  /**
+   * Runs a query of pgwarden's own while no client is linked (the reset query, a liveness check,
+   * a client's settings before its turn), swallowing its results; resolves true once the
+   * connection is idle again with no error, false if it is not reusable.
+   */
+  run(
+    sql: string,
+    event: typeof ServerEvents.Reset | typeof ServerEvents.Request = ServerEvents.Request,
+  ): Promise<boolean> {
     const socket = this.socket;
     if (socket === undefined || !this.reusable) return Promise.resolve(false);
+    this.unpark();
     return new Promise((resolve) => {
+      let failed = false;
       const done = (ok: boolean) => {
         socket.off("data", onData);
         socket.off("close", onClose);
         resolve(ok);
       };
-      const scanner = new MessageScanner(serverSessionPolicy(1_048_576), (type, msg) => {
+      const scanner = new MessageScanner(runPolicy, (type, msg) => {
+        if (type === Backend.ErrorResponse) failed = true;
+        else if (type === Backend.ParameterStatus) this.noteParameter(msg);
         if (type !== Backend.ReadyForQuery) return DROP;
         this.owed.shift();
         const status = msg[5] === 0x49 ? "I" : msg[5] === 0x54 ? "T" : "E";
         this.machine.send(ReadyForQuery[status][this.owed.size > 0 ? 1 : 0]);
-        done(this.machine.state === "idle");
+        done(!failed && this.machine.state === "idle");
         return DROP;
       });
       const sink: Uint8Array[] = [];
@@ -193,10 +292,48 @@ export class ServerConnection {
       socket.on("data", onData);
       socket.on("close", onClose);
       this.owed.push(Owed.skip);
-      this.machine.send(ServerEvents.Reset);
+      this.machine.send(event);
       socket.resume();
       socket.write(encodeQuery(sql));
     });
+  }
+
+  /** In its pool, unlinked: anything PostgreSQL sends now (a FATAL before a shutdown) retires it. */
+  park(): void {
+    const s = this.socket;
+    if (s === undefined || this.parked) return;
+    this.parked = true;
+    s.on("data", this.onParkedData);
+  }
+
+  unpark(): void {
+    if (!this.parked) return;
+    this.parked = false;
+    this.socket?.off("data", this.onParkedData);
+  }
+
+  private parked = false;
+  private readonly onParkedData = (): void => {
+    this.unpark();
+    this.close();
+  };
+
+  /** A cancel for this connection's work starts; the pool holds the connection until it ends. */
+  cancelStarted(): void {
+    this.cancelsInFlight++;
+  }
+
+  cancelEnded(): void {
+    if (--this.cancelsInFlight > 0) return;
+    const next = this.afterCancels;
+    this.afterCancels = undefined;
+    next?.();
+  }
+
+  /** Runs `then` once no cancel is under way (at once when none is). */
+  whenNoCancels(then: () => void): void {
+    if (this.cancelsInFlight === 0) then();
+    else this.afterCancels = then;
   }
 
   /** Destroys the socket at once: the end of a linger. */
@@ -206,9 +343,18 @@ export class ServerConnection {
     if (this.socket === undefined) this.resolveClosed();
   }
 
-  /** Cancels what the backend is running; resolves once PostgreSQL has closed the cancel connection. */
-  cancel(): Promise<void> {
-    if (this.key === undefined || this.machine.done) return Promise.resolve();
-    return this.deps.sendCancel(this.deps.target, this.key);
+  /**
+   * Cancels what the backend is running; resolves once PostgreSQL has closed the cancel
+   * connection. Until then the connection serves no other client, so a late cancel cannot land
+   * on someone else's statement (PostgreSQL ignores a cancel that reaches an idle backend).
+   */
+  async cancel(): Promise<void> {
+    if (this.key === undefined || this.machine.done) return;
+    this.cancelStarted();
+    try {
+      await this.deps.sendCancel(this.deps.target, this.key);
+    } finally {
+      this.cancelEnded();
+    }
   }
 }

@@ -1,7 +1,6 @@
 import type { MessageStream } from "../adapters/MessageStream.ts";
 import {
   createScramServer,
-  SCRAM_SHA_256_PLUS,
   type ScramChannelBinding,
   type ScramMechanism,
   scramMechanisms,

@@ -6,6 +6,7 @@ import { AuditConfig } from "../audit/AuditConfig.ts";
 import { isPgwardenError, type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
 import { compileAccessPolicy, AccessConfig as RulesConfig } from "../policy/accessRules.ts";
 import { SessionControlsConfig } from "../policy/sessionLimits.ts";
+import { PinningConfig, PreparedStatementsConfig } from "../pool/config.ts";
 
 /**
  * The one configuration schema. YAML file, environment and flags are merged in that order and
@@ -106,13 +107,57 @@ export const AccessConfig = Schema.Struct({
   }),
 );
 
+const PoolMode = Schema.Literals(["session", "transaction", "statement"]);
+
+/** A pool's own mode or size for a database and/or an identity; the first matching override applies. */
+export const PoolOverride = Schema.Struct({
+  database: Schema.optionalKey(Schema.String),
+  identity: Schema.optionalKey(Schema.String),
+  mode: Schema.optionalKey(PoolMode),
+  size: Schema.optionalKey(PositiveInt),
+});
+
 export const PoolConfig = Schema.Struct({
-  /** Session mode: a client keeps one server connection for its life; it is reused once the client leaves. */
-  mode: withDefault(Schema.Literals(["session"]), "session"),
-  /** Run on a server connection before another client gets it. */
+  /**
+   * session: a client keeps one server connection for its life, reused once the client leaves;
+   * transaction: a server connection serves a client for one transaction; statement: for one
+   * statement, and transaction blocks are refused (docs/pooling.md).
+   */
+  mode: withDefault(PoolMode, "session"),
+  /** Server connections per pool, a pool being one (database, upstream role). */
+  size: withDefault(PositiveInt, 20),
+  /** Idle server connections each pool keeps logged in ahead of demand. */
+  minIdle: withDefault(Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)), 0),
+  /** Extra server connections a pool may open once a client has waited `reserveAfterMs`. */
+  reserveSize: withDefault(Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)), 0),
+  reserveAfterMs: withDefault(Millis, 5_000),
+  /** Clients per pool; 0: only `limits.maxClientConnections` applies. */
+  maxClientsPerPool: withDefault(Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)), 0),
+  /** How long a client waits for a server connection before it is refused (0: forever). */
+  queryWaitTimeoutMs: withDefault(Millis, 120_000),
+  /** Pooled modes: a client idle inside a transaction this long is ended (0: never). */
+  idleInTransactionTimeoutMs: withDefault(Millis, 0),
+  /** Pooled modes: a transaction open this long ends its client (0: never). */
+  transactionTimeoutMs: withDefault(Millis, 0),
+  /** Server connections older than this are closed when next released (0: never). */
+  serverLifetimeMs: withDefault(Millis, 3_600_000),
+  /** Idle server connections are closed after this long unused, down to `minIdle` (0: never). */
+  serverIdleTimeoutMs: withDefault(Millis, 600_000),
+  /** Connect and log in to PostgreSQL within this long. */
+  serverConnectTimeoutMs: withDefault(Millis, 15_000),
+  /** A connection idle longer than this is checked with `serverCheckQuery` before checkout (0: always). */
+  serverCheckDelayMs: withDefault(Millis, 30_000),
+  /** The liveness check; the empty query costs PostgreSQL nothing but a round trip. */
+  serverCheckQuery: withDefault(Schema.String, ""),
+  /** Session mode: run on a server connection before another client gets it. */
   resetQuery: withDefault(Schema.String, "DISCARD ALL"),
   /** Idle server connections kept per pool; 0 turns reuse off. */
   maxIdlePerKey: withDefault(Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)), 20),
+  /** Protocol-level prepared statements mapped across server connections in pooled modes. */
+  preparedStatements: withDefault(PreparedStatementsConfig, {}),
+  /** Pooled modes: what happens to state that cannot move between server connections. */
+  pinning: withDefault(PinningConfig, {}),
+  overrides: withDefault(Schema.Array(PoolOverride), []),
 });
 
 export const ShutdownConfig = Schema.Struct({

@@ -27,7 +27,9 @@ export type ParseOutcome<A> =
   | { readonly ok: false; readonly error: SqlParseError };
 
 /** One raw statement of the parse tree: the node keyed by its type name (`{ VariableSetStmt: … }`). */
-export type RawNode = Readonly<Record<string, unknown>>;
+import type { RawNode } from "./nodes.ts";
+
+export { nodeOf, type RawNode } from "./nodes.ts";
 
 export interface RawStatement {
   readonly stmt: RawNode;
@@ -153,10 +155,4 @@ export const loadSqlParser = (): Promise<SqlParser> => {
     return parser;
   });
   return loaded;
-};
-
-/** The node type and its fields of a raw statement (`["VariableSetStmt", {...}]`). */
-export const nodeOf = (n: RawNode): readonly [string, Readonly<Record<string, unknown>>] => {
-  for (const k in n) return [k, (n[k] ?? {}) as Readonly<Record<string, unknown>>];
-  return ["", {}];
 };

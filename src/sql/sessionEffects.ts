@@ -1,4 +1,5 @@
-import { nodeOf, type ParseOutcome, type RawNode, type SqlParser } from "./parser.ts";
+import { nodeOf, type RawNode } from "./nodes.ts";
+import type { ParseOutcome, SqlParser } from "./parser.ts";
 import { quoteLiteral } from "./quote.ts";
 
 /**

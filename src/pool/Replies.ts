@@ -1,0 +1,163 @@
+import { Backend } from "../protocol/messageTypes.ts";
+
+/**
+ * The replies a server connection owes, one entry per request, in order — what pooled modes
+ * need beyond OwedResponses' count of sync points. Each entry says whether its reply goes to the
+ * client (forward), is swallowed (skip: a re-Parse or Close pgwarden injected), or is pgwarden's
+ * own answer sent in its place (local: ParseComplete for a statement the server already has,
+ * CloseComplete, an ErrorResponse for a refused message). A local answer leaves only when every
+ * reply before it has, so the client sees replies in the order it sent requests.
+ */
+
+export const Reply = {
+  parse: 1,
+  bind: 2,
+  close: 3,
+  /** Describe of a statement: ParameterDescription, then RowDescription or NoData. */
+  describeStatement: 4,
+  describePortal: 5,
+  /** CommandComplete, EmptyQueryResponse or PortalSuspended (after rows or COPY). */
+  execute: 6,
+  sync: 7,
+  /** A simple query or FunctionCall: everything up to its ReadyForQuery. */
+  query: 8,
+} as const;
+export type Reply = (typeof Reply)[keyof typeof Reply];
+
+export const Action = { forward: 0, skip: 1, local: 2 } as const;
+export type Action = (typeof Action)[keyof typeof Action];
+
+export interface Entry {
+  readonly reply: Reply;
+  readonly action: Action;
+  /** The answer a local entry sends. */
+  readonly local?: Buffer;
+  /** Parse entries: the client's statement name (forward) or the server-side name (skip). */
+  readonly name?: string;
+}
+
+/** What a server message means for the head entry. */
+export type Match =
+  /** Not a reply to any request (ParameterStatus, a notice): forward. */
+  | { readonly kind: "async" }
+  /** A reply to `entry`; `done` when it is the entry's last one. */
+  | { readonly kind: "reply"; readonly entry: Entry; readonly done: boolean }
+  | { readonly kind: "unexpected" };
+
+const ASYNC: Match = { kind: "async" };
+const UNEXPECTED: Match = { kind: "unexpected" };
+
+/** Replies that end each kind of request, by server message type. */
+const ends = (reply: Reply, type: number): boolean => {
+  switch (reply) {
+    case Reply.parse:
+      return type === Backend.ParseComplete;
+    case Reply.bind:
+      return type === Backend.BindComplete;
+    case Reply.close:
+      return type === Backend.CloseComplete;
+    case Reply.describeStatement:
+    case Reply.describePortal:
+      return type === Backend.RowDescription || type === Backend.NoData;
+    case Reply.execute:
+      return (
+        type === Backend.CommandComplete ||
+        type === Backend.EmptyQueryResponse ||
+        type === Backend.PortalSuspended
+      );
+    case Reply.sync:
+    case Reply.query:
+      return type === Backend.ReadyForQuery;
+  }
+};
+
+/** Messages that may come in the middle of a request's replies. */
+const partOf = (reply: Reply, type: number): boolean => {
+  if (reply === Reply.query) return true;
+  if (reply === Reply.describeStatement) return type === Backend.ParameterDescription;
+  if (reply === Reply.execute)
+    return (
+      type === Backend.CopyInResponse ||
+      type === Backend.CopyOutResponse ||
+      type === Backend.CopyBothResponse ||
+      type === Backend.CopyDone ||
+      type === Backend.RowDescription
+    );
+  return false;
+};
+
+export class Replies {
+  private entries: Entry[] = [];
+  private head = 0;
+
+  get size(): number {
+    return this.entries.length - this.head;
+  }
+
+  get empty(): boolean {
+    return this.head === this.entries.length;
+  }
+
+  push(entry: Entry): void {
+    this.entries.push(entry);
+  }
+
+  peek(): Entry | undefined {
+    return this.entries[this.head];
+  }
+
+  private shift(): Entry | undefined {
+    const e = this.entries[this.head];
+    if (e === undefined) return undefined;
+    this.head++;
+    if (this.head === this.entries.length) {
+      this.entries.length = 0;
+      this.head = 0;
+    }
+    return e;
+  }
+
+  /** Local answers now at the head, in order: each leaves once what came before it has. */
+  takeLocals(out: Buffer[]): void {
+    for (let e = this.peek(); e !== undefined && e.action === Action.local; e = this.peek()) {
+      this.shift();
+      out.push(e.local!);
+    }
+  }
+
+  /**
+   * Matches a server message to the head request; ErrorResponse ends the head request and, as
+   * PostgreSQL skips to the next Sync after an error, every request before that Sync too (their
+   * local answers included: PostgreSQL would not have sent them either). Returns the request the
+   * error ended, for prepared-statement bookkeeping.
+   */
+  match(type: number): Match {
+    if (
+      type === Backend.ParameterStatus ||
+      type === Backend.NoticeResponse ||
+      type === Backend.NotificationResponse
+    )
+      return ASYNC;
+    const head = this.peek();
+    if (head === undefined) return UNEXPECTED;
+    if (type === Backend.ErrorResponse) {
+      // A query's error, or one at Sync (a failed implicit COMMIT): ReadyForQuery still follows.
+      if (head.reply === Reply.query || head.reply === Reply.sync)
+        return { kind: "reply", entry: head, done: false };
+      this.shift();
+      for (let e = this.peek(); e !== undefined && e.reply !== Reply.sync; e = this.peek()) this.shift();
+      return { kind: "reply", entry: head, done: true };
+    }
+    if (ends(head.reply, type)) {
+      this.shift();
+      return { kind: "reply", entry: head, done: true };
+    }
+    if (partOf(head.reply, type)) return { kind: "reply", entry: head, done: false };
+    return UNEXPECTED;
+  }
+
+  clear(): void {
+    this.entries.length = 0;
+    this.head = 0;
+  }
+}
