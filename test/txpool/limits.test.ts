@@ -92,9 +92,8 @@ describe.skipIf(skip !== undefined)(`pool limits and timeouts (${skip ?? "runnin
 
   it("queryWaitTimeoutMs: a client waiting too long for a server connection gets a timeout error", async () => {
     await start({ pool: { mode: "transaction", size: 1, queryWaitTimeoutMs: 600 } });
-    const holder = await session();
+    const [holder, waiter] = [await session(), await session()];
     expect((await holder.query("BEGIN")).status).toBe("T");
-    const waiter = await session();
     const t0 = Date.now();
     const r = await waiter.query("SELECT 1", 15_000);
     const waited = Date.now() - t0;
@@ -104,6 +103,19 @@ describe.skipIf(skip !== undefined)(`pool limits and timeouts (${skip ?? "runnin
     expect(waited).toBeLessThan(5000);
     // The holder was not disturbed.
     expect((await holder.query("SELECT 1; COMMIT")).error).toBeUndefined();
+  });
+
+  it("a client logs in while every server connection is busy (login needs no server connection)", async () => {
+    await start({ pool: { mode: "transaction", size: 1, queryWaitTimeoutMs: 5000 } });
+    const holder = await session();
+    expect((await holder.query("BEGIN")).status).toBe("T");
+    const t0 = Date.now();
+    const late = await session();
+    expect(Date.now() - t0).toBeLessThan(1000);
+    const waiting = late.query("SELECT 'served after COMMIT'");
+    await sleep(200);
+    await holder.query("COMMIT");
+    expect((await waiting).rows).toEqual([["served after COMMIT"]]);
   });
 
   it("limits.maxClientConnections: the client over the cap is refused, the others go on", async () => {
@@ -147,9 +159,8 @@ describe.skipIf(skip !== undefined)(`pool limits and timeouts (${skip ?? "runnin
     await start({
       pool: { mode: "transaction", size: 1, reserveSize: 1, reserveAfterMs: 300, queryWaitTimeoutMs: 10_000 },
     });
-    const holder = await session();
+    const [holder, waiter] = [await session(), await session()];
     const held = Number((await holder.query("BEGIN; SELECT pg_backend_pid()")).rows[0]![0]);
-    const waiter = await session();
     const t0 = Date.now();
     const r = await waiter.query("SELECT pg_backend_pid()", 10_000);
     expect(r.error).toBeUndefined();

@@ -1,7 +1,14 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { PgSession } from "../support/pgSession.ts";
-import { directClient } from "../support/postgres.ts";
-import { createFixture, type Fixture, notYet, type PooledTarget, startTarget, supports } from "./target.ts";
+import {
+  createFixture,
+  type Fixture,
+  notYet,
+  type PooledTarget,
+  startTarget,
+  superuserIn,
+  supports,
+} from "./target.ts";
 
 /**
  * State that cannot move between server connections, both ways pgwarden can be configured:
@@ -85,7 +92,7 @@ const setup = (onSessionState: "pin" | "refuse", tag: string) => {
 };
 
 describe.skipIf(skip !== undefined)(`pinning: onSessionState pin (${skip ?? "running"})`, () => {
-  const { session } = setup("pin", "pin");
+  const { state, session } = setup("pin", "pin");
 
   for (const c of CASES) {
     it(`${c.name} keeps the backend with the client while others share the rest`, async () => {
@@ -111,7 +118,8 @@ describe.skipIf(skip !== undefined)(`pinning: onSessionState pin (${skip ?? "run
   it("a NOTIFY reaches a pinned listener between its transactions", async () => {
     const a = await session();
     await a.query("LISTEN pin_wakeup");
-    const admin = await directClient();
+    // NOTIFY reaches listeners of the same database only.
+    const admin = await superuserIn(state.fixture.database);
     try {
       await admin.query("NOTIFY pin_wakeup, 'hello'");
     } finally {

@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { dataRow, msg, type PgSession, type Reply, typesOf } from "../support/pgSession.ts";
 import {
   createFixture,
@@ -55,6 +55,10 @@ describe.skipIf(skip !== undefined)(`prepared statements in transaction mode (${
     target = await startTarget(fixture, {
       pool: { mode: "transaction", size: SIZE, preparedStatements: { enabled: true, perServerCapacity: 2 } },
     });
+  });
+
+  // A server connection may have been replaced by an earlier test's failure: look again each time.
+  beforeEach(async () => {
     servers = await warmPool(target, role, SIZE);
     expect(new Set(servers).size).toBe(SIZE);
   });
