@@ -37,6 +37,8 @@ export interface PgbenchFigures {
   readonly p99Ms: number | undefined;
   readonly cpuUsPerTx: number | undefined;
   readonly transactions: number | undefined;
+  /** Error lines pgbench logged without counting a failed transaction (its prepare step). */
+  readonly loggedErrors: number;
   readonly error: string | undefined;
 }
 
@@ -119,7 +121,13 @@ async function pgbench(
   clearTimeout(watchdog);
   const after = target.pid === undefined ? undefined : readCpuTicks(target.pid);
   const output = child.output();
-  const parsed = parsePgbenchOutput(output);
+  // With -C pgbench reports tps "including reconnection times" instead.
+  const reconnecting = /^tps = ([\d.]+) \(including reconnection times\)/m.exec(output)?.[1];
+  const base = parsePgbenchOutput(output);
+  const parsed = {
+    ...base,
+    tps: base.tps ?? (reconnecting === undefined ? undefined : Number(reconnecting)),
+  };
   let error: string | undefined;
   if (child.process.exitCode !== 0)
     error = `pgbench exited with ${child.process.exitCode ?? child.process.signalCode}`;
@@ -144,6 +152,7 @@ async function pgbench(
     p99Ms: ms(quantile(latencies, 0.99)),
     cpuUsPerTx: cpu,
     transactions: parsed.transactions,
+    loggedErrors: output.split("\n").filter((l) => /error/i.test(l)).length,
     error,
   };
 }
@@ -318,6 +327,12 @@ export function formatPooled(result: PooledResult): string {
       (r) =>
         `${r.target} ${r.connect ? "-C " : ""}${r.protocol} ${r.clients}: ${r.error?.split("\n").slice(0, 2).join(" / ")}`,
     );
+  const logged = result.runs
+    .filter((r) => r.ok && r.loggedErrors > 0)
+    .map(
+      (r) =>
+        `${r.target} ${r.protocol} ${r.clients}: pgbench logged ${r.loggedErrors} error lines (not failed transactions)`,
+    );
   const memoryRows = result.memory.map((m) => [
     m.target,
     String(m.opened),
@@ -349,6 +364,7 @@ export function formatPooled(result: PooledResult): string {
       rows,
     ),
     ...failures,
+    ...logged,
     `goals: TPS ≥ ${POOLED_GOALS.tpsVsPgbouncer}× PgBouncer; -C ≥ ${POOLED_GOALS.connectVsPgbouncer}× PgBouncer`,
     "",
     `memory per idle client, ${POOLED_IDLE} clients, fresh process (goal ≤ ${POOLED_GOALS.idleKiB} KiB)`,
