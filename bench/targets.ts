@@ -150,7 +150,10 @@ export function pgwardenConfig(
     auth: { method: "trust" },
     limits: { maxClientConnections: options.maxClients },
     log: { level: "warn" },
-    ...(options.pool ? { pool: { mode: options.pool.mode, size: options.pool.size } } : {}),
+    // Session mode holds a server connection per client: size the pool for every client the run opens.
+    pool: options.pool
+      ? { mode: options.pool.mode, size: options.pool.size }
+      : { size: Math.max(100, options.maxClients) },
     ...(audit === undefined ? {} : { audit }),
   };
 }

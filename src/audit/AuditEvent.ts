@@ -66,13 +66,22 @@ const ConnectionClosed = variant("connection.closed", {
   serverBytesOut: Opt(NonNegInt),
   sqlstate: Opt(SqlStateCode),
 });
+const TlsLeg = Schema.Literals(["client", "server"]);
+const TlsNegotiation = Schema.Literals(["ssl-request", "direct"]);
 const TlsEstablished = variant("tls.established", {
-  leg: Schema.Literals(["client", "server"]),
+  leg: TlsLeg,
+  /** How the client asked for TLS: SSLRequest, or a direct TLS handshake (PostgreSQL 17+). */
+  negotiation: Opt(TlsNegotiation),
   version: Str,
   cipher: Str,
   peerSubject: Opt(Str),
   /** SHA-256 of the peer certificate's DER, hex. */
   peerFingerprint: Opt(Hex64),
+});
+const TlsFailure = variant("tls.failure", {
+  leg: TlsLeg,
+  negotiation: Opt(TlsNegotiation),
+  reason: Str,
 });
 const AuthAttempt = variant("auth.attempt", { method: Str, user: Str });
 const AuthSuccess = variant("auth.success", { method: Str, user: Str });
@@ -95,17 +104,20 @@ const Transition = variant("transition", {
   cause: Str,
 });
 const PoolCheckout = variant("pool.checkout", {
+  /** `database/role` */
   pool: Str,
+  /** The server connection lent to the session. */
   server: Str,
-  backendPid: Opt(NonNegInt),
+  mode: Schema.Literals(["session", "transaction", "statement"]),
+  /** How long the session waited for it. */
   waitMs: NonNeg,
 });
 const PoolRelease = variant("pool.release", {
   pool: Str,
   server: Str,
-  backendPid: Opt(NonNegInt),
-  heldMs: NonNeg,
-  reusable: Schema.Boolean,
+  reason: Schema.Literals(["idle", "clientClosed", "serverLost", "error"]),
+  /** Since the checkout of the same server connection by the same session, when it was recorded. */
+  heldMs: Opt(NonNeg),
 });
 export const StatementMessage = Schema.Literals([
   "Query",
@@ -116,8 +128,19 @@ export const StatementMessage = Schema.Literals([
   "Copy",
 ]);
 export const StatementTextMode = Schema.Literals(["full", "normalized", "fingerprint", "none"]);
+/** A state change folded into the statement record it happened for (same fields as `transition`). */
+export const FoldedTransition = Schema.Struct({
+  ts: Timestamp,
+  machine: Schema.Literals(["client", "server"]),
+  from: Str,
+  to: Str,
+  cause: Str,
+});
+export type FoldedTransition = typeof FoldedTransition.Type;
 const Statement = variant("statement", {
   message: StatementMessage,
+  /** The server connection that ran it. */
+  server: Opt(Str),
   textMode: StatementTextMode,
   text: Opt(Str),
   fingerprint: Opt(Str),
@@ -134,6 +157,11 @@ const Statement = variant("statement", {
   durationMs: Opt(NonNeg),
   outcome: Schema.Literals(["ok", "error", "cancelled"]),
   sqlstate: Opt(SqlStateCode),
+  /**
+   * Every transition of the session's client machine and of `server`'s machine since the
+   * previous record of either, oldest first, when not recorded as `transition` records.
+   */
+  transitions: Opt(Schema.Array(FoldedTransition)),
 });
 const KeyRotation = variant("audit.key.rotation", {
   keyType: Schema.Literals(["hmac", "signing"]),
@@ -197,6 +225,7 @@ const variants = [
   ConnectionAccepted,
   ConnectionClosed,
   TlsEstablished,
+  TlsFailure,
   AuthAttempt,
   AuthSuccess,
   AuthFailure,
@@ -217,6 +246,7 @@ export const AuditEvent = Schema.Union([
   ConnectionAccepted.event,
   ConnectionClosed.event,
   TlsEstablished.event,
+  TlsFailure.event,
   AuthAttempt.event,
   AuthSuccess.event,
   AuthFailure.event,
@@ -240,6 +270,7 @@ export const AuditRecord = Schema.Union([
   ConnectionAccepted.record,
   ConnectionClosed.record,
   TlsEstablished.record,
+  TlsFailure.record,
   AuthAttempt.record,
   AuthSuccess.record,
   AuthFailure.record,

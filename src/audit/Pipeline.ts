@@ -7,9 +7,11 @@ import type { SqlParser } from "../sql/parser.ts";
 import { type AuditError, auditError, isAuditError } from "./AuditError.ts";
 import type { AuditEvent } from "./AuditEvent.ts";
 import type { ChainedLine } from "./Chain.ts";
-import { eventOf, SessionContexts, type StatementTextMode } from "./eventOf.ts";
+import type { StatementTextMode } from "./eventOf.ts";
+import { RecordBuilder } from "./RecordBuilder.ts";
 import { makeRemoteFeed, type RemoteFeed } from "./RemoteFeed.ts";
 import { SegmentWriter, type SegmentWriterOptions } from "./SegmentWriter.ts";
+import { makeSinkCursor, readSinkCursor, type SinkCursor } from "./SinkCursor.ts";
 import { formatEpochMs, makeEpochMsClock } from "./timestamp.ts";
 
 /**
@@ -53,6 +55,8 @@ export interface AuditPipelineOptions
   readonly version: string;
   /** How often a failed local store is reopened. */
   readonly reopenMs?: number;
+  /** Fold transitions into statement records (default true; see RecordBuilder). */
+  readonly foldTransitions?: boolean;
 }
 
 export interface SinkStatus {
@@ -144,7 +148,11 @@ export const makeAuditPipeline = (
     const clock = makeEpochMsClock();
     const ring = new Ring(o.queueMax);
     const hasWork = yield* Latch.make(false);
-    const ctx = new SessionContexts();
+    const builder = new RecordBuilder({
+      statements: o.statements,
+      parser: o.parser,
+      ...(o.foldTransitions === undefined ? {} : { fold: o.foldTransitions }),
+    });
     const feeds: RemoteFeed[] = [];
     let dropped = 0;
     let lost = 0;
@@ -202,8 +210,20 @@ export const makeAuditPipeline = (
         } as Omit<AuditEvent, "ts">);
       }
     };
+    const cursors: SinkCursor[] = [];
     for (const spec of o.sinks) {
-      const queue = yield* makeSinkQueue(spec.sink, spec.queue, { onEvent: onSinkEvent(spec.required) });
+      const name = spec.sink.name;
+      const saved = yield* Effect.promise(() => readSinkCursor(o.dir, o.instance, name));
+      // A sink without a cursor (new) starts from what is durable now; the cursor says so at once.
+      const cursor = makeSinkCursor(o.dir, o.instance, name, saved, (e) =>
+        log.warn({ sink: name, error: String((e as Error).message) }, "audit sink cursor not saved"),
+      );
+      if (saved === undefined) cursor.acked(writer.durableSeq);
+      cursors.push(cursor);
+      const queue = yield* makeSinkQueue(spec.sink, spec.queue, {
+        onEvent: onSinkEvent(spec.required),
+        onAcked: cursor.acked,
+      });
       feeds.push(
         yield* makeRemoteFeed({
           queue,
@@ -211,6 +231,7 @@ export const makeAuditPipeline = (
           dir: o.dir,
           instance: o.instance,
           durableSeq: () => writer.durableSeq,
+          resumeAfter: saved ?? writer.durableSeq,
         }),
       );
     }
@@ -224,8 +245,13 @@ export const makeAuditPipeline = (
       return undefined;
     };
 
-    const textOptions = { statements: o.statements, parser: o.parser };
     const at = { t: 0 };
+    const built: AuditEvent[] = [];
+    const append = (ev: AuditEvent) => {
+      if (writer.append(ev)) return 1;
+      lost++;
+      return 0;
+    };
     /** Moves everything queued into the writer, then makes it durable. */
     const drainOnce = Effect.gen(function* () {
       busy = true;
@@ -233,19 +259,18 @@ export const makeAuditPipeline = (
       let n = 0;
       while (ring.size > 0) {
         const item = ring.shift(at);
-        const ts = formatEpochMs(at.t);
-        let ev: AuditEvent | undefined;
-        if (item.kind === "audit") ev = { ...item.event, ts } as AuditEvent;
-        else {
-          ctx.update(item);
-          ev = eventOf(item, ts, ctx, textOptions);
-          if (item.kind === "connectionClosed") ctx.forget(item.conn);
+        if (item.kind === "audit") {
+          n += append({ ...item.event, ts: formatEpochMs(at.t) } as AuditEvent);
+          continue;
         }
-        if (ev !== undefined) {
-          if (writer.append(ev)) n++;
-          else lost++;
-        }
+        builder.add(item, at.t, built);
+        for (const ev of built) n += append(ev);
+        built.length = 0;
       }
+      // Transitions no statement took within the hold time, or all of them when closing.
+      builder.flushHeld(built, closing ? Number.POSITIVE_INFINITY : clock());
+      for (const ev of built) n += append(ev);
+      built.length = 0;
       const err = n === 0 ? undefined : yield* Effect.promise(() => writer.flush());
       busy = false;
       if (err !== undefined) {
@@ -291,6 +316,19 @@ export const makeAuditPipeline = (
           yield* hasWork.await;
           yield* drainOnce;
         }),
+      ),
+    );
+
+    // Held transitions are written within about the hold time even when nothing else arrives.
+    yield* Effect.forkScoped(
+      Effect.forever(
+        Effect.sleep(Duration.millis(100)).pipe(
+          Effect.andThen(
+            Effect.sync(() => {
+              if (builder.holding > 0) hasWork.openUnsafe();
+            }),
+          ),
+        ),
       ),
     );
 
@@ -342,7 +380,10 @@ export const makeAuditPipeline = (
         const deadline = Date.now() + timeoutMs;
         closing = true;
         hasWork.openUnsafe();
-        yield* settled(deadline, () => (ring.size === 0 && !busy) || localError !== undefined);
+        yield* settled(
+          deadline,
+          () => (ring.size === 0 && !busy && builder.holding === 0) || localError !== undefined,
+        );
         yield* Fiber.interrupt(worker);
         const err = yield* Effect.promise(() => writer.close());
         if (err !== undefined) log.error({ error: describe(err) }, "audit segments not sealed");
@@ -356,6 +397,7 @@ export const makeAuditPipeline = (
               "audit sink not drained at shutdown; the local segments hold the rest",
             );
         }
+        yield* Effect.promise(() => Promise.all(cursors.map((c) => c.flush())));
         if (dropped > 0) log.error({ dropped }, "audit events dropped: the queue was full");
         return (
           err ??

@@ -20,6 +20,8 @@ export interface RemoteFeedOptions {
   readonly durableSeq: () => number;
   /** Poll interval while the queue is full during a catch-up. */
   readonly pollMs?: number;
+  /** Seq the sink acknowledged last (its saved cursor): records after it are caught up first. */
+  readonly resumeAfter?: number;
 }
 
 export interface RemoteFeed {
@@ -40,7 +42,8 @@ export const makeRemoteFeed = (o: RemoteFeedOptions): Effect.Effect<RemoteFeed, 
     const pollMs = o.pollMs ?? 20;
     let catchingUp = false;
     let caughtUp = 0;
-    let lastOffered = o.durableSeq();
+    const durableAtStart = o.durableSeq();
+    let lastOffered = Math.min(o.resumeAfter ?? durableAtStart, durableAtStart);
     // Catch-ups run in the feed's scope: closing the pipeline interrupts one under way.
     const fork = yield* FiberSet.makeRuntime<never>();
     const lineOf = (seq: number, text: string): AuditLine => ({ seq, id: `${o.instance}-${seq}`, text });
@@ -109,5 +112,10 @@ export const makeRemoteFeed = (o: RemoteFeedOptions): Effect.Effect<RemoteFeed, 
         }
       },
     };
+    // A sink that was behind when pgwarden last stopped starts with the records it missed.
+    if (lastOffered < durableAtStart) {
+      catchingUp = true;
+      fork(catchUp);
+    }
     return feed;
   });

@@ -127,6 +127,7 @@ const answers = (m: Message) => m === "Execute" || m === "Query" || m === "Copy"
 
 export class StatementTracker {
   readonly #conn: string;
+  #server: string | undefined;
   readonly #sink: EventSink;
   readonly #now: () => number;
   /** Sync groups sent and not yet answered by ReadyForQuery, oldest first. */
@@ -134,10 +135,22 @@ export class StatementTracker {
   /** Extended messages since the last Sync. */
   #open: Op[] = [];
 
-  constructor(conn: string, sink: EventSink, now: () => number = performance.now.bind(performance)) {
+  /** `server`: the server connection's id, so its machine's transitions fold into these records. */
+  constructor(
+    conn: string,
+    sink: EventSink,
+    now: () => number = performance.now.bind(performance),
+    server?: string,
+  ) {
     this.#conn = conn;
+    this.#server = server;
     this.#sink = sink;
     this.#now = now;
+  }
+
+  /** Pooled modes: the server connection the link holds changes per transaction. */
+  set serverId(id: string | undefined) {
+    this.#server = id;
   }
 
   /** The group the server is answering now. */
@@ -220,6 +233,7 @@ export class StatementTracker {
     const ev: StatementObservation = {
       kind: "statement",
       conn: this.#conn,
+      ...(this.#server === undefined ? {} : { server: this.#server }),
       message: op.message,
       durationMs: Math.max(0, Math.round((t - op.t0) * 1000) / 1000),
       outcome,

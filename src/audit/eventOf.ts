@@ -96,6 +96,13 @@ const statementText = (
   return f.ok ? { fingerprint: f.value, ...p } : p;
 };
 
+/** Node prints certificate fingerprints as `AB:CD:…`; records hold the 64 lowercase hex digits. */
+const fingerprintHex = (f: string | undefined): string | undefined => {
+  if (f === undefined) return undefined;
+  const hex = f.replaceAll(":", "").toLowerCase();
+  return /^[0-9a-f]{64}$/.test(hex) ? hex : undefined;
+};
+
 export interface EventOfOptions {
   readonly statements: StatementTextMode;
   readonly parser: SqlParser | undefined;
@@ -163,6 +170,7 @@ export const eventOf = (
       return {
         ...ctx.envelope(e.conn, ts),
         kind: "statement",
+        ...opt("server", e.server),
         message: e.message,
         textMode: o.statements,
         ...statementText(e, o.statements, o.parser),
@@ -175,6 +183,42 @@ export const eventOf = (
         durationMs: e.durationMs,
         outcome: e.outcome,
         ...opt("sqlstate", e.sqlstate),
+      };
+    case "tlsHandshake":
+      return e.ok
+        ? {
+            ...ctx.envelope(e.conn, ts),
+            kind: "tls.established",
+            leg: "client",
+            negotiation: e.negotiation,
+            version: e.protocol ?? "unknown",
+            cipher: e.cipher ?? "unknown",
+            ...opt("peerSubject", e.clientSubject?.replaceAll("\n", ", ")),
+            ...opt("peerFingerprint", fingerprintHex(e.clientCertificate)),
+          }
+        : {
+            ...ctx.envelope(e.conn, ts),
+            kind: "tls.failure",
+            leg: "client",
+            negotiation: e.negotiation,
+            reason: e.reason ?? "handshake failed",
+          };
+    case "poolCheckout":
+      return {
+        ...ctx.envelope(e.conn, ts),
+        kind: "pool.checkout",
+        pool: e.pool,
+        server: e.server,
+        mode: e.mode,
+        waitMs: Math.max(0, e.waitedMs),
+      };
+    case "poolRelease":
+      return {
+        ...ctx.envelope(e.conn, ts),
+        kind: "pool.release",
+        pool: e.pool,
+        server: e.server,
+        reason: e.reason,
       };
     case "connectionClosed":
       return {

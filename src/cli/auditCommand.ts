@@ -113,7 +113,9 @@ const describe = (r: Readonly<Record<string, unknown>>): string => {
     case "connection.closed":
       return `connection closed: ${s("reason")} after ${r.durationMs} ms, ${r.clientBytesIn} bytes in, ${r.clientBytesOut} out`;
     case "tls.established":
-      return `TLS ${s("version")} ${s("cipher")} on the ${s("leg")} leg${r.peerSubject ? `, peer ${s("peerSubject")}` : ""}`;
+      return `TLS ${s("version")} ${s("cipher")} on the ${s("leg")} leg${r.peerSubject ? `, peer ${s("peerSubject")}` : ""}${r.peerFingerprint ? ` (certificate sha256 ${s("peerFingerprint")})` : ""}`;
+    case "tls.failure":
+      return `TLS HANDSHAKE FAILED on the ${s("leg")} leg: ${s("reason")}`;
     case "auth.attempt":
       return `authentication attempt: ${s("method")} as ${s("user")}`;
     case "auth.success":
@@ -125,9 +127,9 @@ const describe = (r: Readonly<Record<string, unknown>>): string => {
     case "transition":
       return `${s("machine")} ${s("from")} → ${s("to")} on ${s("cause")}`;
     case "pool.checkout":
-      return `server connection ${s("server")} checked out of ${s("pool")} after ${r.waitMs} ms`;
+      return `server connection ${s("server")} checked out of ${s("pool")} (${s("mode")} mode) after waiting ${r.waitMs} ms`;
     case "pool.release":
-      return `server connection ${s("server")} released to ${s("pool")} after ${r.heldMs} ms`;
+      return `server connection ${s("server")} released to ${s("pool")} (${s("reason")})${r.heldMs === undefined ? "" : ` after ${r.heldMs} ms`}`;
     case "statement": {
       const what = str(r.text) ?? (r.fingerprint ? `fingerprint ${s("fingerprint")}` : "(text not recorded)");
       const outcome =
@@ -177,6 +179,10 @@ const runShow = async (args: string[], io: AuditCommandIo): Promise<number> => {
     }
     if (str(r.identity) !== undefined) s.identities.add(str(r.identity)!);
     s.lines.push(`  ${str(r.ts)}  #${String(r.seq)}  ${describe(r)}`);
+    // Transitions folded into a statement record, each at its own time.
+    if (Array.isArray(r.transitions))
+      for (const t of r.transitions as Record<string, unknown>[])
+        s.lines.push(`  ${str(t.ts)}      ${describe({ ...t, kind: "transition" })}`);
   }
   let shown = 0;
   for (const [key, s] of sessions) {

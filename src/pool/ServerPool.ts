@@ -172,6 +172,11 @@ export class Pool {
    */
   release(server: ServerConnection): void {
     this.active.delete(server);
+    // A connection that is closed anyway need not wait for its cancels.
+    if (!server.reusable) {
+      this.settled(server, false);
+      return;
+    }
     server.whenNoCancels(() => {
       if (this.settings.mode === "session" && server.reusable && this.keeps(server)) {
         void server.reset(this.settings.resetQuery).then((ok) => {

@@ -42,8 +42,12 @@ interface Transaction {
 // DISCARD ALL ends everything that pins except a loaded library, which stays loaded.
 const SURVIVES_DISCARD_ALL: ReadonlySet<PinReason> = new Set(["load"]);
 
+/** Tags name a content of the settings: two states with one tag hold the same values. */
+let lastTag = 0;
+
 export class SessionState {
   private readonly values = new Map<string, GucValue>();
+  private tag = ++lastTag;
   private readonly pinSet = new Set<PinReason>();
   private awaiting: (readonly SessionEffect[])[] = [];
   private txn: Transaction | undefined;
@@ -63,6 +67,11 @@ export class SessionState {
     return new Map(this.values);
   }
 
+  /** The same settings without a copy: for comparing and replaying on the hot path; do not keep it. */
+  get current(): GucMap {
+    return this.values;
+  }
+
   get pins(): ReadonlySet<PinReason> {
     return new Set(this.pinSet);
   }
@@ -71,10 +80,24 @@ export class SessionState {
     return this.pinSet.size > 0;
   }
 
+  /** Holds the same settings as `other` without comparing them: one adopted the other's unchanged. */
+  sameAs(other: SessionState): boolean {
+    return this.tag === other.tag;
+  }
+
+  /** Takes `other`'s settings (a server connection after its client's turn); cheap when they already agree. */
+  adoptFrom(other: SessionState): void {
+    if (this.tag === other.tag) return;
+    this.adopt(other.values);
+    this.tag = other.tag;
+  }
+
   /** Replaces the settings with another state's (a server connection after its client's turn). */
   adopt(settings: GucMap): void {
+    if (settings === this.values || sameSettings(settings, this.values)) return;
     this.values.clear();
     for (const [k, v] of settings) this.values.set(k, v);
+    this.tag = ++lastTag;
   }
 
   /** A query was sent: one entry per statement, matched in order by CommandComplete. */
@@ -101,6 +124,7 @@ export class SessionState {
     const n = name.toLowerCase();
     if (!tracked(n)) return;
     this.values.set(n, { form: "raw", text: value });
+    this.tag = ++lastTag;
     if (this.txn !== undefined) {
       this.txn.staged = this.txn.staged.filter((s) => s.kind !== "effect" || nameOf(s.effect) !== n);
     }
@@ -174,15 +198,19 @@ export class SessionState {
       case "setRaw":
         if (tracked(e.name))
           this.values.set(e.name, { form: e.kind === "set" ? "sql" : "raw", text: e.value });
+        this.tag = ++lastTag;
         return;
       case "reset":
         this.values.delete(e.name);
+        this.tag = ++lastTag;
         return;
       case "resetAll":
         this.values.clear();
+        this.tag = ++lastTag;
         return;
       case "discardAll":
         this.values.clear();
+        this.tag = ++lastTag;
         for (const r of [...this.pinSet]) if (!SURVIVES_DISCARD_ALL.has(r)) this.pinSet.delete(r);
         return;
       case "discard":
@@ -203,6 +231,12 @@ export class SessionState {
 const nameOf = (e: SessionEffect): string | undefined =>
   e.kind === "set" || e.kind === "setRaw" || e.kind === "reset" ? e.name : undefined;
 
+const sameSettings = (a: GucMap, b: GucMap): boolean => {
+  if (a.size !== b.size) return false;
+  for (const [k, v] of a) if (!sameValue(v, b.get(k))) return false;
+  return true;
+};
+
 const sameValue = (a: GucValue | undefined, b: GucValue | undefined): boolean =>
   a === b || (a !== undefined && b !== undefined && a.form === b.form && a.text === b.text);
 
@@ -219,6 +253,7 @@ const setConfigSql = (name: string, text: string): string =>
  * `client`, or "" when they already agree. RESETs first, then SETs, in name order.
  */
 export const replaySql = (client: GucMap, server: GucMap): string => {
+  if (sameSettings(client, server)) return "";
   const resets: string[] = [];
   const sets: string[] = [];
   const raws: string[] = [];

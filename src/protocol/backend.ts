@@ -164,6 +164,59 @@ export const decodeNotification = (
     return { processId, channel, payload };
   });
 
+/** One column of a RowDescription, fields in wire order. */
+export interface FieldDescription {
+  readonly name: string;
+  /** OID of the table the column comes from, 0 when it is not a table column. */
+  readonly tableOid: number;
+  /** Attribute number of the column in that table, 0 when none. */
+  readonly columnAttr: number;
+  readonly typeOid: number;
+  /** pg_type.typlen: -1 for variable length. */
+  readonly typeSize: number;
+  readonly typeModifier: number;
+  /** 0 text, 1 binary. */
+  readonly format: number;
+}
+
+/** A DataRow value: the column's bytes, or null for SQL NULL. */
+export type DataValue = string | Uint8Array | null;
+
+export const decodeRowDescription = (msg: Buffer): FieldDescription[] | PgwardenError =>
+  decodeWith("RowDescription", () => {
+    const r = body(msg);
+    const n = r.uint16("field count");
+    const fields: FieldDescription[] = [];
+    for (let i = 0; i < n; i++) {
+      fields.push({
+        name: r.cstring("field name"),
+        tableOid: r.uint32("table oid"),
+        columnAttr: r.int16("column number"),
+        typeOid: r.uint32("type oid"),
+        typeSize: r.int16("type size"),
+        typeModifier: r.int32("type modifier"),
+        format: r.int16("format code"),
+      });
+    }
+    r.done("RowDescription");
+    return fields;
+  });
+
+/** Column values as views into the message; null is SQL NULL. */
+export const decodeDataRow = (msg: Buffer): (Buffer | null)[] | PgwardenError =>
+  decodeWith("DataRow", () => {
+    const r = body(msg);
+    const n = r.uint16("column count");
+    const values: (Buffer | null)[] = [];
+    for (let i = 0; i < n; i++) {
+      const len = r.int32("value length");
+      if (len < -1) malformed(`invalid value length ${len}`);
+      values.push(len === -1 ? null : r.bytes(len, "value"));
+    }
+    r.done("DataRow");
+    return values;
+  });
+
 // Encoders ------------------------------------------------------------------------------------
 
 const authHeader = (extra: number, code: number): Writer =>
@@ -288,3 +341,50 @@ export const encodeNotification = (n: { processId: number; channel: string; payl
     .cstring(n.channel)
     .cstring(n.payload)
     .end();
+
+export const encodeRowDescription = (fields: readonly FieldDescription[]): Buffer => {
+  let size = 2;
+  for (const f of fields) size += cstringSize(f.name) + 18;
+  const w = Writer.message(Backend.RowDescription, size).uint16(fields.length);
+  for (const f of fields) {
+    w.cstring(f.name);
+    // OIDs are unsigned on the wire; writing them as int32 keeps the bytes.
+    w.int32(f.tableOid | 0)
+      .int16(f.columnAttr)
+      .int32(f.typeOid | 0)
+      .int16(f.typeSize)
+      .int32(f.typeModifier)
+      .int16(f.format);
+  }
+  return w.end();
+};
+
+export const encodeDataRow = (values: readonly DataValue[]): Buffer => {
+  // Strings are measured, then written in place: no intermediate Buffer per value.
+  let size = 7;
+  for (const v of values)
+    size += 4 + (v === null ? 0 : typeof v === "string" ? Buffer.byteLength(v, "utf8") : v.length);
+  const buf = Buffer.allocUnsafe(size);
+  buf[0] = Backend.DataRow;
+  buf.writeInt32BE(size - 1, 1);
+  buf.writeUInt16BE(values.length, 5);
+  let pos = 7;
+  for (const v of values) {
+    if (v === null) {
+      buf.writeInt32BE(-1, pos);
+      pos += 4;
+    } else if (typeof v === "string") {
+      const n = buf.write(v, pos + 4, "utf8");
+      buf.writeInt32BE(n, pos);
+      pos += 4 + n;
+    } else {
+      buf.writeInt32BE(v.length, pos);
+      buf.set(v, pos + 4);
+      pos += 4 + v.length;
+    }
+  }
+  if (pos !== size) throw new Error(`DataRow size mismatch: wrote ${pos} of ${size}`);
+  return buf;
+};
+
+export const encodeEmptyQueryResponse = (): Buffer => Writer.message(Backend.EmptyQueryResponse, 0).end();

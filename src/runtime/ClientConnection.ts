@@ -10,6 +10,9 @@ import type {
   UpstreamCredentials,
   UpstreamTarget,
 } from "../adapters/upstream.ts";
+import { serveAdmin } from "../admin/AdminSession.ts";
+import { type AdminConfig, routeAdmin } from "../admin/config.ts";
+import type { AdminSource } from "../admin/snapshot.ts";
 import { TLS_SERVER_END_POINT, tlsServerEndPoint } from "../auth/channelBinding.ts";
 import type { ScramChannelBinding } from "../auth/scramServer.ts";
 import type { ScramVerifier } from "../auth/scramVerifier.ts";
@@ -102,6 +105,8 @@ export interface ConnectionDeps {
   /** Keys the mock SCRAM exchange for unknown users, so they look like wrong passwords. */
   readonly mockSecret: Buffer;
   readonly cancels: CancelRegistry;
+  /** The admin console: who may open it, and what it shows. */
+  readonly admin: { readonly config: AdminConfig; readonly source: () => AdminSource };
   /** The pools of server connections, by (database, upstream role). */
   readonly pool: ServerPool;
   /** Transaction and statement mode: what pooling does with state, and when a transaction is too long. */
@@ -261,6 +266,44 @@ export class ClientConnection {
     return this.serverBytes + (s === undefined ? 0 : s.bytesRead - this.serverBytesBefore);
   }
 
+  /** What SHOW CLIENTS and SHOW POOLS read about this client. */
+  get poolView():
+    | {
+        readonly pool: Pool;
+        readonly state: "active" | "waiting" | "idle";
+        readonly server: ServerConnection | undefined;
+        readonly openedAt: number;
+        readonly requestedAt: number;
+        readonly waitingSince: number;
+        readonly applicationName: string;
+        readonly remote: { addr: string; port: number; localAddr: string; localPort: number };
+      }
+    | undefined {
+    const pool = this.pool;
+    if (pool === undefined) return undefined;
+    const r = this.raw;
+    const server = this.link?.server ?? this.server;
+    const waiting = this.waiter !== undefined || this.link?.waitingSince !== undefined;
+    return {
+      pool,
+      state: waiting ? "waiting" : server !== undefined ? "active" : "idle",
+      server,
+      openedAt: this.openedAt,
+      requestedAt: this.requestedAt,
+      waitingSince: this.link?.waitingSince ?? this.waitingSince,
+      applicationName: this.sessionState?.settings.get("application_name")?.text ?? "",
+      remote: {
+        addr: r.remoteAddress ?? "",
+        port: r.remotePort ?? 0,
+        localAddr: r.localAddress ?? "",
+        localPort: r.localPort ?? 0,
+      },
+    };
+  }
+
+  private requestedAt = Date.now();
+  private waitingSince = Date.now();
+
   start(): void {
     const c = this.socket;
     c.setNoDelay(true);
@@ -362,12 +405,17 @@ export class ClientConnection {
     this.released(server, "clientClosed");
     this.pool!.release(server);
     const s = server.machine.state;
-    if (s === "closing" || s === "closed") this.server = server;
+    if (s === "closing" || s === "closed") {
+      // Not wanted again: this connection waits for it to close, like its own leg.
+      this.server = server;
+      server.whenLost(this);
+    }
   }
 
   /** Link: the connection now holds `server` (pooled modes, per transaction). */
   attached(server: ServerConnection): void {
     this.server = server;
+    this.requestedAt = Date.now();
     server.whenLost(this);
     this.serverBytesBefore = server.socket?.bytesRead ?? 0;
     this.deps.events.emit({
@@ -568,6 +616,7 @@ export class ClientConnection {
       protocol: outcome.protocol,
       cipher: outcome.cipher,
       ...(fingerprint === undefined ? {} : { clientCertificate: fingerprint }),
+      ...(outcome.peer === undefined ? {} : { clientSubject: outcome.peer.subject }),
     });
     this.machine.send(Events.TlsEstablished);
     this.first = new FirstPacket(this.transport, this);
@@ -753,6 +802,30 @@ export class ClientConnection {
           "client authenticated",
         );
     }
+    // The admin console is its own destination, for listed identities only.
+    const route = routeAdmin(this.deps.admin.config, user, database);
+    if (route !== "upstream") {
+      this.deps.events.emit({
+        kind: "accessDecision",
+        conn: this.id,
+        decision: route === "admin" ? "allow" : "deny",
+        rule: "admin.identities",
+        database,
+        role: undefined,
+        reason: isPgwardenError(route) ? route.message : undefined,
+      });
+      if (isPgwardenError(route)) {
+        log.warn({ conn: this.id, user, database }, "admin console refused");
+        return this.failWith(Events.ClientAuthFailed, route);
+      }
+      const pending = stream.handOff();
+      this.stream = undefined;
+      if (isPgwardenError(pending)) return this.violation(pending);
+      this.admin = { pending: pending.length === 0 ? undefined : Buffer.concat(pending) };
+      this.socket.pause();
+      this.machine.send(Events.ClientAuthOk);
+      return;
+    }
     // Grants are decided once the identity is proven: before that, an answer that depends on them
     // would tell an unauthenticated client which identities have access to what.
     const destination = resolveGrant(this.deps.grants, user, database);
@@ -858,8 +931,16 @@ export class ClientConnection {
   /** The client's own session settings: defaults, then its startup packet, then its SETs. */
   private sessionState: SessionState | undefined;
 
+  /** An admin console session instead of an upstream one, with what the client sent ahead. */
+  private admin: { pending: Buffer | undefined } | undefined;
+
   /** A server connection from the pool for (database, role): idle, new, or after a wait. */
   private connectServer(): void {
+    if (this.admin !== undefined) {
+      this.machine.send(Events.UpstreamReady);
+      return;
+    }
+    this.waitingSince = Date.now();
     const parameters = this.upstreamParameters!;
     this.upstreamParameters = undefined;
     const destination = this.destination!;
@@ -913,7 +994,7 @@ export class ClientConnection {
     const own: Record<string, string> = Object.fromEntries(pool.defaults ?? server.reported);
     for (const [k, v] of parameters) if (k !== "user" && k !== "database") own[k] = v;
     const state = SessionState.fromStartup(own);
-    const sql = replaySql(state.settings, server.settings.settings);
+    const sql = replaySql(state.current, server.settings.current);
     if (sql !== "" && !(await server.run(sql))) {
       server.close();
       pool.release(server);
@@ -927,7 +1008,7 @@ export class ClientConnection {
       pool.release(server);
       return;
     }
-    server.settings.adopt(state.settings);
+    server.settings.adoptFrom(state);
     this.sessionState = state;
     this.attached(server);
     this.deps.log.info(
@@ -949,6 +1030,10 @@ export class ClientConnection {
   private serverReady: Upstream | undefined;
 
   private startRelay(): void {
+    if (this.admin !== undefined) {
+      this.startAdmin(this.admin.pending);
+      return;
+    }
     const upstream = this.serverReady!;
     this.serverReady = undefined;
     const pool = this.pool!;
@@ -982,6 +1067,20 @@ export class ClientConnection {
       toClient: [...upstream.startupMessages, encodeBackendKeyData(this.clientKey), upstream.ready],
       serverPending: upstream.pending,
       clientPending: pending,
+    });
+  }
+
+  /** The console answers on the client socket; the machine stays ready until the client leaves. */
+  private startAdmin(pending: Buffer | undefined): void {
+    this.clientKey = this.deps.cancels.issuePooled(this.minor, this);
+    this.deps.log.info({ conn: this.id, user: this.user }, "admin console session");
+    this.socket.resume();
+    void serveAdmin(this.socket, this.deps.admin.source(), {
+      maxMessageBytes: this.deps.limits.maxMessageBytes,
+      log: this.deps.log,
+      pending,
+      backendKey: this.clientKey,
+      idleTimeoutMs: this.deps.sessions.timers().idleTimeoutMs,
     });
   }
 

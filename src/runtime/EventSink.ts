@@ -4,6 +4,8 @@ import type { Transition } from "../machines/MachineRunner.ts";
 export interface StatementObservation {
   readonly kind: "statement";
   readonly conn: string;
+  /** The server connection that ran it; its machine's transitions fold into the record. */
+  readonly server?: string;
   readonly message: "Query" | "Parse" | "Bind" | "Execute" | "FunctionCall" | "Copy";
   /** Raw SQL text (Query, Parse); the pipeline reduces it per `audit.statements`, off the data path. */
   readonly sql?: string;
@@ -75,7 +77,27 @@ export type ProxyEvent =
       readonly cipher?: string;
       /** SHA-256 fingerprint of a verified client certificate. */
       readonly clientCertificate?: string;
+      /** Subject of that certificate, as Node prints it (one `attr=value` per line). */
+      readonly clientSubject?: string;
       readonly reason?: string;
+    }
+  /** The pool lent server connection `server` to client connection `conn`. */
+  | {
+      readonly kind: "poolCheckout";
+      readonly conn: string;
+      readonly server: string;
+      /** `database/role` */
+      readonly pool: string;
+      readonly mode: "session" | "transaction" | "statement";
+      readonly waitedMs: number;
+    }
+  /** The client connection gave the server connection back (or lost it). */
+  | {
+      readonly kind: "poolRelease";
+      readonly conn: string;
+      readonly server: string;
+      readonly pool: string;
+      readonly reason: "idle" | "clientClosed" | "serverLost" | "error";
     }
   /** An access-rule decision and the rule that made it (`(implicit reject)` when none matched). */
   | {

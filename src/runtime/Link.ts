@@ -184,7 +184,7 @@ export class Link {
     const audited = events?.statements === true;
     if (audited) {
       this.events = events;
-      this.statements = new StatementTracker(client.id, events);
+      this.statements = new StatementTracker(client.id, events, undefined, server?.id);
     }
     if (this.pooled !== undefined) {
       this.clientBase = this.onClientMessagePooled;
@@ -214,6 +214,13 @@ export class Link {
       this.statements !== undefined ? this.onServerMessageAudited : this.serverBase,
     );
   }
+
+  /** Since when the client waits for a server connection (pooled modes), for SHOW CLIENTS. */
+  get waitingSince(): number | undefined {
+    return this.waiting === undefined ? undefined : this.waitStart;
+  }
+
+  private waitStart = 0;
 
   /** The server connection the link holds now (pooled modes: none between transactions). */
   get server(): ServerConnection | undefined {
@@ -361,18 +368,22 @@ export class Link {
   private readonly onClientMessageAudited = (type: number, msg: Buffer): Verdict => {
     if (type === Frontend.Query || type === Frontend.Parse || type === Frontend.FunctionCall) {
       const blocked = this.events!.blocked?.();
-      if (blocked !== undefined) {
-        this.refuseStatement(type, msg, blocked);
-        return;
-      }
+      if (blocked !== undefined) return this.refuseStatement(type, msg, blocked);
     }
     const v = this.clientBase(type, msg);
-    if (v === undefined) this.statements!.client(type, msg);
+    // Pooled modes rename statements or answer them locally: recorded all the same.
+    if (v === undefined || (this.pooled !== undefined && !isPgwardenError(v)))
+      this.statements!.client(type, msg);
     return v;
   };
 
   private readonly onServerMessageAudited = (type: number, msg: Buffer): Verdict => {
-    // Seen before the machines move: a ReadyForQuery closes the group its statements belong to.
+    // A ReadyForQuery moves the machines first, so the statements it closes carry those transitions.
+    if (type === Backend.ReadyForQuery) {
+      const v = this.serverBase(type, msg);
+      this.statements!.server(type, msg);
+      return v;
+    }
     this.statements!.server(type, msg);
     return type === Backend.CommandComplete && this.pooled === undefined
       ? undefined
@@ -523,10 +534,7 @@ export class Link {
         if (isPgwardenError(p)) return p;
         const effects = sessionEffectsOf(pooled.parser, p.query);
         const refused = pooled.refusePins ? refusedFeature(effects) : undefined;
-        if (refused !== undefined) {
-          this.refuseLocally(SqlState.featureNotSupported, refused);
-          return;
-        }
+        if (refused !== undefined) return this.refuseLocally(SqlState.featureNotSupported, refused);
         if (effects.length > 0) this.statementEffects.set(p.name, effects);
         else this.statementEffects.delete(p.name);
         if (statements === undefined || p.name === "") {
@@ -534,10 +542,7 @@ export class Link {
           return undefined;
         }
         const answer = statements.onParse(this.client.id, p.name, p.query, p.paramTypes, server.id);
-        if ("sqlstate" in answer) {
-          this.refuseLocally(answer.sqlstate, answer.message);
-          return;
-        }
+        if ("sqlstate" in answer) return this.refuseLocally(answer.sqlstate, answer.message);
         const out: Uint8Array[] = [];
         this.inject(answer.evict, out);
         if (!answer.needsParse) {
@@ -603,10 +608,7 @@ export class Link {
       reply === Reply.bind
         ? statements.onBind(this.client.id, name, this.current!.id)
         : statements.onDescribe(this.client.id, name, this.current!.id);
-    if ("sqlstate" in answer) {
-      this.refuseLocally(answer.sqlstate, answer.message);
-      return;
-    }
+    if ("sqlstate" in answer) return this.refuseLocally(answer.sqlstate, answer.message);
     const out: Uint8Array[] = [];
     this.inject(answer.inject, out);
     const renamed = rewriteStatementName(msg, answer.serverName);
@@ -768,7 +770,10 @@ export class Link {
       granted: (server) => {
         if (this.waiting !== waiter) return this.pooled!.pool.release(server);
         this.waiting = undefined;
-        void this.prepare(server).catch(() => this.client.endWith(replayFailed));
+        const state = this.pooled!.state;
+        const sql = server.settings.sameAs(state) ? "" : replaySql(state.current, server.settings.current);
+        if (sql === "") this.resume(server);
+        else void this.prepare(server, sql).catch(() => this.client.endWith(replayFailed));
       },
       failed: (error) => {
         if (this.waiting !== waiter) return;
@@ -777,24 +782,28 @@ export class Link {
       },
     };
     this.waiting = waiter;
+    this.waitStart = Date.now();
     this.pooled!.pool.acquire(waiter);
   }
 
-  /** The client's settings onto the server connection, then the waiting requests. */
-  private async prepare(server: ServerConnection): Promise<void> {
-    const state = this.pooled!.state;
-    const sql = replaySql(state.settings, server.settings.settings);
-    if (sql !== "" && !(await server.run(sql))) {
+  /** The client's settings onto the server connection first (one query, replies swallowed). */
+  private async prepare(server: ServerConnection, sql: string): Promise<void> {
+    if (!(await server.run(sql))) {
       server.close();
       this.pooled!.pool.release(server);
       this.client.endWith(replayFailed);
       return;
     }
+    this.resume(server);
+  }
+
+  /** The server connection is ready for this client: the requests that waited go to it. */
+  private resume(server: ServerConnection): void {
     if (!this.linked) {
       this.pooled!.pool.release(server);
       return;
     }
-    server.settings.adopt(state.settings);
+    server.settings.adoptFrom(this.pooled!.state);
     this.attach(server);
     const stash = this.stash;
     this.stash = [];
@@ -810,6 +819,7 @@ export class Link {
     this.serverSocket = server.socket;
     if (!this.serverScanner.atBoundary) this.serverScanner = this.newServerScanner();
     this.client.attached(server);
+    if (this.statements !== undefined) this.statements.serverId = server.id;
     server.socket!.on("data", this.onServerData);
     server.socket!.resume();
   }
@@ -822,7 +832,7 @@ export class Link {
     this.current = undefined;
     this.serverSocket = undefined;
     this.replies.clear();
-    server.settings.adopt(this.pooled!.state.settings);
+    server.settings.adoptFrom(this.pooled!.state);
     this.client.released(server, reason);
     this.pooled!.pool.release(server);
   }

@@ -2,6 +2,7 @@
 import * as Effect from "effect/Effect";
 import * as Schema from "effect/Schema";
 import { ClientTlsConfig, UpstreamTlsConfig } from "../adapters/tls/config.ts";
+import { AdminSection } from "../admin/config.ts";
 import { AuditConfig } from "../audit/AuditConfig.ts";
 import { isPgwardenError, type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
 import { compileAccessPolicy, AccessConfig as RulesConfig } from "../policy/accessRules.ts";
@@ -186,6 +187,8 @@ export const PgwardenConfig = Schema.Struct({
   fips: withDefault(Schema.Boolean, false),
   /** The audit trail; absent in a config file means audit off (serve warns). Embedded mode sets it. */
   audit: Schema.optionalKey(AuditConfig),
+  /** Who may open the admin console (SHOW POOLS, …) and under which database name (docs/admin.md). */
+  admin: AdminSection,
 });
 export type PgwardenConfig = typeof PgwardenConfig.Type;
 

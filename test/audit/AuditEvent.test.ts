@@ -57,8 +57,9 @@ const samples: AuditEvent[] = [
     to: "busy.copy.in",
     cause: "CopyInResponse",
   },
-  { ...who, kind: "pool.checkout", pool: "app/app_rw", server: "s3", backendPid: 4242, waitMs: 0.2 },
-  { ...who, kind: "pool.release", pool: "app/app_rw", server: "s3", heldMs: 4, reusable: true },
+  { ...who, kind: "pool.checkout", pool: "app/app_rw", server: "s3", mode: "transaction", waitMs: 0.2 },
+  { ...who, kind: "pool.release", pool: "app/app_rw", server: "s3", reason: "idle", heldMs: 4 },
+  { ...who, kind: "tls.failure", leg: "client", negotiation: "direct", reason: "no shared cipher" },
   {
     ...who,
     kind: "statement",

@@ -31,11 +31,17 @@ const copyLog = async () => {
   await cp(pristine, dir, { recursive: true });
   return dir;
 };
-const verify = async (dir: string) =>
-  verifyDirectory(dir, {
+/** Verifies on this thread and on two worker threads, which must find exactly the same. */
+const verify = async (dir: string) => {
+  const options = {
     hmacKeys: [keys.hmacKey],
     trustedKeys: [ok(trustedKeyFromPem(await readFile(keys.publicKeyFile, "utf8"), "pub"))],
-  });
+  };
+  const one = await verifyDirectory(dir, { ...options, threads: 1 });
+  const two = await verifyDirectory(dir, { ...options, threads: 2, parallelMinBytes: 0 });
+  expect({ ...two, elapsedMs: 0 }).toEqual({ ...one, elapsedMs: 0 });
+  return one;
+};
 const only = (r: Awaited<ReturnType<typeof verify>>): Finding => {
   const f = r.instances[0]!.findings;
   expect(f).toHaveLength(1);

@@ -14,6 +14,18 @@ import {
 const story = (records: Record<string, unknown>[], session: string) =>
   records.filter((r) => r.session === session && r.kind !== "transition");
 
+/** Transitions of one machine of a connection, standalone or folded into statements, in order. */
+const transitionsOf = (records: Record<string, unknown>[], conn: string, machine: "client" | "server") =>
+  records
+    .flatMap((r) =>
+      r.kind === "transition" && r.session === conn
+        ? [r]
+        : r.kind === "statement" && (machine === "client" ? r.session === conn : r.server === conn)
+          ? ((r.transitions as Record<string, unknown>[] | undefined) ?? [])
+          : [],
+    )
+    .filter((t) => t.machine === machine);
+
 const sessionOf = (records: Record<string, unknown>[], pred: (r: Record<string, unknown>) => boolean) => {
   const r = records.find(pred);
   if (r === undefined) throw new Error("no such record");
@@ -96,11 +108,16 @@ describe("sessions through the proxy leave exactly their events, and the log ver
       "auth.attempt",
       "auth.success",
       "access.decision",
+      // The session's server connection comes from its pool and goes back when the client leaves.
+      "pool.checkout",
       "statement",
       "statement",
+      "pool.release",
       "connection.closed",
     ]);
-    const [acc, rule, , ok, dec, q1, q2, closed] = st;
+    const [acc, rule, , ok, dec, checkout, q1, q2, release, closed] = st;
+    expect(checkout).toMatchObject({ mode: "session" });
+    expect(release).toMatchObject({ reason: "clientClosed" });
     expect(rule).toMatchObject({ decision: "allow", rule: "access.rules: default" });
     expect(acc!.source).toMatch(/^127\.0\.0\.1:\d+$/);
     expect(dec).toMatchObject({
@@ -127,10 +144,26 @@ describe("sessions through the proxy leave exactly their events, and the log ver
     expect(closed!.clientBytesIn as number).toBeGreaterThan(0);
     expect(closed!.clientBytesOut as number).toBeGreaterThan(0);
     expect(closed!.serverBytesIn as number).toBeGreaterThan(0);
-    // Transitions of the client machine are there, in order, from startup to closed.
-    const tr = records.filter((r) => r.session === s && r.kind === "transition");
+    // Every transition of the client machine is there, standalone or folded into its statement,
+    // in order from startup to closed: each starts where the one before ended.
+    const tr = transitionsOf(records, s, "client");
     expect(tr[0]).toMatchObject({ machine: "client", from: "startup.fresh" });
     expect(tr.at(-1)).toMatchObject({ to: "closed" });
+    for (let i = 1; i < tr.length; i++) expect(tr[i]!.from).toBe(tr[i - 1]!.to);
+    // The statements carry their own (the first also those since the grant): a Query takes the client and the server machine to busy and back.
+    for (const q of [q1, q2]) {
+      const t = q!.transitions as Record<string, unknown>[];
+      expect(t.slice(-4).map((x) => `${x.machine}:${x.from}>${x.to}`)).toEqual([
+        "client:ready.idle>busy.simpleQuery",
+        "server:idle>active",
+        "server:active>idle",
+        "client:busy.simpleQuery>ready.idle",
+      ]);
+      expect(q!.server).toMatch(/^s\d+$/);
+    }
+    // And the server connection's machine, from its first state to its last, chains the same way.
+    const srv = transitionsOf(records, String(q1!.server), "server");
+    for (let i = 1; i < srv.length; i++) expect(srv[i]!.from).toBe(srv[i - 1]!.to);
   });
 
   it("an extended-protocol session: Parse, Bind, Execute with parameter formats; an error carries SQLSTATE", () => {

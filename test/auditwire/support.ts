@@ -51,10 +51,12 @@ export const startAuditedProxy = async (
   grants: unknown[] = [{ identity: "*", databases: ["*"] }],
   /** `worker`: the pipeline on its own thread, as `pgwarden serve` runs it; `inline`: in this one. */
   thread: "worker" | "inline" = "worker",
+  /** The audit directory and keys of an earlier proxy, to restart on its log. */
+  home?: { readonly dir: string; readonly keys: Keys },
 ): Promise<AuditedProxy> => {
   const pg = postgresInfo();
-  const keys = await makeKeys("wire");
-  const dir = await mkdtemp(join(tmpdir(), "pgw-auditwire-"));
+  const keys = home?.keys ?? (await makeKeys("wire"));
+  const dir = home?.dir ?? (await mkdtemp(join(tmpdir(), "pgw-auditwire-")));
   const config = decodeConfig({
     listen: { host: "127.0.0.1", port: 0 },
     upstream: { host: pg.host, port: pg.port, user: "pgw_app", password: pg.rolePassword },

@@ -57,6 +57,8 @@ export interface SinkQueue {
 export interface SinkQueueOptions {
   /** Told of every down/up transition, synchronously; a throwing callback is ignored so it cannot stop delivery. */
   readonly onEvent?: (event: SinkQueueEvent) => void;
+  /** Told the seq of the last line of each acknowledged batch, synchronously (a sink's cursor). */
+  readonly onAcked?: (seq: number) => void;
 }
 
 /** Exponential from `min`, doubling, clamped to `max`, jittered ±20% and clamped again so it never exceeds `max`. */
@@ -144,6 +146,12 @@ export const makeSinkQueue = (
         buffer.drop(batch.length);
         counts.sent += batch.length;
         lastAckedSeq = batch[batch.length - 1]?.seq ?? lastAckedSeq;
+        if (lastAckedSeq !== undefined)
+          try {
+            options.onAcked?.(lastAckedSeq);
+          } catch {
+            // A cursor that cannot be saved must not stop delivery; the next ack saves it again.
+          }
         if (!healthy) {
           healthy = true;
           const at = clock.currentTimeMillisUnsafe();

@@ -1,0 +1,28 @@
+// Worker entry of the verifier (its other side is verify.ts): checks whole segments, one per message.
+import { readFile } from "node:fs/promises";
+import { parentPort, workerData } from "node:worker_threads";
+import type { HmacKey } from "./HmacKey.ts";
+import { hmacKeyFromBytes } from "./HmacKey.ts";
+import { type TrustedKey, trustedKeyFromPem } from "./Signer.ts";
+import { type SegmentKeys, type SegmentTask, verifySegmentText } from "./verifySegment.ts";
+
+const port = parentPort!;
+const data = workerData as { hmacKeys: Uint8Array[]; trustedPems: string[] };
+const macKeys = new Map<string, HmacKey>();
+for (const b of data.hmacKeys) {
+  const k = hmacKeyFromBytes(b);
+  if (!("_tag" in k)) macKeys.set(k.id, k);
+}
+const trusted = new Map<string, TrustedKey>();
+for (const pem of data.trustedPems) {
+  const k = trustedKeyFromPem(pem, "verify");
+  if (!("_tag" in k)) trusted.set(k.keyId, k);
+}
+const keys: SegmentKeys = { macKeys, trusted };
+
+port.on("message", (m: { n: number; path: string; task: SegmentTask }) => {
+  void readFile(m.path, "utf8").then(
+    (text) => port.postMessage({ n: m.n, result: verifySegmentText(text, m.task, keys) }),
+    (e: unknown) => port.postMessage({ n: m.n, error: String((e as Error).message) }),
+  );
+});
