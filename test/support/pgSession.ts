@@ -139,7 +139,10 @@ export class PgSession {
       const err = replies.find((r) => r.type === "E");
       if (err !== undefined) {
         const e = errorOf(err);
-        throw Object.assign(new Error(`login failed: ${e.code} ${e.message}`), e);
+        throw Object.assign(new Error(`login failed: ${e.code} ${e.message}`), {
+          code: e.code,
+          severity: e.severity,
+        });
       }
       const key = replies.find((r) => r.type === "K");
       if (key !== undefined) {

@@ -129,7 +129,7 @@ describe.skipIf(skip !== undefined)(`real clients through a pool of ${SIZE} (${s
           "-c",
           String(CLIENTS),
           "-j",
-          "2",
+          String(threads),
           "-T",
           "5",
           "-h",
