@@ -3,8 +3,8 @@
 import { parseArgs } from "node:util";
 import { POOL_MODES, type Pool, type PoolMode, TARGET_NAMES, type TargetName } from "./targets.ts";
 
-/** Which parts a run does: pgbench throughput + CPU, idle-client memory, the start-memory breakdown. */
-export type Part = "throughput" | "memory" | "start-memory" | "pooled";
+/** Which parts a run does: pgbench throughput + CPU, client TLS, idle-client memory, the start-memory breakdown, pooled runs. */
+export type Part = "throughput" | "tls" | "memory" | "start-memory" | "pooled";
 
 export interface BenchOptions {
   readonly parts: readonly Part[];
@@ -13,6 +13,8 @@ export interface BenchOptions {
   readonly clients: number;
   readonly threads: number;
   readonly rounds: number;
+  /** Rounds of the TLS part: --rounds when given, else 3 (2 with --quick), for a spread. */
+  readonly tlsRounds: number;
   readonly scale: number;
   readonly only: readonly TargetName[];
   readonly json: boolean;
@@ -24,19 +26,23 @@ export interface BenchOptions {
 
 export const USAGE = `usage: npm run bench -- [options]
 
-  By default a run does pgbench throughput with proxy CPU per transaction, then memory per
-  idle client; see docs/benchmarks.md.
+  By default a run does pgbench throughput with proxy CPU per transaction, then the client-TLS
+  runs, then memory per idle client; see docs/benchmarks.md.
 
-  --quick           smoke check (about 3 minutes): --duration 5 --warmup 1 --scale 1
+  --quick           smoke check (about 4 minutes): --duration 5 --warmup 1 --scale 1, 2 TLS rounds
   --duration S      seconds per measured pgbench run (default 20)
   --warmup S        seconds of unmeasured pgbench before each run (default 3, 0 = none)
   --clients N       pgbench clients, -c (default 20)
   --threads J       pgbench threads, -j (default 2)
-  --rounds R        repeat every measurement R times, interleaved; report the median (default 1)
+  --rounds R        repeat every measurement R times, interleaved; report the median (default 1;
+                    the TLS part defaults to 3, or 2 with --quick)
   --scale K         pgbench -i scale factor (default 10)
   --only LIST       comma-separated subset of: ${TARGET_NAMES.join(",")}
   --json            print the result as JSON on stdout (progress still goes to stderr)
   --throughput      only the pgbench part
+  --tls             only the client-TLS part: pgwarden and PgBouncer with the same pinned TLS 1.3
+                    suite and group, pgbench -S (TPS, CPU/tx) and pgbench -C (new TLS
+                    connections per second); combine with --throughput/--memory to add parts
   --memory          only the idle-client memory part
   --idle-clients L  comma-separated idle-client counts for the memory part (default 1000,10000);
                     each count gets a fresh proxy process. Above 1000, targets that open one
@@ -45,8 +51,8 @@ export const USAGE = `usage: npm run bench -- [options]
                     with the same pool_mode/default_pool_size (pgwarden reports "needs pooling"
                     until its configuration accepts a pool section)
   --pool-size N     server connections per pool with --pool-mode (default 20)
-  --client-tls      pgbench with sslmode=require: PostgreSQL, the relay and PgBouncer terminate
-                    TLS; pgwarden is skipped ("not yet") until its front door does TLS
+  --client-tls      the pgbench part with sslmode=require: every target terminates TLS with the
+                    pinned policy (PostgreSQL, the relay, pgwarden, PgBouncer)
   --node-flags=F    extra node flags for the pgwarden process only, space-separated; attach the
                     value with "=", e.g. --node-flags=--max-semi-space-size=1
   --start-memory    only the breakdown of pgwarden's start RSS (no PostgreSQL needed)
@@ -104,12 +110,15 @@ function poolOption(mode: string | undefined, size: string | undefined): Pool | 
 
 function partsOf(values: {
   throughput: boolean;
+  tls: boolean;
   memory: boolean;
   "start-memory": boolean;
   pooled: boolean;
 }): Part[] {
-  const chosen = (["throughput", "memory", "start-memory", "pooled"] as const).filter((p) => values[p]);
-  return chosen.length > 0 ? chosen : ["throughput", "memory"];
+  const chosen = (["throughput", "tls", "memory", "start-memory", "pooled"] as const).filter(
+    (p) => values[p],
+  );
+  return chosen.length > 0 ? chosen : ["throughput", "tls", "memory"];
 }
 
 /** Parses argv; returns undefined when --help was asked for. Throws on bad input. */
@@ -127,6 +136,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions | undefine
       only: { type: "string" },
       json: { type: "boolean", default: false },
       throughput: { type: "boolean", default: false },
+      tls: { type: "boolean", default: false },
       memory: { type: "boolean", default: false },
       "idle-clients": { type: "string" },
       "pool-mode": { type: "string" },
@@ -148,6 +158,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions | undefine
     clients: positiveInt("clients", values.clients, 20),
     threads: positiveInt("threads", values.threads, 2),
     rounds: positiveInt("rounds", values.rounds, 1),
+    tlsRounds: positiveInt("rounds", values.rounds, quick ? 2 : 3),
     scale: positiveInt("scale", values.scale, quick ? 1 : 10),
     only: targetList(values.only),
     json: values.json,

@@ -13,6 +13,8 @@ export interface PgbenchRun {
   readonly mode: ProtocolMode;
   /** pgbench connects with sslmode=require (client TLS) instead of sslmode=disable. */
   readonly tls: boolean;
+  /** `-C`: a new connection (and login, and handshake) for every transaction. */
+  readonly connect?: boolean;
 }
 
 export interface PgbenchResult {
@@ -22,6 +24,8 @@ export interface PgbenchResult {
   readonly failedTransactions: number | undefined;
   /** Transactions pgbench completed in the run (the divisor for CPU per transaction). */
   readonly transactions: number | undefined;
+  /** With -C: pgbench's average connection time, ms. */
+  readonly connectionMs: number | undefined;
   /** pgbench's exit code (null when killed). */
   readonly exitCode: number | null;
   readonly error: string | undefined;
@@ -39,11 +43,18 @@ export function parsePgbenchOutput(text: string): {
     return value === undefined ? undefined : Number(value);
   };
   return {
-    tps: num(/^tps = ([\d.]+) \(without initial connection time\)/m),
+    // With -C pgbench counts reconnections in: tps is then new connections per second too.
+    tps: num(/^tps = ([\d.]+) \((?:without initial connection time|including reconnection times)\)/m),
     latencyMs: num(/^latency average = ([\d.]+) ms/m),
     failedTransactions: num(/^number of failed transactions: (\d+)/m),
     transactions: num(/^number of transactions actually processed: (\d+)/m),
   };
+}
+
+/** With -C: pgbench's average connection time in ms (connect, TLS handshake, login). */
+export function parseConnectionMs(text: string): number | undefined {
+  const value = /^average connection time = ([\d.]+) ms/m.exec(text)?.[1];
+  return value === undefined ? undefined : Number(value);
 }
 
 export async function runPgbench(target: Target, run: PgbenchRun): Promise<PgbenchResult> {
@@ -58,6 +69,7 @@ export async function runPgbench(target: Target, run: PgbenchRun): Promise<Pgben
   const args = [
     "-n", // no vacuum before the run (tables were vacuumed by -i)
     "-S",
+    ...(run.connect === true ? ["-C"] : []),
     "-M",
     run.mode,
     "-c",
@@ -91,5 +103,11 @@ export async function runPgbench(target: Target, run: PgbenchRun): Promise<Pgben
     const tail = output.trim().split("\n").slice(-8).join("\n");
     error = `${error}${tail ? `\n${tail}` : ""}`;
   }
-  return { ok: error === undefined, ...parsed, exitCode: code, error };
+  return {
+    ok: error === undefined,
+    ...parsed,
+    connectionMs: parseConnectionMs(output),
+    exitCode: code,
+    error,
+  };
 }

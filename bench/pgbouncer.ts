@@ -8,7 +8,7 @@ import { userInfo } from "node:os";
 import path from "node:path";
 import type { Postgres } from "./postgres.ts";
 import { type ProxyOptions, type Started, sessionPool } from "./targets.ts";
-import { TLS_SUPPORTED } from "./tls.ts";
+import { PINNED_TLS, TLS_SUPPORTED } from "./tls.ts";
 import { findExecutable, freePort, spawnChild, stopChild, unprivilegedIds, waitForPort } from "./util.ts";
 
 export const PGBOUNCER_MISSING = "PgBouncer not installed: apt-get install pgbouncer";
@@ -68,9 +68,12 @@ export async function startPgbouncer(
     "server_tls_sslmode = disable",
     ...(options.tls
       ? [
-          "client_tls_sslmode = allow",
+          "client_tls_sslmode = require",
           `client_tls_cert_file = ${options.tls.certFile}`,
           `client_tls_key_file = ${options.tls.keyFile}`,
+          // The pinned policy (bench/tls.ts): TLS 1.3 suites are OpenSSL's defaults, the first wins.
+          "client_tls_protocols = tlsv1.3",
+          `client_tls_ecdhcurve = ${PINNED_TLS.groupSn}`,
         ]
       : []),
     "ignore_startup_parameters = extra_float_digits,options",

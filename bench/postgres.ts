@@ -7,7 +7,7 @@ import { userInfo } from "node:os";
 import path from "node:path";
 import pg from "pg";
 import { importEmbeddedPostgres } from "../src/adapters/embeddedPostgres.ts";
-import type { Certificate } from "./tls.ts";
+import { type Certificate, PINNED_TLS } from "./tls.ts";
 import { freePort, log, spawnChild } from "./util.ts";
 
 export interface Postgres {
@@ -69,6 +69,10 @@ export async function startPostgres(options: PostgresOptions): Promise<Postgres>
             `ssl_cert_file=${options.tls.certFile}`,
             "-c",
             `ssl_key_file=${options.tls.keyFile}`,
+            "-c",
+            `ssl_min_protocol_version=${PINNED_TLS.version}`,
+            "-c",
+            `ssl_ecdh_curve=${PINNED_TLS.groupSn}`,
           ]
         : []),
     ],

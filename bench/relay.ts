@@ -12,6 +12,7 @@ import { readFileSync } from "node:fs";
 import net from "node:net";
 import tls from "node:tls";
 import { parseArgs } from "node:util";
+import { PINNED_TLS } from "./tls.ts";
 
 const { values } = parseArgs({
   options: {
@@ -38,6 +39,10 @@ const secureContext =
     ? tls.createSecureContext({
         cert: readFileSync(values["tls-cert"]),
         key: readFileSync(values["tls-key"]),
+        // The benchmark's pinned policy (bench/tls.ts PINNED_TLS), as on every TLS target.
+        minVersion: PINNED_TLS.version,
+        ciphers: PINNED_TLS.ciphersuite,
+        ecdhCurve: PINNED_TLS.group,
       })
     : undefined;
 

@@ -45,6 +45,7 @@ import {
 } from "./targets.ts";
 import { runThroughput } from "./throughput.ts";
 import { type Certificate, makeCertificate } from "./tls.ts";
+import { formatTls, runTlsPart, type TlsResult } from "./tlsPart.ts";
 import {
   cleanupSync,
   findExecutable,
@@ -257,7 +258,7 @@ async function main(): Promise<number> {
   if (options.parts.includes("pooled")) return runPooledPart(options, rootDir, meta);
   const maxIdle = Math.max(...options.idleClients);
   let tls: Certificate | undefined;
-  if (options.clientTls) {
+  if (options.clientTls || options.parts.includes("tls")) {
     const owner = userInfo().uid === 0 ? unprivilegedIds("postgres") : undefined;
     tls = makeCertificate(path.join(rootDir, "tls"), owner);
   }
@@ -272,7 +273,7 @@ async function main(): Promise<number> {
   const skipped: Partial<Record<TargetName, string>> = {};
   try {
     log(`starting PostgreSQL (max_connections=${maxConnections}) in ${rootDir}`);
-    server = await startPostgres({ rootDir, maxConnections, tls });
+    server = await startPostgres({ rootDir, maxConnections, tls: options.clientTls ? tls : undefined });
     log(`PostgreSQL ${server.version} on port ${server.port}`);
     const env = {
       ...meta,
@@ -285,6 +286,12 @@ async function main(): Promise<number> {
     if (options.parts.includes("throughput")) {
       await initPgbench(server, options.scale);
       throughput = await runThroughputPart(options, server, rootDir, proxy, skipped);
+    }
+    let tlsResult: TlsResult | undefined;
+    if (options.parts.includes("tls") && tls) {
+      if (!throughput) await initPgbench(server, options.scale);
+      const tlsOptions = { ...options, rounds: options.tlsRounds };
+      tlsResult = await runTlsPart(tlsOptions, server, rootDir, { ...proxy, tls }, isInterrupted);
     }
     let memory: MemoryResult[] | undefined;
     if (options.parts.includes("memory")) {
@@ -306,16 +313,21 @@ async function main(): Promise<number> {
       })),
       summary,
       audit: throughput?.verifier,
+      tls: tlsResult,
       memory,
     };
     writeLast("last.json", document);
     if (options.json) {
       process.stdout.write(toJson(document));
     } else {
-      process.stdout.write(`\n${formatText(options, server, env.cpus, skipped, throughput, memory)}`);
+      process.stdout.write(
+        `\n${formatText(options, server, env.cpus, skipped, throughput, tlsResult, memory)}`,
+      );
     }
     const failed =
-      measurements.some((m: Measurement) => !m.ok) || (memory ?? []).some((r) => r.status === "failed");
+      measurements.some((m: Measurement) => !m.ok) ||
+      (tlsResult?.cells ?? []).some((c) => c.rounds.some((r) => r.error !== undefined)) ||
+      (memory ?? []).some((r) => r.status === "failed");
     return failed ? 1 : 0;
   } finally {
     if (server) await server.stop().catch(() => {});
@@ -361,6 +373,7 @@ function formatText(
   cpus: number,
   skipped: Partial<Record<TargetName, string>>,
   throughput: { startRss: StartRss[]; measurements: Measurement[]; verifier: VerifierResult[] } | undefined,
+  tlsResult: TlsResult | undefined,
   memory: MemoryResult[] | undefined,
 ): string {
   const out: string[] = [];
@@ -380,6 +393,7 @@ function formatText(
       formatAudit(measurements, throughput.verifier),
     );
   }
+  if (tlsResult) out.push(formatTls(tlsResult, { ...options, rounds: options.tlsRounds }));
   if (memory) out.push(`memory per idle client (fresh process per row)\n${formatMemory(memory)}`);
   return `${out.join("\n\n")}\n`;
 }

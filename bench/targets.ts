@@ -7,7 +7,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { stringify } from "yaml";
 import type { Postgres } from "./postgres.ts";
-import { type Certificate, type ClientTls, TLS_SUPPORTED } from "./tls.ts";
+import { type Certificate, type ClientTls, PINNED_TLS, TLS_SUPPORTED } from "./tls.ts";
 import { type Child, freePort, spawnChild, stopChild, waitForPort } from "./util.ts";
 
 export const TARGET_NAMES = [
@@ -73,9 +73,6 @@ export type Started =
 
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const READY_TIMEOUT_MS = 15_000;
-
-const PGWARDEN_TLS_REASON = "client TLS: not yet (pgwarden's front door does not terminate TLS yet)";
-export const PGWARDEN_TLS_NOT_YET: ClientTls = { supported: false, reason: PGWARDEN_TLS_REASON };
 
 export function directTarget(server: Postgres): Target {
   return {
@@ -150,6 +147,18 @@ export function pgwardenConfig(
     auth: { method: "trust" },
     limits: { maxClientConnections: options.maxClients },
     log: { level: "warn" },
+    ...(options.tls
+      ? {
+          tls: {
+            mode: "require",
+            cert: options.tls.certFile,
+            key: options.tls.keyFile,
+            minVersion: PINNED_TLS.version,
+            ciphersuites: PINNED_TLS.ciphersuite,
+            groups: PINNED_TLS.group,
+          },
+        }
+      : {}),
     // Session mode holds a server connection per client: size the pool for every client the run opens.
     pool: options.pool
       ? { mode: options.pool.mode, size: options.pool.size }
@@ -166,7 +175,6 @@ export async function startPgwarden(
   audit?: { readonly name: TargetName; readonly config: Record<string, unknown> },
 ): Promise<Started> {
   if (!existsSync(entry)) return { ok: false, reason: `pgwarden not built yet (${entry} does not exist)` };
-  if (options.tls) return { ok: false, reason: PGWARDEN_TLS_REASON };
   const port = await freePort();
   const configFile = path.join(workDir, `pgwarden-${port}.yaml`);
   writeFileSync(configFile, stringify(pgwardenConfig(server, port, options, audit?.config)), { mode: 0o600 });
@@ -181,7 +189,7 @@ export async function startPgwarden(
     user: server.user,
     password: undefined,
     pools: options.pool !== undefined,
-    clientTls: PGWARDEN_TLS_NOT_YET,
+    clientTls: TLS_SUPPORTED,
   } as const;
   return { ok: true, target: childTarget(fields, child) };
 }

@@ -57,6 +57,7 @@ export type ErrorCode =
   | "PGW_TLS_ALPN"
   | "PGW_TLS_PIPELINED"
   | "PGW_TLS_CLIENT_CERT"
+  | "PGW_TLS_CLOSED"
   | "PGW_UPSTREAM_TLS"
   | "PGW_FIPS"
   | "PGW_USERS_FILE"

@@ -87,31 +87,34 @@ const partOf = (reply: Reply, type: number): boolean => {
 };
 
 export class Replies {
-  private entries: Entry[] = [];
+  /** Allocated on the first request: an idle client carries none. */
+  private entries: Entry[] | undefined;
   private head = 0;
 
   get size(): number {
-    return this.entries.length - this.head;
+    return (this.entries?.length ?? 0) - this.head;
   }
 
   get empty(): boolean {
-    return this.head === this.entries.length;
+    return this.head === (this.entries?.length ?? 0);
   }
 
   push(entry: Entry): void {
-    this.entries.push(entry);
+    if (this.entries === undefined) this.entries = [entry];
+    else this.entries.push(entry);
   }
 
   peek(): Entry | undefined {
-    return this.entries[this.head];
+    return this.entries?.[this.head];
   }
 
   private shift(): Entry | undefined {
-    const e = this.entries[this.head];
+    const entries = this.entries;
+    const e = entries?.[this.head];
     if (e === undefined) return undefined;
     this.head++;
-    if (this.head === this.entries.length) {
-      this.entries.length = 0;
+    if (this.head === entries!.length) {
+      entries!.length = 0;
       this.head = 0;
     }
     return e;
@@ -157,7 +160,7 @@ export class Replies {
   }
 
   clear(): void {
-    this.entries.length = 0;
+    this.entries = undefined;
     this.head = 0;
   }
 }

@@ -114,6 +114,31 @@ export class Pool {
         : undefined;
   }
 
+  /**
+   * A client's starting settings: the pool's defaults with its startup parameters over them.
+   * Clients with the same startup parameters share one template (and, until they SET something,
+   * its map), so ten thousand idle clients do not hold ten thousand copies.
+   */
+  startupSettings(
+    parameters: ReadonlyMap<string, string>,
+    fallback: ReadonlyMap<string, string>,
+  ): SessionState {
+    const key = JSON.stringify([...parameters]);
+    let t = this.templates.get(key);
+    if (t === undefined) {
+      const own: Record<string, string> = Object.fromEntries(this.defaults ?? fallback);
+      for (const [k, v] of parameters) if (k !== "user" && k !== "database") own[k] = v;
+      t = SessionState.fromStartup(own);
+      if (this.templates.size >= 256) this.templates.clear();
+      this.templates.set(key, t);
+    }
+    const state = new SessionState();
+    state.adoptFrom(t);
+    return state;
+  }
+
+  private readonly templates = new Map<string, SessionState>();
+
   /** Open connections plus logins under way: what `size` bounds. */
   get open(): number {
     return this.servers.size + this.logins;

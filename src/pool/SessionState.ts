@@ -46,8 +46,18 @@ const SURVIVES_DISCARD_ALL: ReadonlySet<PinReason> = new Set(["load"]);
 let lastTag = 0;
 
 export class SessionState {
-  private readonly values = new Map<string, GucValue>();
+  private values = new Map<string, GucValue>();
+  /** The map is also another state's (adoptFrom): copied before the first change. */
+  private shared = false;
   private tag = ++lastTag;
+
+  private own(): Map<string, GucValue> {
+    if (this.shared) {
+      this.values = new Map(this.values);
+      this.shared = false;
+    }
+    return this.values;
+  }
   private readonly pinSet = new Set<PinReason>();
   private awaiting: (readonly SessionEffect[])[] = [];
   private txn: Transaction | undefined;
@@ -88,15 +98,18 @@ export class SessionState {
   /** Takes `other`'s settings (a server connection after its client's turn); cheap when they already agree. */
   adoptFrom(other: SessionState): void {
     if (this.tag === other.tag) return;
-    this.adopt(other.values);
+    // Shared until either side changes: thousands of idle clients with the same settings hold one map.
+    this.values = other.values;
+    this.shared = true;
+    other.shared = true;
     this.tag = other.tag;
   }
 
   /** Replaces the settings with another state's (a server connection after its client's turn). */
   adopt(settings: GucMap): void {
     if (settings === this.values || sameSettings(settings, this.values)) return;
-    this.values.clear();
-    for (const [k, v] of settings) this.values.set(k, v);
+    this.values = new Map(settings);
+    this.shared = false;
     this.tag = ++lastTag;
   }
 
@@ -123,7 +136,7 @@ export class SessionState {
   onParameterStatus(name: string, value: string): void {
     const n = name.toLowerCase();
     if (!tracked(n)) return;
-    this.values.set(n, { form: "raw", text: value });
+    this.own().set(n, { form: "raw", text: value });
     this.tag = ++lastTag;
     if (this.txn !== undefined) {
       this.txn.staged = this.txn.staged.filter((s) => s.kind !== "effect" || nameOf(s.effect) !== n);
@@ -197,19 +210,19 @@ export class SessionState {
       case "set":
       case "setRaw":
         if (tracked(e.name))
-          this.values.set(e.name, { form: e.kind === "set" ? "sql" : "raw", text: e.value });
+          this.own().set(e.name, { form: e.kind === "set" ? "sql" : "raw", text: e.value });
         this.tag = ++lastTag;
         return;
       case "reset":
-        this.values.delete(e.name);
+        this.own().delete(e.name);
         this.tag = ++lastTag;
         return;
       case "resetAll":
-        this.values.clear();
+        this.own().clear();
         this.tag = ++lastTag;
         return;
       case "discardAll":
-        this.values.clear();
+        this.own().clear();
         this.tag = ++lastTag;
         for (const r of [...this.pinSet]) if (!SURVIVES_DISCARD_ALL.has(r)) this.pinSet.delete(r);
         return;

@@ -33,29 +33,53 @@ const clientMaxLength = (maxMessageBytes: number) => (type: number) =>
       ? AUTH_MESSAGE_LIMIT
       : SMALL_MESSAGE_LIMIT;
 
+/**
+ * Policies are built once per message limit and shared by every connection: a scanner keeps a
+ * reference, and an idle client holds no policy of its own.
+ */
+const shared = (
+  build: (maxMessageBytes: number) => ScanPolicy,
+): ((maxMessageBytes: number) => ScanPolicy) => {
+  const byLimit = new Map<number, ScanPolicy>();
+  return (maxMessageBytes) => {
+    let p = byLimit.get(maxMessageBytes);
+    if (p === undefined) {
+      p = build(maxMessageBytes);
+      byLimit.set(maxMessageBytes, p);
+    }
+    return p;
+  };
+};
+
 /** Client stream once the session is ready: CopyData is the data path. */
-export const clientSessionPolicy = (maxMessageBytes: number): ScanPolicy => ({
-  known: clientSessionTypes,
-  sender: "frontend",
-  // The relay judges client messages by their type alone; audit and policy will read Query and Parse.
-  inspect: typeSet(),
-  streamed: typeSet(Frontend.CopyData),
-  maxLength: clientMaxLength(maxMessageBytes),
-});
+export const clientSessionPolicy = shared(
+  (maxMessageBytes: number): ScanPolicy => ({
+    known: clientSessionTypes,
+    sender: "frontend",
+    // The relay judges client messages by their type alone; audit and policy will read Query and Parse.
+    inspect: typeSet(),
+    streamed: typeSet(Frontend.CopyData),
+    maxLength: clientMaxLength(maxMessageBytes),
+  }),
+);
 
 /** Audit on: the statement requests' bytes reach the handler, everything else is still judged by type. */
-export const auditedClientSessionPolicy = (maxMessageBytes: number): ScanPolicy => ({
-  ...clientSessionPolicy(maxMessageBytes),
-  inspect: typeSet(Frontend.Query, Frontend.Parse, Frontend.Bind, Frontend.Execute, Frontend.FunctionCall),
-});
+export const auditedClientSessionPolicy = shared(
+  (maxMessageBytes: number): ScanPolicy => ({
+    ...clientSessionPolicy(maxMessageBytes),
+    inspect: typeSet(Frontend.Query, Frontend.Parse, Frontend.Bind, Frontend.Execute, Frontend.FunctionCall),
+  }),
+);
 
 /** Client stream during authentication: everything is held so nothing slips through unchecked. */
-export const clientAuthPolicy = (maxMessageBytes: number): ScanPolicy => ({
-  known: clientAuthTypes,
-  sender: "frontend",
-  streamed: typeSet(),
-  maxLength: clientMaxLength(maxMessageBytes),
-});
+export const clientAuthPolicy = shared(
+  (maxMessageBytes: number): ScanPolicy => ({
+    known: clientAuthTypes,
+    sender: "frontend",
+    streamed: typeSet(),
+    maxLength: clientMaxLength(maxMessageBytes),
+  }),
+);
 
 /**
  * Server messages the relay acts on: ReadyForQuery, the COPY switches and ErrorResponse (a FATAL
@@ -75,13 +99,15 @@ const serverStreamedTypes = typeSet(
 );
 
 /** Server stream once ready: only what changes the session's state is held and handled. */
-export const serverSessionPolicy = (maxMessageBytes: number): ScanPolicy => ({
-  known: serverTypes,
-  sender: "backend",
-  streamed: serverStreamedTypes,
-  // Streamed messages are never buffered, so only PostgreSQL's own 1 GB field limit applies to them.
-  maxLength: (type) => (serverStreamedTypes[type] === 1 ? 0x7fffffff : maxMessageBytes),
-});
+export const serverSessionPolicy = shared(
+  (maxMessageBytes: number): ScanPolicy => ({
+    known: serverTypes,
+    sender: "backend",
+    streamed: serverStreamedTypes,
+    // Streamed messages are never buffered, so only PostgreSQL's own 1 GB field limit applies to them.
+    maxLength: (type) => (serverStreamedTypes[type] === 1 ? 0x7fffffff : maxMessageBytes),
+  }),
+);
 
 /** Server stream during its startup: small messages only. */
 export const serverStartupPolicy: ScanPolicy = {
@@ -98,12 +124,14 @@ const auditedServerStreamedTypes = typeSet(
 );
 
 /** Audit on: CommandComplete is held too, for the command tag and row count of each statement. */
-export const auditedServerSessionPolicy = (maxMessageBytes: number): ScanPolicy => ({
-  known: serverTypes,
-  sender: "backend",
-  streamed: auditedServerStreamedTypes,
-  maxLength: (type) => (auditedServerStreamedTypes[type] === 1 ? 0x7fffffff : maxMessageBytes),
-});
+export const auditedServerSessionPolicy = shared(
+  (maxMessageBytes: number): ScanPolicy => ({
+    known: serverTypes,
+    sender: "backend",
+    streamed: auditedServerStreamedTypes,
+    maxLength: (type) => (auditedServerStreamedTypes[type] === 1 ? 0x7fffffff : maxMessageBytes),
+  }),
+);
 
 /** Replies pooled modes match to requests: prepared statements, session state, answered-locally replies. */
 const pooledServerHandledTypes = [
@@ -128,23 +156,27 @@ const pooledServerStreamedTypes = typeSet(
  * Pooled modes: every reply that ends a request is held, so replies pgwarden injected are
  * skipped and its own answers are put in their place; rows and COPY data still stream.
  */
-export const pooledServerSessionPolicy = (maxMessageBytes: number): ScanPolicy => ({
-  known: serverTypes,
-  sender: "backend",
-  streamed: pooledServerStreamedTypes,
-  maxLength: (type) => (pooledServerStreamedTypes[type] === 1 ? 0x7fffffff : maxMessageBytes),
-});
+export const pooledServerSessionPolicy = shared(
+  (maxMessageBytes: number): ScanPolicy => ({
+    known: serverTypes,
+    sender: "backend",
+    streamed: pooledServerStreamedTypes,
+    maxLength: (type) => (pooledServerStreamedTypes[type] === 1 ? 0x7fffffff : maxMessageBytes),
+  }),
+);
 
 /** Pooled modes: the statement requests' bytes reach the handler (names are mapped, SQL classified). */
-export const pooledClientSessionPolicy = (maxMessageBytes: number): ScanPolicy => ({
-  ...clientSessionPolicy(maxMessageBytes),
-  inspect: typeSet(
-    Frontend.Query,
-    Frontend.Parse,
-    Frontend.Bind,
-    Frontend.Execute,
-    Frontend.Describe,
-    Frontend.Close,
-    Frontend.FunctionCall,
-  ),
-});
+export const pooledClientSessionPolicy = shared(
+  (maxMessageBytes: number): ScanPolicy => ({
+    ...clientSessionPolicy(maxMessageBytes),
+    inspect: typeSet(
+      Frontend.Query,
+      Frontend.Parse,
+      Frontend.Bind,
+      Frontend.Execute,
+      Frontend.Describe,
+      Frontend.Close,
+      Frontend.FunctionCall,
+    ),
+  }),
+);

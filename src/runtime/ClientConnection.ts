@@ -6,7 +6,6 @@ import { startTlsOnSocket, type TlsSession } from "../adapters/tls/startTls.ts";
 import type {
   connectUpstream,
   sendCancel,
-  Upstream,
   UpstreamCredentials,
   UpstreamTarget,
 } from "../adapters/upstream.ts";
@@ -39,7 +38,7 @@ import {
 } from "../policy/sessionLimits.ts";
 import { filterStartupParameters, type StartupPolicy } from "../policy/startupParameters.ts";
 import type { Pool, ServerPool, Waiter } from "../pool/ServerPool.ts";
-import { replaySql, SessionState } from "../pool/SessionState.ts";
+import { replaySql, type SessionState } from "../pool/SessionState.ts";
 import {
   encodeAuthentication,
   encodeBackendKeyData,
@@ -167,6 +166,16 @@ const certificateRefused = (user: string): PgwardenError =>
     `certificate authentication failed for user ${JSON.stringify(user)}`,
   );
 const READY_IDLE = Buffer.from([0x5a, 0, 0, 0, 5, 0x49]);
+
+/** ParameterStatus for a client: the pool's reported values, the client's startup settings over them. */
+const startupReport = (
+  defaults: ReadonlyMap<string, string>,
+  parameters: ReadonlyMap<string, string>,
+): Buffer[] => {
+  const own = new Map<string, string>();
+  for (const [k, v] of parameters) if (k !== "user" && k !== "database") own.set(k.toLowerCase(), v);
+  return [...defaults].map(([k, v]) => encodeParameterStatus(k, own.get(k.toLowerCase()) ?? v));
+};
 const poolFull = pgwardenError(
   "PGW_POOL_FULL",
   SqlState.tooManyConnections,
@@ -571,21 +580,33 @@ export class ClientConnection {
     this.machine.send(negotiation === "direct" ? Events.DirectTLSAvailable : Events.SSLRequestTls);
   }
 
-  /** `S` (for SSLRequest) and the handshake on the same socket; the login deadline still bounds it. */
+  /**
+   * `S` (for SSLRequest) and the handshake on the same socket. The handshake's own timer takes the
+   * rest of the login deadline, so a stalled handshake ends as PGW_TLS_TIMEOUT, logged once; the
+   * login deadline resumes with what is left once TLS is up.
+   */
   private async acceptTls(): Promise<void> {
     const request = this.tlsRequest!;
     this.tlsRequest = undefined;
     const tls = this.deps.tls!;
+    const loginLeft = () => this.deps.auth.timeoutMs - (Date.now() - this.openedAt);
+    this.deps.deadlines.clear(this, "login");
     const outcome = await startTlsOnSocket(this.raw, {
       context: tls.context(),
       negotiation: request.negotiation,
       buffered: request.buffered,
       requestCert: tls.requestCert,
-      handshakeTimeoutMs: Math.min(tls.handshakeTimeoutMs, this.deps.auth.timeoutMs),
+      handshakeTimeoutMs: Math.max(1, Math.min(tls.handshakeTimeoutMs, loginLeft())),
     });
     const log = this.deps.log;
     if (isPgwardenError(outcome)) {
-      log.warn({ conn: this.id, code: outcome.code, reason: outcome.message }, "TLS handshake failed");
+      // A shutdown or the client's close ended the connection first: no refusal of ours to report.
+      const ours = this.machine.in("tls") && outcome.code !== "PGW_TLS_CLOSED";
+      if (ours ? log.isLevelEnabled("warn") : log.isLevelEnabled("info"))
+        log[ours ? "warn" : "info"](
+          { conn: this.id, code: outcome.code, reason: outcome.message },
+          "TLS handshake failed",
+        );
       this.deps.events.emit({
         kind: "tlsHandshake",
         conn: this.id,
@@ -597,10 +618,11 @@ export class ClientConnection {
       return;
     }
     if (!this.machine.in("tls")) {
-      // The deadline or a shutdown came first.
+      // A shutdown came first.
       outcome.socket.destroy();
       return;
     }
+    this.deps.deadlines.arm(this, "login", Math.max(0, loginLeft()));
     this.useTransport(outcome);
     const fingerprint = outcome.peer?.fingerprint256;
     if (log.isLevelEnabled("info"))
@@ -953,6 +975,19 @@ export class ClientConnection {
     }
     pool.clients++;
     this.pool = pool;
+    if (pool.settings.mode !== "session" && pool.defaults !== undefined) {
+      // Pooled modes answer the startup from what the pool's logins reported, with the client's own
+      // settings over them: no server connection is taken until the client asks for something.
+      this.sessionState = pool.startupSettings(parameters, pool.defaults);
+      this.serverReady = {
+        pid: undefined,
+        startupMessages: startupReport(pool.defaults, parameters),
+        method: "",
+        tlsProtocol: undefined,
+      };
+      this.machine.send(Events.UpstreamReady);
+      return;
+    }
     const waiter: Waiter = {
       granted: (server, waitedMs) => {
         if (this.waiter !== waiter) {
@@ -991,9 +1026,7 @@ export class ClientConnection {
       pool.release(server);
       return;
     }
-    const own: Record<string, string> = Object.fromEntries(pool.defaults ?? server.reported);
-    for (const [k, v] of parameters) if (k !== "user" && k !== "database") own[k] = v;
-    const state = SessionState.fromStartup(own);
+    const state = pool.startupSettings(parameters, server.reported);
     const sql = replaySql(state.current, server.settings.current);
     if (sql !== "" && !(await server.run(sql))) {
       server.close();
@@ -1016,18 +1049,23 @@ export class ClientConnection {
       "server connection assigned",
     );
     this.serverReady = {
-      socket: server.socket!,
-      key: server.key!,
+      pid: server.pid,
       startupMessages: [...server.reported].map(([k, v]) => encodeParameterStatus(k, v)),
-      ready: READY_IDLE,
-      pending: [],
       method: server.method,
       tlsProtocol: server.tlsProtocol,
     };
     this.machine.send(Events.UpstreamReady);
   }
 
-  private serverReady: Upstream | undefined;
+  /** What the client is told at the end of its startup: from the server it got, or the pool's defaults. */
+  private serverReady:
+    | {
+        readonly pid: number | undefined;
+        readonly startupMessages: readonly Uint8Array[];
+        readonly method: string;
+        readonly tlsProtocol: string | undefined;
+      }
+    | undefined;
 
   private startRelay(): void {
     if (this.admin !== undefined) {
@@ -1041,7 +1079,7 @@ export class ClientConnection {
     // Session mode hands out the backend's PID; pooled modes a pgwarden one, as no backend is the client's.
     this.clientKey = pooledMode
       ? this.deps.cancels.issuePooled(this.minor, this)
-      : this.deps.cancels.issue(upstream.key.processId, this.minor, this);
+      : this.deps.cancels.issue(upstream.pid!, this.minor, this);
     const pooled: PooledSession | undefined = pooledMode
       ? { pool, state: this.sessionState!, ...this.deps.pooling }
       : undefined;
@@ -1052,20 +1090,21 @@ export class ClientConnection {
       ...(pooled === undefined ? {} : { pooled }),
     });
     this.link = link;
-    this.deps.log.info(
-      {
-        conn: this.id,
-        pid: upstream.key.processId,
-        upstreamAuth: upstream.method,
-        upstreamTls: upstream.tlsProtocol,
-      },
-      "session ready",
-    );
+    if (this.deps.log.isLevelEnabled("info"))
+      this.deps.log.info(
+        {
+          conn: this.id,
+          pid: upstream.pid,
+          upstreamAuth: upstream.method,
+          upstreamTls: upstream.tlsProtocol,
+        },
+        "session ready",
+      );
     const pending = this.clientPending;
     this.clientPending = [];
     link.start({
-      toClient: [...upstream.startupMessages, encodeBackendKeyData(this.clientKey), upstream.ready],
-      serverPending: upstream.pending,
+      toClient: [...upstream.startupMessages, encodeBackendKeyData(this.clientKey), READY_IDLE],
+      serverPending: [],
       clientPending: pending,
     });
   }

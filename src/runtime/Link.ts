@@ -150,23 +150,23 @@ export class Link {
   /** Present only while audit records statements: audit off keeps the relay as lean as it was. */
   private readonly statements: StatementTracker | undefined;
   private readonly events: EventSink | undefined;
-  private readonly clientBase: (type: number, msg: Buffer) => Verdict;
-  private readonly serverBase: (type: number, msg: Buffer) => PgwardenError | Verdict;
+
   // Pooled modes ------------------------------------------------------------------------------------
   private readonly pooled: PooledSession | undefined;
   private readonly replies = new Replies();
   /** Chunks the client sent while the link held no server connection. */
-  private stash: Buffer[] = [];
+  private stash: Buffer[] | undefined;
   private waiting: Waiter | undefined;
   private releaseDue = false;
   /** After a message pgwarden refused locally, PostgreSQL's rule: ignore everything up to Sync. */
   private skipToSync = false;
   /** Session effects per client statement and portal (named or not), for Execute to queue. */
-  private readonly statementEffects = new Map<string, StatementEffects>();
-  private readonly portalEffects = new Map<string, StatementEffects>();
+  private statementEffects: Map<string, StatementEffects> | undefined;
+  private portalEffects: Map<string, StatementEffects> | undefined;
   /** Effects of the Executes since the last Sync, then per sync point still owed. */
-  private groupEffects: (readonly SessionEffect[])[] = [];
-  private readonly pendingGroups: StatementEffects[] = [];
+  private groupEffects: (readonly SessionEffect[])[] | undefined;
+  private pendingGroups: StatementEffects[] | undefined;
+  private executes = 0;
   private idleTimer: ReturnType<typeof setTimeout> | undefined;
   private transactionTimer: ReturnType<typeof setTimeout> | undefined;
 
@@ -186,33 +186,51 @@ export class Link {
       this.events = events;
       this.statements = new StatementTracker(client.id, events, undefined, server?.id);
     }
-    if (this.pooled !== undefined) {
-      this.clientBase = this.onClientMessagePooled;
-      this.serverBase = this.onServerMessagePooled;
-      this.serverPolicy = pooledServerSessionPolicy(limits.maxMessageBytes);
-      this.clientScanner = new MessageScanner(
-        pooledClientSessionPolicy(limits.maxMessageBytes),
-        audited ? this.onClientMessageAudited : this.clientBase,
-      );
-    } else {
-      this.clientBase = this.onClientMessage;
-      this.serverBase = this.onServerMessage;
-      this.serverPolicy = (audited ? auditedServerSessionPolicy : serverSessionPolicy)(
-        limits.maxMessageBytes,
-      );
-      this.clientScanner = new MessageScanner(
-        (audited ? auditedClientSessionPolicy : clientSessionPolicy)(limits.maxMessageBytes),
-        audited ? this.onClientMessageAudited : this.clientBase,
-      );
-    }
+    // One handler closure per direction, for the mode in use: an idle client carries no others.
+    const onClient: (type: number, msg: Buffer) => Verdict = audited
+      ? (t, m) => this.onClientMessageAudited(t, m)
+      : this.pooled !== undefined
+        ? (t, m) => this.onClientMessagePooled(t, m)
+        : (t, m) => this.onClientMessage(t, m);
+    this.onServer = audited
+      ? (t, m) => this.onServerMessageAudited(t, m)
+      : this.pooled !== undefined
+        ? (t, m) => this.onServerMessagePooled(t, m)
+        : (t, m) => this.onServerMessage(t, m);
+    const max = limits.maxMessageBytes;
+    this.serverPolicy =
+      this.pooled !== undefined
+        ? pooledServerSessionPolicy(max)
+        : audited
+          ? auditedServerSessionPolicy(max)
+          : serverSessionPolicy(max);
+    this.clientScanner = new MessageScanner(
+      this.pooled !== undefined
+        ? pooledClientSessionPolicy(max)
+        : audited
+          ? auditedClientSessionPolicy(max)
+          : clientSessionPolicy(max),
+      onClient,
+    );
     this.serverScanner = this.newServerScanner();
   }
 
+  private readonly onServer: (type: number, msg: Buffer) => Verdict;
+
   private newServerScanner(): MessageScanner {
-    return new MessageScanner(
-      this.serverPolicy,
-      this.statements !== undefined ? this.onServerMessageAudited : this.serverBase,
-    );
+    return new MessageScanner(this.serverPolicy, this.onServer);
+  }
+
+  private clientBase(type: number, msg: Buffer): Verdict {
+    return this.pooled !== undefined
+      ? this.onClientMessagePooled(type, msg)
+      : this.onClientMessage(type, msg);
+  }
+
+  private serverBase(type: number, msg: Buffer): Verdict {
+    return this.pooled !== undefined
+      ? this.onServerMessagePooled(type, msg)
+      : this.onServerMessage(type, msg);
   }
 
   /** Since when the client waits for a server connection (pooled modes), for SHOW CLIENTS. */
@@ -234,7 +252,7 @@ export class Link {
     clientPending: readonly Buffer[];
   }): void {
     for (const m of first.toClient) this.toClient.push(m);
-    if (!this.replay(first.serverPending, this.serverBase, this.toClient)) return;
+    if (!this.replay(first.serverPending, (t, m) => this.serverBase(t, m), this.toClient)) return;
     this.flushToClient();
     this.client.socket.on("data", this.onClientData);
     if (this.pooled && this.current?.owed.settled) {
@@ -242,7 +260,7 @@ export class Link {
       this.release("idle");
     }
     if (this.current !== undefined) {
-      if (!this.replay(first.clientPending, this.clientBase, this.toServer)) return;
+      if (!this.replay(first.clientPending, (t, m) => this.clientBase(t, m), this.toServer)) return;
       this.flushToServer();
       this.serverSocket!.on("data", this.onServerData);
       this.serverSocket!.resume();
@@ -309,7 +327,8 @@ export class Link {
   private readonly onClientData = (chunk: Buffer): void => {
     if (this.current === undefined && !this.terminateOnly(chunk)) {
       // Pooled, between transactions: the next request waits for a server connection.
-      this.stash.push(chunk);
+      if (this.stash === undefined) this.stash = [chunk];
+      else this.stash.push(chunk);
       this.checkout();
       return;
     }
@@ -365,7 +384,7 @@ export class Link {
   };
 
   /** Audit on: a new statement is refused while the audit trail cannot take records; others are recorded. */
-  private readonly onClientMessageAudited = (type: number, msg: Buffer): Verdict => {
+  private onClientMessageAudited(type: number, msg: Buffer): Verdict {
     if (type === Frontend.Query || type === Frontend.Parse || type === Frontend.FunctionCall) {
       const blocked = this.events!.blocked?.();
       if (blocked !== undefined) return this.refuseStatement(type, msg, blocked);
@@ -375,9 +394,9 @@ export class Link {
     if (v === undefined || (this.pooled !== undefined && !isPgwardenError(v)))
       this.statements!.client(type, msg);
     return v;
-  };
+  }
 
-  private readonly onServerMessageAudited = (type: number, msg: Buffer): Verdict => {
+  private onServerMessageAudited(type: number, msg: Buffer): Verdict {
     // A ReadyForQuery moves the machines first, so the statements it closes carry those transitions.
     if (type === Backend.ReadyForQuery) {
       const v = this.serverBase(type, msg);
@@ -388,7 +407,7 @@ export class Link {
     return type === Backend.CommandComplete && this.pooled === undefined
       ? undefined
       : this.serverBase(type, msg);
-  };
+  }
 
   /**
    * AU-5 block: the statement does not reach PostgreSQL. Outside a transaction, with nothing
@@ -425,7 +444,7 @@ export class Link {
   }
 
   /** Each client control message: the machine decides whether it is legal here. */
-  private readonly onClientMessage = (type: number, _msg: Buffer): Verdict => {
+  private onClientMessage(type: number, _msg: Buffer): Verdict {
     const m = this.client.machine;
     const from = m.state;
     const copyIn = from === "busy.copy.in" || from === "busy.copy.both";
@@ -446,10 +465,10 @@ export class Link {
       this.current!.machine.send(ServerEvents.Request);
     } else if (isExtended(type)) owed.unsynced = true;
     return undefined;
-  };
+  }
 
   /** Each server control message that changes what the client may do next. */
-  private readonly onServerMessage = (type: number, msg: Buffer): PgwardenError | undefined => {
+  private onServerMessage(type: number, msg: Buffer): PgwardenError | undefined {
     let event: ConnectionEvent;
     switch (type) {
       case Backend.ReadyForQuery: {
@@ -488,7 +507,7 @@ export class Link {
     if (!m.sendUnlessViolation(event))
       return protocolError(`PostgreSQL sent message 0x${type.toString(16)} out of turn in state ${m.state}`);
     return undefined;
-  };
+  }
 
   // Pooled modes: requests --------------------------------------------------------------------------
 
@@ -496,14 +515,14 @@ export class Link {
    * The session rules first (the machine), then what pooling needs: statement names mapped to
    * the pool's, session effects noted, each request's reply expected in order.
    */
-  private readonly onClientMessagePooled = (type: number, msg: Buffer): Verdict => {
+  private onClientMessagePooled(type: number, msg: Buffer): Verdict {
     const copyIn = this.client.machine.state.startsWith("busy.copy.");
     const v = this.onClientMessage(type, msg);
     if (v !== undefined || copyIn) return v;
     this.clearIdleTimer();
     if (this.skipToSync && type !== Frontend.Sync) return isExtended(type) ? DROP : this.requested(type, msg);
     return this.requested(type, msg);
-  };
+  }
 
   private requested(type: number, msg: Buffer): Verdict {
     const pooled = this.pooled!;
@@ -526,8 +545,9 @@ export class Link {
       case Frontend.Sync:
         this.skipToSync = false;
         this.replies.push({ reply: Reply.sync, action: Action.forward });
-        this.syncPoint(this.groupEffects);
-        this.groupEffects = [];
+        this.syncPoint(this.groupEffects ?? NO_EFFECTS);
+        this.groupEffects = undefined;
+        this.executes = 0;
         return undefined;
       case Frontend.Parse: {
         const p = decodeParse(msg);
@@ -535,8 +555,10 @@ export class Link {
         const effects = sessionEffectsOf(pooled.parser, p.query);
         const refused = pooled.refusePins ? refusedFeature(effects) : undefined;
         if (refused !== undefined) return this.refuseLocally(SqlState.featureNotSupported, refused);
-        if (effects.length > 0) this.statementEffects.set(p.name, effects);
-        else this.statementEffects.delete(p.name);
+        if (effects.length > 0) {
+          this.statementEffects ??= new Map();
+          this.statementEffects.set(p.name, effects);
+        } else this.statementEffects?.delete(p.name);
         if (statements === undefined || p.name === "") {
           this.replies.push({ reply: Reply.parse, action: Action.forward, name: p.name });
           return undefined;
@@ -558,9 +580,11 @@ export class Link {
       case Frontend.Bind: {
         const names = bindNames(msg);
         if (names === undefined) return protocolError("Bind: names are not terminated");
-        const effects = this.statementEffects.get(names.statement);
-        if (effects !== undefined) this.portalEffects.set(names.portal, effects);
-        else this.portalEffects.delete(names.portal);
+        const effects = this.statementEffects?.get(names.statement);
+        if (effects !== undefined) {
+          this.portalEffects ??= new Map();
+          this.portalEffects.set(names.portal, effects);
+        } else this.portalEffects?.delete(names.portal);
         return this.useStatement(Reply.bind, names.statement, msg);
       }
       case Frontend.Describe: {
@@ -575,8 +599,8 @@ export class Link {
       case Frontend.Close: {
         const t = targetName(msg);
         if (t === undefined) return protocolError("Close: malformed");
-        if (t.target === 0x53) this.statementEffects.delete(t.name);
-        else this.portalEffects.delete(t.name);
+        if (t.target === 0x53) this.statementEffects?.delete(t.name);
+        else this.portalEffects?.delete(t.name);
         if (t.target === 0x53 && statements?.onClose(this.client.id, t.name) === true) {
           // The server-side statement stays for other clients; this client's name is gone.
           this.replies.push({ reply: Reply.close, action: Action.local, local: encodeCloseComplete() });
@@ -588,7 +612,15 @@ export class Link {
       case Frontend.Execute: {
         const end = msg.indexOf(0, 5);
         const portal = end < 0 ? "" : msg.toString("utf8", 5, end);
-        this.groupEffects.push(this.portalEffects.get(portal)?.[0] ?? []);
+        // One entry per Execute, in order: each is matched to its CommandComplete.
+        const effects = this.portalEffects?.get(portal)?.[0];
+        if (effects !== undefined) {
+          this.groupEffects ??= [];
+          const group = this.groupEffects;
+          while (group.length < this.executes) group.push([]);
+          group.push(effects);
+        } else this.groupEffects?.push([]);
+        this.executes++;
         this.replies.push({ reply: Reply.execute, action: Action.forward });
         return undefined;
       }
@@ -642,7 +674,10 @@ export class Link {
   /** One more ReadyForQuery owed; its effects start counting once the replies before it are in. */
   private syncPoint(effects: StatementEffects): void {
     if (this.current!.owed.size === 1) this.pooled!.state.queue(effects);
-    else this.pendingGroups.push(effects);
+    else {
+      this.pendingGroups ??= [];
+      this.pendingGroups.push(effects);
+    }
   }
 
   /** Local answers at the head of the queue leave now (nothing owed before them). */
@@ -656,7 +691,7 @@ export class Link {
 
   // Pooled modes: replies ---------------------------------------------------------------------------
 
-  private readonly onServerMessagePooled = (type: number, msg: Buffer): Verdict => {
+  private onServerMessagePooled(type: number, msg: Buffer): Verdict {
     const before: Buffer[] = [];
     this.replies.takeLocals(before);
     const match = this.replies.match(type);
@@ -689,7 +724,7 @@ export class Link {
     this.replies.takeLocals(after);
     if (forward && before.length === 0 && after.length === 0) return undefined;
     return concat([...before, ...(forward ? [msg] : []), ...after]);
-  };
+  }
 
   /** A reply to `entry`: bookkeeping, and whether the client gets it. */
   private replied(type: number, msg: Buffer, entry: Entry, server: ServerConnection): boolean {
@@ -723,7 +758,7 @@ export class Link {
   private afterReadyForQuery(status: "I" | "T" | "E"): PgwardenError | undefined {
     const pooled = this.pooled!;
     pooled.state.onReadyForQuery(status);
-    const next = this.pendingGroups.shift();
+    const next = this.pendingGroups?.shift();
     if (next !== undefined) pooled.state.queue(next);
     const stats = pooled.pool.stats;
     stats.queries++;
@@ -805,8 +840,8 @@ export class Link {
     }
     server.settings.adoptFrom(this.pooled!.state);
     this.attach(server);
-    const stash = this.stash;
-    this.stash = [];
+    const stash = this.stash ?? [];
+    this.stash = undefined;
     for (const chunk of stash) {
       if (!this.linked) return;
       this.onClientData(chunk);

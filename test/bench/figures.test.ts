@@ -99,11 +99,18 @@ describe("idle-client memory", () => {
 });
 
 describe("bench flags", () => {
-  it("defaults to throughput and memory at 1,000 and 10,000 idle clients", () => {
+  it("defaults to throughput, the TLS part and memory at 1,000 and 10,000 idle clients", () => {
     const o = parseBenchArgs([])!;
-    expect(o.parts).toEqual(["throughput", "memory"]);
+    expect(o.parts).toEqual(["throughput", "tls", "memory"]);
+    expect(o.tlsRounds).toBe(3);
     expect(o.idleClients).toEqual([1000, 10000]);
     expect(o.pool).toBeUndefined();
+  });
+  it("--tls alone runs only the TLS part; --rounds sets its rounds too", () => {
+    const o = parseBenchArgs(["--tls", "--rounds", "5"])!;
+    expect(o.parts).toEqual(["tls"]);
+    expect([o.rounds, o.tlsRounds]).toEqual([5, 5]);
+    expect(parseBenchArgs(["--quick"])!.tlsRounds).toBe(2);
   });
   it("--quick shortens the runs only", () => {
     const o = parseBenchArgs(["--quick"])!;

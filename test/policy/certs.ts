@@ -1,13 +1,10 @@
-import { execFile } from "node:child_process";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import tls from "node:tls";
-import { promisify } from "node:util";
+import { type CertPair, createCa, issue } from "../support/pki.ts";
 
-/** Test certificates made with the openssl CLI, and the peer-certificate shape a real TLS server sees. */
-
-const run = promisify(execFile);
+/** Client certificates for the mapping tests (shared generator), and the peer-certificate shape a real TLS server sees. */
 
 export interface ClientCertSpec {
   /** `-subj` argument, e.g. `/O=Acme/CN=alice`. */
@@ -26,63 +23,24 @@ export interface CertFiles {
   readonly cleanup: () => Promise<void>;
 }
 
-const openssl = (dir: string, args: string[]) => run("openssl", args, { cwd: dir, timeout: 20_000 });
-const newKey = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-
 export const makeCerts = async (specs: Readonly<Record<string, ClientCertSpec>>): Promise<CertFiles> => {
   const dir = await mkdtemp(join(tmpdir(), "pgwarden-policy-certs-"));
-  await openssl(dir, [
-    "req",
-    "-x509",
-    ...newKey,
-    "-keyout",
-    "ca.key",
-    "-out",
-    "ca.crt",
-    "-days",
-    "2",
-    "-subj",
-    "/CN=pgwarden test CA",
-  ]);
-  const certs: Record<string, { cert: string; key: string }> = {};
+  const ca = createCa(dir, "ca", { subject: "/CN=pgwarden test CA", keyType: "p256", days: 2 });
+  const certs: Record<string, CertPair> = {};
   for (const [name, spec] of Object.entries(specs)) {
-    await openssl(dir, [
-      "req",
-      "-utf8",
-      ...newKey,
-      "-keyout",
-      `${name}.key`,
-      "-out",
-      `${name}.csr`,
-      "-subj",
-      spec.subject,
-    ]);
-    const ext = ["basicConstraints = CA:FALSE", "extendedKeyUsage = clientAuth"];
-    if (spec.san !== undefined) ext.push("subjectAltName = @alt", "[alt]", ...spec.san, spec.extra ?? "");
-    await writeFile(join(dir, `${name}.ext`), `${ext.join("\n")}\n`);
-    await openssl(dir, [
-      "x509",
-      "-req",
-      "-in",
-      `${name}.csr`,
-      "-CA",
-      "ca.crt",
-      "-CAkey",
-      "ca.key",
-      "-CAcreateserial",
-      "-out",
-      `${name}.crt`,
-      "-days",
-      "2",
-      "-extfile",
-      `${name}.ext`,
-    ]);
-    certs[name] = { cert: join(dir, `${name}.crt`), key: join(dir, `${name}.key`) };
+    certs[name] = issue(ca, name, {
+      subject: spec.subject,
+      usage: "client",
+      keyType: "p256",
+      days: 2,
+      ...(spec.san === undefined ? {} : { san: spec.san }),
+      ...(spec.extra === undefined ? {} : { sections: spec.extra }),
+    });
   }
   return {
     dir,
-    caCert: join(dir, "ca.crt"),
-    caKey: join(dir, "ca.key"),
+    caCert: ca.cert,
+    caKey: ca.key,
     certs,
     cleanup: () => rm(dir, { recursive: true, force: true }),
   };

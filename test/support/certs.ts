@@ -1,13 +1,9 @@
-import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { type CertPair, createCa, issue, type LeafSpec, revoke, writeCrl } from "./pki.ts";
 
-/** One certificate and its private key, both PEM files. */
-export interface CertPair {
-  readonly cert: string;
-  readonly key: string;
-}
+export type { CertPair } from "./pki.ts";
 
 /** Paths of the test PKI. Every file is real X.509 made by the openssl CLI. */
 export interface TestCerts {
@@ -40,119 +36,33 @@ export interface TestCerts {
 }
 
 // Bump when the set of files changes, so a stale cache from an older layout is never reused.
-const LAYOUT = 3;
-
-const openssl = (cwd: string, args: readonly string[]): void => {
-  execFileSync("openssl", args, { cwd, stdio: ["ignore", "ignore", "pipe"] });
-};
-
-const caConfig = (dir: string): string => `
-[ca]
-default_ca = test_ca
-[test_ca]
-dir = ${dir}/ca-db
-database = $dir/index.txt
-new_certs_dir = $dir/new
-serial = $dir/serial
-crlnumber = $dir/crlnumber
-certificate = ${dir}/ca.crt
-private_key = ${dir}/ca.key
-default_md = sha256
-default_crl_days = 3650
-policy = anything
-copy_extensions = copy
-unique_subject = no
-[anything]
-commonName = supplied
-[client_ext]
-basicConstraints = CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = clientAuth
-`;
+const LAYOUT = 4;
 
 const generate = (dir: string): void => {
-  const run = (...args: string[]) => openssl(dir, args);
-  const key = (name: string, kind: "rsa" | "ec" = "rsa") =>
-    kind === "rsa"
-      ? run("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", `${name}.key`)
-      : run("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", `${name}.key`);
-  const selfSignedCa = (name: string, cn: string) => {
-    key(name);
-    run(
-      ...["req", "-x509", "-new", "-key", `${name}.key`, "-sha256", "-days", "3650", "-subj", `/CN=${cn}`],
-      ...["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
-      ...["-out", `${name}.crt`],
-    );
-  };
-  const serverExt = (names: string) =>
-    [
-      `subjectAltName=${names}`,
-      "basicConstraints=CA:FALSE",
-      "keyUsage=critical,digitalSignature,keyEncipherment",
-      "extendedKeyUsage=serverAuth",
-    ].join("\n");
-  const serverCert = (
-    name: string,
-    cn: string,
-    names: string,
-    md = "sha256",
-    kind: "rsa" | "ec" = "rsa",
-    sigopts: string[] = [],
-  ) => {
-    key(name, kind);
-    writeFileSync(join(dir, `${name}.ext`), serverExt(names));
-    run("req", "-new", "-key", `${name}.key`, "-subj", `/CN=${cn}`, "-out", `${name}.csr`);
-    run(
-      ...["x509", "-req", "-in", `${name}.csr`, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial"],
-      ...[`-${md}`, ...sigopts, "-days", "3650", "-extfile", `${name}.ext`, "-out", `${name}.crt`],
-    );
-  };
-
-  selfSignedCa("ca", "pgwarden test CA");
-  const localNames = "DNS:localhost,IP:127.0.0.1";
-  serverCert("server", "localhost", localNames);
-  serverCert("server2", "localhost", localNames);
-  serverCert("server-ecdsa", "localhost", localNames, "sha384", "ec");
-  serverCert("server-sha1", "localhost", localNames, "sha1");
-  serverCert("server-pss", "localhost", localNames, "sha384", "rsa", [
-    ...["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:-1"],
-  ]);
-  serverCert("wrong-host", "wrong.example", "DNS:wrong.example");
-
-  // Client certificates go through `openssl ca`: it can backdate validity and revoke.
-  mkdirSync(join(dir, "ca-db", "new"), { recursive: true });
-  writeFileSync(join(dir, "ca-db", "index.txt"), "");
-  writeFileSync(join(dir, "ca-db", "serial"), "1000\n");
-  writeFileSync(join(dir, "ca-db", "crlnumber"), "1000\n");
-  writeFileSync(join(dir, "ca.cnf"), caConfig(dir));
-  const clientCert = (name: string, cn: string, extra: string[] = [], san?: string) => {
-    key(name);
-    const subj = ["-subj", `/CN=${cn}`];
-    const sanArgs = san === undefined ? [] : ["-addext", `subjectAltName=${san}`];
-    run("req", "-new", "-key", `${name}.key`, ...subj, ...sanArgs, "-out", `${name}.csr`);
-    run(
-      ...["ca", "-batch", "-config", "ca.cnf", "-extensions", "client_ext", "-notext"],
-      ...["-in", `${name}.csr`, "-out", `${name}.crt`, ...extra],
-    );
-  };
-  clientCert(
-    "client",
-    "alice",
-    ["-days", "3650"],
-    "email:alice@example.com,DNS:alice.clients.example,URI:spiffe://example.org/alice",
-  );
-  clientCert("client-expired", "expired", ["-startdate", "20200101000000Z", "-enddate", "20201231000000Z"]);
-  clientCert("client-revoked", "revoked", ["-days", "3650"]);
-  run("ca", "-config", "ca.cnf", "-revoke", "client-revoked.crt", "-crl_reason", "keyCompromise");
-  run("ca", "-config", "ca.cnf", "-gencrl", "-out", "ca.crl");
-
-  selfSignedCa("untrusted-ca", "untrusted CA");
-  key("untrusted");
-  run("req", "-new", "-key", "untrusted.key", "-subj", "/CN=mallory", "-out", "untrusted.csr");
-  run(
-    ...["x509", "-req", "-in", "untrusted.csr", "-CA", "untrusted-ca.crt", "-CAkey", "untrusted-ca.key"],
-    ...["-CAcreateserial", "-sha256", "-days", "3650", "-out", "untrusted.crt"],
-  );
+  const ca = createCa(dir, "ca", { subject: "/CN=pgwarden test CA" });
+  const local = "DNS:localhost,IP:127.0.0.1";
+  const server = (name: string, spec: Partial<LeafSpec> = {}) =>
+    issue(ca, name, { subject: "/CN=localhost", usage: "server", san: local, ...spec });
+  server("server");
+  server("server2");
+  server("server-ecdsa", { keyType: "p256", digest: "sha384" });
+  server("server-sha1", { digest: "sha1" });
+  server("server-pss", { digest: "sha384", sigopts: ["rsa_padding_mode:pss", "rsa_pss_saltlen:-1"] });
+  server("wrong-host", { subject: "/CN=wrong.example", san: "DNS:wrong.example" });
+  issue(ca, "client", {
+    subject: "/CN=alice",
+    usage: "client",
+    san: "email:alice@example.com,DNS:alice.clients.example,URI:spiffe://example.org/alice",
+  });
+  issue(ca, "client-expired", {
+    subject: "/CN=expired",
+    usage: "client",
+    validity: { notBefore: "20200101000000Z", notAfter: "20201231000000Z" },
+  });
+  revoke(ca, issue(ca, "client-revoked", { subject: "/CN=revoked", usage: "client" }));
+  writeCrl(ca);
+  const untrusted = createCa(dir, "untrusted-ca", { subject: "/CN=untrusted CA" });
+  issue(untrusted, "untrusted", { subject: "/CN=mallory", usage: "client" });
   writeFileSync(join(dir, "complete"), "");
 };
 

@@ -66,11 +66,24 @@ const initdbTemplate = (bin: string, password: string): string => {
   return dir;
 };
 
+/** Extra server settings: `postgresql.conf` lines, files copied into the data directory, the hba method. */
+export interface TlsPostgresOptions {
+  /** Lines such as `ssl_min_protocol_version = 'TLSv1.2'`. */
+  readonly settings?: readonly string[];
+  /** Files copied into the data directory under the given name (a CA bundle, a CRL). */
+  readonly files?: Readonly<Record<string, string>>;
+  /** The `hostssl` line's method and options (default `scram-sha-256`). */
+  readonly hba?: string;
+}
+
 /**
  * A throwaway Debian PostgreSQL on loopback. With `tls` it has ssl=on with that certificate and
  * only `hostssl` is allowed; without, ssl=off (it answers SSLRequest with N).
  */
-export const startTlsPostgres = async (tls: CertPair | undefined): Promise<TlsPostgres> => {
+export const startTlsPostgres = async (
+  tls: CertPair | undefined,
+  options: TlsPostgresOptions = {},
+): Promise<TlsPostgres> => {
   const bin = debianPostgresBin();
   if (bin === undefined)
     throw new Error("Debian PostgreSQL server not installed (apt-get install postgresql)");
@@ -95,10 +108,15 @@ export const startTlsPostgres = async (tls: CertPair | undefined): Promise<TlsPo
     ownedByPostgres(join(data, "server.key"), 0o600);
     settings.push("ssl_cert_file = 'server.crt'", "ssl_key_file = 'server.key'");
   }
+  for (const [name, from] of Object.entries(options.files ?? {})) {
+    copyFileSync(from, join(data, name));
+    ownedByPostgres(join(data, name), 0o600);
+  }
+  settings.push(...(options.settings ?? []));
   writeFileSync(join(data, "postgresql.auto.conf"), `${settings.join("\n")}\n`);
   writeFileSync(
     join(data, "pg_hba.conf"),
-    `${tls === undefined ? "host" : "hostssl"} all all 127.0.0.1/32 scram-sha-256\n`,
+    `${tls === undefined ? "host" : "hostssl"} all all 127.0.0.1/32 ${options.hba ?? "scram-sha-256"}\n`,
   );
   for (const f of ["postgresql.auto.conf", "pg_hba.conf"]) ownedByPostgres(join(data, f), 0o600);
 

@@ -1,6 +1,7 @@
 import type * as net from "node:net";
 import * as tls from "node:tls";
 import { type PgwardenError, pgwardenError, protocolError, SqlState } from "../../errors.ts";
+import { encodeError } from "../../protocol/backend.ts";
 import { type CertificateIdentity, certificateIdentity } from "./certificateIdentity.ts";
 
 /** The ALPN protocol PostgreSQL 17 defines; direct TLS must negotiate it. */
@@ -47,11 +48,57 @@ export interface StartTlsOptions {
 const handshakeError = (message: string): PgwardenError =>
   pgwardenError("PGW_TLS_HANDSHAKE", SqlState.connectionFailure, message);
 
+/** How long a refused client may take to read the refusal and close before its socket is destroyed. */
+export const REFUSAL_GRACE_MS = 250;
+
+/**
+ * Ends a TLS session refused after its handshake completed: `close_notify` (and, for a client
+ * certificate, a FATAL ErrorResponse first, as the client is already reading inside TLS), then
+ * the socket is destroyed once the client closes or after REFUSAL_GRACE_MS, whichever is first.
+ * OpenSSL refusals (version, suites, groups) never get here: OpenSSL has sent its alert already.
+ */
+const refuseAfterHandshake = (secure: tls.TLSSocket, error: PgwardenError, sent: () => void): void => {
+  secure.on("error", () => {});
+  const timer = setTimeout(() => {
+    secure.destroy();
+    sent();
+  }, REFUSAL_GRACE_MS);
+  secure.once("close", () => {
+    clearTimeout(timer);
+    sent();
+  });
+  // What the client sends meanwhile (its startup packet) is read and dropped, so no RST cuts the refusal short.
+  secure.resume();
+  // Node holds writes made inside the handshake callback until it returns: end once it has.
+  setImmediate(() => {
+    const refusal =
+      error.code === "PGW_TLS_CLIENT_CERT"
+        ? encodeError({ severity: "FATAL", code: error.sqlstate, message: error.message })
+        : undefined;
+    // `sent` once close_notify and FIN are out: the caller's own close must not overtake them.
+    if (refusal === undefined) secure.end(sent);
+    else secure.end(refusal, sent);
+  });
+};
+
+/** The failure an OpenSSL error stands for; `error.code` is Node's name of it (ERR_SSL_…, ECONNRESET). */
+const handshakeFailure = (e: Error & { code?: string }): PgwardenError =>
+  e.code === "ECONNRESET" || e.code === "EPIPE"
+    ? pgwardenError(
+        "PGW_TLS_CLOSED",
+        SqlState.connectionFailure,
+        `client closed the TLS handshake: ${e.code}`,
+      )
+    : handshakeError(`TLS handshake failed: ${e.code ?? e.message}`);
+
 /**
  * Turns an accepted plaintext socket into a TLS server socket on the same connection. Resolves
- * with the session or a typed failure; on failure the socket is destroyed unless the failure is
- * reported before anything was written (pipelined bytes), so the caller can still send an
- * ErrorResponse in plaintext.
+ * with the session or a typed failure, as PostgreSQL ends each: where OpenSSL refuses (protocol
+ * version, no shared suite or group) its alert goes out and the socket is destroyed; a session
+ * refused after the handshake (no ALPN on direct TLS, a client certificate that fails
+ * verification) is ended with close_notify (the certificate case with a FATAL 28000 first); a
+ * timeout or a client that closes destroys the socket at once. Pipelined bytes are reported
+ * before anything is written, so the caller can still answer in plaintext.
  */
 export const startTlsOnSocket = (
   socket: net.Socket,
@@ -84,23 +131,41 @@ export const startTlsOnSocket = (
       rejectUnauthorized: false,
     });
     let settled = false;
-    const finish = (outcome: TlsSession | PgwardenError) => {
+    const finish = (outcome: TlsSession | PgwardenError, established = false) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
       secure.off("error", onError);
-      if ("_tag" in outcome) secure.destroy();
-      resolve(outcome);
+      secure.off("close", onClose);
+      if (!("_tag" in outcome)) resolve(outcome);
+      else if (!established) {
+        secure.destroy();
+        resolve(outcome);
+      } else {
+        let once = false;
+        refuseAfterHandshake(secure, outcome, () => {
+          if (once) return;
+          once = true;
+          resolve(outcome);
+        });
+      }
     };
-    const onError = (e: Error & { code?: string }) =>
-      finish(handshakeError(`TLS handshake failed: ${e.code ?? e.message}`));
+    const onError = (e: Error & { code?: string }) => finish(handshakeFailure(e));
+    const onClose = () =>
+      finish(
+        pgwardenError(
+          "PGW_TLS_CLOSED",
+          SqlState.connectionFailure,
+          "connection closed during the TLS handshake",
+        ),
+      );
     const timer = setTimeout(
       () => finish(pgwardenError("PGW_TLS_TIMEOUT", SqlState.connectionFailure, "TLS handshake timed out")),
       options.handshakeTimeoutMs,
     );
     secure.once("error", onError);
-    secure.once("close", () => finish(handshakeError("connection closed during the TLS handshake")));
-    secure.once("secure", () => finish(sessionOf(secure, options)));
+    secure.once("close", onClose);
+    secure.once("secure", () => finish(sessionOf(secure, options), true));
   });
 };
 
@@ -132,8 +197,18 @@ const sessionOf = (secure: tls.TLSSocket, options: StartTlsOptions): TlsSession 
     cipher: cipher.standardName ?? cipher.name,
     alpn,
     peer,
-    localCertificate: secure.getX509Certificate()?.raw,
+    localCertificate: localCertificateOf(secure, options.context),
   };
+};
+
+/** DER of the certificate each context presents, parsed once per context rather than per handshake. */
+const localCertificates = new WeakMap<tls.SecureContext, Buffer | undefined>();
+
+const localCertificateOf = (secure: tls.TLSSocket, context: tls.SecureContext): Buffer | undefined => {
+  if (localCertificates.has(context)) return localCertificates.get(context);
+  const raw = secure.getX509Certificate()?.raw;
+  localCertificates.set(context, raw);
+  return raw;
 };
 
 /**
@@ -147,7 +222,8 @@ const verifyResult = (secure: tls.TLSSocket): string | undefined => {
   )._handle;
   if (typeof handle?.verifyError !== "function") return "verification result unavailable";
   const error = handle.verifyError();
-  return error === null || error === undefined ? undefined : (error.code ?? error.message);
+  if (error === null || error === undefined) return undefined;
+  return error.code === undefined ? error.message : `${error.message} (${error.code})`;
 };
 
 const clientCertError = (message: string): PgwardenError =>
