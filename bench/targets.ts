@@ -2,7 +2,7 @@
 // (PgBouncer lives in pgbouncer.ts.) Every proxy runs as its own child process with a known pid,
 // so its CPU time and memory can be read from /proc without counting the benchmark itself.
 
-import { existsSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { stringify } from "yaml";
@@ -62,7 +62,7 @@ export interface ProxyOptions {
   readonly pool: Pool | undefined;
   /** Set when pgbench runs with client TLS (--client-tls). */
   readonly tls: Certificate | undefined;
-  /** Extra node flags for pgwarden only (--node-flags), to measure their effect. */
+  /** Node flags for pgwarden only (--node-flags), after the shipped ones (later flags win). */
   readonly nodeFlags: readonly string[];
 }
 
@@ -133,6 +133,20 @@ export async function startRelay(server: Postgres, options: ProxyOptions): Promi
 // What `npm start` and the installed `pgwarden` run: the entry with the compile cache.
 export const PGWARDEN_ENTRY = path.join(REPO_ROOT, "bin", "pgwarden.js");
 
+/** The node flags of a `#!/usr/bin/env -S node FLAGS` line; none for any other first line. */
+export function shebangFlags(firstLine: string): string[] {
+  const m = /^#!\S*env\s+-S\s+node((?:\s+--\S+)*)\s*$/.exec(firstLine);
+  return m === null ? [] : m[1]!.trim().split(/\s+/).filter(Boolean);
+}
+
+/**
+ * The flags pgwarden ships with (the entry's shebang, which `npm start` repeats): the bench
+ * starts it with `node FLAGS entry`, as the installed command runs, so its figures are the shipped ones.
+ */
+export const SHIPPED_NODE_FLAGS: readonly string[] = existsSync(PGWARDEN_ENTRY)
+  ? shebangFlags(readFileSync(PGWARDEN_ENTRY, "utf8").split("\n", 1)[0]!)
+  : [];
+
 /** The YAML pgwarden is started with; `pool` only when a pooled mode was asked for. */
 export function pgwardenConfig(
   server: Postgres,
@@ -178,7 +192,8 @@ export async function startPgwarden(
   const port = await freePort();
   const configFile = path.join(workDir, `pgwarden-${port}.yaml`);
   writeFileSync(configFile, stringify(pgwardenConfig(server, port, options, audit?.config)), { mode: 0o600 });
-  const child = spawnChild(process.execPath, [...options.nodeFlags, entry, "serve", "--config", configFile], {
+  const flags = [...SHIPPED_NODE_FLAGS, ...options.nodeFlags];
+  const child = spawnChild(process.execPath, [...flags, entry, "serve", "--config", configFile], {
     cwd: REPO_ROOT,
   });
   const problem = await whenReady(audit?.name ?? "pgwarden", child, port);

@@ -7,6 +7,9 @@
 // the default semi-spaces grow to 16 MB while modules load and stay committed (≈ 30 MB of RSS).
 import module from "node:module";
 
-module.enableCompileCache?.();
+const cache = module.enableCompileCache?.();
+// Worker threads (the audit pipeline's) read the cache directory only from their environment.
+if (cache?.directory !== undefined && process.env.NODE_COMPILE_CACHE === undefined)
+  process.env.NODE_COMPILE_CACHE = cache.directory;
 const { run } = await import("../src/cli/main.ts");
 run(process.argv.slice(2));

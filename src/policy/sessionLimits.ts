@@ -1,4 +1,4 @@
-import { Schema } from "effect";
+import * as Schema from "effect/Schema";
 import { type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
 import { canonicalIp } from "./cidr.ts";
 import { NonNegativeInt, PositiveInt, withDefault } from "./schemaKit.ts";
@@ -30,7 +30,7 @@ export interface SessionLease {
   /** The canonical source key the lease counts against. */
   readonly source: string;
   /** Gives the slot back; calling it again does nothing. */
-  readonly release: () => void;
+  release(): void;
 }
 
 export interface SessionRefusal {
@@ -63,6 +63,34 @@ const bump = (counts: Map<string, number>, key: string, by: 1 | -1): void => {
   else counts.set(key, n);
 };
 
+/** A lease as an object with a method: a session holds no closure for giving its slot back. */
+class Lease implements SessionLease {
+  readonly identity: string;
+  readonly source: string;
+  private readonly byIdentity: Map<string, number>;
+  private readonly bySource: Map<string, number>;
+  private held = true;
+
+  constructor(
+    identity: string,
+    source: string,
+    byIdentity: Map<string, number>,
+    bySource: Map<string, number>,
+  ) {
+    this.identity = identity;
+    this.source = source;
+    this.byIdentity = byIdentity;
+    this.bySource = bySource;
+  }
+
+  release(): void {
+    if (!this.held) return;
+    this.held = false;
+    bump(this.byIdentity, this.identity, -1);
+    bump(this.bySource, this.source, -1);
+  }
+}
+
 export const createSessionCounter = (initial: SessionLimits): SessionCounter => {
   let limits = initial;
   const byIdentity = new Map<string, number>();
@@ -79,17 +107,7 @@ export const createSessionCounter = (initial: SessionLimits): SessionCounter => 
         return { refused: "source", limit: limits.maxPerSource };
       bump(byIdentity, identity, 1);
       bump(bySource, key, 1);
-      let held = true;
-      return {
-        identity,
-        source: key,
-        release: () => {
-          if (!held) return;
-          held = false;
-          bump(byIdentity, identity, -1);
-          bump(bySource, key, -1);
-        },
-      };
+      return new Lease(identity, key, byIdentity, bySource);
     },
     reconfigure: (next) => {
       limits = next;
@@ -156,15 +174,58 @@ export type TimerAction =
   | { readonly kind: "arm"; readonly delayMs: number; readonly deadline: Deadline }
   | { readonly kind: "none" };
 
-/**
- * What to do now. The runtime keeps one timer: on activity it only updates `lastActivityAt`; when
- * the timer fires, or `busy` changes, it calls this and ends the session or re-arms.
- */
+/** What to do now, given the session's clock: end it, or check again later (`arm` says when at the latest). */
 export const timerAction = (timers: SessionTimers, clock: SessionClock, now: number): TimerAction => {
   const deadline = nextDeadline(timers, clock);
   if (deadline === undefined) return { kind: "none" };
   if (now >= deadline.at) return { kind: "end", deadline };
   return { kind: "arm", delayMs: Math.min(deadline.at - now, MAX_TIMER_MS), deadline };
+};
+
+/** The longest the shared sweep waits between two visits of a session, however long the timeouts. */
+export const MAX_SWEEP_MS = 60_000;
+
+/**
+ * How often the shared sweep visits sessions: a sixteenth of the shorter deadline (at most a
+ * minute), undefined when both are off. Activity is sampled at visits, so an idle session ends
+ * between 1 and 1 + 2/16 idle timeouts after its last activity, and a lifetime within 1/16 late.
+ */
+export const sweepPeriodMs = (timers: SessionTimers): number | undefined => {
+  const idle = timers.idleTimeoutMs > 0 ? timers.idleTimeoutMs : Number.POSITIVE_INFINITY;
+  const lifetime = timers.maxLifetimeMs > 0 ? timers.maxLifetimeMs : Number.POSITIVE_INFINITY;
+  const shortest = Math.min(idle, lifetime);
+  return Number.isFinite(shortest) ? Math.min(MAX_SWEEP_MS, Math.ceil(shortest / 16)) : undefined;
+};
+
+/** What the runtime keeps per session between visits: no timer, three numbers. */
+export interface ActivitySample {
+  readonly lastActivityAt: number;
+  /** Client bytes read at the last visit, or BUSY_SAMPLE when a request was in flight then. */
+  readonly bytesSeen: number;
+}
+
+/** Marks a visit that found the session busy: the next visit counts as activity, whatever the bytes. */
+export const BUSY_SAMPLE = -1;
+
+/**
+ * One visit of the sweep: activity is new client bytes, a request in flight now, or one that was
+ * in flight at the last visit (it ended since, so the idle time starts after it). Each is dated
+ * at the visit, never earlier than it happened, so no session ends early.
+ */
+export const visitSession = (
+  timers: SessionTimers,
+  startedAt: number,
+  last: ActivitySample,
+  now: number,
+  bytesRead: number,
+  busy: boolean,
+): { readonly sample: ActivitySample; readonly action: TimerAction } => {
+  const active = busy || bytesRead !== last.bytesSeen;
+  const sample = active ? { lastActivityAt: now, bytesSeen: busy ? BUSY_SAMPLE : bytesRead } : last;
+  return {
+    sample,
+    action: timerAction(timers, { startedAt, lastActivityAt: sample.lastActivityAt, busy }, now),
+  };
 };
 
 const duration = (ms: number): string =>

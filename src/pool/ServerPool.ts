@@ -27,13 +27,21 @@ export interface PoolSettings {
 
 /** A client waiting for a server connection; told exactly once. */
 export interface Waiter {
-  /** The startup settings a new login for this client uses (user, database and nothing else). */
+  /**
+   * Session mode: the startup settings a connection must have been logged in with to serve this
+   * client (so RESET and DISCARD ALL return to the client's own startup values, as in
+   * PostgreSQL), and that a new login uses. Pooled modes log in with role and database only.
+   */
+  readonly login?: { readonly key: string; readonly parameters: ReadonlyMap<string, string> };
   granted(server: ServerConnection, waitedMs: number): void;
   failed(error: PgwardenError): void;
 }
 
 /** How a pool logs in a new server connection; the outcome goes to the waiter that caused it. */
-export type Login = (pool: Pool) => Promise<ServerConnection | PgwardenError>;
+export type Login = (
+  pool: Pool,
+  settings: { readonly key: string; readonly parameters: ReadonlyMap<string, string> } | undefined,
+) => Promise<ServerConnection | PgwardenError>;
 
 interface Waiting {
   readonly waiter: Waiter;
@@ -170,6 +178,13 @@ export class Pool {
     }
     const w: Waiting = { waiter, since: Date.now(), timer: undefined };
     if (this.waiting.length === 0 && this.serveFromIdle(w)) return;
+    // Full, but idle connections logged in for other startup settings: the oldest makes room.
+    if (this.waiting.length === 0 && this.open >= this.settings.size && this.idle.length > 0) {
+      const oldest = this.idle.shift()!;
+      oldest.unpark();
+      oldest.close();
+      this.servers.delete(oldest);
+    }
     if (this.waiting.length === 0 && this.open < this.settings.size) {
       this.startLogin(w);
       return;
@@ -228,9 +243,17 @@ export class Pool {
       this.refill();
       return;
     }
-    const next = this.waiting.shift();
-    if (next !== undefined) {
-      this.grant(next, server);
+    const at = this.waiting.findIndex(
+      (w) => w.waiter.login === undefined || w.waiter.login.key === server.loginKey,
+    );
+    if (at >= 0) {
+      const [next] = this.waiting.splice(at, 1);
+      this.grant(next!, server);
+      return;
+    }
+    if (this.waiting.length > 0) {
+      // Waiters need other startup settings: this connection makes room for their login.
+      server.close();
       return;
     }
     if (this.idle.length >= this.settings.maxIdle) {
@@ -287,9 +310,13 @@ export class Pool {
   }
 
   private serveFromIdle(w: Waiting): boolean {
+    const key = w.waiter.login?.key;
     for (;;) {
-      const server = this.idle.pop();
-      if (server === undefined) return false;
+      // The most recently used connection logged in with the waiter's startup settings.
+      const at =
+        key === undefined ? this.idle.length - 1 : this.idle.findLastIndex((s) => s.loginKey === key);
+      if (at < 0) return false;
+      const server = this.idle.splice(at, 1)[0]!;
       server.unpark();
       if (!server.reusable) {
         server.close();
@@ -372,7 +399,7 @@ export class Pool {
 
   private startLogin(w: Waiting | undefined): void {
     this.logins++;
-    void this.login(this).then((result) => {
+    void this.login(this, w?.waiter.login).then((result) => {
       this.logins--;
       if (result instanceof Error || !("machine" in result)) {
         if (w !== undefined) w.waiter.failed(result as PgwardenError);
@@ -387,7 +414,8 @@ export class Pool {
         if (w !== undefined) w.waiter.failed(poolClosed);
         return;
       }
-      this.defaults ??= new Map(server.reported);
+      // Defaults come only from logins without a client's startup settings.
+      if (server.loginKey === undefined) this.defaults ??= new Map(server.reported);
       if (w === undefined) {
         this.settled(server, true);
         return;

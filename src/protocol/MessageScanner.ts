@@ -177,7 +177,8 @@ export class MessageScanner {
       }
       pos = end;
     }
-    if (pos > runStart) out.push(chunk.subarray(runStart, pos));
+    // Most chunks go through whole: the chunk itself, no view of it.
+    if (pos > runStart) out.push(runStart === 0 && pos === n ? chunk : chunk.subarray(runStart, pos));
     return undefined;
   }
 

@@ -34,11 +34,12 @@ import {
   type SessionTimers,
   sessionEndError,
   sessionLimitError,
-  timerAction,
+  sweepPeriodMs,
+  visitSession,
 } from "../policy/sessionLimits.ts";
 import { filterStartupParameters, type StartupPolicy } from "../policy/startupParameters.ts";
 import type { Pool, ServerPool, Waiter } from "../pool/ServerPool.ts";
-import { replaySql, type SessionState } from "../pool/SessionState.ts";
+import { replaySql, SessionState } from "../pool/SessionState.ts";
 import {
   encodeAuthentication,
   encodeBackendKeyData,
@@ -166,6 +167,14 @@ const certificateRefused = (user: string): PgwardenError =>
     `certificate authentication failed for user ${JSON.stringify(user)}`,
   );
 const READY_IDLE = Buffer.from([0x5a, 0, 0, 0, 5, 0x49]);
+
+/** The startup settings a client forwards upstream, without user and database (the pool's). */
+const forwarded = (parameters: ReadonlyMap<string, string>): Map<string, string> =>
+  new Map([...parameters].filter(([k]) => k !== "user" && k !== "database"));
+
+/** Session mode: connections are reused only for clients with the same startup settings. */
+const loginKeyOf = (parameters: ReadonlyMap<string, string>): string =>
+  JSON.stringify([...forwarded(parameters)].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
 
 /** ParameterStatus for a client: the pool's reported values, the client's startup settings over them. */
 const startupReport = (
@@ -466,7 +475,8 @@ export class ClientConnection {
     if (phase === "session") {
       this.sessionStartedAt = this.lastActivityAt = Date.now();
       this.bytesSeen = this.transport.bytesRead;
-      this.checkSession();
+      const period = sweepPeriodMs(this.deps.sessions.timers());
+      if (period !== undefined) this.deps.deadlines.watch(this, period);
       return;
     }
     const ms = phase === "login" ? this.deps.auth.timeoutMs : this.deps.limits.lingerMs;
@@ -474,24 +484,22 @@ export class ClientConnection {
   }
 
   /**
-   * The idle and lifetime deadlines on one timer. Activity is sampled from the bytes read, not
-   * tracked per message (the relay stays as it is), at an eighth of the idle timeout: an idle
-   * session ends between 1 and 1⅛ idle timeouts after the client's last message.
+   * The idle and lifetime deadlines, checked when the shared sweep visits. Activity is sampled
+   * from the bytes read, not tracked per message (the relay stays as it is): see visitSession.
    */
   private checkSession(): void {
     const timers = this.deps.sessions.timers();
     const now = Date.now();
-    const bytes = this.transport.bytesRead;
-    const busy = !this.machine.state.startsWith("ready");
-    if (busy || bytes !== this.bytesSeen) {
-      this.lastActivityAt = now;
-      this.bytesSeen = bytes;
-    }
-    const next = timerAction(
+    const { sample, action: next } = visitSession(
       timers,
-      { startedAt: this.sessionStartedAt, lastActivityAt: this.lastActivityAt, busy },
+      this.sessionStartedAt,
+      { lastActivityAt: this.lastActivityAt, bytesSeen: this.bytesSeen },
       now,
+      this.transport.bytesRead,
+      !this.machine.state.startsWith("ready"),
     );
+    this.lastActivityAt = sample.lastActivityAt;
+    this.bytesSeen = sample.bytesSeen;
     if (next.kind === "end") {
       const idle = next.deadline.kind === "idle";
       const error = sessionEndError(next.deadline.kind, timers);
@@ -507,9 +515,10 @@ export class ClientConnection {
       this.failWith(Events.Timeout, error);
       return;
     }
-    const cadence = timers.idleTimeoutMs > 0 ? Math.ceil(timers.idleTimeoutMs / 8) : Number.POSITIVE_INFINITY;
-    const delay = Math.min(next.kind === "arm" ? next.delayMs : Number.POSITIVE_INFINITY, cadence);
-    if (Number.isFinite(delay)) this.deps.deadlines.arm(this, "session", delay);
+    // A reload may have changed the timeouts: the sweep follows, or lets the session go.
+    const period = sweepPeriodMs(timers);
+    if (period === undefined) this.deps.deadlines.unwatch(this);
+    else this.deps.deadlines.watch(this, period);
   }
 
   /** A deadline passed: the login one ends the connection, the linger destroys both sockets. */
@@ -988,7 +997,9 @@ export class ClientConnection {
       this.machine.send(Events.UpstreamReady);
       return;
     }
+    const session = pool.settings.mode === "session";
     const waiter: Waiter = {
+      ...(session ? { login: { key: loginKeyOf(parameters), parameters: forwarded(parameters) } } : {}),
       granted: (server, waitedMs) => {
         if (this.waiter !== waiter) {
           pool.release(server);
@@ -1026,7 +1037,11 @@ export class ClientConnection {
       pool.release(server);
       return;
     }
-    const state = pool.startupSettings(parameters, server.reported);
+    // Session mode: the connection was logged in with this client's startup settings.
+    const state =
+      pool.settings.mode === "session"
+        ? SessionState.fromStartup(Object.fromEntries(server.reported))
+        : pool.startupSettings(parameters, server.reported);
     const sql = replaySql(state.current, server.settings.current);
     if (sql !== "" && !(await server.run(sql))) {
       server.close();

@@ -279,7 +279,7 @@ const program = (
         preparedPerServer: pc.preparedStatements.enabled ? pc.preparedStatements.perServerCapacity : 0,
       },
       pc.overrides,
-      (p) => poolLogin(loginDeps!, log, pc.serverConnectTimeoutMs)(p),
+      (p, settings) => poolLogin(loginDeps!, log, pc.serverConnectTimeoutMs)(p, settings),
     );
     // Pooled connections end with the program, however it ends.
     yield* Effect.addFinalizer(() => Effect.sync(() => pool.closeAll()));

@@ -47,17 +47,13 @@ const refusalForClient = (sqlstate: string, database: string): PgwardenError =>
  */
 export const poolLogin =
   (deps: ServerConnectionDeps, log: Logger, timeoutMs: number): Login =>
-  async (pool) => {
+  async (pool, settings) => {
     const server = new ServerConnection(nextServerId(), deps);
     server.poolKey = pool.key;
+    server.loginKey = settings?.key;
     const timer = setTimeout(() => server.close(), timeoutMs);
     const outcome = await server
-      .login(
-        new Map([
-          ["user", pool.role],
-          ["database", pool.database],
-        ]),
-      )
+      .login(new Map([...(settings?.parameters ?? []), ["user", pool.role], ["database", pool.database]]))
       .catch(
         (e: unknown): LoginOutcome => ({
           kind: "failed",
@@ -130,6 +126,8 @@ export class ServerConnection {
   tlsProtocol: string | undefined;
   /** The pool this connection belongs to: (database, role). */
   poolKey: string | undefined;
+  /** Session mode: the startup settings it was logged in with (it serves only clients with the same). */
+  loginKey: string | undefined;
   /** Every parameter PostgreSQL reported (ParameterStatus), as it stands now: what a new client is told. */
   readonly reported = new Map<string, string>();
   /** The session settings in force on the backend, as far as pgwarden knows them (pooled modes). */

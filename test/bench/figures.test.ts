@@ -145,8 +145,11 @@ describe("bench flags", () => {
 describe("pgwarden's bench config", () => {
   const server = { host: "127.0.0.1", port: 5, user: "u", password: "p", version: "18", tls: undefined };
   const base = { maxClients: 11000, pool: undefined, tls: undefined, nodeFlags: [] };
-  it("has no pool section unless a pooled mode is asked for", () => {
-    expect(pgwardenConfig({ ...server, stop: async () => {} }, 7, base)).not.toHaveProperty("pool");
+  it("sizes the session pool for every client unless a pooled mode is asked for", () => {
+    // Session mode holds a server connection per client: a pool of 20 would make clients wait.
+    expect(pgwardenConfig({ ...server, stop: async () => {} }, 7, base).pool).toEqual({
+      size: Math.max(100, base.maxClients),
+    });
     const pooled = pgwardenConfig({ ...server, stop: async () => {} }, 7, {
       ...base,
       pool: { mode: "transaction", size: 20 },

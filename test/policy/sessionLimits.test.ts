@@ -2,8 +2,10 @@ import { fc, test } from "@fast-check/vitest";
 import { Schema } from "effect";
 import { describe, expect, it } from "vitest";
 import {
+  type ActivitySample,
   createSessionCounter,
   isSessionRefusal,
+  MAX_SWEEP_MS,
   MAX_TIMER_MS,
   nextDeadline,
   SessionControlsConfig,
@@ -11,7 +13,9 @@ import {
   type SessionLimits,
   sessionEndError,
   sessionLimitError,
+  sweepPeriodMs,
   timerAction,
+  visitSession,
 } from "../../src/policy/sessionLimits.ts";
 
 const lease = (r: ReturnType<ReturnType<typeof createSessionCounter>["tryAcquire"]>): SessionLease => {
@@ -273,5 +277,68 @@ describe("deadlines", () => {
       message: "terminating connection: maximum session lifetime (480 min) reached",
     });
     expect(sessionEndError("idle", { idleTimeoutMs: 1500, maxLifetimeMs: 0 }).message).toContain("(1500 ms)");
+  });
+});
+
+describe("the shared sweep", () => {
+  it("visits at a sixteenth of the shorter deadline, at most a minute apart, never with both off", () => {
+    expect(sweepPeriodMs({ idleTimeoutMs: 400, maxLifetimeMs: 0 })).toBe(25);
+    expect(sweepPeriodMs({ idleTimeoutMs: 0, maxLifetimeMs: 500 })).toBe(32);
+    expect(sweepPeriodMs({ idleTimeoutMs: 800, maxLifetimeMs: 160 })).toBe(10);
+    expect(sweepPeriodMs({ idleTimeoutMs: 900_000, maxLifetimeMs: 0 })).toBe(56_250);
+    expect(sweepPeriodMs({ idleTimeoutMs: 0, maxLifetimeMs: 8 * 3_600_000 })).toBe(MAX_SWEEP_MS);
+    expect(sweepPeriodMs({ idleTimeoutMs: 0, maxLifetimeMs: 0 })).toBeUndefined();
+  });
+
+  /**
+   * A simulated runtime: the sweep visits every period, the client sends bytes or runs requests
+   * in between, and the session only sees what a visit samples. An idle session must end no
+   * sooner than one idle timeout after its last activity (a byte, or the end of a request) and no
+   * later than 1⅛ of it (+ rounding); a lifetime no sooner than its length and one period late at most.
+   */
+  test.prop([
+    fc.record({
+      idleTimeoutMs: fc.integer({ min: 0, max: 2000 }),
+      maxLifetimeMs: fc.integer({ min: 0, max: 20_000 }),
+    }),
+    fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true }),
+    fc.array(fc.record({ gap: fc.integer({ min: 1, max: 900 }), busyFor: fc.nat({ max: 3000 }) }), {
+      maxLength: 20,
+    }),
+  ])("ends a session within the documented bounds, never early", (t, offset, requests) => {
+    const period = sweepPeriodMs(t);
+    if (period === undefined) return;
+    // The session joins at 0, somewhere between two passes of the sweep.
+    const phase = Math.floor(offset * period);
+    // Client activity as the truth: bytes at `at`, then busy until `until`.
+    const activity: { at: number; until: number }[] = [];
+    let x = 0;
+    for (const r of requests) {
+      x += r.gap;
+      activity.push({ at: x, until: x + r.busyFor });
+      x += r.busyFor;
+    }
+    const busyAt = (now: number) => activity.some((a) => now >= a.at && now < a.until);
+    const bytesAt = (now: number) => activity.filter((a) => a.at <= now).length;
+    let sample: ActivitySample = { lastActivityAt: 0, bytesSeen: 0 };
+    let ended: { at: number; kind: string } | undefined;
+    for (let now = phase; ended === undefined && now < 200_000; now += period) {
+      const v = visitSession(t, 0, sample, now, bytesAt(now), busyAt(now));
+      sample = v.sample;
+      if (v.action.kind === "end") ended = { at: now, kind: v.action.deadline.kind };
+    }
+    expect(ended).toBeDefined();
+    const at = ended!.at;
+    if (ended!.kind === "lifetime") {
+      expect(at).toBeGreaterThanOrEqual(t.maxLifetimeMs);
+      expect(at).toBeLessThan(t.maxLifetimeMs + period);
+      return;
+    }
+    // The true start of the idleness that ended the session: its last activity before `at`.
+    const last = activity.filter((a) => a.at <= at).at(-1);
+    const idleSince = last === undefined ? 0 : last.until;
+    expect(busyAt(at)).toBe(false);
+    expect(at - idleSince).toBeGreaterThanOrEqual(t.idleTimeoutMs);
+    expect(at - idleSince).toBeLessThanOrEqual(t.idleTimeoutMs * 1.125 + 2);
   });
 });

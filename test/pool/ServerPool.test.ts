@@ -58,14 +58,19 @@ describe("session-mode reuse of server connections", () => {
     await idle(1);
   });
 
-  it("reuses a connection for a client with other startup settings, with that client's settings", async () => {
+  it("never hands a connection to a client with other startup settings", async () => {
     const a = await session({ application_name: "pool-a" });
     const pid = await pidOf(a);
+    const before = proxy.server.pool.idleCount();
     await a.end();
-    await idle(1);
+    await idle(before + 1);
     const b = await session({ application_name: "pool-b" });
-    // One pool per (database, role): the same backend, but nothing of the first client's settings.
-    expect(await pidOf(b)).toBe(pid);
+    // Session mode: RESET must return to the client's own startup value, as in PostgreSQL, so a
+    // connection logged in with another client's settings is not reused.
+    expect(await pidOf(b)).not.toBe(pid);
+    expect((await b.query("SHOW application_name")).rows[0].application_name).toBe("pool-b");
+    await b.query("SET application_name = 'changed'");
+    await b.query("RESET application_name");
     expect((await b.query("SHOW application_name")).rows[0].application_name).toBe("pool-b");
     await b.end();
   });

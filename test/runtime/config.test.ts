@@ -84,6 +84,7 @@ describe("configuration", () => {
       tls: { mode: "disable", ...cipherDefaults },
       sessions: { perIdentity: {}, idleTimeoutMs: 900000, maxLifetimeMs: 0 },
       fips: false,
+      admin: { identities: [], database: "pgwarden" },
     });
   });
 
