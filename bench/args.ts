@@ -3,8 +3,8 @@
 import { parseArgs } from "node:util";
 import { POOL_MODES, type Pool, type PoolMode, TARGET_NAMES, type TargetName } from "./targets.ts";
 
-/** Which parts a run does: pgbench throughput + CPU, client TLS, idle-client memory, the start-memory breakdown. */
-export type Part = "throughput" | "tls" | "memory" | "start-memory";
+/** Which parts a run does: pgbench throughput + CPU, client TLS, idle-client memory, the start-memory breakdown, pooled runs. */
+export type Part = "throughput" | "tls" | "memory" | "start-memory" | "pooled";
 
 export interface BenchOptions {
   readonly parts: readonly Part[];
@@ -56,6 +56,10 @@ export const USAGE = `usage: npm run bench -- [options]
   --node-flags=F    extra node flags for the pgwarden process only, space-separated; attach the
                     value with "=", e.g. --node-flags=--max-semi-space-size=1
   --start-memory    only the breakdown of pgwarden's start RSS (no PostgreSQL needed)
+  --pooled          only pgwarden against PgBouncer with the same pool (--pool-mode, default
+                    transaction; --pool-size, default 20): pgbench -S at 50 and 500 clients in
+                    three protocol modes, -C in session mode, 10,000 idle clients' memory and
+                    accept time (docs/benchmarks.md, "Pooled runs")
   --help
 `;
 
@@ -109,8 +113,11 @@ function partsOf(values: {
   tls: boolean;
   memory: boolean;
   "start-memory": boolean;
+  pooled: boolean;
 }): Part[] {
-  const chosen = (["throughput", "tls", "memory", "start-memory"] as const).filter((p) => values[p]);
+  const chosen = (["throughput", "tls", "memory", "start-memory", "pooled"] as const).filter(
+    (p) => values[p],
+  );
   return chosen.length > 0 ? chosen : ["throughput", "tls", "memory"];
 }
 
@@ -137,6 +144,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions | undefine
       "client-tls": { type: "boolean", default: false },
       "node-flags": { type: "string" },
       "start-memory": { type: "boolean", default: false },
+      pooled: { type: "boolean", default: false },
       help: { type: "boolean", default: false },
     },
     strict: true,

@@ -19,6 +19,7 @@ import {
 } from "./audit.ts";
 import { formatMemory, MAX_UNPOOLED_IDLE_CLIENTS, type MemoryResult, measureIdle } from "./memory.ts";
 import { pgbouncerVersion, startPgbouncer } from "./pgbouncer.ts";
+import { formatPooled, runPooled } from "./pooled.ts";
 import { initPgbench, type Postgres, startPostgres } from "./postgres.ts";
 import { readRss } from "./proc.ts";
 import {
@@ -271,6 +272,8 @@ async function main(): Promise<number> {
     process.stderr.write("pgbench not found on PATH (Debian: apt-get install postgresql-client)\n");
     return 1;
   }
+
+  if (options.parts.includes("pooled")) return runPooledPart(options, rootDir, meta);
   const maxIdle = Math.max(...options.idleClients);
   let tls: Certificate | undefined;
   if (options.clientTls || options.parts.includes("tls")) {
@@ -344,6 +347,38 @@ async function main(): Promise<number> {
       measurements.some((m: Measurement) => !m.ok) ||
       (tlsResult?.cells ?? []).some((c) => c.rounds.some((r) => r.error !== undefined)) ||
       (memory ?? []).some((r) => r.status === "failed");
+    return failed ? 1 : 0;
+  } finally {
+    if (server) await server.stop().catch(() => {});
+    removeTempDir(rootDir);
+  }
+}
+
+/** --pooled: its own PostgreSQL (pooled targets need few backends) and its own result file. */
+async function runPooledPart(
+  options: BenchOptions,
+  rootDir: string,
+  meta: Record<string, unknown>,
+): Promise<number> {
+  let server: Postgres | undefined;
+  try {
+    server = await startPostgres({ rootDir, maxConnections: 200 });
+    log(`PostgreSQL ${server.version} on port ${server.port}`);
+    await initPgbench(server, options.scale);
+    const result = await runPooled(options, server, rootDir, isInterrupted);
+    const document = {
+      kind: "pooled",
+      ...meta,
+      postgres: server.version,
+      pgbench: toolVersion("pgbench"),
+      pgbouncer: pgbouncerVersion(),
+      ...result,
+    };
+    writeLast("last-pooled.json", document);
+    process.stdout.write(options.json ? toJson(document) : `\n${formatPooled(result)}\n`);
+    const failed =
+      result.runs.some((r) => !r.ok && r.target === "pgwarden") ||
+      result.memory.some((m) => m.status === "failed");
     return failed ? 1 : 0;
   } finally {
     if (server) await server.stop().catch(() => {});
