@@ -10,9 +10,10 @@ import {
  * Session effects of a query in pooled modes, parsed only when a word that can change session
  * state appears: pgbench's SELECT never reaches the parser, a SET always does. A word inside a
  * literal only costs a parse; a statement that changes state always has one of these words.
+ * Function names (pg_advisory_lock, set_config) are matched inside identifiers too.
  */
 const MAYBE_STATEFUL =
-  /\b(?:set|reset|discard|deallocate|listen|unlisten|prepare|temp|temporary|pg_temp|advisory|hold|load|declare|close|begin|commit|rollback|abort|end|start|savepoint|release|set_config|session|role)\b/i;
+  /\b(?:set|reset|discard|deallocate|listen|unlisten|prepare|temp|temporary|hold|load|declare|close|begin|commit|rollback|abort|end|start|savepoint|release|session|role)\b|pg_temp|advisory|set_config/i;
 
 export const NO_EFFECTS: StatementEffects = [];
 
