@@ -134,7 +134,7 @@ export class Replies {
    * local answers included: PostgreSQL would not have sent them either). Returns the request the
    * error ended, for prepared-statement bookkeeping.
    */
-  match(type: number): Match {
+  match(type: number, skipped?: Entry[]): Match {
     if (
       type === Backend.ParameterStatus ||
       type === Backend.NoticeResponse ||
@@ -148,7 +148,11 @@ export class Replies {
       if (head.reply === Reply.query || head.reply === Reply.sync)
         return { kind: "reply", entry: head, done: false };
       this.shift();
-      for (let e = this.peek(); e !== undefined && e.reply !== Reply.sync; e = this.peek()) this.shift();
+      // The requests PostgreSQL now ignores never happen: the caller undoes what they registered.
+      for (let e = this.peek(); e !== undefined && e.reply !== Reply.sync; e = this.peek()) {
+        this.shift();
+        skipped?.push(e);
+      }
       return { kind: "reply", entry: head, done: true };
     }
     if (ends(head.reply, type)) {

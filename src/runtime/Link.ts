@@ -380,6 +380,7 @@ export class Link {
       if (this.serverScanner.atBoundary && this.current?.owed.settled === true && this.replies.empty)
         this.release("idle");
     }
+    if (this.held !== undefined && this.replies.empty) this.releaseHeld();
   };
 
   /** Audit on: a new statement is refused while the audit trail cannot take records; others are recorded. */
@@ -515,6 +516,7 @@ export class Link {
    * the pool's, session effects noted, each request's reply expected in order.
    */
   private onClientMessagePooled(type: number, msg: Buffer): Verdict {
+    if (this.held !== undefined || this.waitsForEarlierParse(type, msg)) return this.hold(type, msg);
     const copyIn = this.client.machine.state.startsWith("busy.copy.");
     const v = this.onClientMessage(type, msg);
     if (v !== undefined || copyIn) return v;
@@ -522,6 +524,63 @@ export class Link {
     if (this.skipToSync && type !== Frontend.Sync) return isExtended(type) ? DROP : this.requested(type, msg);
     return this.requested(type, msg);
   }
+
+  /**
+   * A statement name whose Parse, sent before an earlier Sync, is still unanswered: whether the
+   * name exists depends on that answer (a failed Parse leaves it free, as PostgreSQL does), so
+   * this message and everything after it wait until the answers are in.
+   */
+  private waitsForEarlierParse(type: number, msg: Buffer): boolean {
+    const pending = this.pendingParses;
+    if (pending === undefined || pending.size === 0) return false;
+    let name: string | undefined;
+    if (type === Frontend.Parse) name = msg.toString("utf8", 5, msg.indexOf(0, 5));
+    else if (type === Frontend.Bind) name = bindNames(msg)?.statement;
+    else if ((type === Frontend.Describe || type === Frontend.Close) && msg[5] === 0x53)
+      name = targetName(msg)?.name;
+    if (name === undefined) return false;
+    const group = pending.get(name);
+    return group !== undefined && group < this.syncs;
+  }
+
+  /** Keeps a message for later, unjudged: it is judged when replayed, in order. */
+  private hold(type: number, msg: Buffer): Verdict {
+    if (this.held === undefined) {
+      this.held = [];
+      this.pausedForHold = true;
+      this.client.socket.pause();
+    }
+    if (msg.length > 0) this.held.push(msg);
+    else if (
+      type === Frontend.Sync ||
+      type === Frontend.Flush ||
+      type === Frontend.Terminate ||
+      type === Frontend.CopyDone
+    )
+      this.held.push(Buffer.from([type, 0, 0, 0, 4]));
+    else return protocolError(`message ${frontendName(type)} cannot wait for an earlier Parse`);
+    return DROP;
+  }
+
+  /** Every answer before the held messages is in: they go through the relay now, in order. */
+  private releaseHeld(): void {
+    const held = this.held!;
+    this.held = undefined;
+    for (const m of held) {
+      if (!this.linked) return;
+      this.onClientData(m);
+    }
+    if (this.held === undefined && this.pausedForHold && this.linked) {
+      this.pausedForHold = false;
+      this.client.socket.resume();
+    }
+  }
+
+  private held: Buffer[] | undefined;
+  private pausedForHold = false;
+  private pendingParses: Map<string, number> | undefined;
+  /** Sync points this client has sent: the group a pending Parse belongs to. */
+  private syncs = 0;
 
   private requested(type: number, msg: Buffer): Verdict {
     const pooled = this.pooled!;
@@ -573,6 +632,8 @@ export class Link {
         const renamed = rewriteStatementName(msg, answer.serverName);
         if (isPgwardenError(renamed)) return renamed;
         this.replies.push({ reply: Reply.parse, action: Action.forward, name: p.name });
+        this.pendingParses ??= new Map();
+        this.pendingParses.set(p.name, this.syncs);
         out.push(renamed);
         return concat(out);
       }
@@ -672,6 +733,7 @@ export class Link {
 
   /** One more ReadyForQuery owed; its effects start counting once the replies before it are in. */
   private syncPoint(effects: StatementEffects): void {
+    this.syncs++;
     if (this.current!.owed.size === 1) this.pooled!.state.queue(effects);
     else {
       this.pendingGroups ??= [];
@@ -693,10 +755,12 @@ export class Link {
   private onServerMessagePooled(type: number, msg: Buffer): Verdict {
     const before: Buffer[] = [];
     this.replies.takeLocals(before);
-    const match = this.replies.match(type);
+    const skipped: Entry[] | undefined = type === Backend.ErrorResponse ? [] : undefined;
+    const match = this.replies.match(type, skipped);
     let forward = true;
     const pooled = this.pooled!;
     const server = this.current!;
+    if (skipped !== undefined) for (const e of skipped) this.parseUndone(e, server);
     switch (match.kind) {
       case "unexpected":
         return protocolError(`PostgreSQL sent message 0x${type.toString(16)} that answers no request`);
@@ -725,16 +789,26 @@ export class Link {
     return concat([...before, ...(forward ? [msg] : []), ...after]);
   }
 
+  /** A Parse that failed, or that PostgreSQL skipped after an earlier error: its name never came to be. */
+  private parseUndone(entry: Entry, server: ServerConnection): void {
+    const statements = this.pooled!.pool.statements;
+    if (entry.reply !== Reply.parse || entry.name === undefined || statements === undefined) return;
+    if (entry.action === Action.skip) statements.onReparseFailed(server.id, entry.name);
+    else if (entry.action === Action.forward) {
+      this.pendingParses?.delete(entry.name);
+      statements.onParseFailed(this.client.id, entry.name, server.id);
+    }
+  }
+
   /** A reply to `entry`: bookkeeping, and whether the client gets it. */
   private replied(type: number, msg: Buffer, entry: Entry, server: ServerConnection): boolean {
     const pooled = this.pooled!;
     const statements = pooled.pool.statements;
+    if (entry.reply === Reply.parse && entry.action === Action.forward && entry.name !== undefined)
+      this.pendingParses?.delete(entry.name);
     if (type === Backend.ErrorResponse) {
       pooled.state.onError();
-      if (entry.reply === Reply.parse && entry.name !== undefined && statements !== undefined) {
-        if (entry.action === Action.skip) statements.onReparseFailed(server.id, entry.name);
-        else statements.onParseFailed(this.client.id, entry.name, server.id);
-      }
+      this.parseUndone(entry, server);
       // A failed re-Parse is the client's error too: its Bind would fail next.
       return true;
     }
