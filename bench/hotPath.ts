@@ -112,10 +112,16 @@ export function standInLink() {
     attached: () => {},
     released: () => {},
   };
+  // A server connection hands its replies to the link that holds it, as the real one does.
+  let receiver: ((chunk: Buffer) => void) | undefined;
+  serverSocket.on("data", (chunk: Buffer) => receiver?.(chunk));
   const server = {
     socket: serverSocket as unknown as Socket,
     owed: new OwedResponses(),
     machine: serverMachine,
+    relayTo: (r: ((chunk: Buffer) => void) | undefined) => {
+      receiver = r;
+    },
   } as unknown as ServerConnection;
   const link = new Link(client, server, { maxMessageBytes: 1 << 20, maxBuffered: 1 << 24 });
   link.start({ toClient: [], serverPending: [], clientPending: [] });
