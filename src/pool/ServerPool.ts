@@ -46,7 +46,6 @@ export type Login = (
 interface Waiting {
   readonly waiter: Waiter;
   readonly since: number;
-  timer: ReturnType<typeof setTimeout> | undefined;
 }
 
 const waitTimeout = (ms: number): PgwardenError =>
@@ -70,6 +69,17 @@ export interface PoolStats {
   sent: number;
 }
 
+export const emptyStats = (): PoolStats => ({
+  assignments: 0,
+  transactions: 0,
+  queries: 0,
+  waitUs: 0,
+  transactionUs: 0,
+  queryUs: 0,
+  received: 0,
+  sent: 0,
+});
+
 /**
  * The server connections of one (database, upstream role): a connection never serves another
  * pool, so no role or database of one client reaches another. At most `size` connections
@@ -88,16 +98,7 @@ export class Pool {
   readonly statements: PreparedStatements | undefined;
   /** Parameter values a fresh login reports: a client's settings start from these. */
   defaults: ReadonlyMap<string, string> | undefined;
-  readonly stats: PoolStats = {
-    assignments: 0,
-    transactions: 0,
-    queries: 0,
-    waitUs: 0,
-    transactionUs: 0,
-    queryUs: 0,
-    received: 0,
-    sent: 0,
-  };
+  readonly stats: PoolStats = emptyStats();
   private readonly login: Login;
   private readonly idle: ServerConnection[] = [];
   /** Every open connection: logging in, linked, resetting, held for a cancel, or idle. */
@@ -176,7 +177,7 @@ export class Pool {
       waiter.failed(poolClosed);
       return;
     }
-    const w: Waiting = { waiter, since: Date.now(), timer: undefined };
+    const w: Waiting = { waiter, since: Date.now() };
     if (this.waiting.length === 0 && this.serveFromIdle(w)) return;
     // Full, but idle connections logged in for other startup settings: the oldest makes room.
     if (this.waiting.length === 0 && this.open >= this.settings.size && this.idle.length > 0) {
@@ -189,20 +190,14 @@ export class Pool {
       return;
     }
     this.waiting.push(w);
-    const { queryWaitTimeoutMs: limit, reserveSize, reserveAfterMs } = this.settings;
-    const reserve = reserveSize > 0 && (limit === 0 || reserveAfterMs < limit);
-    if (reserve || limit > 0) {
-      w.timer = setTimeout(() => this.waited(w), reserve ? reserveAfterMs : limit);
-      w.timer.unref?.();
-    }
+    this.armWaitTimer();
   }
 
   /** The client gave up waiting (it closed, or its deadline passed). */
   abandon(waiter: Waiter): void {
     const at = this.waiting.findIndex((w) => w.waiter === waiter);
     if (at < 0) return;
-    const [w] = this.waiting.splice(at, 1);
-    if (w?.timer !== undefined) clearTimeout(w.timer);
+    this.waiting.splice(at, 1);
   }
 
   /**
@@ -299,10 +294,9 @@ export class Pool {
     this.idle.length = 0;
     const waiting = this.waiting;
     this.waiting = [];
-    for (const w of waiting) {
-      if (w.timer !== undefined) clearTimeout(w.timer);
-      w.waiter.failed(poolClosed);
-    }
+    if (this.waitTimer !== undefined) clearTimeout(this.waitTimer);
+    this.waitTimer = undefined;
+    for (const w of waiting) w.waiter.failed(poolClosed);
   }
 
   private serveFromIdle(w: Waiting): boolean {
@@ -352,7 +346,6 @@ export class Pool {
   }
 
   private grant(w: Waiting, server: ServerConnection): void {
-    if (w.timer !== undefined) clearTimeout(w.timer);
     this.active.add(server);
     const waited = Date.now() - w.since;
     this.stats.assignments++;
@@ -360,26 +353,52 @@ export class Pool {
     w.waiter.granted(server, waited);
   }
 
-  private waited(w: Waiting): void {
-    w.timer = undefined;
-    if (!this.waiting.includes(w)) return;
-    const { size, reserveSize, queryWaitTimeoutMs } = this.settings;
-    const waited = Date.now() - w.since;
-    if (reserveSize > 0 && this.open < size + reserveSize && waited < queryWaitTimeoutMs) {
-      this.waiting.splice(this.waiting.indexOf(w), 1);
-      this.startLogin(w);
-      return;
+  /**
+   * One timer per pool, for its oldest waiter: when it fires, every waiter past
+   * `queryWaitTimeoutMs` is refused and every one past `reserveAfterMs` may log in a reserve
+   * connection. A wait costs no timer of its own.
+   */
+  private waitTimer: ReturnType<typeof setTimeout> | undefined;
+
+  private armWaitTimer(): void {
+    const head = this.waiting[0];
+    if (this.waitTimer !== undefined || head === undefined) return;
+    const { queryWaitTimeoutMs: limit, reserveSize, reserveAfterMs } = this.settings;
+    // A reserve login is due once; a waiter past it with no reserve room is next due at its limit.
+    const reserveAt =
+      reserveSize > 0 && head.since + reserveAfterMs > Date.now()
+        ? head.since + reserveAfterMs
+        : Number.POSITIVE_INFINITY;
+    const limitAt = limit > 0 ? head.since + limit : Number.POSITIVE_INFINITY;
+    const due = Math.min(reserveAt, limitAt);
+    if (!Number.isFinite(due)) return;
+    this.waitTimer = setTimeout(
+      () => {
+        this.waitTimer = undefined;
+        this.waited();
+      },
+      Math.max(1, due - Date.now()),
+    );
+    this.waitTimer.unref?.();
+  }
+
+  private waited(): void {
+    const now = Date.now();
+    const { size, reserveSize, reserveAfterMs, queryWaitTimeoutMs: limit } = this.settings;
+    for (let i = 0; i < this.waiting.length; ) {
+      const w = this.waiting[i]!;
+      const waited = now - w.since;
+      if (limit > 0 && waited >= limit) {
+        this.waiting.splice(i, 1);
+        w.waiter.failed(waitTimeout(limit));
+      } else if (reserveSize > 0 && waited >= reserveAfterMs && this.open < size + reserveSize) {
+        this.waiting.splice(i, 1);
+        this.startLogin(w);
+      } else if (waited < reserveAfterMs && (limit === 0 || waited < limit)) {
+        break; // Waiters are in arrival order: nobody behind this one is due either.
+      } else i++;
     }
-    if (queryWaitTimeoutMs > 0 && waited >= queryWaitTimeoutMs) {
-      this.waiting.splice(this.waiting.indexOf(w), 1);
-      w.waiter.failed(waitTimeout(queryWaitTimeoutMs));
-      return;
-    }
-    const left = queryWaitTimeoutMs - waited;
-    if (queryWaitTimeoutMs > 0 && left > 0) {
-      w.timer = setTimeout(() => this.waited(w), left);
-      w.timer.unref?.();
-    }
+    this.armWaitTimer();
   }
 
   /** Room opened (a connection closed): the longest waiter gets a new login. */
@@ -387,7 +406,6 @@ export class Pool {
     if (this.closed) return;
     while (this.waiting.length > this.logins && this.open < this.settings.size) {
       const w = this.waiting.shift()!;
-      if (w.timer !== undefined) clearTimeout(w.timer);
       this.startLogin(w);
     }
   }

@@ -122,24 +122,6 @@ export type ProxyEvent =
       readonly source: string | undefined;
       readonly limit: number;
     }
-  /** A client got a server connection from its pool (at startup, or per transaction in pooled modes). */
-  | {
-      readonly kind: "poolCheckout";
-      readonly conn: string;
-      readonly server: string;
-      /** "database/role" */
-      readonly pool: string;
-      readonly mode: "session" | "transaction" | "statement";
-      readonly waitedMs: number;
-    }
-  /** A client gave its server connection back. */
-  | {
-      readonly kind: "poolRelease";
-      readonly conn: string;
-      readonly server: string;
-      readonly pool: string;
-      readonly reason: "idle" | "clientClosed" | "serverLost" | "error";
-    }
   /** SIGHUP: a certificate, rules or users reload, applied or kept back. */
   | {
       readonly kind: "reload";

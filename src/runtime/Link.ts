@@ -96,6 +96,9 @@ const targetName = (msg: Buffer): { target: number; name: string } | undefined =
 const concat = (parts: readonly Uint8Array[]): Uint8Array =>
   parts.length === 0 ? DROP : parts.length === 1 ? parts[0]! : Buffer.concat(parts);
 
+/** Bytes a client may send while it waits for a server connection before its socket is paused. */
+const STASH_LIMIT = 65_536;
+
 const STATUS: Record<number, "I" | "T" | "E"> = { 73: "I", 84: "T", 69: "E" };
 const READY_IDLE = Buffer.from([Backend.ReadyForQuery, 0, 0, 0, 5, 73]);
 
@@ -328,6 +331,13 @@ export class Link {
       // Pooled, between transactions: the next request waits for a server connection.
       if (this.stash === undefined) this.stash = [chunk];
       else this.stash.push(chunk);
+      this.stashed += chunk.length;
+      // A client that keeps writing while it waits is paused; one request per wait never is
+      // (pausing and resuming a socket costs two system calls per transaction).
+      if (this.stashed > STASH_LIMIT && !this.pausedForServer) {
+        this.pausedForServer = true;
+        this.client.socket.pause();
+      }
       this.checkout();
       return;
     }
@@ -891,11 +901,6 @@ export class Link {
     this.waiting = waiter;
     this.waitStart = Date.now();
     this.pooled!.pool.acquire(waiter);
-    // Not served at once: the client's further bytes wait in its socket.
-    if (this.waiting === waiter) {
-      this.pausedForServer = true;
-      this.client.socket.pause();
-    }
   }
 
   /** The client's settings onto the server connection first (one query, replies swallowed). */
@@ -919,6 +924,7 @@ export class Link {
     this.attach(server);
     const stash = this.stash ?? [];
     this.stash = undefined;
+    this.stashed = 0;
     for (const chunk of stash) {
       if (!this.linked) return;
       this.onClientData(chunk);
@@ -930,6 +936,7 @@ export class Link {
   }
 
   private pausedForServer = false;
+  private stashed = 0;
 
   private attach(server: ServerConnection): void {
     this.current = server;

@@ -8,7 +8,7 @@ import type {
   StatsCounters,
   StatsRow,
 } from "../admin/snapshot.ts";
-import type { Pool, ServerPool } from "../pool/ServerPool.ts";
+import { emptyStats, type Pool, type ServerPool } from "../pool/ServerPool.ts";
 import type { ClientConnection } from "./ClientConnection.ts";
 import type { PgwardenConfig } from "./config.ts";
 import type { ServerConnection } from "./ServerConnection.ts";
@@ -158,16 +158,7 @@ export const adminSource = (
       const seconds = Math.max(1, (Date.now() - startedAt) / 1000);
       const byDb = new Map<string, Pool["stats"]>();
       for (const p of pools.all()) {
-        const t = byDb.get(p.database) ?? {
-          assignments: 0,
-          transactions: 0,
-          queries: 0,
-          waitUs: 0,
-          transactionUs: 0,
-          queryUs: 0,
-          received: 0,
-          sent: 0,
-        };
+        const t = byDb.get(p.database) ?? emptyStats();
         for (const k of Object.keys(t) as (keyof Pool["stats"])[]) t[k] += p.stats[k];
         byDb.set(p.database, t);
       }
