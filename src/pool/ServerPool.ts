@@ -214,9 +214,8 @@ export class Pool {
     server.whenNoCancels(() => {
       if (this.settings.mode === "session" && server.reusable && this.keeps(server)) {
         void server.reset(this.settings.resetQuery).then((ok) => {
-          // DISCARD ALL leaves what a fresh login has; the values it reported were noted on the way.
-          if (ok)
-            server.settings.adopt(SessionState.fromStartup(Object.fromEntries(server.reported)).settings);
+          // DISCARD ALL leaves what the login left.
+          if (ok) server.settings.adoptFrom(server.loginSettings);
           this.settled(server, ok);
         });
         return;

@@ -167,6 +167,7 @@ const certificateRefused = (user: string): PgwardenError =>
     `certificate authentication failed for user ${JSON.stringify(user)}`,
   );
 const READY_IDLE = Buffer.from([0x5a, 0, 0, 0, 5, 0x49]);
+const AUTH_OK = encodeAuthentication({ kind: "Ok" });
 
 /** The startup settings a client forwards upstream, without user and database (the pool's). */
 const forwarded = (parameters: ReadonlyMap<string, string>): Map<string, string> =>
@@ -331,12 +332,13 @@ export class ClientConnection {
     this.first = new FirstPacket(c, this);
     this.first.start();
     this.machine.start(this);
-    this.deps.events.emit({
-      kind: "connectionAccepted",
-      conn: this.id,
-      remote: `${c.remoteAddress}:${c.remotePort}`,
-      local: `${c.localAddress}:${c.localPort}`,
-    });
+    if (this.deps.events !== discardEvents)
+      this.deps.events.emit({
+        kind: "connectionAccepted",
+        conn: this.id,
+        remote: `${c.remoteAddress}:${c.remotePort}`,
+        local: `${c.localAddress}:${c.localPort}`,
+      });
     const log = this.deps.log;
     if (log.isLevelEnabled("info"))
       log.info({ conn: this.id, remote: `${c.remoteAddress}:${c.remotePort}` }, "client connected");
@@ -378,7 +380,9 @@ export class ClientConnection {
         this.authenticate();
         return;
       case "sendAuthOk":
-        this.socket.write(encodeAuthentication({ kind: "Ok" }));
+        // Sent with what follows it (the startup answer, or the error that ends the login): one
+        // write instead of two per connection.
+        this.authOkDue = true;
         return;
       case "connectServer":
         return void this.connectServer();
@@ -549,15 +553,23 @@ export class ClientConnection {
             ? connectionLost
             : loginTimeout;
     this.errorSent = true;
-    this.socket.write(
-      encodeError({
-        severity: "FATAL",
-        code: e.sqlstate,
-        message: e.message,
-        ...(e.detail === undefined ? {} : { detail: e.detail }),
-      }),
-    );
+    const error = encodeError({
+      severity: "FATAL",
+      code: e.sqlstate,
+      message: e.message,
+      ...(e.detail === undefined ? {} : { detail: e.detail }),
+    });
+    this.socket.write(this.authOkDue ? Buffer.concat([this.takeAuthOk()!, error]) : error);
   }
+
+  /** AuthenticationOk, once, if the machine has sent it and it has not gone out yet. */
+  private takeAuthOk(): Buffer | undefined {
+    if (!this.authOkDue) return undefined;
+    this.authOkDue = false;
+    return AUTH_OK;
+  }
+
+  private authOkDue = false;
 
   private stopReading(): void {
     const c = this.socket;
@@ -1040,10 +1052,11 @@ export class ClientConnection {
       return;
     }
     // Session mode: the connection was logged in with this client's startup settings.
-    const state =
-      pool.settings.mode === "session"
-        ? SessionState.fromStartup(Object.fromEntries(server.reported))
-        : pool.startupSettings(parameters, server.reported);
+    let state: SessionState;
+    if (pool.settings.mode === "session") {
+      state = new SessionState();
+      state.adoptFrom(server.settings);
+    } else state = pool.startupSettings(parameters, server.reported);
     const sql = replaySql(state.current, server.settings.current);
     if (sql !== "" && !(await server.run(sql))) {
       server.close();
@@ -1119,8 +1132,14 @@ export class ClientConnection {
       );
     const pending = this.clientPending;
     this.clientPending = [];
+    const authOk = this.takeAuthOk();
     link.start({
-      toClient: [...upstream.startupMessages, encodeBackendKeyData(this.clientKey), READY_IDLE],
+      toClient: [
+        ...(authOk === undefined ? [] : [authOk]),
+        ...upstream.startupMessages,
+        encodeBackendKeyData(this.clientKey),
+        READY_IDLE,
+      ],
       serverPending: [],
       clientPending: pending,
     });
@@ -1130,6 +1149,8 @@ export class ClientConnection {
   private startAdmin(pending: Buffer | undefined): void {
     this.clientKey = this.deps.cancels.issuePooled(this.minor, this);
     this.deps.log.info({ conn: this.id, user: this.user }, "admin console session");
+    const authOk = this.takeAuthOk();
+    if (authOk !== undefined) this.socket.write(authOk);
     this.socket.resume();
     void serveAdmin(this.socket, this.deps.admin.source(), {
       maxMessageBytes: this.deps.limits.maxMessageBytes,

@@ -132,6 +132,8 @@ export class ServerConnection {
   readonly reported = new Map<string, string>();
   /** The session settings in force on the backend, as far as pgwarden knows them (pooled modes). */
   readonly settings = new SessionState();
+  /** What the login left: DISCARD ALL returns the backend to these. */
+  readonly loginSettings = new SessionState();
   readonly createdAt = Date.now();
   /** When the connection last went idle in its pool. */
   idleSince = 0;
@@ -210,6 +212,7 @@ export class ServerConnection {
     this.abort = undefined;
     this.startupMessages = result.startupMessages;
     for (const m of result.startupMessages) if (m[0] === Backend.ParameterStatus) this.noteParameter(m);
+    this.loginSettings.adoptFrom(this.settings);
     this.ready = result.ready;
     this.method = result.method;
     this.tlsProtocol = result.tlsProtocol;
