@@ -1,16 +1,12 @@
-import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
+import { pgwardenVersion } from "../version.ts";
 import type { serveOptions } from "./serveCommand.ts";
 
 // Each command's module is loaded only when that command runs: `serve` starts lighter, and
 // `fips-status` probes algorithms no other module has touched first (a digest fetched before
 // FIPS mode is switched on would otherwise keep working and make the probe lie).
 
-const version = (): string =>
-  (JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string })
-    .version;
-
-const help = `pgwarden ${version()} — PostgreSQL wire-protocol proxy
+const help = `pgwarden ${pgwardenVersion()} — PostgreSQL wire-protocol proxy
 
 Usage:
   pgwarden serve [options]          run the proxy (no --config: in front of an embedded PostgreSQL)
@@ -55,7 +51,7 @@ export const main = async (argv: string[]): Promise<number> => {
       return command === undefined ? 2 : 0;
     case "--version":
     case "-v":
-      process.stdout.write(`${version()}\n`);
+      process.stdout.write(`${pgwardenVersion()}\n`);
       return 0;
     case "serve": {
       const { runServe, serveOptions } = await import("./serveCommand.ts");

@@ -1,4 +1,3 @@
-import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { EmbeddedInstance } from "../adapters/embeddedPostgres.ts";
@@ -9,6 +8,7 @@ import type { FipsStatus } from "../runtime/fips.ts";
 import { createLogger } from "../runtime/logger.ts";
 import { startServer } from "../runtime/Server.ts";
 import { ensureUser, loadUsers } from "../runtime/users.ts";
+import { pgwardenVersion } from "../version.ts";
 
 export const serveOptions = {
   config: { type: "string" },
@@ -143,10 +143,6 @@ export const runServe = async (flags: ServeFlags): Promise<number> => {
   return serveWith(config, embedded, clientLogin, auditKeys, reread);
 };
 
-const packageVersion = (): string =>
-  (JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string })
-    .version;
-
 const serveWith = async (
   config: PgwardenConfig,
   embedded: EmbeddedInstance | undefined,
@@ -200,7 +196,7 @@ const serveWith = async (
     // The pipeline runs on its own thread: chaining, hashing and fsync stay off the relay's loop.
     const { startAuditWorker } = await import("../audit/AuditWorker.ts");
     const { isAuditError } = await import("../audit/AuditError.ts");
-    const started = await startAuditWorker(config.audit, log, packageVersion());
+    const started = await startAuditWorker(config.audit, log, pgwardenVersion());
     if (isAuditError(started)) {
       await embedded?.stop();
       return fail(`audit: ${started.message}`, 1);

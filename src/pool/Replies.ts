@@ -36,16 +36,10 @@ export interface Entry {
   readonly name?: string;
 }
 
-/** What a server message means for the head entry. */
-export type Match =
-  /** Not a reply to any request (ParameterStatus, a notice): forward. */
-  | { readonly kind: "async" }
-  /** A reply to `entry`; `done` when it is the entry's last one. */
-  | { readonly kind: "reply"; readonly entry: Entry; readonly done: boolean }
-  | { readonly kind: "unexpected" };
-
-const ASYNC: Match = { kind: "async" };
-const UNEXPECTED: Match = { kind: "unexpected" };
+/** What a server message means for the head entry: the request it answers, or one of these. */
+export const ASYNC = "async";
+export const UNEXPECTED = "unexpected";
+export type Match = Entry | typeof ASYNC | typeof UNEXPECTED;
 
 /** Replies that end each kind of request, by server message type. */
 const ends = (reply: Reply, type: number): boolean => {
@@ -120,12 +114,18 @@ export class Replies {
     return e;
   }
 
-  /** Local answers now at the head, in order: each leaves once what came before it has. */
-  takeLocals(out: Buffer[]): void {
+  /**
+   * Local answers now at the head, in order (each leaves once what came before it has); undefined
+   * when there are none, so the usual case allocates nothing.
+   */
+  takeLocals(): Buffer[] | undefined {
+    let out: Buffer[] | undefined;
     for (let e = this.peek(); e !== undefined && e.action === Action.local; e = this.peek()) {
       this.shift();
-      out.push(e.local!);
+      if (out === undefined) out = [e.local!];
+      else out.push(e.local!);
     }
+    return out;
   }
 
   /**
@@ -145,22 +145,20 @@ export class Replies {
     if (head === undefined) return UNEXPECTED;
     if (type === Backend.ErrorResponse) {
       // A query's error, or one at Sync (a failed implicit COMMIT): ReadyForQuery still follows.
-      if (head.reply === Reply.query || head.reply === Reply.sync)
-        return { kind: "reply", entry: head, done: false };
+      if (head.reply === Reply.query || head.reply === Reply.sync) return head;
       this.shift();
       // The requests PostgreSQL now ignores never happen: the caller undoes what they registered.
       for (let e = this.peek(); e !== undefined && e.reply !== Reply.sync; e = this.peek()) {
         this.shift();
         skipped?.push(e);
       }
-      return { kind: "reply", entry: head, done: true };
+      return head;
     }
     if (ends(head.reply, type)) {
       this.shift();
-      return { kind: "reply", entry: head, done: true };
+      return head;
     }
-    if (partOf(head.reply, type)) return { kind: "reply", entry: head, done: false };
-    return UNEXPECTED;
+    return partOf(head.reply, type) ? head : UNEXPECTED;
   }
 
   clear(): void {

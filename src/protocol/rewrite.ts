@@ -43,6 +43,12 @@ const statementNameSpan = (msg: Buffer): Span | null | PgwardenError => {
   }
 };
 
+/** The prepared statement a Parse, Bind, or Describe/Close of 'S' names; undefined for a portal or a malformed message. */
+export const statementNameOf = (msg: Buffer): string | undefined => {
+  const span = statementNameSpan(msg);
+  return span === null || isPgwardenError(span) ? undefined : msg.toString("utf8", span.start, span.end);
+};
+
 const checkName = (name: string): Buffer | PgwardenError => {
   const bytes = Buffer.from(name, "utf8");
   if (bytes.includes(0)) return protocolError("statement name contains a NUL byte");

@@ -7,7 +7,7 @@ import type { ClientRunner } from "../machines/MachineRunner.ts";
 import { ServerEvents } from "../machines/serverEvents.ts";
 import { NO_EFFECTS, refusalQuery, refusedFeature, sessionEffectsOf } from "../pool/classify.ts";
 import { Owed } from "../pool/OwedResponses.ts";
-import { Action, type Entry, Replies, Reply } from "../pool/Replies.ts";
+import { Action, ASYNC, type Entry, Replies, Reply, UNEXPECTED } from "../pool/Replies.ts";
 import type { Pool, Waiter } from "../pool/ServerPool.ts";
 import { replaySql, type SessionState } from "../pool/SessionState.ts";
 import { encodeError } from "../protocol/backend.ts";
@@ -22,7 +22,12 @@ import {
   pooledServerSessionPolicy,
   serverSessionPolicy,
 } from "../protocol/policies.ts";
-import { encodeCloseComplete, encodeParseComplete, rewriteStatementName } from "../protocol/rewrite.ts";
+import {
+  encodeCloseComplete,
+  encodeParseComplete,
+  rewriteStatementName,
+  statementNameOf,
+} from "../protocol/rewrite.ts";
 import type { SqlParser } from "../sql/parser.ts";
 import type { SessionEffect, StatementEffects } from "../sql/sessionEffects.ts";
 import { clientEvents, isExtended, isSyncPoint } from "./clientEvents.ts";
@@ -139,7 +144,7 @@ const isFatalSeverity = (msg: Buffer, start: number, end: number): boolean => {
  * requests are matched to replies (Replies) so that prepared statements can be mapped and
  * replies pgwarden injected or answers itself come out in order.
  */
-export class Link {
+export class Link implements Waiter {
   readonly client: ClientSide;
   private current: ServerConnection | undefined;
   private serverSocket: Socket | undefined;
@@ -159,7 +164,7 @@ export class Link {
   private readonly replies = new Replies();
   /** Chunks the client sent while the link held no server connection. */
   private stash: Buffer[] | undefined;
-  private waiting: Waiter | undefined;
+  private waiting = false;
   private releaseDue = false;
   /** After a message pgwarden refused locally, PostgreSQL's rule: ignore everything up to Sync. */
   private skipToSync = false;
@@ -238,7 +243,7 @@ export class Link {
 
   /** Since when the client waits for a server connection (pooled modes), for SHOW CLIENTS. */
   get waitingSince(): number | undefined {
-    return this.waiting === undefined ? undefined : this.waitStart;
+    return this.waiting ? this.waitStart : undefined;
   }
 
   private waitStart = 0;
@@ -279,9 +284,9 @@ export class Link {
     this.client.socket.off("data", this.onClientData);
     this.current?.relayTo(undefined);
     this.clearTimers();
-    if (this.waiting !== undefined) {
-      this.pooled?.pool.abandon(this.waiting);
-      this.waiting = undefined;
+    if (this.waiting) {
+      this.pooled?.pool.abandon(this);
+      this.waiting = false;
     }
   }
 
@@ -543,11 +548,14 @@ export class Link {
   private waitsForEarlierParse(type: number, msg: Buffer): boolean {
     const pending = this.pendingParses;
     if (pending === undefined || pending.size === 0) return false;
-    let name: string | undefined;
-    if (type === Frontend.Parse) name = msg.toString("utf8", 5, msg.indexOf(0, 5));
-    else if (type === Frontend.Bind) name = bindNames(msg)?.statement;
-    else if ((type === Frontend.Describe || type === Frontend.Close) && msg[5] === 0x53)
-      name = targetName(msg)?.name;
+    if (
+      type !== Frontend.Parse &&
+      type !== Frontend.Bind &&
+      type !== Frontend.Describe &&
+      type !== Frontend.Close
+    )
+      return false;
+    const name = statementNameOf(msg);
     if (name === undefined) return false;
     const group = pending.get(name);
     return group !== undefined && group < this.syncs;
@@ -753,9 +761,8 @@ export class Link {
 
   /** Local answers at the head of the queue leave now (nothing owed before them). */
   private answerLocally(): void {
-    if (this.replies.peek()?.action !== Action.local) return;
-    const out: Buffer[] = [];
-    this.replies.takeLocals(out);
+    const out = this.replies.takeLocals();
+    if (out === undefined) return;
     for (const b of out) this.toClient.push(b);
     this.flushToClient();
   }
@@ -763,40 +770,30 @@ export class Link {
   // Pooled modes: replies ---------------------------------------------------------------------------
 
   private onServerMessagePooled(type: number, msg: Buffer): Verdict {
-    const before: Buffer[] = [];
-    this.replies.takeLocals(before);
+    const before = this.replies.takeLocals();
     const skipped: Entry[] | undefined = type === Backend.ErrorResponse ? [] : undefined;
     const match = this.replies.match(type, skipped);
-    let forward = true;
-    const pooled = this.pooled!;
+    if (match === UNEXPECTED)
+      return protocolError(`PostgreSQL sent message 0x${type.toString(16)} that answers no request`);
     const server = this.current!;
     if (skipped !== undefined) for (const e of skipped) this.parseUndone(e, server);
-    switch (match.kind) {
-      case "unexpected":
-        return protocolError(`PostgreSQL sent message 0x${type.toString(16)} that answers no request`);
-      case "async":
-        if (type === Backend.ParameterStatus) {
-          server.noteParameter(msg);
-          const p = msg.indexOf(0, 5);
-          if (p > 0)
-            pooled.state.onParameterStatus(
-              msg.toString("utf8", 5, p),
-              msg.toString("utf8", p + 1, msg.length - 1),
-            );
-        }
-        break;
-      case "reply":
-        forward = this.replied(type, msg, match.entry, server);
+    let forward = true;
+    if (match !== ASYNC) forward = this.replied(type, msg, match, server);
+    else if (type === Backend.ParameterStatus) {
+      server.noteParameter(msg);
+      const p = msg.indexOf(0, 5);
+      if (p > 0)
+        this.pooled!.state.onParameterStatus(
+          msg.toString("utf8", 5, p),
+          msg.toString("utf8", p + 1, msg.length - 1),
+        );
     }
-    const v =
-      type === Backend.ReadyForQuery || type === Backend.ErrorResponse || (type >= 0x47 && type <= 0x63)
-        ? this.onServerMessage(type, msg)
-        : undefined;
+    const v = this.onServerMessage(type, msg);
     if (v !== undefined) return v;
-    const after: Buffer[] = [];
-    this.replies.takeLocals(after);
-    if (forward && before.length === 0 && after.length === 0) return undefined;
-    return concat([...before, ...(forward ? [msg] : []), ...after]);
+    const after = this.replies.takeLocals();
+    if (forward && before === undefined && after === undefined) return undefined;
+    // pgwarden's own answers go out around this reply, in the order the client asked.
+    return concat([...(before ?? []), ...(forward ? [msg] : []), ...(after ?? [])]);
   }
 
   /** A Parse that failed, or that PostgreSQL skipped after an earlier error: its name never came to be. */
@@ -882,25 +879,29 @@ export class Link {
 
   /** Asks the pool for a server connection; the client's bytes wait, its socket paused. */
   private checkout(): void {
-    if (this.waiting !== undefined || !this.linked) return;
-    const waiter: Waiter = {
-      granted: (server) => {
-        if (this.waiting !== waiter) return this.pooled!.pool.release(server);
-        this.waiting = undefined;
-        const state = this.pooled!.state;
-        const sql = server.settings.sameAs(state) ? "" : replaySql(state.current, server.settings.current);
-        if (sql === "") this.resume(server);
-        else void this.prepare(server, sql).catch(() => this.client.endWith(replayFailed));
-      },
-      failed: (error) => {
-        if (this.waiting !== waiter) return;
-        this.waiting = undefined;
-        this.client.endWith(error);
-      },
-    };
-    this.waiting = waiter;
+    if (this.waiting || !this.linked) return;
+    this.waiting = true;
     this.waitStart = Date.now();
-    this.pooled!.pool.acquire(waiter);
+    this.pooled!.pool.acquire(this);
+  }
+
+  /** Waiter: the pool's answer to checkout (the link itself waits: nothing allocated per wait). */
+  granted(server: ServerConnection): void {
+    if (!this.waiting) {
+      this.pooled!.pool.release(server);
+      return;
+    }
+    this.waiting = false;
+    const state = this.pooled!.state;
+    const sql = server.settings.sameAs(state) ? "" : replaySql(state.current, server.settings.current);
+    if (sql === "") this.resume(server);
+    else void this.prepare(server, sql).catch(() => this.client.endWith(replayFailed));
+  }
+
+  failed(error: PgwardenError): void {
+    if (!this.waiting) return;
+    this.waiting = false;
+    this.client.endWith(error);
   }
 
   /** The client's settings onto the server connection first (one query, replies swallowed). */

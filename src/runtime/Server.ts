@@ -21,6 +21,7 @@ import { type CompiledAccess, compileAccess } from "../policy/accessRules.ts";
 import { createSessionCounter } from "../policy/sessionLimits.ts";
 import { ServerPool } from "../pool/ServerPool.ts";
 import { encodeError } from "../protocol/backend.ts";
+import { pgwardenVersion } from "../version.ts";
 import { adminSource } from "./adminSource.ts";
 import { CancelRegistry } from "./CancelRegistry.ts";
 import { type Admission, ClientConnection, type ConnectionDeps } from "./ClientConnection.ts";
@@ -187,9 +188,6 @@ const perUsers = <A>(
 
 let counter = 0;
 /** Connection ids: unique within the process, ordered, short. */
-/** pgwarden's version, as the admin console reports it. */
-const PGWARDEN_VERSION = "0.1.0";
-
 const nextId = (): string => `c${(++counter).toString(36)}`;
 
 /** Client and cancel slots, counted apart: a full server still serves cancels. */
@@ -361,7 +359,7 @@ const program = (
       connectUpstream,
       sendCancel,
     };
-    const admin = adminSource(pool, sessions, () => config, PGWARDEN_VERSION);
+    const admin = adminSource(pool, sessions, () => config, pgwardenVersion());
     loginDeps = {
       target: deps.target,
       credentials: deps.credentials,

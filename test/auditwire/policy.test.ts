@@ -37,7 +37,8 @@ describe("statement text per audit.statements", () => {
       const proxy = await startAuditedProxy({ statements: mode }, undefined, "inline");
       const c = new pg.Client(proxy.connection());
       await c.connect();
-      await c.query("SELECT 'hunter2-literal' AS a, 4242 AS b");
+      // A number no hash, port or time stamp in the records will contain by chance (4242 did, now and then).
+      await c.query("SELECT 'hunter2-literal' AS a, 987654321 AS b");
       await c.query({ text: "SELECT $1::text AS c", values: ["param-value-xyz"] });
       await c.end();
       await proxy.close();
@@ -45,7 +46,7 @@ describe("statement text per audit.statements", () => {
       expectAllValid(records);
       const text = JSON.stringify(records);
       expect(text).not.toContain("hunter2-literal");
-      expect(text).not.toContain("4242");
+      expect(text).not.toContain("987654321");
       expect(text).not.toContain("param-value-xyz");
       const q = records.find((r) => r.kind === "statement" && r.message === "Query")!;
       expect(q.textMode).toBe(mode);

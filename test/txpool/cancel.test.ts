@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { sleep } from "../support/hostile.ts";
 import type { PgSession, QueryResult } from "../support/pgSession.ts";
-import { createFixture, type Fixture, notYet, type PooledTarget, startTarget } from "./target.ts";
+import { createFixture, type Fixture, type PooledTarget, startTarget, targetMissing } from "./target.ts";
 
 /**
  * Cancel in transaction mode with one server connection shared by everybody: a cancel reaches the
@@ -9,7 +9,7 @@ import { createFixture, type Fixture, notYet, type PooledTarget, startTarget } f
  * nothing, even though by then the same backend runs somebody else's query.
  */
 
-const skip = notYet();
+const skip = targetMissing();
 const ROUNDS = 100;
 
 describe.skipIf(skip !== undefined)(`cancel with a pool of one (${skip ?? "running"})`, () => {

@@ -10,18 +10,18 @@ import {
   backends,
   createFixture,
   type Fixture,
-  notYet,
   type PooledTarget,
   startTarget,
   superuserIn,
   supports,
+  targetMissing,
 } from "./target.ts";
 
 /** Real clients, 50 at once, through a transaction pool of two server connections: zero failures. */
 
 const SIZE = 2;
 const CLIENTS = 50;
-const skip = notYet();
+const skip = targetMissing();
 const prepared = supports("preparedStatements");
 
 describe.skipIf(skip !== undefined)(`real clients through a pool of ${SIZE} (${skip ?? "running"})`, () => {

@@ -6,10 +6,10 @@ import { directClient } from "../support/postgres.ts";
 import {
   createFixture,
   type Fixture,
-  notYet,
   type PooledTarget,
   startTarget,
   superuserIn,
+  targetMissing,
 } from "./target.ts";
 
 /**
@@ -17,7 +17,7 @@ import {
  * ever seen by the other, and no PostgreSQL backend ever serves both keys.
  */
 
-const skip = notYet();
+const skip = targetMissing();
 const ROUNDS = 6;
 
 describe.skipIf(skip !== undefined)(`tenant isolation in transaction mode (${skip ?? "running"})`, () => {

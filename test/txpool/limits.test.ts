@@ -7,18 +7,18 @@ import {
   backends,
   createFixture,
   type Fixture,
-  notYet,
   type PooledTarget,
   type StartOptions,
   startTarget,
   superuserIn,
   supports,
   TARGET,
+  targetMissing,
 } from "./target.ts";
 
 /** Every pool limit and timeout, each with its own pooler instance, against the clock. */
 
-const skip = notYet();
+const skip = targetMissing();
 
 /** SQLSTATE classes a pooler may use for "waited too long for a server connection". */
 const WAIT_TIMEOUT_CLASSES = /^(08|53)/;

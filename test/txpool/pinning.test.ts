@@ -3,11 +3,11 @@ import type { PgSession } from "../support/pgSession.ts";
 import {
   createFixture,
   type Fixture,
-  notYet,
   type PooledTarget,
   startTarget,
   superuserIn,
   supports,
+  targetMissing,
 } from "./target.ts";
 
 /**
@@ -18,7 +18,7 @@ import {
  */
 
 const SIZE = 2;
-const skip = notYet() ?? (supports("pinning") ? undefined : "no pinning");
+const skip = targetMissing() ?? (supports("pinning") ? undefined : "no pinning");
 
 interface PinCase {
   readonly name: string;

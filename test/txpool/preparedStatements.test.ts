@@ -3,11 +3,11 @@ import { dataRow, msg, type PgSession, type Reply, typesOf } from "../support/pg
 import {
   createFixture,
   type Fixture,
-  notYet,
   type PooledTarget,
   startTarget,
   steerTo,
   supports,
+  targetMissing,
   warmPool,
 } from "./target.ts";
 
@@ -18,7 +18,8 @@ import {
  */
 
 const SIZE = 2;
-const skip = notYet() ?? (supports("preparedStatements") ? undefined : "no protocol prepared statements");
+const skip =
+  targetMissing() ?? (supports("preparedStatements") ? undefined : "no protocol prepared statements");
 
 /** Unnamed Parse/Bind/Execute of pg_backend_pid(): replies 1 2 D C. */
 const pidProbe = [msg.parse("", "SELECT pg_backend_pid()"), msg.bind(""), msg.execute()];

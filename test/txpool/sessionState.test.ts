@@ -4,19 +4,19 @@ import type { PgSession } from "../support/pgSession.ts";
 import {
   createFixture,
   type Fixture,
-  notYet,
   type PooledTarget,
   startTarget,
   steerTo,
   superuserIn,
   supports,
+  targetMissing,
   warmPool,
 } from "./target.ts";
 
 /** Session state in transaction mode: what follows the client to another server connection, and what must not. */
 
 const SIZE = 2;
-const skip = notYet();
+const skip = targetMissing();
 const SETTINGS = "SELECT current_setting('work_mem'), current_setting('search_path'), pg_backend_pid()";
 
 describe.skipIf(skip !== undefined)(`session state in transaction mode (${skip ?? "running"})`, () => {

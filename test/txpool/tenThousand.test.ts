@@ -6,10 +6,10 @@ import {
   backends,
   createFixture,
   type Fixture,
-  notYet,
   type PooledTarget,
   startTarget,
   superuserIn,
+  targetMissing,
 } from "./target.ts";
 
 /**
@@ -20,7 +20,7 @@ import {
 
 const IDLE = 10_000;
 const SIZE = 20;
-const skip = notYet();
+const skip = targetMissing();
 
 describe.skipIf(skip !== undefined)(
   `[slow] ${IDLE} idle clients over ${SIZE} server connections (${skip ?? "running"})`,
