@@ -92,6 +92,9 @@ const parseIpv6Words = (text: string): number[] | undefined => {
 
 const isMapped = (w: readonly number[]): boolean => w[0] === 0 && w[1] === 0 && w[2] === 0xffff;
 
+/** What Node accepts after `%` in an IPv6 address: one or more of these. */
+const ZONE = /^[0-9A-Za-z.:-]+$/;
+
 /**
  * Parses an address as a socket reports it. A zone (`fe80::1%eth0`) is dropped: it names an
  * interface, not address bits. IPv4-mapped IPv6 becomes IPv4.
@@ -99,6 +102,7 @@ const isMapped = (w: readonly number[]): boolean => w[0] === 0 && w[1] === 0 && 
 export const parseIp = (text: string): IpAddress | undefined => {
   if (text.includes(":")) {
     const zone = text.indexOf("%");
+    if (zone !== -1 && !ZONE.test(text.slice(zone + 1))) return undefined;
     const words = parseIpv6Words(zone === -1 ? text : text.slice(0, zone));
     if (words === undefined) return undefined;
     return isMapped(words) ? { family: 4, words: [words[3]!] } : { family: 6, words };

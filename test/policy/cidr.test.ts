@@ -112,6 +112,11 @@ describe("parseIp", () => {
     expect(parseIp(text) !== undefined).toBe(node);
   });
 
+  it("takes a zone only as Node does: not empty, letters, digits and . : - only", () => {
+    for (const text of ["::%", "fe80::1%", "::%%a", "::%a b", "::%a/b"]) expect(parseIp(text)).toBeUndefined();
+    for (const text of ["::%a", "fe80::1%eth0", "::%a.b-c", "::%a:b"]) expect(parseIp(text)?.family).toBe(6);
+  });
+
   it("turns IPv4-mapped IPv6 into IPv4, in both spellings", () => {
     expect(ip("::ffff:10.1.2.3")).toEqual(ip("10.1.2.3"));
     expect(ip("::FFFF:0a01:0203")).toEqual(ip("10.1.2.3"));
