@@ -7,6 +7,7 @@ import { execFileSync } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { availableParallelism, userInfo } from "node:os";
 import path from "node:path";
+import { buildIfStale } from "../scripts/build.ts";
 import { type BenchOptions, parseBenchArgs, USAGE } from "./args.ts";
 import {
   type AuditTarget,
@@ -248,6 +249,8 @@ async function main(): Promise<number> {
     process.stdout.write(USAGE);
     return 0;
   }
+  // pgwarden runs as installed: its bundle, rebuilt first if the sources changed since.
+  await buildIfStale();
   const rootDir = makeTempDir("pgwarden-bench-");
   const meta = {
     date: new Date().toISOString(),

@@ -29,6 +29,8 @@ export interface Probe {
    * cache is switched off (NODE_DISABLE_COMPILE_CACHE), since the entry enables it by default.
    */
   readonly compileCache?: boolean;
+  /** Run pgwarden's TypeScript sources instead of its bundle (PGWARDEN_SOURCES=1, see bin/bundle.js). */
+  readonly sources?: boolean;
   /** Sections merged into the serve configuration, made in the probe's own directory. */
   readonly config?: (dir: string) => Promise<Record<string, unknown>>;
 }
@@ -75,10 +77,25 @@ export const PROBES: readonly Probe[] = [
   { label: "pgwarden src/runtime/Server.ts", imports: ["./src/runtime/Server.ts"] },
   { label: "pgwarden src/cli/main.ts", imports: ["./src/cli/main.ts"] },
   { label: "main.ts, warm compile cache", imports: ["./src/cli/main.ts"], compileCache: true },
-  { label: "serve, no compile cache, default flags", imports: "serve" },
-  { label: "serve, --max-semi-space-size=1", imports: "serve", nodeFlags: ["--max-semi-space-size=1"] },
-  { label: "serve, warm compile cache", imports: "serve", compileCache: true },
-  { label: `serve as shipped (${SHIPPED_NODE_FLAGS.join(" ")}, warm cache)`, imports: "serve", ...SHIPPED },
+  { label: "serve (sources), no compile cache, default flags", imports: "serve", sources: true },
+  {
+    label: "serve (sources), --max-semi-space-size=1",
+    imports: "serve",
+    sources: true,
+    nodeFlags: ["--max-semi-space-size=1"],
+  },
+  { label: "serve (sources), warm compile cache", imports: "serve", sources: true, compileCache: true },
+  {
+    label: "serve (sources) with the shipped flags, warm cache",
+    imports: "serve",
+    sources: true,
+    ...SHIPPED,
+  },
+  {
+    label: `serve as shipped (bundle, ${SHIPPED_NODE_FLAGS.join(" ")}, warm cache)`,
+    imports: "serve",
+    ...SHIPPED,
+  },
   { label: "  + client TLS required", imports: "serve", ...SHIPPED, config: tlsRequired },
   { label: "  + audit", imports: "serve", ...SHIPPED, config: auditOn },
   {
@@ -164,6 +181,8 @@ export async function runProbe(probe: Probe, workDir: string): Promise<ProbeResu
   const env: NodeJS.ProcessEnv = { ...process.env };
   delete env.NODE_COMPILE_CACHE;
   delete env.NODE_OPTIONS;
+  if (probe.sources) env.PGWARDEN_SOURCES = "1";
+  else delete env.PGWARDEN_SOURCES;
   const dir = mkdtempSync(path.join(workDir, "probe-"));
   if (probe.compileCache) {
     env.NODE_COMPILE_CACHE = path.join(dir, "compile-cache");

@@ -3,9 +3,10 @@ import { mkdtemp, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { CLI } from "./support/cli.ts";
 
 const cli = (args: string[], input?: string) => {
-  const r = spawnSync(process.execPath, ["src/cli/main.ts", ...args], {
+  const r = spawnSync(process.execPath, [CLI, ...args], {
     encoding: "utf8",
     input,
     timeout: 30_000,

@@ -15,6 +15,7 @@ import { decodeConfig } from "../../src/runtime/config.ts";
 import { createLogger } from "../../src/runtime/logger.ts";
 import { type RunningServer, startServer } from "../../src/runtime/Server.ts";
 import { type Keys, makeKeys } from "../audit/support/auditLog.ts";
+import { CLI } from "../support/cli.ts";
 import { postgresInfo } from "../support/postgres.ts";
 
 export const USER = "postgres";
@@ -133,7 +134,7 @@ export const verifyCli = (dir: string, keys: Keys, json = false) => {
   const r = spawnSync(
     process.execPath,
     [
-      "src/cli/main.ts",
+      CLI,
       "audit",
       "verify",
       dir,

@@ -8,6 +8,7 @@ import { connectUpstream, UpstreamCredentials } from "../../src/adapters/upstrea
 import { deriveScramVerifier } from "../../src/auth/scramVerifier.ts";
 import { isPgwardenError } from "../../src/errors.ts";
 import { testCerts } from "../support/certs.ts";
+import { CLI } from "../support/cli.ts";
 import { writeServeFiles } from "../support/hostile.ts";
 import { postgresInfo } from "../support/postgres.ts";
 import { TEST_PASSWORD } from "../support/proxy.ts";
@@ -63,7 +64,7 @@ const serve = async (
   const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, LANG: "C.UTF-8" };
   if (withProvider)
     Object.assign(env, { OPENSSL_CONF: join(providerDir, "openssl.cnf"), OPENSSL_MODULES: providerDir });
-  const c = spawn(process.execPath, ["src/cli/main.ts", "serve", "--config", files.config, ...flags], {
+  const c = spawn(process.execPath, [CLI, "serve", "--config", files.config, ...flags], {
     cwd: repo,
     env,
     stdio: ["ignore", "pipe", "pipe"],

@@ -113,7 +113,8 @@ describe("parseIp", () => {
   });
 
   it("takes a zone only as Node does: not empty, letters, digits and . : - only", () => {
-    for (const text of ["::%", "fe80::1%", "::%%a", "::%a b", "::%a/b"]) expect(parseIp(text)).toBeUndefined();
+    for (const text of ["::%", "fe80::1%", "::%%a", "::%a b", "::%a/b"])
+      expect(parseIp(text)).toBeUndefined();
     for (const text of ["::%a", "fe80::1%eth0", "::%a.b-c", "::%a:b"]) expect(parseIp(text)?.family).toBe(6);
   });
 

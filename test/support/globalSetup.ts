@@ -3,6 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
 import type { TestProject } from "vitest/node";
+import { buildIfStale } from "../../scripts/build.ts";
 import {
   checkBinariesReachable,
   freePort,
@@ -15,6 +16,8 @@ import type { PostgresInfo } from "./postgres.ts";
  * upstream authentication method its own role, so the proxy's client side meets all of them.
  */
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  // The spawned `pgwarden` runs the bundle (test/support/cli.ts): it must be the current sources'.
+  await buildIfStale();
   const blocked = await checkBinariesReachable();
   if (blocked !== undefined) throw new Error(`cannot run the tests' PostgreSQL: ${blocked}`);
   const dir = await mkdtemp(join(tmpdir(), "pgwarden-test-"));

@@ -10,6 +10,7 @@ import { formatUsersFile } from "../../src/auth/usersFile.ts";
 import { isPgwardenError } from "../../src/errors.ts";
 import { encodeSASLInitialResponse, encodeSASLResponse } from "../../src/protocol/frontend.ts";
 import { defaultStartupParameters } from "../../src/runtime/config.ts";
+import { CLI } from "./cli.ts";
 import { postgresInfo } from "./postgres.ts";
 import type { WireClient } from "./wire.ts";
 
@@ -415,14 +416,10 @@ export const serveChild = async (
   port: number,
   options: { nodeArgs?: string[]; waitListening?: boolean } = {},
 ): Promise<ServeChild> => {
-  const child = spawn(
-    process.execPath,
-    [...(options.nodeArgs ?? []), "src/cli/main.ts", "serve", "--config", configPath],
-    {
-      env: { PATH: process.env.PATH, LANG: "C.UTF-8" },
-      stdio: ["ignore", "pipe", "pipe"],
-    },
-  );
+  const child = spawn(process.execPath, [...(options.nodeArgs ?? []), CLI, "serve", "--config", configPath], {
+    env: { PATH: process.env.PATH, LANG: "C.UTF-8" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   const out = { stdout: "", stderr: "" };
   child.stdout!.setEncoding("utf8").on("data", (d: string) => {
     out.stdout += d;

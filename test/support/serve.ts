@@ -1,8 +1,9 @@
 import { spawn } from "node:child_process";
+import { CLI } from "./cli.ts";
 
 /** `pgwarden serve` as a real process, with its output collected. */
 export const serveProcess = (args: string[], env: Record<string, string> = {}) => {
-  const child = spawn(process.execPath, ["src/cli/main.ts", "serve", ...args], {
+  const child = spawn(process.execPath, [CLI, "serve", ...args], {
     env: { ...process.env, ...env },
   });
   const out = { stdout: "", stderr: "" };

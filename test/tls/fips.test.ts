@@ -13,6 +13,7 @@ import {
   tlsPolicyProbes,
 } from "../../src/runtime/fips.ts";
 import { testCerts } from "../support/certs.ts";
+import { CLI } from "../support/cli.ts";
 import { sClient } from "./harness.ts";
 
 const repo = resolve(import.meta.dirname, "../..");
@@ -41,7 +42,7 @@ const node = (
     );
   });
 
-const cli = ["src/cli/main.ts", "fips-status"];
+const cli = [CLI, "fips-status"];
 
 beforeAll(async () => {
   // CI builds it before the tests (.ci/run); locally the script builds it once (about a minute).

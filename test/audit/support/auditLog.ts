@@ -12,6 +12,7 @@ import { SegmentWriter, type SegmentWriterOptions } from "../../../src/audit/Seg
 import { loadPemSigner, type Signer } from "../../../src/audit/Signer.ts";
 import { segmentFileName } from "../../../src/audit/segmentFiles.ts";
 import { auditClock } from "../../../src/audit/timestamp.ts";
+import { CLI } from "../../support/cli.ts";
 
 export const INSTANCE = "pgw-test";
 
@@ -117,6 +118,6 @@ export const expectSchemaValid = async (dir: string, segments: number): Promise<
 
 /** Runs the real CLI on the project's Node. */
 export const cli = (args: string[]) => {
-  const r = spawnSync(process.execPath, ["src/cli/main.ts", ...args], { encoding: "utf8", timeout: 30_000 });
+  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: "utf8", timeout: 30_000 });
   return { code: r.status, out: r.stdout, err: r.stderr };
 };
