@@ -97,6 +97,9 @@ export const shortestEvents = <E extends object>(
   return out;
 };
 
+/** The seed of the walks whose coverage is checked (any seed that reaches every state would do). */
+const COVERAGE_SEED = 20261201;
+
 /**
  * Registers the property: for random runs of events, after every event the runner's state,
  * `done`, returned key, emitted Transition (exactly when the key changes) and executed actions
@@ -144,66 +147,74 @@ export const describeAgreement = <E extends { type: string }, A>(spec: MachineSp
     const visited = new Set<string>();
     let actionsSeen = 0;
 
-    test.prop([fc.array(step, { minLength: 1, maxLength: 80, size: "max" })], { numRuns: 300 })(
-      "state, Transition and actions after every event",
-      (steps) => {
-        const id = `${spec.name}-prop`;
-        const emitted: Transition[] = [];
-        const ran: PlainAction[] = [];
-        const runner = spec.runner(id, (t) => emitted.push(t));
-        const xstate: PlainAction[] = [];
-        const actor = createActor(spec.machine, {
-          inspect: (ev) => {
-            if (ev.type === "@xstate.action") xstate.push(plain(ev.action));
-          },
-        });
-        runner.start({ exec: (a) => ran.push(plain(a as PlainAction)) });
-        actor.start();
-        expect(runner.state).toBe(stateKey(actor.getSnapshot().value));
-        expect(ran, "initial entry actions").toEqual(xstate);
-        visited.add(runner.state);
-        for (const s of steps) {
-          const snap = actor.getSnapshot();
-          const event = choose(snap, s.tier, s.pick);
-          const before = runner.state;
-          const emittedBefore = emitted.length;
-          ran.length = 0;
-          xstate.length = 0;
-          const t0 = Date.now();
-          const returned = runner.send(event);
-          const t1 = Date.now();
-          // A final actor takes no more events; the runner must stay put and do nothing as well.
-          if (snap.status === "active") actor.send(event);
-          const expected = stateKey(actor.getSnapshot().value);
-          const where = `${before} --${JSON.stringify(event)}-->`;
-          expect(returned, where).toBe(expected);
-          expect(runner.state, where).toBe(expected);
-          expect(runner.done, where).toBe(actor.getSnapshot().status === "done");
-          expect(ran, `${where} actions`).toEqual(xstate);
-          actionsSeen += ran.length;
-          const fresh = emitted.slice(emittedBefore);
-          if (expected === before) {
-            expect(fresh, `${where} must not emit`).toEqual([]);
-          } else {
-            expect(fresh, where).toHaveLength(1);
-            const t = fresh[0]!;
-            expect(
-              { connectionId: t.connectionId, machine: t.machine, from: t.from, to: t.to, cause: t.cause },
-              where,
-            ).toEqual({
-              connectionId: id,
-              machine: spec.name,
-              from: before,
-              to: expected,
-              cause: event.type,
-            });
-            expect(t.at).toBeGreaterThanOrEqual(t0);
-            expect(t.at).toBeLessThanOrEqual(t1);
-          }
-          visited.add(expected);
+    const run = (steps: readonly { tier: number; pick: number }[], track: boolean) => {
+      const id = `${spec.name}-prop`;
+      const emitted: Transition[] = [];
+      const ran: PlainAction[] = [];
+      const runner = spec.runner(id, (t) => emitted.push(t));
+      const xstate: PlainAction[] = [];
+      const actor = createActor(spec.machine, {
+        inspect: (ev) => {
+          if (ev.type === "@xstate.action") xstate.push(plain(ev.action));
+        },
+      });
+      runner.start({ exec: (a) => ran.push(plain(a as PlainAction)) });
+      actor.start();
+      expect(runner.state).toBe(stateKey(actor.getSnapshot().value));
+      expect(ran, "initial entry actions").toEqual(xstate);
+      if (track) visited.add(runner.state);
+      for (const s of steps) {
+        const snap = actor.getSnapshot();
+        const event = choose(snap, s.tier, s.pick);
+        const before = runner.state;
+        const emittedBefore = emitted.length;
+        ran.length = 0;
+        xstate.length = 0;
+        const t0 = Date.now();
+        const returned = runner.send(event);
+        const t1 = Date.now();
+        // A final actor takes no more events; the runner must stay put and do nothing as well.
+        if (snap.status === "active") actor.send(event);
+        const expected = stateKey(actor.getSnapshot().value);
+        const where = `${before} --${JSON.stringify(event)}-->`;
+        expect(returned, where).toBe(expected);
+        expect(runner.state, where).toBe(expected);
+        expect(runner.done, where).toBe(actor.getSnapshot().status === "done");
+        expect(ran, `${where} actions`).toEqual(xstate);
+        if (track) actionsSeen += ran.length;
+        const fresh = emitted.slice(emittedBefore);
+        if (expected === before) {
+          expect(fresh, `${where} must not emit`).toEqual([]);
+        } else {
+          expect(fresh, where).toHaveLength(1);
+          const t = fresh[0]!;
+          expect(
+            { connectionId: t.connectionId, machine: t.machine, from: t.from, to: t.to, cause: t.cause },
+            where,
+          ).toEqual({
+            connectionId: id,
+            machine: spec.name,
+            from: before,
+            to: expected,
+            cause: event.type,
+          });
+          expect(t.at).toBeGreaterThanOrEqual(t0);
+          expect(t.at).toBeLessThanOrEqual(t1);
         }
-        actor.stop();
-      },
+        if (track) visited.add(expected);
+      }
+      actor.stop();
+    };
+    const runs = fc.array(step, { minLength: 1, maxLength: 80, size: "max" });
+    // The coverage claim below rests on a fixed seed, so it cannot come and go between runs;
+    // the second property keeps exploring new walks every run.
+    test.prop([runs], { numRuns: 300, seed: COVERAGE_SEED })(
+      "state, Transition and actions after every event (fixed walks)",
+      (steps) => run(steps, true),
+    );
+    test.prop([runs], { numRuns: 300 })(
+      "state, Transition and actions after every event (new walks)",
+      (steps) => run(steps, false),
     );
 
     it("the generator above explores every state of the machine, and actions were compared", () => {
