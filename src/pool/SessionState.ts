@@ -42,6 +42,9 @@ interface Transaction {
 // DISCARD ALL ends everything that pins except a loaded library, which stays loaded.
 const SURVIVES_DISCARD_ALL: ReadonlySet<PinReason> = new Set(["load"]);
 
+const NO_PINS: Set<PinReason> = new Set();
+const NOTHING_AWAITED: (readonly SessionEffect[])[] = [];
+
 /** Tags name a content of the settings: two states with one tag hold the same values. */
 let lastTag = 0;
 
@@ -58,8 +61,9 @@ export class SessionState {
     }
     return this.values;
   }
-  private readonly pinSet = new Set<PinReason>();
-  private awaiting: (readonly SessionEffect[])[] = [];
+  // Both empty for nearly every state (thousands of idle sessions): shared until first used.
+  private pinSet: Set<PinReason> = NO_PINS;
+  private awaiting: (readonly SessionEffect[])[] = NOTHING_AWAITED;
   private txn: Transaction | undefined;
 
   /** Raw values a client gave in its startup packet (application_name, options' -c settings). */
@@ -115,10 +119,12 @@ export class SessionState {
 
   /** A query was sent: one entry per statement, matched in order by CommandComplete. */
   queue(statements: StatementEffects): void {
+    if (this.awaiting === NOTHING_AWAITED) this.awaiting = [];
     this.awaiting.push(...statements);
   }
 
   onCommandComplete(): void {
+    if (this.awaiting.length === 0) return;
     const effects = this.awaiting.shift();
     if (effects === undefined) return;
     for (const e of effects) this.apply(e);
@@ -126,7 +132,7 @@ export class SessionState {
 
   /** An ErrorResponse: the statements after the failing one never run. */
   onError(): void {
-    this.awaiting = [];
+    this.awaiting = NOTHING_AWAITED;
     if (this.txn === undefined) return;
     if (this.txn.explicit) this.txn.failed = true;
     else this.txn = undefined;
@@ -144,7 +150,7 @@ export class SessionState {
   }
 
   onReadyForQuery(status: TransactionStatus): void {
-    this.awaiting = [];
+    this.awaiting = NOTHING_AWAITED;
     if (status === "I") {
       if (this.txn !== undefined && !this.txn.failed) this.commitStaged(this.txn.staged);
       this.txn = undefined;
@@ -158,6 +164,7 @@ export class SessionState {
   private apply(e: SessionEffect): void {
     if (e.kind === "pin") {
       // Pinned at once and kept even if the transaction rolls back: the safe side.
+      if (this.pinSet === NO_PINS) this.pinSet = new Set();
       this.pinSet.add(e.reason);
       return;
     }

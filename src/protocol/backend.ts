@@ -93,7 +93,8 @@ export const decodeBackendKeyData = (msg: Buffer): BackendKeyData | PgwardenErro
     const secret = r.rest();
     if (secret.length < 4 || secret.length > MAX_CANCEL_SECRET)
       malformed(`secret key of ${secret.length} bytes`);
-    return { processId, secret };
+    // A copy: a view would keep the whole read it came from alive for the connection's life.
+    return { processId, secret: Buffer.from(secret) };
   });
 
 export const decodeNegotiateProtocolVersion = (msg: Buffer): NegotiateProtocolVersion | PgwardenError =>

@@ -1,4 +1,4 @@
-import { randomBytes, timingSafeEqual } from "node:crypto";
+import { randomFillSync, timingSafeEqual } from "node:crypto";
 import type { BackendKeyData } from "../protocol/backend.ts";
 
 /**
@@ -17,17 +17,25 @@ export interface Cancellable {
  * to count. Pooled modes will issue pgwarden-chosen PIDs; protocol 3.2's 32-byte secret leaves
  * room for an instance id so that instances can forward each other's cancels.
  */
+/** One issued key; the registry hands this very object out as the client's key. */
+interface Entry extends BackendKeyData {
+  readonly target: Cancellable;
+}
+
 export class CancelRegistry {
-  private readonly byPid = new Map<number, { secret: Buffer; target: Cancellable }[]>();
+  /** One entry per PID, an array only when two sessions share a PID (session mode, one backend). */
+  private readonly byPid = new Map<number, Entry | Entry[]>();
 
   /** Issues a client key for a session: 4-byte secret for protocol 3.0, 32 bytes for 3.2. */
   issue(processId: number, minor: number, target: Cancellable): BackendKeyData {
-    const secret = randomBytes(minor >= 2 ? 32 : 4);
-    const list = this.byPid.get(processId);
-    const entry = { secret, target };
-    if (list === undefined) this.byPid.set(processId, [entry]);
-    else list.push(entry);
-    return { processId, secret };
+    // allocUnsafe takes small buffers from Node's shared pool: no memory block of its own per session.
+    const secret = randomFillSync(Buffer.allocUnsafe(minor >= 2 ? 32 : 4));
+    const entry: Entry = { processId, secret, target };
+    const had = this.byPid.get(processId);
+    if (had === undefined) this.byPid.set(processId, entry);
+    else if (Array.isArray(had)) had.push(entry);
+    else this.byPid.set(processId, [had, entry]);
+    return entry;
   }
 
   /**
@@ -48,16 +56,22 @@ export class CancelRegistry {
   instanceId = 0;
 
   revoke(key: BackendKeyData): void {
-    const list = this.byPid.get(key.processId);
-    if (list === undefined) return;
-    const rest = list.filter((e) => e.secret !== key.secret);
+    const had = this.byPid.get(key.processId);
+    if (had === undefined) return;
+    if (!Array.isArray(had)) {
+      if (had.secret === key.secret) this.byPid.delete(key.processId);
+      return;
+    }
+    const rest = had.filter((e) => e.secret !== key.secret);
     if (rest.length === 0) this.byPid.delete(key.processId);
-    else this.byPid.set(key.processId, rest);
+    else this.byPid.set(key.processId, rest.length === 1 ? rest[0]! : rest);
   }
 
   /** The session a cancel key belongs to; compared in constant time. */
   find(processId: number, secret: Buffer): Cancellable | undefined {
-    for (const e of this.byPid.get(processId) ?? []) {
+    const had = this.byPid.get(processId);
+    if (had === undefined) return undefined;
+    for (const e of Array.isArray(had) ? had : [had]) {
       if (e.secret.length === secret.length && timingSafeEqual(e.secret, secret)) return e.target;
     }
     return undefined;
@@ -65,7 +79,7 @@ export class CancelRegistry {
 
   get size(): number {
     let n = 0;
-    for (const l of this.byPid.values()) n += l.length;
+    for (const l of this.byPid.values()) n += Array.isArray(l) ? l.length : 1;
     return n;
   }
 }

@@ -20,6 +20,7 @@ import { encodeQuery, encodeTerminate } from "../protocol/frontend.ts";
 import { DROP, MessageScanner } from "../protocol/MessageScanner.ts";
 import { Backend } from "../protocol/messageTypes.ts";
 import { pooledServerSessionPolicy } from "../protocol/policies.ts";
+import { loginReport } from "./LoginReports.ts";
 
 const runPolicy = pooledServerSessionPolicy(1_048_576);
 
@@ -118,9 +119,6 @@ export class ServerConnection {
   readonly closed: Promise<void>;
   private resolveClosed!: () => void;
   private onLost: ServerLossListener | undefined;
-  /** What the login answered, kept for the next client a pool hands this connection to. */
-  startupMessages: readonly Buffer[] = [];
-  ready: Buffer | undefined;
   /** How the login authenticated and over what: kept for the next client, like the rest. */
   method = "";
   tlsProtocol: string | undefined;
@@ -129,7 +127,12 @@ export class ServerConnection {
   /** Session mode: the startup settings it was logged in with (it serves only clients with the same). */
   loginKey: string | undefined;
   /** Every parameter PostgreSQL reported (ParameterStatus), as it stands now: what a new client is told. */
-  readonly reported = new Map<string, string>();
+  get reported(): ReadonlyMap<string, string> {
+    return this.reportedMap;
+  }
+  /** Shared with other connections' logins (LoginReports) until the first ParameterStatus after it. */
+  private reportedMap: Map<string, string> = new Map();
+  private reportedShared = false;
   /** The session settings in force on the backend, as far as pgwarden knows them (pooled modes). */
   readonly settings = new SessionState();
   /** What the login left: DISCARD ALL returns the backend to these. */
@@ -210,10 +213,11 @@ export class ServerConnection {
       };
     }
     this.abort = undefined;
-    this.startupMessages = result.startupMessages;
-    for (const m of result.startupMessages) if (m[0] === Backend.ParameterStatus) this.noteParameter(m);
+    const report = loginReport(result.startupMessages);
+    this.reportedMap = report.reported as Map<string, string>;
+    this.reportedShared = true;
+    this.settings.adoptFrom(report.settings);
     this.loginSettings.adoptFrom(this.settings);
-    this.ready = result.ready;
     this.method = result.method;
     this.tlsProtocol = result.tlsProtocol;
     this.machine.send(ServerEvents.LoggedIn);
@@ -251,7 +255,11 @@ export class ServerConnection {
   noteParameter(msg: Buffer): void {
     const p = decodeParameterStatus(msg);
     if (typeof p === "object" && "name" in p) {
-      this.reported.set(p.name, p.value);
+      if (this.reportedShared) {
+        this.reportedMap = new Map(this.reportedMap);
+        this.reportedShared = false;
+      }
+      this.reportedMap.set(p.name, p.value);
       this.settings.onParameterStatus(p.name, p.value);
     }
   }
