@@ -409,6 +409,16 @@ export class Pool {
     }
   }
 
+  /**
+   * Its own method so that the callback, which lives as long as the connection, closes over the
+   * connection only: one made in startLogin would keep the first client's waiter (its startup
+   * parameters, its callbacks) alive with it.
+   */
+  private track(server: ServerConnection): void {
+    this.servers.add(server);
+    void server.closed.then(() => this.forget(server));
+  }
+
   private startLogin(w: Waiting | undefined): void {
     this.logins++;
     void this.login(this, w?.waiter.login).then((result) => {
@@ -419,8 +429,7 @@ export class Pool {
         return;
       }
       const server = result;
-      this.servers.add(server);
-      void server.closed.then(() => this.forget(server));
+      this.track(server);
       if (this.closed) {
         server.close();
         if (w !== undefined) w.waiter.failed(poolClosed);

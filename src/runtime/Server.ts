@@ -109,17 +109,17 @@ const listen = (host: string, port: number): Effect.Effect<NetServer, PgwardenEr
  * the connection with 57P01 and gives it the linger to close before the scope destroys it.
  */
 const superviseConnection = (conn: ClientConnection, lingerMs: number): Effect.Effect<void> =>
-  Effect.acquireUseRelease(
-    Effect.succeed(conn),
-    (c) =>
-      Effect.callback<void>((resume) => {
-        void c.closed.then(() => resume(Effect.void));
-        return Effect.promise(async () => {
-          c.shutdown();
-          await Promise.race([c.closed, new Promise((r) => setTimeout(r, lingerMs + 500).unref())]);
-        });
-      }),
-    (c) => Effect.sync(() => c.destroy()),
+  // `ensuring` rather than acquireUseRelease: the connection exists already, and the bracket's
+  // extra closures would be held by every idle connection.
+  Effect.ensuring(
+    Effect.callback<void>((resume) => {
+      void conn.closed.then(() => resume(Effect.void));
+      return Effect.promise(async () => {
+        conn.shutdown();
+        await Promise.race([conn.closed, new Promise((r) => setTimeout(r, lingerMs + 500).unref())]);
+      });
+    }),
+    Effect.sync(() => conn.destroy()),
   );
 
 /** At debug level every transition is also a log line; otherwise logging costs nothing here. */
