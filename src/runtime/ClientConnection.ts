@@ -238,11 +238,30 @@ export class ClientConnection {
   private readonly openedAt = Date.now();
   user: string | undefined;
   database: string | undefined;
-  private resolveClosed!: () => void;
-  /** Settles once both sockets are closed and the machine is final. */
-  readonly closed: Promise<void> = new Promise((r) => {
-    this.resolveClosed = r;
-  });
+  /**
+   * Told once both sockets are closed and the machine is final. One field, not a promise: every
+   * idle connection would otherwise hold the promise, its resolver and a reaction per listener.
+   */
+  private closedListener: (() => void) | undefined;
+  private isClosed = false;
+
+  /** Calls `listener` once the connection has closed (now, if it has); one listener at a time. */
+  whenClosed(listener: () => void): void {
+    if (this.isClosed) listener();
+    else this.closedListener = listener;
+  }
+
+  /** The same as a promise, for callers that await it (tests, shutdown). */
+  get closed(): Promise<void> {
+    if (this.isClosed) return Promise.resolve();
+    const before = this.closedListener;
+    return new Promise((resolve) => {
+      this.closedListener = () => {
+        before?.();
+        resolve();
+      };
+    });
+  }
 
   constructor(id: string, socket: Socket, deps: ConnectionDeps) {
     this.id = id;
@@ -1230,6 +1249,9 @@ export class ClientConnection {
       database: this.database,
     });
     this.deps.log.info(summary, "client disconnected");
-    this.resolveClosed();
+    this.isClosed = true;
+    const listener = this.closedListener;
+    this.closedListener = undefined;
+    listener?.();
   }
 }

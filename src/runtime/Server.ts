@@ -104,23 +104,29 @@ const listen = (host: string, port: number): Effect.Effect<NetServer, PgwardenEr
   );
 
 /**
- * One connection's fiber: a bracket that owns the connection (both sockets and, through the shared
- * Deadlines, its timers), released however the fiber ends. Interrupting it — a shutdown — ends
- * the connection with 57P01 and gives it the linger to close before the scope destroys it.
+ * One connection's fiber: it owns the connection (both sockets and, through the shared Deadlines,
+ * its timers) and destroys it however the fiber ends. Interrupting it — a shutdown — ends the
+ * connection with 57P01 and gives it the linger to close before it is destroyed. `onEnd` runs
+ * once the connection has closed. Written as one callback rather than a bracket: every idle
+ * connection holds what its fiber is suspended on.
  */
-const superviseConnection = (conn: ClientConnection, lingerMs: number): Effect.Effect<void> =>
-  // `ensuring` rather than acquireUseRelease: the connection exists already, and the bracket's
-  // extra closures would be held by every idle connection.
-  Effect.ensuring(
-    Effect.callback<void>((resume) => {
-      void conn.closed.then(() => resume(Effect.void));
-      return Effect.promise(async () => {
-        conn.shutdown();
-        await Promise.race([conn.closed, new Promise((r) => setTimeout(r, lingerMs + 500).unref())]);
-      });
-    }),
-    Effect.sync(() => conn.destroy()),
-  );
+const superviseConnection = (
+  conn: ClientConnection,
+  lingerMs: number,
+  onEnd: () => void,
+): Effect.Effect<void> =>
+  Effect.callback<void>((resume) => {
+    conn.whenClosed(() => {
+      onEnd();
+      conn.destroy();
+      resume(Effect.void);
+    });
+    return Effect.promise(async () => {
+      conn.shutdown();
+      await Promise.race([conn.closed, new Promise((r) => setTimeout(r, lingerMs + 500).unref())]);
+      conn.destroy();
+    });
+  });
 
 /** At debug level every transition is also a log line; otherwise logging costs nothing here. */
 const withDebugLog = (
@@ -405,9 +411,11 @@ const program = (
       const id = nextId();
       const conn = new ClientConnection(id, socket, deps);
       sessions.set(id, conn);
-      void conn.closed.then(() => sessions.delete(id));
       conn.start();
-      run(id, superviseConnection(conn, limits.lingerMs));
+      run(
+        id,
+        superviseConnection(conn, limits.lingerMs, () => sessions.delete(id)),
+      );
     });
     const reloadContext = (leg: "tls" | "upstream.tls", ctx: ReloadableContext) => {
       const r = ctx.reload();
