@@ -2,8 +2,13 @@ import { spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, utimesSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import { Worker } from "node:worker_threads";
 import { describe, expect, it } from "vitest";
 import { DIST, freshBundle, sourceStamp } from "../bin/bundle.js";
+import { hmacKeyBytes } from "../src/audit/HmacKey.ts";
+import { GENESIS_HASH } from "../src/audit/recordLine.ts";
+import { segmentFileName } from "../src/audit/segmentFiles.ts";
+import { INSTANCE, makeKeys, makeLog, segmentPath } from "./audit/support/auditLog.ts";
 import { CLI } from "./support/cli.ts";
 
 describe("the bundle pgwarden runs", () => {
@@ -49,5 +54,39 @@ describe("the bundle pgwarden runs", () => {
     expect(sourceStamp(root)).toBe(edited);
     rmSync(path.join(root, "src/a/x.ts"));
     expect(sourceStamp(root)).not.toBe(edited);
+  });
+});
+
+describe("the bundle's worker threads", () => {
+  it("starts the verifier thread from dist/ and checks a segment there as the sources do", async () => {
+    const keys = await makeKeys("bundle");
+    const dir = await makeLog(keys);
+    const task = {
+      instance: INSTANCE,
+      file: segmentFileName(INSTANCE, 1),
+      segment: 1,
+      isLast: false,
+      start: { expectSeq: 1, prevHash: GENESIS_HASH, prevCheckpoint: GENESIS_HASH, macKeyId: undefined },
+    };
+    const worker = new Worker(path.join(DIST, "verifyThread.js"), {
+      workerData: {
+        hmacKeys: [hmacKeyBytes(keys.hmacKey)!],
+        trustedPems: [readFileSync(keys.publicKeyFile, "utf8")],
+      },
+    });
+    try {
+      const reply = await new Promise<{ result?: { records: number; findings: unknown[] } }>(
+        (resolve, reject) => {
+          worker.once("message", resolve);
+          worker.once("error", reject);
+          worker.postMessage({ n: 1, path: segmentPath(dir, 1), task });
+        },
+      );
+      // Ten records and their checkpoint, nothing found.
+      expect(reply.result?.findings).toEqual([]);
+      expect(reply.result?.records).toBe(11);
+    } finally {
+      await worker.terminate();
+    }
   });
 });

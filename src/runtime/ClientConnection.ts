@@ -245,22 +245,25 @@ export class ClientConnection {
   private closedListener: (() => void) | undefined;
   private isClosed = false;
 
-  /** Calls `listener` once the connection has closed (now, if it has); one listener at a time. */
+  /** Calls `listener` once the connection has closed (now, if it has), after earlier listeners. */
   whenClosed(listener: () => void): void {
-    if (this.isClosed) listener();
-    else this.closedListener = listener;
+    if (this.isClosed) {
+      listener();
+      return;
+    }
+    const before = this.closedListener;
+    this.closedListener =
+      before === undefined
+        ? listener
+        : () => {
+            before();
+            listener();
+          };
   }
 
   /** The same as a promise, for callers that await it (tests, shutdown). */
   get closed(): Promise<void> {
-    if (this.isClosed) return Promise.resolve();
-    const before = this.closedListener;
-    return new Promise((resolve) => {
-      this.closedListener = () => {
-        before?.();
-        resolve();
-      };
-    });
+    return new Promise((resolve) => this.whenClosed(resolve));
   }
 
   constructor(id: string, socket: Socket, deps: ConnectionDeps) {
