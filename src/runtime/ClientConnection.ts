@@ -961,8 +961,12 @@ export class ClientConnection {
     }
     const request = { source: this.raw.remoteAddress, transport, identity: user, database };
     const decision = policy.decide(request);
+    const verdict = decision.action === "allow" ? decision.method : accessDeniedError(request);
+    // The decision's text is built only for a reader: with info logs and audit off, a login costs none.
+    const logged = log.isLevelEnabled("info");
+    if (!logged && this.deps.events === discardEvents) return verdict;
     const text = describeDecision(decision, request);
-    log.info({ conn: this.id, rule: decision.rule, action: decision.action }, text);
+    if (logged) log.info({ conn: this.id, rule: decision.rule, action: decision.action }, text);
     this.deps.events.emit({
       kind: "accessRule",
       conn: this.id,
@@ -976,7 +980,7 @@ export class ClientConnection {
       transport,
       text,
     });
-    return decision.action === "allow" ? decision.method : accessDeniedError(request);
+    return verdict;
   }
 
   /** RFC 5929 tls-server-end-point of the certificate this leg presented; none on plaintext. */
@@ -1102,7 +1106,7 @@ export class ClientConnection {
     );
     this.serverReady = {
       pid: server.pid,
-      startupMessages: [...server.reported].map(([k, v]) => encodeParameterStatus(k, v)),
+      startupMessages: [server.reportedMessages],
       method: server.method,
       tlsProtocol: server.tlsProtocol,
     };

@@ -1,5 +1,5 @@
 import { SessionState } from "../pool/SessionState.ts";
-import { decodeParameterStatus } from "../protocol/backend.ts";
+import { decodeParameterStatus, encodeParameterStatus } from "../protocol/backend.ts";
 import { Backend } from "../protocol/messageTypes.ts";
 
 /**
@@ -14,7 +14,13 @@ export interface LoginReport {
   readonly reported: ReadonlyMap<string, string>;
   /** The same as session settings (tracked parameters only). Shared: adopt it, do not change it. */
   readonly settings: SessionState;
+  /** `reported` as the ParameterStatus messages a client is told at its startup, in one buffer. */
+  readonly encoded: Buffer;
 }
+
+/** Every parameter as a ParameterStatus message, in the map's order, in one buffer. */
+export const encodeReported = (reported: ReadonlyMap<string, string>): Buffer =>
+  Buffer.concat([...reported].map(([name, value]) => encodeParameterStatus(name, value)));
 
 const MAX_REPORTS = 64;
 const reports = new Map<string, LoginReport>();
@@ -34,7 +40,7 @@ export const loginReport = (messages: readonly Buffer[]): LoginReport => {
       reported.set(p.name, p.value);
       settings.onParameterStatus(p.name, p.value);
     }
-    report = { reported, settings };
+    report = { reported, settings, encoded: encodeReported(reported) };
     if (reports.size >= MAX_REPORTS) reports.clear();
     reports.set(key, report);
   }

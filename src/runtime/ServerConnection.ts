@@ -20,7 +20,7 @@ import { encodeQuery, encodeTerminate } from "../protocol/frontend.ts";
 import { DROP, MessageScanner } from "../protocol/MessageScanner.ts";
 import { Backend } from "../protocol/messageTypes.ts";
 import { pooledServerSessionPolicy } from "../protocol/policies.ts";
-import { loginReport } from "./LoginReports.ts";
+import { encodeReported, type LoginReport, loginReport } from "./LoginReports.ts";
 
 const runPolicy = pooledServerSessionPolicy(1_048_576);
 
@@ -132,7 +132,12 @@ export class ServerConnection {
   }
   /** Shared with other connections' logins (LoginReports) until the first ParameterStatus after it. */
   private reportedMap: Map<string, string> = new Map();
-  private reportedShared = false;
+  private report: LoginReport | undefined;
+
+  /** What a client is told at its startup: every reported parameter as a ParameterStatus. */
+  get reportedMessages(): Buffer {
+    return this.report?.encoded ?? encodeReported(this.reportedMap);
+  }
   /** The session settings in force on the backend, as far as pgwarden knows them (pooled modes). */
   readonly settings = new SessionState();
   /** What the login left: DISCARD ALL returns the backend to these. */
@@ -215,7 +220,7 @@ export class ServerConnection {
     this.abort = undefined;
     const report = loginReport(result.startupMessages);
     this.reportedMap = report.reported as Map<string, string>;
-    this.reportedShared = true;
+    this.report = report;
     this.settings.adoptFrom(report.settings);
     this.loginSettings.adoptFrom(this.settings);
     this.method = result.method;
@@ -255,9 +260,9 @@ export class ServerConnection {
   noteParameter(msg: Buffer): void {
     const p = decodeParameterStatus(msg);
     if (typeof p === "object" && "name" in p) {
-      if (this.reportedShared) {
+      if (this.report !== undefined) {
         this.reportedMap = new Map(this.reportedMap);
-        this.reportedShared = false;
+        this.report = undefined;
       }
       this.reportedMap.set(p.name, p.value);
       this.settings.onParameterStatus(p.name, p.value);

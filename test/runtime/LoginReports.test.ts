@@ -19,6 +19,8 @@ describe("loginReport", () => {
     // Only settings a session can change are tracked, under their lower-case names.
     expect(a.settings.current.get("timezone")).toEqual({ form: "raw", text: "UTC" });
     expect(a.settings.current.has("server_version")).toBe(false);
+    // What a client is told: the same messages, in one buffer.
+    expect(a.encoded).toEqual(Buffer.concat(login("UTC")));
   });
 
   it("keeps different reports apart", () => {
