@@ -962,11 +962,13 @@ export class ClientConnection {
     const request = { source: this.raw.remoteAddress, transport, identity: user, database };
     const decision = policy.decide(request);
     const verdict = decision.action === "allow" ? decision.method : accessDeniedError(request);
-    // The decision's text is built only for a reader: with info logs and audit off, a login costs none.
-    const logged = log.isLevelEnabled("info");
+    // Rejections are warnings, like every other refusal; allowed logins are info. The decision's
+    // text is built only for a reader: with that level off and audit off, a login costs none.
+    const level = decision.action === "allow" ? "info" : "warn";
+    const logged = log.isLevelEnabled(level);
     if (!logged && this.deps.events === discardEvents) return verdict;
     const text = describeDecision(decision, request);
-    if (logged) log.info({ conn: this.id, rule: decision.rule, action: decision.action }, text);
+    if (logged) log[level]({ conn: this.id, rule: decision.rule, action: decision.action }, text);
     this.deps.events.emit({
       kind: "accessRule",
       conn: this.id,

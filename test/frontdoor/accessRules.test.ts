@@ -138,7 +138,8 @@ describe("every access-rule outcome, named in the log and as an event", () => {
       transport: "plain",
       identity: TEST_USER,
     });
-    expect(proxy.logs.some((l) => l.msg === d.text && l.rule === "plain-users")).toBe(true);
+    // An allowed login is info (pino level 30); a rejection is a warning (40), like every refusal.
+    expect(proxy.logs.find((l) => l.msg === d.text && l.rule === "plain-users")?.level).toBe(30);
     expect(d.text).toBe(
       `access allow by rules[6] "plain-users" with method scram-sha-256: identity "postgres" database "postgres" from 127.0.0.1 over plain`,
     );
@@ -156,7 +157,9 @@ describe("every access-rule outcome, named in the log and as an event", () => {
     expect((r as Error).message).toContain(
       'no access rule allows connection for host 127.0.0.1, user "carol"',
     );
-    expect(decisions().at(-1)).toMatchObject({ action: "reject", rule: "no-carol", index: 0 });
+    const d = decisions().at(-1)!;
+    expect(d).toMatchObject({ action: "reject", rule: "no-carol", index: 0 });
+    expect(proxy.logs.find((l) => l.msg === d.text)?.level).toBe(40);
   });
 
   it("the implicit reject when no rule matches (database outside every rule)", async () => {
