@@ -23,6 +23,7 @@ import { pooledServerSessionPolicy } from "../protocol/policies.ts";
 import { encodeReported, type LoginReport, loginReport } from "./LoginReports.ts";
 
 const runPolicy = pooledServerSessionPolicy(1_048_576);
+const NOTHING_REPORTED: ReadonlyMap<string, string> = new Map();
 
 let serverCounter = 0;
 /** Server connections have ids of their own: in pooled modes one serves many clients. */
@@ -128,15 +129,18 @@ export class ServerConnection {
   loginKey: string | undefined;
   /** Every parameter PostgreSQL reported (ParameterStatus), as it stands now: what a new client is told. */
   get reported(): ReadonlyMap<string, string> {
-    return this.reportedMap;
+    return this.ownReported ?? this.report?.reported ?? NOTHING_REPORTED;
   }
-  /** Shared with other connections' logins (LoginReports) until the first ParameterStatus after it. */
-  private reportedMap: Map<string, string> = new Map();
+  /** What the login reported, shared with other connections' logins (LoginReports). */
   private report: LoginReport | undefined;
+  /** This connection's own copy, made at the first ParameterStatus after its login. */
+  private ownReported: Map<string, string> | undefined;
 
   /** What a client is told at its startup: every reported parameter as a ParameterStatus. */
   get reportedMessages(): Buffer {
-    return this.report?.encoded ?? encodeReported(this.reportedMap);
+    return this.ownReported === undefined && this.report !== undefined
+      ? this.report.encoded
+      : encodeReported(this.reported);
   }
   /** The session settings in force on the backend, as far as pgwarden knows them (pooled modes). */
   readonly settings = new SessionState();
@@ -219,7 +223,6 @@ export class ServerConnection {
     }
     this.abort = undefined;
     const report = loginReport(result.startupMessages);
-    this.reportedMap = report.reported as Map<string, string>;
     this.report = report;
     this.settings.adoptFrom(report.settings);
     this.loginSettings.adoptFrom(this.settings);
@@ -260,11 +263,8 @@ export class ServerConnection {
   noteParameter(msg: Buffer): void {
     const p = decodeParameterStatus(msg);
     if (typeof p === "object" && "name" in p) {
-      if (this.report !== undefined) {
-        this.reportedMap = new Map(this.reportedMap);
-        this.report = undefined;
-      }
-      this.reportedMap.set(p.name, p.value);
+      this.ownReported ??= new Map(this.report?.reported);
+      this.ownReported.set(p.name, p.value);
       this.settings.onParameterStatus(p.name, p.value);
     }
   }

@@ -1,17 +1,4 @@
-import { execFileSync } from "node:child_process";
-import { chmodSync, chownSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir, userInfo } from "node:os";
-import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import {
-  type Child,
-  findExecutable,
-  freePort,
-  spawnChild,
-  stopChild,
-  unprivilegedIds,
-  waitForPort,
-} from "../../bench/util.ts";
 import { answerAdminQuery, type ShowTarget, showFields } from "../../src/admin/commands.ts";
 import { isPgwardenError } from "../../src/errors.ts";
 import {
@@ -22,6 +9,7 @@ import {
 } from "../../src/protocol/backend.ts";
 import { encodeParse, encodeQuery } from "../../src/protocol/frontend.ts";
 import { encodeStartup } from "../../src/protocol/startup.ts";
+import { pgbouncerBinary, type RunningPgbouncer, startPgbouncer } from "../support/pgbouncer.ts";
 import { splitMessages, WireClient } from "../support/wire.ts";
 import { startConsole, type TestConsole } from "./console.ts";
 import { sampleSource } from "./fixtures.ts";
@@ -32,7 +20,7 @@ import { sampleSource } from "./fixtures.ts";
  * source at each release tag, so the comparison drops those (and undoes one rename) first.
  */
 
-const binary = findExecutable("pgbouncer");
+const binary = pgbouncerBinary();
 type Version = readonly [number, number];
 
 /** Column → the first PgBouncer release that sends it. */
@@ -125,49 +113,20 @@ const fieldsOf = (m: { msg: Buffer }) => {
 };
 
 describe.skipIf(binary === undefined)("layout against the installed PgBouncer", () => {
-  let dir: string;
-  let child: Child;
-  let port: number;
+  let pgbouncer: RunningPgbouncer | undefined;
   let version: Version;
   let bouncer: WireClient;
   let ours: TestConsole;
   let mine: WireClient;
 
   beforeAll(async () => {
-    const banner = execFileSync(binary!, ["--version"], { encoding: "utf8" });
-    const m = /PgBouncer (\d+)\.(\d+)/.exec(banner);
-    if (m === null) throw new Error(`unexpected pgbouncer --version: ${banner}`);
-    version = [Number(m[1]), Number(m[2])];
-
-    // PgBouncer refuses to run as root: then it runs as `postgres` from a directory that user owns.
-    const ids = userInfo().uid === 0 ? unprivilegedIds("postgres") : undefined;
-    if (userInfo().uid === 0 && ids === undefined) throw new Error("root and no postgres user");
-    dir = mkdtempSync(path.join(tmpdir(), "pgw-admin-pgbouncer-"));
-    chmodSync(dir, 0o700);
-    port = await freePort();
-    const ini = path.join(dir, "pgbouncer.ini");
-    writeFileSync(
-      ini,
-      [
-        "[databases]",
-        // Never connected to: the admin console alone is compared.
-        "app = host=127.0.0.1 port=1 dbname=app",
-        "[pgbouncer]",
-        "listen_addr = 127.0.0.1",
-        `listen_port = ${port}`,
-        "unix_socket_dir =",
-        "auth_type = any",
-        "admin_users = admin",
-        "",
-      ].join("\n"),
-      { mode: 0o600 },
-    );
-    if (ids !== undefined) for (const f of [dir, ini]) chownSync(f, ids.uid, ids.gid);
-    child = spawnChild(binary!, [ini], { cwd: dir, ...(ids ?? {}) });
-    const problem = await waitForPort("127.0.0.1", port, 15_000, child.process);
-    if (problem !== undefined) throw new Error(`PgBouncer ${problem}: ${child.output()}`);
-
-    bouncer = await WireClient.open(port);
+    // PgBouncer's own console is compared, so its one database is never connected to.
+    pgbouncer = await startPgbouncer({
+      users: [{ name: "admin", password: "admin" }],
+      settings: { admin_users: "admin" },
+    });
+    version = [pgbouncer.version[0]!, pgbouncer.version[1]!];
+    bouncer = await WireClient.open(pgbouncer.port);
     bouncer.send(adminStartup("pgbouncer"));
     await bouncer.until((w) => w.messages().some((m) => m.type === "Z"), 5000, "PgBouncer's welcome");
     ours = await startConsole(sampleSource());
@@ -180,8 +139,7 @@ describe.skipIf(binary === undefined)("layout against the installed PgBouncer", 
     bouncer?.close();
     mine?.close();
     await ours?.close();
-    if (child !== undefined) await stopChild(child);
-    if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
+    await pgbouncer?.stop();
   });
 
   it.each(compared)("SHOW %s: the same RowDescription bytes", async (what) => {
@@ -266,6 +224,6 @@ describe.skipIf(binary === undefined)("layout against the installed PgBouncer", 
         .filter((m) => m.type === "E")
         .map((m) => fieldsOf(m).get("M"))[0];
     };
-    expect(await refusal(ours.port, "pgwarden")).toBe(await refusal(port, "pgbouncer"));
+    expect(await refusal(ours.port, "pgwarden")).toBe(await refusal(pgbouncer!.port, "pgbouncer"));
   });
 });
