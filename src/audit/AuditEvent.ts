@@ -5,11 +5,11 @@ import { canonicalJson } from "./canonicalJson.ts";
 import { TIMESTAMP_PATTERN } from "./timestamp.ts";
 
 /**
- * The audit record format, version 1 (docs/audit-format.md). An *event* is what the proxy
+ * The audit record format, version 2 (docs/audit-format.md). An *event* is what the proxy
  * emits; a *record* is the event after the chain has numbered, linked and authenticated it.
  */
 
-export const AUDIT_SCHEMA_VERSION = 1;
+export const AUDIT_SCHEMA_VERSION = 2;
 
 const Str = Schema.String;
 const Opt = Schema.optionalKey;

@@ -104,7 +104,7 @@ export class Chain {
       this.#segmentBytes = 0;
     } else {
       this.#state = { ...s, nextSeq: s.nextSeq + 1, prevHash: hash };
-      this.#merkle.add(line);
+      this.#merkle.addLeaf(hash);
       this.#segmentBytes += Buffer.byteLength(line) + 1;
     }
     return out;

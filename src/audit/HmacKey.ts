@@ -12,10 +12,16 @@ export interface HmacKey {
   /** HMAC-SHA-256 of `data`, hex. */
   readonly mac: (data: string | Uint8Array) => string;
   /**
-   * HMAC of a line's body without cutting it out: `line` minus its last `cut` characters (all
-   * ASCII), plus `}` (the line layout of recordLine.ts). Optional, for the verifier's hot path.
+   * The verifier's hot path, from the one UTF-8 copy of `line` the HMAC needs: `mac` is the HMAC
+   * of the line's body (`line` minus its last `cut` characters, all ASCII, plus `}`: the layout of
+   * recordLine.ts) and `hash` the line's record hash, H(0x00 ‖ line) hex (its Merkle leaf hash).
    */
-  readonly macCut?: (line: string, cut: number) => string;
+  readonly digestLine: (line: string, cut: number) => LineDigest;
+}
+
+export interface LineDigest {
+  readonly mac: string;
+  readonly hash: string;
 }
 
 export const MIN_HMAC_KEY_BYTES = 32;
@@ -44,7 +50,7 @@ export const hmacKeyFromBytes = (bytes: Uint8Array): HmacKey | AuditError => {
  * record is MACed once when written and once when verified. (One-shot hashing of a view on a
  * small dedicated buffer is markedly cheaper than of a Buffer sliced from a shared pool.)
  */
-const oneShotHmac = (raw: Buffer): Pick<HmacKey, "mac" | "macCut"> => {
+const oneShotHmac = (raw: Buffer): Pick<HmacKey, "mac" | "digestLine"> => {
   const block = 64;
   const k = raw.length > block ? createHash("sha256").update(raw).digest() : raw;
   const outer = new Uint8Array(block + 32);
@@ -79,11 +85,19 @@ const oneShotHmac = (raw: Buffer): Pick<HmacKey, "mac" | "macCut"> => {
       scratch.set(data, block);
       return finish(data.length);
     },
-    macCut: (line, cut) => {
+    digestLine: (line, cut) => {
       room(line.length * 3);
-      const n = scratch.write(line, block) - cut;
+      const total = scratch.write(line, block);
+      const n = total - cut;
+      const cutByte = scratch[block + n]!;
       scratch[block + n] = 0x7d;
-      return finish(n + 1);
+      const mac = finish(n + 1);
+      scratch[block + n] = cutByte;
+      // The leaf prefix goes in the pad's last byte, just before the line, and is put back after.
+      scratch[block - 1] = 0;
+      const lineHash = hash("sha256", new Uint8Array(store, block - 1, total + 1), "hex");
+      scratch[block - 1] = ipad[block - 1]!;
+      return { mac, hash: lineHash };
     },
   };
 };

@@ -5,37 +5,36 @@ import { createHash, hash } from "node:crypto";
  * an n-leaf tree splits at the largest power of two below n, the empty tree is H("").
  * Built incrementally so a segment's root needs no more memory than log2(n) hashes.
  *
- * Hashes are held as 32-character binary strings: one-shot hashing to a string and writing two
- * of them into a small dedicated buffer is several times cheaper than Buffer outputs, and the
- * writer and the verifier compute one leaf and about one node per record.
+ * A record line's leaf hash is also its record hash (the next record's `prev`, recordLine.ts), so
+ * the writer and the verifier hash each line once and hand the hex leaf to `addLeaf`. Hashes are
+ * held as hex: a node writes its two children into a small dedicated buffer, which is several
+ * times cheaper than concatenating Buffers.
  */
 
 const LEAF = Buffer.from([0]);
 
-export const leafHash = (data: Uint8Array | string): Buffer => Buffer.from(leafBinary(data), "latin1");
-
-const leafBinary = (data: Uint8Array | string): string =>
+/** H(0x00 ‖ data), hex: the leaf hash of `data`. */
+export const leafHex = (data: Uint8Array | string): string =>
   typeof data === "string"
-    ? hash("sha256", `\u0000${data}`, "binary")
-    : createHash("sha256").update(LEAF).update(data).digest("binary");
+    ? hash("sha256", `\u0000${data}`, "hex")
+    : createHash("sha256").update(LEAF).update(data).digest("hex");
+
+export const leafHash = (data: Uint8Array | string): Buffer => Buffer.from(leafHex(data), "hex");
 
 const nodeStore = new ArrayBuffer(65);
 const nodeView = new Uint8Array(nodeStore);
 const nodeBuf = Buffer.from(nodeStore);
 nodeView[0] = 1;
-const nodeBinary = (left: string, right: string): string => {
-  nodeBuf.write(left, 1, "latin1");
-  nodeBuf.write(right, 33, "latin1");
-  return hash("sha256", nodeView, "binary");
+const nodeHex = (left: string, right: string): string => {
+  nodeBuf.write(left, 1, "hex");
+  nodeBuf.write(right, 33, "hex");
+  return hash("sha256", nodeView, "hex");
 };
 
 export const nodeHash = (left: Uint8Array, right: Uint8Array): Buffer => {
   if (left.length !== 32 || right.length !== 32)
     throw new RangeError("Merkle node children are 32-byte hashes");
-  return Buffer.from(
-    nodeBinary(Buffer.from(left).toString("latin1"), Buffer.from(right).toString("latin1")),
-    "latin1",
-  );
+  return Buffer.from(nodeHex(Buffer.from(left).toString("hex"), Buffer.from(right).toString("hex")), "hex");
 };
 
 export const EMPTY_TREE_HASH: Buffer = createHash("sha256").digest();
@@ -53,21 +52,22 @@ export class MerkleAccumulator {
     return this.#count;
   }
 
+  /** Adds a leaf by its data. */
   add(data: Uint8Array | string): void {
-    this.#addBinary(leafBinary(data));
+    this.#push(leafHex(data));
   }
 
-  addLeafHash(leaf: Uint8Array): void {
-    if (leaf.length !== 32) throw new RangeError("Merkle leaf hashes are 32 bytes");
-    this.#addBinary(Buffer.from(leaf).toString("latin1"));
+  /** Adds a leaf by its leaf hash, hex as `leafHex` gives it (the caller hashed the line already). */
+  addLeaf(leafHexHash: string): void {
+    this.#push(leafHexHash);
   }
 
-  #addBinary(leaf: string): void {
+  #push(leaf: string): void {
     let h = leaf;
     let size = 1;
     while (this.#sizes.length > 0 && this.#sizes[this.#sizes.length - 1] === size) {
       this.#sizes.pop();
-      h = nodeBinary(this.#hashes.pop()!, h);
+      h = nodeHex(this.#hashes.pop()!, h);
       size *= 2;
     }
     this.#hashes.push(h);
@@ -79,8 +79,8 @@ export class MerkleAccumulator {
   root(): Buffer {
     if (this.#hashes.length === 0) return EMPTY_TREE_HASH;
     let h = this.#hashes[this.#hashes.length - 1]!;
-    for (let i = this.#hashes.length - 2; i >= 0; i--) h = nodeBinary(this.#hashes[i]!, h);
-    return Buffer.from(h, "latin1");
+    for (let i = this.#hashes.length - 2; i >= 0; i--) h = nodeHex(this.#hashes[i]!, h);
+    return Buffer.from(h, "hex");
   }
 
   reset(): void {

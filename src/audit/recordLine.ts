@@ -1,5 +1,5 @@
-import { createHash, hash } from "node:crypto";
 import type { HmacKey } from "./HmacKey.ts";
+import { leafHex } from "./Merkle.ts";
 
 /**
  * Byte layout of a record line (docs/audit-format.md): the canonical JSON of the record without
@@ -35,7 +35,8 @@ export const splitSignature = (body: string): { signed: string; sig: string } | 
   return { signed: `${body.slice(0, at)}}`, sig };
 };
 
-/** SHA-256 of a line without its newline, hex: what the next record's `prev` holds. */
-export const lineHash = (line: string | Uint8Array): string =>
-  // One-shot hashing of a string is several times cheaper than a Hash object; the verifier's hot path.
-  typeof line === "string" ? hash("sha256", line, "hex") : createHash("sha256").update(line).digest("hex");
+/**
+ * A line's record hash, hex: what the next record's `prev` holds. It is the line's RFC 6962 leaf
+ * hash, H(0x00 ‖ line), so one hash per record serves both the chain and the segment's Merkle tree.
+ */
+export const lineHash = (line: string | Uint8Array): string => leafHex(line);

@@ -1,6 +1,6 @@
-import { validateRecord } from "./AuditEvent.ts";
+import { AUDIT_SCHEMA_VERSION, validateRecord } from "./AuditEvent.ts";
 import { checkpointMismatch, verifyCheckpointBody } from "./Checkpoint.ts";
-import type { HmacKey } from "./HmacKey.ts";
+import type { HmacKey, LineDigest } from "./HmacKey.ts";
 import { MerkleAccumulator } from "./Merkle.ts";
 import { HMAC_SUFFIX_LENGTH, lineHash, splitHmac } from "./recordLine.ts";
 import { type TrustedKey, trustedKeyFromPem } from "./Signer.ts";
@@ -99,6 +99,14 @@ interface RecordView {
 }
 
 const HMAC_AT = ',"hmac":"';
+const KIND_AT = ',"kind":"';
+const PREV_AT = ',"prev":"';
+const SCHEMA_AT = `,"schema":${AUDIT_SCHEMA_VERSION},`;
+const SEQ_AT = ',"seq":';
+
+/** Whether `line` has `text` at `at`, followed by the character `next`. */
+const endsWith = (line: string, at: number, text: string, next: number): boolean =>
+  line.startsWith(text, at) && line.charCodeAt(at + text.length) === next;
 
 /** Splits text into complete lines and the bytes after the last newline. */
 export const splitLines = (text: string): { lines: string[]; tornBytes: number } => {
@@ -161,7 +169,7 @@ export const verifySegmentText = (text: string, task: SegmentTask, keys: Segment
   let deferred: DeferredSignature | undefined;
   // The fixed parts of the envelope, built once per key change rather than per record.
   const instancePart = `,"instance":${JSON.stringify(instance)},`;
-  const idPrefix = `,"id":${JSON.stringify(`${instance}-`).slice(0, -1)}`;
+  const idPart = `,"id":${JSON.stringify(`${instance}-`).slice(0, -1)}`;
   let keyPart = "";
   let keyFor: string | undefined;
   let macKey: HmacKey | undefined;
@@ -183,44 +191,50 @@ export const verifySegmentText = (text: string, task: SegmentTask, keys: Segment
     ...(deferred === undefined ? {} : { deferred }),
   });
 
-  /** The layout a verified writer produces, checked in place; false sends the line to the full path. */
-  const fast = (line: string): boolean => {
-    if (expectSeq === undefined || prevHash === undefined || macKeyId === undefined) return false;
+  /**
+   * The layout a verified writer produces, checked in place: the envelope members are found in
+   * their canonical (sorted) order, each search starting where the previous one matched. Gives
+   * the line's digests, or undefined to send the line to the full path.
+   */
+  const fast = (line: string): LineDigest | undefined => {
+    if (expectSeq === undefined || prevHash === undefined || macKeyId === undefined) return undefined;
     const at = line.length - HMAC_SUFFIX_LENGTH;
     if (at < 2 || line.charCodeAt(0) !== 0x7b || !line.startsWith(HMAC_AT, at) || !line.endsWith('"}'))
-      return false;
+      return undefined;
     if (keyFor !== macKeyId) {
       keyFor = macKeyId;
       keyPart = `,"hmacKey":"${macKeyId}",`;
       macKey = keys.macKeys.get(macKeyId);
     }
-    if (macKey === undefined) return false;
-    const k = line.indexOf(',"kind":"');
-    if (k < 0 || line.startsWith('checkpoint"', k + 9) || line.startsWith('audit.key.rotation"', k + 9))
-      return false;
-    if (
-      !line.includes(`,"seq":${expectSeq},`) ||
-      !line.includes(`,"prev":"${prevHash}",`) ||
-      !line.includes(',"schema":1,') ||
-      !line.includes(keyPart) ||
-      !line.includes(instancePart) ||
-      !line.includes(`${idPrefix}${expectSeq}",`)
-    )
-      return false;
-    const mac =
-      macKey.macCut === undefined
-        ? macKey.mac(`${line.slice(0, at)}}`)
-        : macKey.macCut(line, HMAC_SUFFIX_LENGTH);
-    return line.startsWith(mac, at + HMAC_AT.length);
+    if (macKey === undefined) return undefined;
+    const seqText = String(expectSeq);
+    let p = line.indexOf(keyPart);
+    if (p < 0) return undefined;
+    p = line.indexOf(idPart, p);
+    if (p < 0 || !endsWith(line, p + idPart.length, seqText, 0x22)) return undefined;
+    p = line.indexOf(instancePart, p);
+    if (p < 0) return undefined;
+    const k = line.indexOf(KIND_AT, p);
+    if (k < 0 || line.startsWith('checkpoint"', k + KIND_AT.length)) return undefined;
+    if (line.startsWith('audit.key.rotation"', k + KIND_AT.length)) return undefined;
+    p = line.indexOf(PREV_AT, k);
+    if (p < 0 || !endsWith(line, p + PREV_AT.length, prevHash, 0x22)) return undefined;
+    p = line.indexOf(SCHEMA_AT, p);
+    if (p < 0) return undefined;
+    p = line.indexOf(SEQ_AT, p);
+    if (p < 0 || !endsWith(line, p + SEQ_AT.length, seqText, 0x2c)) return undefined;
+    const d = macKey.digestLine(line, HMAC_SUFFIX_LENGTH);
+    return line.startsWith(d.mac, at + HMAC_AT.length) ? d : undefined;
   };
 
   for (let i = 0; i < lines.length; i++) {
     const line = lines[i]!;
-    if (!sealed && checkMacs && fast(line)) {
+    const d = sealed || !checkMacs ? undefined : fast(line);
+    if (d !== undefined) {
       const seq = expectSeq!;
-      merkle.add(line);
+      merkle.addLeaf(d.hash);
       segFirstSeq ??= seq;
-      prevHash = lineHash(line);
+      prevHash = d.hash;
       expectSeq = seq + 1;
       firstSeq ??= seq;
       lastSeq = seq;
@@ -239,8 +253,15 @@ export const verifySegmentText = (text: string, task: SegmentTask, keys: Segment
     } catch {
       return tamper("json", "not valid JSON");
     }
-    if (typeof rec !== "object" || rec === null || rec.schema !== 1 || typeof rec.seq !== "number")
-      return tamper("layout", "not an audit record of schema 1");
+    if (typeof rec !== "object" || rec === null || typeof rec.seq !== "number")
+      return tamper("layout", `not an audit record of schema ${AUDIT_SCHEMA_VERSION}`);
+    if (rec.schema !== AUDIT_SCHEMA_VERSION)
+      return tamper(
+        "layout",
+        rec.schema === 1
+          ? "a record of format 1 (record hash H(line)), which this verifier does not read: format 2 hashes H(0x00 ‖ line)"
+          : `not an audit record of schema ${AUDIT_SCHEMA_VERSION}`,
+      );
     const seq = rec.seq;
     if (expectSeq !== undefined && seq !== expectSeq) {
       return tamper(
@@ -276,6 +297,7 @@ export const verifySegmentText = (text: string, task: SegmentTask, keys: Segment
         return tamper("hmac", "HMAC does not match the record", seq);
     }
 
+    const hash = lineHash(line);
     if (rec.kind === "audit.key.rotation" || rec.kind === "checkpoint") {
       const full = validateRecord(rec);
       if ("_tag" in full) return tamper("schema", full.message, seq);
@@ -335,14 +357,14 @@ export const verifySegmentText = (text: string, task: SegmentTask, keys: Segment
             return tamper("signature", "checkpoint signature is invalid", seq);
         }
         sealed = true;
-        prevCheckpoint = lineHash(line);
+        prevCheckpoint = hash;
       }
     }
     if (!sealed) {
-      merkle.add(line);
+      merkle.addLeaf(hash);
       segFirstSeq ??= seq;
     }
-    prevHash = lineHash(line);
+    prevHash = hash;
     expectSeq = seq + 1;
     firstSeq ??= seq;
     lastSeq = seq;

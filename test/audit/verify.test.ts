@@ -1,4 +1,4 @@
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { cp, mkdtemp, readFile, rm, stat, truncate, unlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -84,6 +84,46 @@ describe("audit verify", () => {
     expect(c.code).toBe(0);
     expect(c.out).toContain("INTACT");
     expect(c.out).not.toContain("not checked");
+  });
+
+  it("chains each record by its RFC 6962 leaf hash, which is also what the checkpoint's root is built from", async () => {
+    // Format 2 written out independently: L(x) = H(0x00 ‖ x), node = H(0x01 ‖ l ‖ r).
+    const sha = (...parts: (Uint8Array | string)[]) => {
+      const h = createHash("sha256");
+      for (const p of parts) h.update(p);
+      return h.digest();
+    };
+    const leaf = (line: string) => sha(Uint8Array.of(0), line);
+    const mth = (d: Buffer[]): Buffer => {
+      if (d.length === 1) return d[0]!;
+      let k = 1;
+      while (k * 2 < d.length) k *= 2;
+      return sha(Uint8Array.of(1), mth(d.slice(0, k)), mth(d.slice(k)));
+    };
+    let prev = "0".repeat(64);
+    let prevCheckpoint = prev;
+    for (const segment of [1, 2, 3]) {
+      const lines = await readLines(pristine, segment);
+      const records = lines.slice(0, -1);
+      for (const line of lines) {
+        expect(JSON.parse(line) as { schema: number; prev: string }).toMatchObject({ schema: 2, prev });
+        prev = leaf(line).toString("hex");
+      }
+      const cp = JSON.parse(lines.at(-1)!) as { root: string; prevCheckpoint: string };
+      expect(cp.root).toBe(mth(records.map(leaf)).toString("hex"));
+      expect(cp.prevCheckpoint).toBe(prevCheckpoint);
+      prevCheckpoint = leaf(lines.at(-1)!).toString("hex");
+    }
+  });
+
+  it("names a record of format 1 as such rather than as a broken link", async () => {
+    const dir = await copyLog();
+    const lines = await readLines(dir, 1);
+    lines[2] = editLine(lines[2]!, "schema", 1);
+    await writeLines(dir, 1, lines);
+    const f = only(await verify(dir));
+    expect(f).toMatchObject({ class: "tampered", check: "layout", line: 3 });
+    expect(f.message).toContain("format 1");
   });
 
   it("without keys checks links and roots but says HMACs and signatures were not checked", async () => {
