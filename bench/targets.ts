@@ -8,7 +8,7 @@ import { fileURLToPath } from "node:url";
 import { stringify } from "yaml";
 import type { Postgres } from "./postgres.ts";
 import { type Certificate, type ClientTls, PINNED_TLS, TLS_SUPPORTED } from "./tls.ts";
-import { type Child, freePort, spawnChild, stopChild, waitForPort } from "./util.ts";
+import { type Child, freePort, log, spawnChild, stopChild, waitForPort } from "./util.ts";
 
 export const TARGET_NAMES = [
   "direct",
@@ -91,8 +91,9 @@ export function directTarget(server: Postgres): Target {
 function childTarget(
   fields: Pick<Target, "name" | "port" | "user" | "password" | "pools" | "clientTls">,
   child: Child,
+  graceMs?: number,
 ): Target {
-  return { ...fields, host: "127.0.0.1", pid: child.process.pid, stop: () => stopChild(child) };
+  return { ...fields, host: "127.0.0.1", pid: child.process.pid, stop: () => stopChild(child, graceMs) };
 }
 
 async function whenReady(name: TargetName, child: Child, port: number): Promise<string | undefined> {
@@ -206,5 +207,16 @@ export async function startPgwarden(
     pools: options.pool !== undefined,
     clientTls: TLS_SUPPORTED,
   } as const;
-  return { ok: true, target: childTarget(fields, child) };
+  // An audited pgwarden drains its backlog and seals its log on SIGTERM: give it the time its
+  // drainTimeoutMs allows, so the verifier reads a complete log and the drain time is reported.
+  const drainMs = audit === undefined ? undefined : Number(audit.config.drainTimeoutMs ?? 30_000) + 5_000;
+  const target = childTarget(fields, child, drainMs);
+  if (drainMs === undefined) return { ok: true, target };
+  const stop = async () => {
+    const t0 = performance.now();
+    await target.stop();
+    const seconds = (performance.now() - t0) / 1000;
+    log(`${fields.name} drained its audit backlog, sealed its log and stopped in ${seconds.toFixed(1)} s`);
+  };
+  return { ok: true, target: { ...target, stop } };
 }

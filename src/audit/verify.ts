@@ -11,6 +11,7 @@ import {
   type ChainPoint,
   type Finding,
   pointAfter,
+  readSegmentText,
   type SegmentKeys,
   type SegmentResult,
   type SegmentTask,
@@ -150,7 +151,7 @@ type Run = (p: Planned) => Promise<SegmentResult>;
 const inline =
   (keys: SegmentKeys): Run =>
   async (p) =>
-    verifySegmentText(await readFile(p.path, "utf8"), p.task, keys);
+    verifySegmentText(await readSegmentText(p.path), p.task, keys);
 
 /** A pool of verifier threads, each fed one segment at a time. */
 const threads = (

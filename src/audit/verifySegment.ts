@@ -1,3 +1,4 @@
+import { readFile } from "node:fs/promises";
 import { AUDIT_SCHEMA_VERSION, validateRecord } from "./AuditEvent.ts";
 import { checkpointMismatch, verifyCheckpointBody } from "./Checkpoint.ts";
 import type { HmacKey, LineDigest } from "./HmacKey.ts";
@@ -107,6 +108,13 @@ const SEQ_AT = ',"seq":';
 /** Whether `line` has `text` at `at`, followed by the character `next`. */
 const endsWith = (line: string, at: number, text: string, next: number): boolean =>
   line.startsWith(text, at) && line.charCodeAt(at + text.length) === next;
+
+/**
+ * A segment file's text. Read whole and decoded once: `readFile(path, "utf8")` decodes chunk by
+ * chunk into a rope, which then costs more to split into lines than the decoding saved.
+ */
+export const readSegmentText = async (path: string): Promise<string> =>
+  (await readFile(path)).toString("utf8");
 
 /** Splits text into complete lines and the bytes after the last newline. */
 export const splitLines = (text: string): { lines: string[]; tornBytes: number } => {

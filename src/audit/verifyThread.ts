@@ -1,10 +1,9 @@
 // Worker entry of the verifier (its other side is verify.ts): checks whole segments, one per message.
-import { readFile } from "node:fs/promises";
 import { parentPort, workerData } from "node:worker_threads";
 import type { HmacKey } from "./HmacKey.ts";
 import { hmacKeyFromBytes } from "./HmacKey.ts";
 import { type TrustedKey, trustedKeyFromPem } from "./Signer.ts";
-import { type SegmentKeys, type SegmentTask, verifySegmentText } from "./verifySegment.ts";
+import { readSegmentText, type SegmentKeys, type SegmentTask, verifySegmentText } from "./verifySegment.ts";
 
 const port = parentPort!;
 const data = workerData as { hmacKeys: Uint8Array[]; trustedPems: string[] };
@@ -21,7 +20,7 @@ for (const pem of data.trustedPems) {
 const keys: SegmentKeys = { macKeys, trusted };
 
 port.on("message", (m: { n: number; path: string; task: SegmentTask }) => {
-  void readFile(m.path, "utf8").then(
+  void readSegmentText(m.path).then(
     (text) => port.postMessage({ n: m.n, result: verifySegmentText(text, m.task, keys) }),
     (e: unknown) => port.postMessage({ n: m.n, error: String((e as Error).message) }),
   );
