@@ -211,7 +211,7 @@ const Checkpoint = variant("checkpoint", {
   count: NonNegInt,
   /** RFC 6962 Merkle tree hash of the segment's lines before this one. */
   root: Hex64,
-  /** SHA-256 of the previous checkpoint's line; 64 zeros for the first. */
+  /** Record hash (RFC 6962 leaf hash, H(0x00 ‖ line)) of the previous checkpoint's line; 64 zeros for the first. */
   prevCheckpoint: Hex64,
   reason: CheckpointReason,
   alg: SignatureAlgorithm,

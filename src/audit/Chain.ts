@@ -18,11 +18,11 @@ export { loadHmacKey } from "./HmacKey.ts";
 export interface ChainState {
   /** Seq the next record gets; the first record of an instance is 1. */
   readonly nextSeq: number;
-  /** SHA-256 of the last line; 64 zeros before the first. */
+  /** Record hash of the last line (recordLine.ts lineHash); 64 zeros before the first. */
   readonly prevHash: string;
   /** Number of the open segment; the first is 1. */
   readonly segment: number;
-  /** SHA-256 of the last checkpoint line; 64 zeros before the first. */
+  /** Record hash of the last checkpoint line; 64 zeros before the first. */
   readonly prevCheckpoint: string;
 }
 
