@@ -1,9 +1,9 @@
 import type { AuditEvent, CheckpointReason, SignatureAlgorithm } from "./AuditEvent.ts";
 import { AUDIT_SCHEMA_VERSION } from "./AuditEvent.ts";
 import { signCheckpoint } from "./Checkpoint.ts";
-import { canonicalJson } from "./canonicalJson.ts";
 import type { HmacKey } from "./HmacKey.ts";
 import { MerkleAccumulator } from "./Merkle.ts";
+import { type Envelope, recordJson } from "./recordJson.ts";
 import { GENESIS_HASH, lineHash, sealLine } from "./recordLine.ts";
 import type { Signer } from "./Signer.ts";
 
@@ -92,7 +92,7 @@ export class Chain {
 
   #push(fields: Record<string, unknown>, body?: string): ChainedLine {
     const s = this.#state;
-    const text = body ?? canonicalJson(this.#envelope(fields));
+    const text = body ?? recordJson(fields, this.#envelopeOnly());
     const line = sealLine(text, this.#key);
     const hash = lineHash(line);
     const kind = fields.kind as string;
@@ -110,18 +110,21 @@ export class Chain {
     return out;
   }
 
-  #envelope(fields: Record<string, unknown>): Record<string, unknown> {
+  #envelopeOnly(): Envelope {
     const s = this.#state;
     return {
-      ...fields,
-      schema: AUDIT_SCHEMA_VERSION,
-      id: `${this.instance}-${s.nextSeq}`,
-      seq: s.nextSeq,
-      instance: this.instance,
       boot: this.boot,
-      prev: s.prevHash,
       hmacKey: this.#key.id,
+      id: `${this.instance}-${s.nextSeq}`,
+      instance: this.instance,
+      prev: s.prevHash,
+      schema: AUDIT_SCHEMA_VERSION,
+      seq: s.nextSeq,
     };
+  }
+
+  #envelope(fields: Record<string, unknown>): Record<string, unknown> {
+    return { ...fields, ...this.#envelopeOnly() };
   }
 
   #assertOpen(): void {

@@ -50,7 +50,8 @@ export class RecordBuilder {
   /** Adds the records `e` (stamped `at`, epoch ms) gives to `out`. */
   add(e: ProxyEvent, at: number, out: AuditEvent[]): void {
     if (e.kind === "transition") {
-      const t = { ts: formatEpochMs(at), machine: e.machine, from: e.from, to: e.to, cause: e.cause };
+      // Members in sorted order, so the record writes natively (recordJson.ts).
+      const t = { cause: e.cause, from: e.from, machine: e.machine, to: e.to, ts: formatEpochMs(at) };
       if (this.#o.fold === false) out.push(this.#standalone(e.connectionId, t));
       else this.#hold(e.connectionId, { at, t });
       return;
