@@ -4,7 +4,7 @@ import { signCheckpoint } from "./Checkpoint.ts";
 import type { HmacKey } from "./HmacKey.ts";
 import { MerkleAccumulator } from "./Merkle.ts";
 import { type Envelope, recordJson } from "./recordJson.ts";
-import { GENESIS_HASH, lineHash, sealLine } from "./recordLine.ts";
+import { GENESIS_HASH } from "./recordLine.ts";
 import type { Signer } from "./Signer.ts";
 
 export { loadHmacKey } from "./HmacKey.ts";
@@ -93,8 +93,7 @@ export class Chain {
   #push(fields: Record<string, unknown>, body?: string): ChainedLine {
     const s = this.#state;
     const text = body ?? recordJson(fields, this.#envelopeOnly());
-    const line = sealLine(text, this.#key);
-    const hash = lineHash(line);
+    const { line, hash } = this.#key.seal(text);
     const kind = fields.kind as string;
     const out: ChainedLine = { seq: s.nextSeq, kind, segment: s.segment, line, hash };
     if (kind === "checkpoint") {

@@ -1,6 +1,7 @@
 import { createHash, createHmac, createSecretKey, hash, type KeyObject } from "node:crypto";
 import { readFile, stat } from "node:fs/promises";
 import { type AuditError, auditError } from "./AuditError.ts";
+import { HMAC_PREFIX, HMAC_SUFFIX_LENGTH } from "./recordLine.ts";
 
 /**
  * The record HMAC key. The key file holds the key as hex (at least 32 bytes, i.e. 64 hex
@@ -17,6 +18,16 @@ export interface HmacKey {
    * recordLine.ts) and `hash` the line's record hash, H(0x00 ‖ line) hex (its Merkle leaf hash).
    */
   readonly digestLine: (line: string, cut: number) => LineDigest;
+  /**
+   * The writer's hot path, from one UTF-8 copy of `body`: the sealed line (recordLine.ts: the
+   * body's final `}` replaced by the hmac member) and that line's record hash.
+   */
+  readonly seal: (body: string) => SealedLine;
+}
+
+export interface SealedLine {
+  readonly line: string;
+  readonly hash: string;
 }
 
 export interface LineDigest {
@@ -50,7 +61,7 @@ export const hmacKeyFromBytes = (bytes: Uint8Array): HmacKey | AuditError => {
  * record is MACed once when written and once when verified. (One-shot hashing of a view on a
  * small dedicated buffer is markedly cheaper than of a Buffer sliced from a shared pool.)
  */
-const oneShotHmac = (raw: Buffer): Pick<HmacKey, "mac" | "digestLine"> => {
+const oneShotHmac = (raw: Buffer): Pick<HmacKey, "mac" | "digestLine" | "seal"> => {
   const block = 64;
   const k = raw.length > block ? createHash("sha256").update(raw).digest() : raw;
   const outer = new Uint8Array(block + 32);
@@ -98,6 +109,20 @@ const oneShotHmac = (raw: Buffer): Pick<HmacKey, "mac" | "digestLine"> => {
       const lineHash = hash("sha256", new Uint8Array(store, block - 1, total + 1), "hex");
       scratch[block - 1] = ipad[block - 1]!;
       return { mac, hash: lineHash };
+    },
+    seal: (body) => {
+      room(body.length * 3 + HMAC_SUFFIX_LENGTH);
+      const n = scratch.write(body, block);
+      const mac = finish(n);
+      // The line's bytes are the body's with its final "}" (one byte) replaced by the member.
+      let end = block + n - 1;
+      end += scratch.write(HMAC_PREFIX, end, "latin1");
+      end += scratch.write(mac, end, "latin1");
+      end += scratch.write('"}', end, "latin1");
+      scratch[block - 1] = 0;
+      const lineHash = hash("sha256", new Uint8Array(store, block - 1, end - block + 1), "hex");
+      scratch[block - 1] = ipad[block - 1]!;
+      return { line: `${body.slice(0, -1)}${HMAC_PREFIX}${mac}"}`, hash: lineHash };
     },
   };
 };

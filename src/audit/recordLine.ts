@@ -8,7 +8,7 @@ import { leafHex } from "./Merkle.ts";
  */
 
 export const GENESIS_HASH = "0".repeat(64);
-const HMAC_PREFIX = ',"hmac":"';
+export const HMAC_PREFIX = ',"hmac":"';
 /** `,"hmac":"` + 64 hex digits + `"}` */
 export const HMAC_SUFFIX_LENGTH = HMAC_PREFIX.length + 64 + 2;
 const SIG_PREFIX = ',"sig":"';

@@ -36,4 +36,17 @@ describe("HMAC key", () => {
       }
     },
   );
+
+  test.prop([fc.array(fc.string({ unit: "binary", maxLength: 3000 }), { minLength: 1, maxLength: 5 })])(
+    "seal gives the sealed line of a body and that line's record hash, and leaves the key intact",
+    (texts) => {
+      for (const text of texts) {
+        const body = bodyOf(text);
+        const line = `${body.slice(0, -1)},"hmac":"${hmac(body)}"}`;
+        expect(key.seal(body)).toEqual({ line, hash: leaf(line) });
+        expect(sealLine(body, key)).toBe(line);
+        expect(key.mac(body)).toBe(hmac(body));
+      }
+    },
+  );
 });

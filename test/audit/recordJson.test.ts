@@ -40,9 +40,23 @@ describe("recordJson", () => {
   );
 
   it("writes a statement record with folded transitions natively and exactly", () => {
-    const env: Envelope = { boot: "b", hmacKey: "k", id: "i-1", instance: "i", prev: "0".repeat(64), schema: 2, seq: 1 };
+    const env: Envelope = {
+      boot: "b",
+      hmacKey: "k",
+      id: "i-1",
+      instance: "i",
+      prev: "0".repeat(64),
+      schema: 2,
+      seq: 1,
+    };
     const sorted = { cause: "Query", from: "ready.idle", machine: "client", to: "busy.simpleQuery", ts: "t" };
-    const unsorted = { ts: "t", machine: "client", from: "ready.idle", to: "busy.simpleQuery", cause: "Query" };
+    const unsorted = {
+      ts: "t",
+      machine: "client",
+      from: "ready.idle",
+      to: "busy.simpleQuery",
+      cause: "Query",
+    };
     const e = (t: object) => ({
       kind: "statement",
       session: "c1",
