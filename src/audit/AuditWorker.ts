@@ -1,8 +1,9 @@
 import { Worker } from "node:worker_threads";
 import type { Logger } from "pino";
-import type { EventSink, ProxyEvent } from "../runtime/EventSink.ts";
+import type { EventSink } from "../runtime/EventSink.ts";
 import type { AuditConfig } from "./AuditConfig.ts";
 import { type AuditError, auditError } from "./AuditError.ts";
+import { EventBatcher } from "./EventBatch.ts";
 import type { AuditHandle, RunningAudit } from "./openPipeline.ts";
 import type { PipelineStatus } from "./Pipeline.ts";
 import { makeEpochMsClock } from "./timestamp.ts";
@@ -45,18 +46,17 @@ export const startAuditWorker = (
     let posted = 0;
     let dropped = 0;
     let closed = false;
-    let events: ProxyEvent[] = [];
-    let times: number[] = [];
+    const batch = new EventBatcher();
     let scheduled = false;
     let onClosed: ((e: AuditError | undefined) => void) | undefined;
 
     const flush = () => {
       scheduled = false;
-      if (events.length === 0 || closed) return;
-      worker.postMessage({ t: "events", events, times: Float64Array.from(times) });
-      posted += events.length;
-      events = [];
-      times = [];
+      if (closed) return;
+      const b = batch.take();
+      if (b === undefined) return;
+      worker.postMessage({ t: "events", batch: b });
+      posted += b.events.length;
     };
     const blocked = (): string | undefined => {
       if (status.blocked !== undefined) return status.blocked;
@@ -64,20 +64,26 @@ export const startAuditWorker = (
         return "the audit queue is full";
       return undefined;
     };
+    /** False when the event is dropped: the queue towards the worker is full. */
+    const room = (): boolean => {
+      if (closed) return false;
+      if (posted + batch.size - ingested >= config.queueMax) {
+        dropped++;
+        return false;
+      }
+      if (!scheduled) {
+        scheduled = true;
+        setImmediate(flush);
+      }
+      return true;
+    };
     const sink: EventSink = {
       statements: true,
       emit: (e) => {
-        if (closed) return;
-        if (posted + events.length - ingested >= config.queueMax) {
-          dropped++;
-          return;
-        }
-        events.push(e);
-        times.push(clock());
-        if (!scheduled) {
-          scheduled = true;
-          setImmediate(flush);
-        }
+        if (room()) batch.add(e, clock());
+      },
+      transition: (t) => {
+        if (room()) batch.addTransition(t, clock());
       },
       blocked,
     };

@@ -140,6 +140,11 @@ export type ProxyEvent =
 
 export interface EventSink {
   emit(event: ProxyEvent): void;
+  /**
+   * A state transition, when the sink takes them without the event object (the audit worker
+   * sends them compactly); absent, transitions arrive through `emit` as `kind: "transition"`.
+   */
+  transition?(t: Transition): void;
   /** Present when the sink wants statement events: the relay then reads statement bytes. */
   readonly statements?: boolean;
   /**

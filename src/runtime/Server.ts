@@ -142,7 +142,8 @@ const withDebugLog = (
         { conn: t.connectionId, machine: t.machine, from: t.from, to: t.to, cause: t.cause },
         "transition",
       );
-    events.emit({ kind: "transition", ...t });
+    if (events.transition !== undefined) events.transition(t);
+    else events.emit({ kind: "transition", ...t });
     listener?.(t);
   };
 };
