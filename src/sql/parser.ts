@@ -132,6 +132,33 @@ const validated =
     return a;
   };
 
+/**
+ * `f` remembered by exact text, least recently used first out. Applications send the same
+ * statements again and again (prepared or parameterised, an unnamed Parse per execution), and a
+ * normalization costs tens of microseconds of WASM where a hit costs a map lookup. Texts longer
+ * than `maxChars` are not kept, so the cache holds at most maxEntries × maxChars characters.
+ */
+export const memoizeByText = <A>(
+  f: (sql: string) => A,
+  maxEntries = 1024,
+  maxChars = 4096,
+): ((sql: string) => A) => {
+  const cache = new Map<string, A>();
+  return (sql) => {
+    if (sql.length > maxChars) return f(sql);
+    const hit = cache.get(sql);
+    if (hit !== undefined) {
+      cache.delete(sql);
+      cache.set(sql, hit);
+      return hit;
+    }
+    const a = f(sql);
+    cache.set(sql, a);
+    if (cache.size > maxEntries) cache.delete(cache.keys().next().value!);
+    return a;
+  };
+};
+
 let loaded: Promise<SqlParser> | undefined;
 
 /** Initialises the WASM module once; every later call returns the same parser. */
@@ -141,16 +168,18 @@ export const loadSqlParser = (): Promise<SqlParser> => {
     const parser: SqlParser = {
       parserVersion: { num: probe.version, text: versionText(probe.version) },
       parse: (sql) => guarded(sql, parseStatements),
-      normalize: (sql) =>
+      normalize: memoizeByText((sql) =>
         guarded(
           sql,
           validated(pgQuery.normalizeSync, (s) => typeof s === "string"),
         ),
-      fingerprint: (sql) =>
+      ),
+      fingerprint: memoizeByText((sql) =>
         guarded(
           sql,
           validated(pgQuery.fingerprintSync, (s) => FINGERPRINT.test(s)),
         ),
+      ),
     };
     return parser;
   });

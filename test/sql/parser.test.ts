@@ -1,6 +1,6 @@
 import { fc, test } from "@fast-check/vitest";
 import { beforeAll, describe, expect, it } from "vitest";
-import { loadSqlParser, type SqlParser } from "../../src/sql/parser.ts";
+import { loadSqlParser, memoizeByText, type SqlParser } from "../../src/sql/parser.ts";
 import { directClient } from "../support/postgres.ts";
 
 let parser: SqlParser;
@@ -86,6 +86,44 @@ describe("SQL parser adapter", () => {
       }
     } finally {
       await pg.end();
+    }
+  });
+});
+
+describe("memoizeByText", () => {
+  it("computes each text once, keeps the most recently used, and passes long texts through", () => {
+    const calls: string[] = [];
+    const f = memoizeByText(
+      (s: string) => {
+        calls.push(s);
+        return { n: s.length };
+      },
+      2,
+      5,
+    );
+    expect(f("a")).toBe(f("a"));
+    f("bb");
+    f("a"); // a is now the most recent: bb goes first
+    f("ccc");
+    f("a");
+    f("bb");
+    f("toolong");
+    f("toolong");
+    expect(calls).toEqual(["a", "bb", "ccc", "bb", "toolong", "toolong"]);
+  });
+
+  it("leaves the parser's answers as they were, hit or miss", () => {
+    for (const sql of [
+      "SELECT 1 WHERE a = 'x'",
+      "SELEC nonsense",
+      "SELECT 1 WHERE a = 'x'",
+      "SELEC nonsense",
+    ]) {
+      expect(parser.normalize(sql)).toEqual(
+        sql.startsWith("SELEC ")
+          ? { ok: false, error: expect.anything() }
+          : { ok: true, value: "SELECT $1 WHERE a = $2" },
+      );
     }
   });
 });
