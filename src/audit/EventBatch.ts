@@ -66,10 +66,11 @@ export class EventBatcher {
     if (this.#events.length === 0) return undefined;
     const batch: EventBatch = {
       events: this.#events,
-      times: Float64Array.from(this.#times),
-      codes: Int32Array.from(this.#codes),
+      // The constructors copy an array directly; `from` walks it through the iterator protocol.
+      times: new Float64Array(this.#times),
+      codes: new Int32Array(this.#codes),
       conns: this.#conns,
-      ats: Float64Array.from(this.#ats),
+      ats: new Float64Array(this.#ats),
       words: this.#words,
     };
     this.#events = [];

@@ -24,6 +24,7 @@ const COPY_OUT = 0x48;
 const COPY_BOTH = 0x57;
 
 type Message = StatementObservation["message"];
+type Writable<T> = { -readonly [K in keyof T]: T[K] };
 
 interface Op {
   message: Message;
@@ -46,11 +47,16 @@ const cstring = (msg: Buffer, pos: number): [string, number] => {
   return [msg.toString("utf8", pos, end), end + 1];
 };
 
+/** Bind's format codes spelled out per parameter: none means all text, one applies to all. */
 const formats = (codes: number[], count: number): ("text" | "binary")[] => {
-  const name = (c: number | undefined) => (c === 1 ? "binary" : "text");
-  if (codes.length === 0) return Array.from({ length: count }, () => "text" as const);
-  if (codes.length === 1) return Array.from({ length: count }, () => name(codes[0]));
-  return codes.map(name);
+  const out: ("text" | "binary")[] = [];
+  if (codes.length > 1) {
+    for (const c of codes) out.push(c === 1 ? "binary" : "text");
+    return out;
+  }
+  const all = codes.length === 1 && codes[0] === 1 ? "binary" : "text";
+  for (let i = 0; i < count; i++) out.push(all);
+  return out;
 };
 
 /** Reads the parts of a request that a record names; a malformed body (PostgreSQL will refuse it) yields only the kind. */
@@ -230,22 +236,23 @@ export class StatementTracker {
         : op.sqlstate !== undefined || (groupFailed && !answers(op.message) && op.commandTag === undefined)
           ? "error"
           : "ok";
-    const ev: StatementObservation = {
+    // Members assigned one by one: a spread per optional member costs more than the rest of the record.
+    const ev: Writable<StatementObservation> = {
       kind: "statement",
       conn: this.#conn,
-      ...(this.#server === undefined ? {} : { server: this.#server }),
       message: op.message,
       durationMs: Math.max(0, Math.round((t - op.t0) * 1000) / 1000),
       outcome,
-      ...(op.sql === undefined ? {} : { sql: op.sql }),
-      ...(op.statementName === undefined ? {} : { statementName: op.statementName }),
-      ...(op.portal === undefined ? {} : { portal: op.portal }),
-      ...(op.paramCount === undefined ? {} : { paramCount: op.paramCount }),
-      ...(op.paramFormats === undefined ? {} : { paramFormats: op.paramFormats }),
-      ...(op.commandTag === undefined ? {} : { commandTag: op.commandTag }),
-      ...(op.rows === undefined ? {} : { rows: op.rows }),
-      ...(op.sqlstate === undefined ? {} : { sqlstate: op.sqlstate }),
     };
+    if (this.#server !== undefined) ev.server = this.#server;
+    if (op.sql !== undefined) ev.sql = op.sql;
+    if (op.statementName !== undefined) ev.statementName = op.statementName;
+    if (op.portal !== undefined) ev.portal = op.portal;
+    if (op.paramCount !== undefined) ev.paramCount = op.paramCount;
+    if (op.paramFormats !== undefined) ev.paramFormats = op.paramFormats;
+    if (op.commandTag !== undefined) ev.commandTag = op.commandTag;
+    if (op.rows !== undefined) ev.rows = op.rows;
+    if (op.sqlstate !== undefined) ev.sqlstate = op.sqlstate;
     this.#sink.emit(ev);
   }
 }
