@@ -1,5 +1,5 @@
 import type { Transition } from "../machines/MachineRunner.ts";
-import type { ProxyEvent } from "../runtime/EventSink.ts";
+import type { ProxyEvent, StatementObservation } from "../runtime/EventSink.ts";
 
 /**
  * What one postMessage carries from the proxy's thread to the audit pipeline's (AuditWorker.ts).
@@ -7,11 +7,12 @@ import type { ProxyEvent } from "../runtime/EventSink.ts";
  * and cause come from the machines' finite vocabulary. So a transition travels as four numbers
  * into a dictionary both sides build (each word crosses once) plus its connection id, instead of
  * an object the structured clone writes key by key and the other side rebuilds string by string.
- * Everything else travels as the event object itself; `null` in `events` marks the place of the
- * next compact transition, so the order is kept exactly.
+ * A statement — one to three per transaction — travels as the array of its members' values in a
+ * fixed order (no member names). Everything else travels as the event object itself; `null` in
+ * `events` marks the place of the next compact transition, so the order is kept exactly.
  */
 export interface EventBatch {
-  readonly events: (ProxyEvent | null)[];
+  readonly events: (ProxyEvent | StatementTuple | null)[];
   /** Emit time of each event, epoch ms (AuditWorker's clock). */
   readonly times: Float64Array;
   /** Per compact transition: machine, from, to, cause as dictionary codes. */
@@ -23,12 +24,67 @@ export interface EventBatch {
   readonly words: string[];
 }
 
+/** A statement's members by position; `undefined` where the event has none. */
+type StatementTuple = [
+  conn: string,
+  message: StatementObservation["message"],
+  durationMs: number,
+  outcome: StatementObservation["outcome"],
+  server: string | undefined,
+  sql: string | undefined,
+  statementName: string | undefined,
+  portal: string | undefined,
+  paramCount: number | undefined,
+  paramFormats: readonly ("text" | "binary")[] | undefined,
+  commandTag: string | undefined,
+  rows: number | undefined,
+  sqlstate: string | undefined,
+];
+
+const tupleOf = (s: StatementObservation): StatementTuple => [
+  s.conn,
+  s.message,
+  s.durationMs,
+  s.outcome,
+  s.server,
+  s.sql,
+  s.statementName,
+  s.portal,
+  s.paramCount,
+  s.paramFormats,
+  s.commandTag,
+  s.rows,
+  s.sqlstate,
+];
+
+type Writable<T> = { -readonly [K in keyof T]: T[K] };
+
+const statementOf = (t: StatementTuple): StatementObservation => {
+  const s: Writable<StatementObservation> = {
+    kind: "statement",
+    conn: t[0],
+    message: t[1],
+    durationMs: t[2],
+    outcome: t[3],
+  };
+  if (t[4] !== undefined) s.server = t[4];
+  if (t[5] !== undefined) s.sql = t[5];
+  if (t[6] !== undefined) s.statementName = t[6];
+  if (t[7] !== undefined) s.portal = t[7];
+  if (t[8] !== undefined) s.paramCount = t[8];
+  if (t[9] !== undefined) s.paramFormats = t[9];
+  if (t[10] !== undefined) s.commandTag = t[10];
+  if (t[11] !== undefined) s.rows = t[11];
+  if (t[12] !== undefined) s.sqlstate = t[12];
+  return s;
+};
+
 /** Beyond this many words transitions travel as objects: a vocabulary this large is not the machines'. */
 const MAX_WORDS = 4096;
 
 /** The proxy's side: collects one tick's events. */
 export class EventBatcher {
-  #events: (ProxyEvent | null)[] = [];
+  #events: (ProxyEvent | StatementTuple | null)[] = [];
   #times: number[] = [];
   #codes: number[] = [];
   #conns: string[] = [];
@@ -41,7 +97,7 @@ export class EventBatcher {
   }
 
   add(event: ProxyEvent, time: number): void {
-    this.#events.push(event);
+    this.#events.push(event.kind === "statement" ? tupleOf(event) : event);
     this.#times.push(time);
   }
 
@@ -106,8 +162,12 @@ export class EventUnbatcher {
     let j = 0;
     for (let i = 0; i < batch.events.length; i++) {
       const e = batch.events[i];
+      if (Array.isArray(e)) {
+        out[i] = statementOf(e as StatementTuple);
+        continue;
+      }
       if (e !== null && e !== undefined) {
-        out[i] = e;
+        out[i] = e as ProxyEvent;
         continue;
       }
       const c = j * 4;
