@@ -62,8 +62,11 @@ export class RecordBuilder {
       const folded = this.#take(e.conn, e.server);
       if (e.server !== undefined) this.#serverOf.set(e.conn, e.server);
       const ev = eventOf(e, ts, this.#ctx, this.#o);
-      if (ev !== undefined)
-        out.push(folded === undefined ? ev : ({ ...ev, transitions: folded } as AuditEvent));
+      if (ev !== undefined) {
+        // eventOf's object is new and ours: the folded transitions join it rather than a copy of it.
+        if (folded !== undefined) (ev as { transitions?: FoldedTransition[] }).transitions = folded;
+        out.push(ev);
+      }
       return;
     }
     const conn = "conn" in e ? e.conn : undefined;
