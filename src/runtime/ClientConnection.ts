@@ -1165,7 +1165,7 @@ export class ClientConnection {
       toClient: [
         ...(authOk === undefined ? [] : [authOk]),
         ...upstream.startupMessages,
-        encodeBackendKeyData(this.clientKey),
+        encodeBackendKeyData(this.deps.cancels.keyData(this.clientKey)),
         READY_IDLE,
       ],
       serverPending: [],
@@ -1184,7 +1184,7 @@ export class ClientConnection {
       maxMessageBytes: this.deps.limits.maxMessageBytes,
       log: this.deps.log,
       pending,
-      backendKey: this.clientKey,
+      backendKey: this.deps.cancels.keyData(this.clientKey),
       idleTimeoutMs: this.deps.sessions.timers().idleTimeoutMs,
     });
   }

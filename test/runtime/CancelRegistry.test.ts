@@ -10,21 +10,23 @@ describe("CancelRegistry", () => {
     const b = target();
     const ka = r.issue(4242, 0, a);
     const kb = r.issue(4242, 0, b);
-    expect(ka.secret).toHaveLength(4);
+    const sa = r.keyData(ka).secret;
+    const sb = r.keyData(kb).secret;
+    expect(sa).toHaveLength(4);
     expect(r.size).toBe(2);
-    expect(r.find(4242, Buffer.from(ka.secret))).toBe(a);
-    expect(r.find(4242, Buffer.from(kb.secret))).toBe(b);
+    expect(r.find(4242, Buffer.from(sa))).toBe(a);
+    expect(r.find(4242, Buffer.from(sb))).toBe(b);
     r.revoke(ka);
-    expect(r.find(4242, Buffer.from(ka.secret))).toBeUndefined();
-    expect(r.find(4242, Buffer.from(kb.secret))).toBe(b);
+    expect(r.find(4242, Buffer.from(sa))).toBeUndefined();
+    expect(r.find(4242, Buffer.from(sb))).toBe(b);
     r.revoke(kb);
     expect(r.size).toBe(0);
-    expect(r.find(4242, Buffer.from(kb.secret))).toBeUndefined();
+    expect(r.find(4242, Buffer.from(sb))).toBeUndefined();
   });
 
   it("answers nothing for a wrong secret, a secret of another length or an unknown PID", () => {
     const r = new CancelRegistry();
-    const k = r.issue(7, 2, target());
+    const k = r.keyData(r.issue(7, 2, target()));
     expect(k.secret).toHaveLength(32);
     const wrong = Buffer.from(k.secret);
     wrong[0] = (wrong[0]! + 1) & 0xff;
@@ -33,15 +35,32 @@ describe("CancelRegistry", () => {
     expect(r.find(8, Buffer.from(k.secret))).toBeUndefined();
   });
 
-  it("gives keys secrets of their own, even though small buffers share memory", () => {
+  it("gives keys secrets of their own, the same bytes each time they are sent, past a refill of the random pool", () => {
     const r = new CancelRegistry();
-    const keys = Array.from({ length: 200 }, () => r.issue(1, 0, target()));
-    const secrets = new Set(keys.map((k) => k.secret.toString("hex")));
-    // 200 random 32-bit secrets: a repeat has probability ~5e-6.
-    expect(secrets.size).toBe(200);
-    const before = Buffer.from(keys[0]!.secret);
+    const keys = Array.from({ length: 600 }, () => r.issue(1, 0, target()));
+    const secrets = new Set(keys.map((k) => r.keyData(k).secret.toString("hex")));
+    // 600 random 32-bit secrets: a repeat has probability ~4e-5.
+    expect(secrets.size).toBe(600);
+    const before = r.keyData(keys[0]!).secret;
     r.issue(1, 2, target());
-    expect(keys[0]!.secret).toEqual(before);
+    expect(r.keyData(keys[0]!).secret).toEqual(before);
+  });
+
+  it("takes a 4-byte secret only for a 3.0 key and a 32-byte one only for a 3.2 key, one flipped bit refused", () => {
+    const r = new CancelRegistry();
+    const a = target();
+    const b = target();
+    const short = r.keyData(r.issue(9, 0, a)).secret;
+    const long = r.keyData(r.issue(9, 2, b)).secret;
+    expect(r.find(9, short)).toBe(a);
+    expect(r.find(9, long)).toBe(b);
+    for (let bit = 0; bit < 32; bit++) {
+      const flipped = Buffer.from(short);
+      flipped[bit >> 3]! ^= 1 << (bit & 7);
+      expect(r.find(9, flipped)).toBeUndefined();
+    }
+    expect(r.find(9, long.subarray(0, 4))).toBeUndefined();
+    expect(r.find(9, Buffer.concat([short, Buffer.alloc(28)]))).toBeUndefined();
   });
 
   it("issues pooled PIDs with the instance id in bits 30-21, never 0", () => {
