@@ -197,6 +197,8 @@ const tooManyClients = pgwardenError(
   "sorry, too many clients already",
 );
 
+const NOTHING_PENDING: readonly Buffer[] = Object.freeze([]);
+
 /**
  * The client half of a connection: the client socket, the first packet, client authentication,
  * the startup boundary and the connection machine — whose transitions' actions this class
@@ -995,7 +997,8 @@ export class ClientConnection {
   }
 
   private upstreamParameters: Map<string, string> | undefined;
-  private clientPending: Buffer[] = [];
+  /** What the client sent ahead of its session; the shared empty list otherwise (idle clients hold no array). */
+  private clientPending: readonly Buffer[] = NOTHING_PENDING;
 
   // Server half --------------------------------------------------------------------------------------
 
@@ -1159,7 +1162,7 @@ export class ClientConnection {
         "session ready",
       );
     const pending = this.clientPending;
-    this.clientPending = [];
+    this.clientPending = NOTHING_PENDING;
     const authOk = this.takeAuthOk();
     link.start({
       toClient: [

@@ -106,26 +106,29 @@ const listen = (host: string, port: number): Effect.Effect<NetServer, PgwardenEr
 /**
  * One connection's fiber: it owns the connection (both sockets and, through the shared Deadlines,
  * its timers) and destroys it however the fiber ends. Interrupting it — a shutdown — ends the
- * connection with 57P01 and gives it the linger to close before it is destroyed. `onEnd` runs
- * once the connection has closed. Written as one callback rather than a bracket: every idle
- * connection holds what its fiber is suspended on.
+ * connection with 57P01 and gives it the linger to close before it is destroyed. Once the
+ * connection has closed it leaves `sessions`. Written as one callback rather than a bracket, and
+ * with its cancellation built only on interruption: every idle connection holds what its fiber
+ * is suspended on.
  */
 const superviseConnection = (
   conn: ClientConnection,
   lingerMs: number,
-  onEnd: () => void,
+  sessions: Map<string, ClientConnection>,
 ): Effect.Effect<void> =>
   Effect.callback<void>((resume) => {
     conn.whenClosed(() => {
-      onEnd();
+      sessions.delete(conn.id);
       conn.destroy();
       resume(Effect.void);
     });
-    return Effect.promise(async () => {
-      conn.shutdown();
-      await Promise.race([conn.closed, new Promise((r) => setTimeout(r, lingerMs + 500).unref())]);
-      conn.destroy();
-    });
+    return Effect.suspend(() =>
+      Effect.promise(async () => {
+        conn.shutdown();
+        await Promise.race([conn.closed, new Promise((r) => setTimeout(r, lingerMs + 500).unref())]);
+        conn.destroy();
+      }),
+    );
   });
 
 /** At debug level every transition is also a log line; otherwise logging costs nothing here. */
@@ -413,10 +416,7 @@ const program = (
       const conn = new ClientConnection(id, socket, deps);
       sessions.set(id, conn);
       conn.start();
-      run(
-        id,
-        superviseConnection(conn, limits.lingerMs, () => sessions.delete(id)),
-      );
+      run(id, superviseConnection(conn, limits.lingerMs, sessions));
     });
     const reloadContext = (leg: "tls" | "upstream.tls", ctx: ReloadableContext) => {
       const r = ctx.reload();
