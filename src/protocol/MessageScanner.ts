@@ -9,7 +9,8 @@ export const DROP: Uint8Array = new Uint8Array(0);
 /** What a handler receives for a type it judges without reading (see ScanPolicy.inspect). */
 export const NO_BODY: Buffer = Buffer.alloc(0);
 
-export type MessageHandler = (type: number, message: Buffer) => Verdict;
+/** Called with `this` = the scanner's receiver, so an object's method needs no closure per instance. */
+export type MessageHandler = (this: unknown, type: number, message: Buffer) => Verdict;
 
 export interface ScanPolicy {
   /** Types flagged 1 exist in this direction; any other type byte is rejected on sight, before its body. */
@@ -51,6 +52,7 @@ const unknownType = (sender: string, type: number): PgwardenError =>
 export class MessageScanner {
   private readonly policy: ScanPolicy;
   private readonly handler: MessageHandler;
+  private readonly receiver: unknown;
   /** A header split across chunks, as numbers: no buffer per scanner for a rare case. */
   private headLen = 0;
   private headType = 0;
@@ -59,9 +61,10 @@ export class MessageScanner {
   private heldPos = 0;
   private streamRemaining = 0;
 
-  constructor(policy: ScanPolicy, handler: MessageHandler) {
+  constructor(policy: ScanPolicy, handler: MessageHandler, receiver?: unknown) {
     this.policy = policy;
     this.handler = handler;
+    this.receiver = receiver;
   }
 
   /** True when no message is partly received: the stream sits on a message boundary. */
@@ -118,7 +121,7 @@ export class MessageScanner {
       pos = runStart = pos + take;
       if (this.heldPos < held.length) return undefined;
       this.held = null;
-      const verdict = this.handler(held[0]!, held);
+      const verdict = this.handler.call(this.receiver, held[0]!, held);
       if (verdict === undefined) out.push(held);
       else if (verdict instanceof Uint8Array) {
         if (verdict.length > 0) out.push(verdict);
@@ -164,7 +167,8 @@ export class MessageScanner {
         return undefined;
       }
       const inspect = this.policy.inspect;
-      const verdict = this.handler(
+      const verdict = this.handler.call(
+        this.receiver,
         type,
         inspect === undefined || inspect[type] === 1 ? chunk.subarray(pos, end) : NO_BODY,
       );

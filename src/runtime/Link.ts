@@ -12,7 +12,7 @@ import type { Pool, Waiter } from "../pool/ServerPool.ts";
 import { replaySql, type SessionState } from "../pool/SessionState.ts";
 import { encodeError } from "../protocol/backend.ts";
 import { decodeParse, encodeQuery } from "../protocol/frontend.ts";
-import { DROP, MessageScanner, type Verdict } from "../protocol/MessageScanner.ts";
+import { DROP, type MessageHandler, MessageScanner, type Verdict } from "../protocol/MessageScanner.ts";
 import { Backend, Frontend, frontendName } from "../protocol/messageTypes.ts";
 import {
   auditedClientSessionPolicy,
@@ -194,17 +194,18 @@ export class Link implements Waiter {
       this.events = events;
       this.statements = new StatementTracker(client.id, events, undefined, server?.id);
     }
-    // One handler closure per direction, for the mode in use: an idle client carries no others.
-    const onClient: (type: number, msg: Buffer) => Verdict = audited
-      ? (t, m) => this.onClientMessageAudited(t, m)
+    // One handler per direction, for the mode in use: a method the scanners call on this link,
+    // so an idle client carries no closure for them.
+    const onClient: MessageHandler = audited
+      ? Link.prototype.onClientMessageAudited
       : this.pooled !== undefined
-        ? (t, m) => this.onClientMessagePooled(t, m)
-        : (t, m) => this.onClientMessage(t, m);
+        ? Link.prototype.onClientMessagePooled
+        : Link.prototype.onClientMessage;
     this.onServer = audited
-      ? (t, m) => this.onServerMessageAudited(t, m)
+      ? Link.prototype.onServerMessageAudited
       : this.pooled !== undefined
-        ? (t, m) => this.onServerMessagePooled(t, m)
-        : (t, m) => this.onServerMessage(t, m);
+        ? Link.prototype.onServerMessagePooled
+        : Link.prototype.onServerMessage;
     const max = limits.maxMessageBytes;
     this.serverPolicy =
       this.pooled !== undefined
@@ -219,14 +220,15 @@ export class Link implements Waiter {
           ? auditedClientSessionPolicy(max)
           : clientSessionPolicy(max),
       onClient,
+      this,
     );
     this.serverScanner = this.newServerScanner();
   }
 
-  private readonly onServer: (type: number, msg: Buffer) => Verdict;
+  private readonly onServer: MessageHandler;
 
   private newServerScanner(): MessageScanner {
-    return new MessageScanner(this.serverPolicy, this.onServer);
+    return new MessageScanner(this.serverPolicy, this.onServer, this);
   }
 
   private clientBase(type: number, msg: Buffer): Verdict {
