@@ -55,8 +55,18 @@ export const startAuditWorker = (
       if (closed) return;
       const b = batch.take();
       if (b === undefined) return;
-      worker.postMessage({ t: "events", batch: b });
-      posted += b.events.length;
+      try {
+        worker.postMessage({ t: "events", batch: b });
+        posted += b.events.length;
+      } catch (e) {
+        // Lost, counted and reported like events the full queue refused.
+        batch.undelivered(b);
+        dropped += b.events.length;
+        log.error(
+          { err: (e as Error).message, events: b.events.length },
+          "audit events could not be handed to the worker",
+        );
+      }
     };
     const blocked = (): string | undefined => {
       if (status.blocked !== undefined) return status.blocked;

@@ -24,59 +24,36 @@ export interface EventBatch {
   readonly words: string[];
 }
 
-/** A statement's members by position; `undefined` where the event has none. */
-type StatementTuple = [
-  conn: string,
-  message: StatementObservation["message"],
-  durationMs: number,
-  outcome: StatementObservation["outcome"],
-  server: string | undefined,
-  sql: string | undefined,
-  statementName: string | undefined,
-  portal: string | undefined,
-  paramCount: number | undefined,
-  paramFormats: readonly ("text" | "binary")[] | undefined,
-  commandTag: string | undefined,
-  rows: number | undefined,
-  sqlstate: string | undefined,
-];
+/** A statement's members, in the order its tuple holds their values. */
+const STATEMENT_MEMBERS = [
+  "conn",
+  "message",
+  "durationMs",
+  "outcome",
+  "server",
+  "sql",
+  "statementName",
+  "portal",
+  "paramCount",
+  "paramFormats",
+  "commandTag",
+  "rows",
+  "sqlstate",
+] as const satisfies readonly (keyof StatementObservation)[];
+// A member added to StatementObservation and not listed above fails to compile here.
+type Unlisted = Exclude<keyof StatementObservation, "kind" | (typeof STATEMENT_MEMBERS)[number]>;
+const everyMemberListed: [Unlisted] extends [never] ? true : Unlisted = true;
+void everyMemberListed;
 
-const tupleOf = (s: StatementObservation): StatementTuple => [
-  s.conn,
-  s.message,
-  s.durationMs,
-  s.outcome,
-  s.server,
-  s.sql,
-  s.statementName,
-  s.portal,
-  s.paramCount,
-  s.paramFormats,
-  s.commandTag,
-  s.rows,
-  s.sqlstate,
-];
+/** A statement's members' values by position; `undefined` where the event has none. */
+type StatementTuple = unknown[];
 
-type Writable<T> = { -readonly [K in keyof T]: T[K] };
+const tupleOf = (s: StatementObservation): StatementTuple => STATEMENT_MEMBERS.map((k) => s[k]);
 
 const statementOf = (t: StatementTuple): StatementObservation => {
-  const s: Writable<StatementObservation> = {
-    kind: "statement",
-    conn: t[0],
-    message: t[1],
-    durationMs: t[2],
-    outcome: t[3],
-  };
-  if (t[4] !== undefined) s.server = t[4];
-  if (t[5] !== undefined) s.sql = t[5];
-  if (t[6] !== undefined) s.statementName = t[6];
-  if (t[7] !== undefined) s.portal = t[7];
-  if (t[8] !== undefined) s.paramCount = t[8];
-  if (t[9] !== undefined) s.paramFormats = t[9];
-  if (t[10] !== undefined) s.commandTag = t[10];
-  if (t[11] !== undefined) s.rows = t[11];
-  if (t[12] !== undefined) s.sqlstate = t[12];
-  return s;
+  const s: Record<string, unknown> = { kind: "statement" };
+  for (let i = 0; i < STATEMENT_MEMBERS.length; i++) if (t[i] !== undefined) s[STATEMENT_MEMBERS[i]!] = t[i];
+  return s as unknown as StatementObservation;
 };
 
 /** Beyond this many words transitions travel as objects: a vocabulary this large is not the machines'. */
@@ -136,6 +113,14 @@ export class EventBatcher {
     this.#ats = [];
     this.#words = [];
     return batch;
+  }
+
+  /**
+   * A batch that could not be sent: its events are lost (the caller counts them), but its new
+   * words go out with the next batch, or every later transition would decode to the wrong words.
+   */
+  undelivered(batch: EventBatch): void {
+    this.#words = [...batch.words, ...this.#words];
   }
 
   #code(word: string): number {

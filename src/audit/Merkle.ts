@@ -59,6 +59,8 @@ export class MerkleAccumulator {
 
   /** Adds a leaf by its leaf hash, hex as `leafHex` gives it (the caller hashed the line already). */
   addLeaf(leafHexHash: string): void {
+    // Hex decoding stops quietly at the first bad digit, which would give a wrong root silently.
+    if (leafHexHash.length !== 64) throw new RangeError("Merkle leaf hashes are 64 hex digits");
     this.#push(leafHexHash);
   }
 

@@ -85,6 +85,8 @@ const native = (value: unknown): boolean => {
       return Number.isFinite(value);
     case "object": {
       if (value === null) return true;
+      // JSON.stringify finds toJSON by lookup (own, hidden or inherited); canonicalJson ignores it.
+      if (typeof (value as { toJSON?: unknown }).toJSON === "function") return false;
       if (Array.isArray(value)) {
         for (let i = 0; i < value.length; i++) if (!native(value[i])) return false;
         return true;

@@ -1,3 +1,4 @@
+import { isUtf8 } from "node:buffer";
 import { readFile } from "node:fs/promises";
 import { AUDIT_SCHEMA_VERSION, validateRecord } from "./AuditEvent.ts";
 import { checkpointMismatch, verifyCheckpointBody } from "./Checkpoint.ts";
@@ -17,6 +18,7 @@ import { type TrustedKey, trustedKeyFromPem } from "./Signer.ts";
 export type FindingClass = "tampered" | "incomplete";
 export type FindingCheck =
   | "json"
+  | "utf8"
   | "layout"
   | "instance"
   | "seq"
@@ -109,12 +111,34 @@ const SEQ_AT = ',"seq":';
 const endsWith = (line: string, at: number, text: string, next: number): boolean =>
   line.startsWith(text, at) && line.charCodeAt(at + text.length) === next;
 
+/** A segment file's text, and where its bytes stop being UTF-8 (decoding replaced them). */
+export interface SegmentText {
+  readonly text: string;
+  /** 0-based index of the first line that is not valid UTF-8, if any. */
+  readonly badLine?: number;
+}
+
 /**
- * A segment file's text. Read whole and decoded once: `readFile(path, "utf8")` decodes chunk by
- * chunk into a rope, which then costs more to split into lines than the decoding saved.
+ * Reads a segment whole and decodes it once: `readFile(path, "utf8")` decodes chunk by chunk into
+ * a rope, which then costs more to split into lines than the decoding saved. Decoding replaces
+ * bytes that are not UTF-8 by U+FFFD, whose own bytes a line could authenticate: so the bytes are
+ * checked too, and the first line they fail in is named.
  */
-export const readSegmentText = async (path: string): Promise<string> =>
-  (await readFile(path)).toString("utf8");
+export const readSegmentText = async (path: string): Promise<SegmentText> => {
+  const bytes = await readFile(path);
+  const text = bytes.toString("utf8");
+  return isUtf8(bytes) ? { text } : { text, badLine: firstNonUtf8Line(bytes) };
+};
+
+// A newline byte is never part of a multi-byte sequence, so the decoded text has the same lines.
+const firstNonUtf8Line = (bytes: Buffer): number => {
+  let line = 0;
+  for (let start = 0; ; line++) {
+    const nl = bytes.indexOf(10, start);
+    if (!isUtf8(bytes.subarray(start, nl < 0 ? bytes.length : nl)) || nl < 0) return line;
+    start = nl + 1;
+  }
+};
 
 /** Splits text into complete lines and the bytes after the last newline. */
 export const splitLines = (text: string): { lines: string[]; tornBytes: number } => {
@@ -158,7 +182,12 @@ export interface SegmentKeys {
   readonly trusted: ReadonlyMap<string, TrustedKey>;
 }
 
-export const verifySegmentText = (text: string, task: SegmentTask, keys: SegmentKeys): SegmentResult => {
+export const verifySegmentText = (
+  segment: string | SegmentText,
+  task: SegmentTask,
+  keys: SegmentKeys,
+): SegmentResult => {
+  const { text, badLine } = typeof segment === "string" ? { text: segment, badLine: undefined } : segment;
   const { lines, tornBytes } = splitLines(text);
   const file = task.file;
   const { instance, isLast } = task;
@@ -237,6 +266,17 @@ export const verifySegmentText = (text: string, task: SegmentTask, keys: Segment
 
   for (let i = 0; i < lines.length; i++) {
     const line = lines[i]!;
+    if (i === badLine) {
+      // A torn last line may end inside a character: only complete lines get here.
+      findings.push({
+        class: "tampered",
+        check: "utf8",
+        file,
+        line: i + 1,
+        message: "bytes that are not UTF-8",
+      });
+      return result();
+    }
     const d = sealed || !checkMacs ? undefined : fast(line);
     if (d !== undefined) {
       const seq = expectSeq!;

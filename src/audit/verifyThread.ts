@@ -21,7 +21,7 @@ const keys: SegmentKeys = { macKeys, trusted };
 
 port.on("message", (m: { n: number; path: string; task: SegmentTask }) => {
   void readSegmentText(m.path).then(
-    (text) => port.postMessage({ n: m.n, result: verifySegmentText(text, m.task, keys) }),
+    (segment) => port.postMessage({ n: m.n, result: verifySegmentText(segment, m.task, keys) }),
     (e: unknown) => port.postMessage({ n: m.n, error: String((e as Error).message) }),
   );
 });

@@ -42,14 +42,15 @@ export class CancelRegistry {
 
   /** Issues a client key for a session: 4-byte secret for protocol 3.0, 32 bytes for 3.2. */
   issue(processId: number, minor: number, target: Cancellable): ClientKey {
-    if (this.nextRandom === this.random.length) {
+    const long = minor >= 2;
+    if (!long && this.nextRandom === this.random.length) {
       randomFillSync(this.random);
       this.nextRandom = 0;
     }
     const entry: Entry = {
       processId,
-      secret32: this.random[this.nextRandom++]!,
-      secretLong: minor >= 2 ? randomFillSync(Buffer.alloc(32)) : undefined,
+      secret32: long ? 0 : this.random[this.nextRandom++]!,
+      secretLong: long ? randomFillSync(Buffer.alloc(32)) : undefined,
       target,
     };
     const had = this.byPid.get(processId);

@@ -1,3 +1,4 @@
+import { hash } from "node:crypto";
 import * as pgQuery from "libpg-query";
 
 /**
@@ -135,29 +136,38 @@ const validated =
 /**
  * `f` remembered by exact text, least recently used first out. Applications send the same
  * statements again and again (prepared or parameterised, an unnamed Parse per execution), and a
- * normalization costs tens of microseconds of WASM where a hit costs a map lookup. Texts longer
- * than `maxChars` are not kept, so the cache holds at most maxEntries × maxChars characters.
+ * normalization costs tens of microseconds of WASM where a hit costs a hash and a map lookup. The
+ * cache is keyed by the text's SHA-256, not the text: statements keep their literals (passwords
+ * in ALTER ROLE, say), which `normalized` exists to keep out of the audit trail, and so out of a
+ * long-lived cache too. Answers `keep` refuses (a transient failure) are not remembered, nor
+ * those for texts over `maxChars`, so the cache holds about maxEntries × maxChars characters.
  */
 export const memoizeByText = <A>(
   f: (sql: string) => A,
+  keep: (a: A) => boolean = () => true,
   maxEntries = 1024,
   maxChars = 4096,
 ): ((sql: string) => A) => {
   const cache = new Map<string, A>();
   return (sql) => {
     if (sql.length > maxChars) return f(sql);
-    const hit = cache.get(sql);
+    const key = hash("sha256", sql, "base64");
+    const hit = cache.get(key);
     if (hit !== undefined) {
-      cache.delete(sql);
-      cache.set(sql, hit);
+      cache.delete(key);
+      cache.set(key, hit);
       return hit;
     }
     const a = f(sql);
-    cache.set(sql, a);
+    if (!keep(a)) return a;
+    cache.set(key, a);
     if (cache.size > maxEntries) cache.delete(cache.keys().next().value!);
     return a;
   };
 };
+
+/** A parser failure that says nothing about the text (the WASM module's own trouble) may pass. */
+const lasting = (o: ParseOutcome<unknown>): boolean => o.ok || o.error.code !== "SQL_PARSER_INTERNAL";
 
 let loaded: Promise<SqlParser> | undefined;
 
@@ -168,17 +178,21 @@ export const loadSqlParser = (): Promise<SqlParser> => {
     const parser: SqlParser = {
       parserVersion: { num: probe.version, text: versionText(probe.version) },
       parse: (sql) => guarded(sql, parseStatements),
-      normalize: memoizeByText((sql) =>
-        guarded(
-          sql,
-          validated(pgQuery.normalizeSync, (s) => typeof s === "string"),
-        ),
+      normalize: memoizeByText(
+        (sql) =>
+          guarded(
+            sql,
+            validated(pgQuery.normalizeSync, (s) => typeof s === "string"),
+          ),
+        lasting,
       ),
-      fingerprint: memoizeByText((sql) =>
-        guarded(
-          sql,
-          validated(pgQuery.fingerprintSync, (s) => FINGERPRINT.test(s)),
-        ),
+      fingerprint: memoizeByText(
+        (sql) =>
+          guarded(
+            sql,
+            validated(pgQuery.fingerprintSync, (s) => FINGERPRINT.test(s)),
+          ),
+        lasting,
       ),
     };
     return parser;

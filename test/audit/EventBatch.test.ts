@@ -108,4 +108,21 @@ describe("audit event batches", () => {
     expect(b.events.filter((e) => e === null)).toHaveLength(4092);
     expect(b.events.at(-1)).toEqual({ kind: "transition", ...t("s4999") });
   });
+
+  it("sends the words of a batch that could not be delivered with the next one", () => {
+    const batcher = new EventBatcher();
+    const t: Transition = {
+      connectionId: "c1",
+      machine: "server",
+      from: "idle",
+      to: "active",
+      cause: "Request",
+      at: 2,
+    };
+    batcher.addTransition(t, 1);
+    batcher.undelivered(batcher.take()!);
+    batcher.addTransition(t, 2);
+    // A pipeline that never saw the lost batch still decodes the next one.
+    expect(new EventUnbatcher().events(overTheWire(batcher.take()!))).toEqual([{ kind: "transition", ...t }]);
+  });
 });

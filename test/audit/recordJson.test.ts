@@ -70,6 +70,21 @@ describe("recordJson", () => {
     expect(recordJson(e(unsorted), env)).toBe(reference(e(unsorted), env));
   });
 
+  it("ignores a toJSON the native encoder would call, as canonicalJson does", () => {
+    const env: Envelope = { boot: "b", hmacKey: "k", id: "i-1", instance: "i", prev: "p", schema: 2, seq: 1 };
+    const hidden = { a: 1 };
+    Object.defineProperty(hidden, "toJSON", { value: () => "HIDDEN" });
+    const list = ["x"] as string[] & { toJSON?: () => string };
+    list.toJSON = () => "y";
+    for (const e of [
+      { kind: "statement", nested: hidden },
+      { kind: "statement", paramFormats: list },
+    ])
+      expect(recordJson(e, env)).toBe(reference(e, env));
+    const inherited = Object.create({ toJSON: () => "z" }) as Record<string, unknown>;
+    expect(() => recordJson({ kind: "statement", nested: inherited }, env)).toThrow(CanonicalJsonError);
+  });
+
   it("refuses what canonicalJson refuses", () => {
     const env: Envelope = { boot: "b", hmacKey: "k", id: "i-1", instance: "i", prev: "p", schema: 2, seq: 1 };
     for (const bad of [Number.NaN, Infinity, new Date(0), 1n, () => 1, Symbol("s")]) {

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from "node:crypto";
-import { cp, mkdtemp, readFile, rm, stat, truncate, unlink } from "node:fs/promises";
+import { cp, mkdtemp, readFile, rm, stat, truncate, unlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -17,8 +17,10 @@ import {
   makeKeys,
   makeLog,
   ok,
+  openWriter,
   readLines,
   segmentPath,
+  transition,
   writeLines,
 } from "./support/auditLog.ts";
 
@@ -114,6 +116,29 @@ describe("audit verify", () => {
       expect(cp.prevCheckpoint).toBe(prevCheckpoint);
       prevCheckpoint = leaf(lines.at(-1)!).toString("hex");
     }
+  });
+
+  it("names bytes that are not UTF-8 even where their decoded text would authenticate", async () => {
+    // A writer records U+FFFD (a client's non-UTF-8 SQL decodes to it); an attacker then puts
+    // 0xFF where its three bytes were, which decodes back to U+FFFD.
+    const dir = await mkdtemp(join(tmpdir(), "pgw-audit-utf8-"));
+    const w = await openWriter(dir, keys);
+    for (let i = 0; i < 4; i++) {
+      const t = transition(i);
+      w.append(i === 2 && t.kind === "transition" ? { ...t, cause: "Query \uFFFD" } : t);
+    }
+    expect(await w.seal("manual")).toBeUndefined();
+    await w.close();
+    expect((await verify(dir)).status).toBe("intact");
+    const bytes = await readFile(segmentPath(dir, 1));
+    const at = bytes.indexOf(Buffer.from("\uFFFD"));
+    expect(at).toBeGreaterThan(0);
+    await writeFile(
+      segmentPath(dir, 1),
+      Buffer.concat([bytes.subarray(0, at), Buffer.from([0xff]), bytes.subarray(at + 3)]),
+    );
+    expect(only(await verify(dir))).toMatchObject({ class: "tampered", check: "utf8", line: 3 });
+    expect(verifyCli(dir).code).toBe(1);
   });
 
   it("names a record of format 1 as such rather than as a broken link", async () => {
