@@ -92,7 +92,7 @@ export class Chain {
 
   #push(fields: Record<string, unknown>, body?: string): ChainedLine {
     const s = this.#state;
-    const text = body ?? recordJson(fields, this.#envelopeOnly());
+    const text = body ?? recordJson(fields, this.#envelope());
     const { line, hash } = this.#key.seal(text);
     const kind = fields.kind as string;
     const out: ChainedLine = { seq: s.nextSeq, kind, segment: s.segment, line, hash };
@@ -109,7 +109,7 @@ export class Chain {
     return out;
   }
 
-  #envelopeOnly(): Envelope {
+  #envelope(): Envelope {
     const s = this.#state;
     return {
       boot: this.boot,
@@ -120,10 +120,6 @@ export class Chain {
       schema: AUDIT_SCHEMA_VERSION,
       seq: s.nextSeq,
     };
-  }
-
-  #envelope(fields: Record<string, unknown>): Record<string, unknown> {
-    return { ...fields, ...this.#envelopeOnly() };
   }
 
   #assertOpen(): void {
@@ -166,7 +162,7 @@ export class Chain {
         signKey: signer.keyId,
         ...(extra.tornBytes === undefined ? {} : { tornBytes: extra.tornBytes }),
       };
-      const body = await signCheckpoint({ ...this.#envelope(fields), kind: "checkpoint" }, signer);
+      const body = await signCheckpoint({ ...fields, ...this.#envelope(), kind: "checkpoint" }, signer);
       this.#sealing = false;
       return this.#push(fields, body);
     } finally {

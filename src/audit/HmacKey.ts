@@ -1,7 +1,7 @@
 import { createHash, createHmac, createSecretKey, hash, type KeyObject } from "node:crypto";
 import { readFile, stat } from "node:fs/promises";
 import { type AuditError, auditError } from "./AuditError.ts";
-import { HMAC_PREFIX, HMAC_SUFFIX_LENGTH } from "./recordLine.ts";
+import { appendMember, HMAC_SUFFIX_LENGTH } from "./recordLine.ts";
 
 /**
  * The record HMAC key. The key file holds the key as hex (at least 32 bytes, i.e. 64 hex
@@ -81,6 +81,16 @@ const oneShotHmac = (raw: Buffer): Pick<HmacKey, "mac" | "digestLine" | "seal"> 
     scratch = Buffer.from(store);
     scratch.set(ipad);
   };
+  /**
+   * The record hash, H(0x00 ‖ line), of the `n` line bytes now after the padded key: the leaf
+   * prefix goes in the pad's last byte, just before the line, and the pad byte is put back.
+   */
+  const leafOfScratch = (n: number): string => {
+    scratch[block - 1] = 0;
+    const h = hash("sha256", new Uint8Array(store, block - 1, n + 1), "hex");
+    scratch[block - 1] = ipad[block - 1]!;
+    return h;
+  };
   /** The HMAC of the `n` message bytes now in the scratch buffer after the padded key. */
   const finish = (n: number): string => {
     outerBuf.write(hash("sha256", new Uint8Array(store, 0, block + n), "binary"), block, "latin1");
@@ -104,25 +114,16 @@ const oneShotHmac = (raw: Buffer): Pick<HmacKey, "mac" | "digestLine" | "seal"> 
       scratch[block + n] = 0x7d;
       const mac = finish(n + 1);
       scratch[block + n] = cutByte;
-      // The leaf prefix goes in the pad's last byte, just before the line, and is put back after.
-      scratch[block - 1] = 0;
-      const lineHash = hash("sha256", new Uint8Array(store, block - 1, total + 1), "hex");
-      scratch[block - 1] = ipad[block - 1]!;
-      return { mac, hash: lineHash };
+      return { mac, hash: leafOfScratch(total) };
     },
     seal: (body) => {
       room(body.length * 3 + HMAC_SUFFIX_LENGTH);
       const n = scratch.write(body, block);
       const mac = finish(n);
+      const line = appendMember(body, "hmac", mac);
       // The line's bytes are the body's with its final "}" (one byte) replaced by the member.
-      let end = block + n - 1;
-      end += scratch.write(HMAC_PREFIX, end, "latin1");
-      end += scratch.write(mac, end, "latin1");
-      end += scratch.write('"}', end, "latin1");
-      scratch[block - 1] = 0;
-      const lineHash = hash("sha256", new Uint8Array(store, block - 1, end - block + 1), "hex");
-      scratch[block - 1] = ipad[block - 1]!;
-      return { line: `${body.slice(0, -1)}${HMAC_PREFIX}${mac}"}`, hash: lineHash };
+      const total = n - 1 + scratch.write(line.slice(-HMAC_SUFFIX_LENGTH), block + n - 1, "latin1");
+      return { line, hash: leafOfScratch(total) };
     },
   };
 };

@@ -4,7 +4,7 @@ import { AUDIT_SCHEMA_VERSION, validateRecord } from "./AuditEvent.ts";
 import { checkpointMismatch, verifyCheckpointBody } from "./Checkpoint.ts";
 import type { HmacKey, LineDigest } from "./HmacKey.ts";
 import { MerkleAccumulator } from "./Merkle.ts";
-import { HMAC_SUFFIX_LENGTH, lineHash, splitHmac } from "./recordLine.ts";
+import { HMAC_PREFIX, HMAC_SUFFIX_LENGTH, lineHash, splitHmac } from "./recordLine.ts";
 import { type TrustedKey, trustedKeyFromPem } from "./Signer.ts";
 
 /**
@@ -101,7 +101,6 @@ interface RecordView {
   kind?: unknown;
 }
 
-const HMAC_AT = ',"hmac":"';
 const KIND_AT = ',"kind":"';
 const PREV_AT = ',"prev":"';
 const SCHEMA_AT = `,"schema":${AUDIT_SCHEMA_VERSION},`;
@@ -183,11 +182,11 @@ export interface SegmentKeys {
 }
 
 export const verifySegmentText = (
-  segment: string | SegmentText,
+  segment: SegmentText,
   task: SegmentTask,
   keys: SegmentKeys,
 ): SegmentResult => {
-  const { text, badLine } = typeof segment === "string" ? { text: segment, badLine: undefined } : segment;
+  const { text, badLine } = segment;
   const { lines, tornBytes } = splitLines(text);
   const file = task.file;
   const { instance, isLast } = task;
@@ -236,7 +235,7 @@ export const verifySegmentText = (
   const fast = (line: string): LineDigest | undefined => {
     if (expectSeq === undefined || prevHash === undefined || macKeyId === undefined) return undefined;
     const at = line.length - HMAC_SUFFIX_LENGTH;
-    if (at < 2 || line.charCodeAt(0) !== 0x7b || !line.startsWith(HMAC_AT, at) || !line.endsWith('"}'))
+    if (at < 2 || line.charCodeAt(0) !== 0x7b || !line.startsWith(HMAC_PREFIX, at) || !line.endsWith('"}'))
       return undefined;
     if (keyFor !== macKeyId) {
       keyFor = macKeyId;
@@ -261,34 +260,14 @@ export const verifySegmentText = (
     p = line.indexOf(SEQ_AT, p);
     if (p < 0 || !endsWith(line, p + SEQ_AT.length, seqText, 0x2c)) return undefined;
     const d = macKey.digestLine(line, HMAC_SUFFIX_LENGTH);
-    return line.startsWith(d.mac, at + HMAC_AT.length) ? d : undefined;
+    return line.startsWith(d.mac, at + HMAC_PREFIX.length) ? d : undefined;
   };
 
-  for (let i = 0; i < lines.length; i++) {
-    const line = lines[i]!;
-    if (i === badLine) {
-      // A torn last line may end inside a character: only complete lines get here.
-      findings.push({
-        class: "tampered",
-        check: "utf8",
-        file,
-        line: i + 1,
-        message: "bytes that are not UTF-8",
-      });
-      return result();
-    }
-    const d = sealed || !checkMacs ? undefined : fast(line);
-    if (d !== undefined) {
-      const seq = expectSeq!;
-      merkle.addLeaf(d.hash);
-      segFirstSeq ??= seq;
-      prevHash = d.hash;
-      expectSeq = seq + 1;
-      firstSeq ??= seq;
-      lastSeq = seq;
-      records++;
-      continue;
-    }
+  /**
+   * Every check of a line at line index `i`, field by field, naming the first that fails: the
+   * line's seq and record hash, or the result that ends the segment.
+   */
+  const checkFully = (i: number, line: string): { seq: number; hash: string } | SegmentResult => {
     const at = { file, line: i + 1 };
     const tamper = (check: FindingCheck, message: string, seq?: number): SegmentResult => {
       findings.push({ class: "tampered", check, ...at, ...(seq === undefined ? {} : { seq }), message });
@@ -407,6 +386,33 @@ export const verifySegmentText = (
         sealed = true;
         prevCheckpoint = hash;
       }
+    }
+    return { seq, hash };
+  };
+
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i]!;
+    if (i === badLine) {
+      // A torn last line may end inside a character: only complete lines get here.
+      findings.push({
+        class: "tampered",
+        check: "utf8",
+        file,
+        line: i + 1,
+        message: "bytes that are not UTF-8",
+      });
+      return result();
+    }
+    let seq: number;
+    let hash: string;
+    const d = sealed || !checkMacs ? undefined : fast(line);
+    if (d !== undefined) {
+      seq = expectSeq!;
+      hash = d.hash;
+    } else {
+      const r = checkFully(i, line);
+      if ("findings" in r) return r;
+      ({ seq, hash } = r);
     }
     if (!sealed) {
       merkle.addLeaf(hash);

@@ -124,7 +124,6 @@ export class SessionState {
   }
 
   onCommandComplete(): void {
-    if (this.awaiting.length === 0) return;
     const effects = this.awaiting.shift();
     if (effects === undefined) return;
     for (const e of effects) this.apply(e);

@@ -9,14 +9,6 @@ export interface Cancellable {
   cancel(): Promise<void>;
 }
 
-/**
- * Maps the keys pgwarden hands to clients onto client connections — not onto backends, so a
- * pooled client's key follows it from server connection to server connection. In session mode
- * the PID a client sees is its backend's real PID, so tools that join it with pg_stat_activity
- * stay correct; the secret is pgwarden's own random one, so a cancel must come through pgwarden
- * to count. Pooled modes will issue pgwarden-chosen PIDs; protocol 3.2's 32-byte secret leaves
- * room for an instance id so that instances can forward each other's cancels.
- */
 /** An issued key, as its session holds it: send `keyData` of it, `revoke` it at the end. */
 export interface ClientKey {
   readonly processId: number;
@@ -33,6 +25,14 @@ interface Entry extends ClientKey {
   readonly target: Cancellable;
 }
 
+/**
+ * Maps the keys pgwarden hands to clients onto client connections — not onto backends, so a
+ * pooled client's key follows it from server connection to server connection. In session mode
+ * the PID a client sees is its backend's real PID, so tools that join it with pg_stat_activity
+ * stay correct; the secret is pgwarden's own random one, so a cancel must come through pgwarden
+ * to count. Pooled modes will issue pgwarden-chosen PIDs; protocol 3.2's 32-byte secret leaves
+ * room for an instance id so that instances can forward each other's cancels.
+ */
 export class CancelRegistry {
   /** One entry per PID, an array only when two sessions share a PID (session mode, one backend). */
   private readonly byPid = new Map<number, Entry | Entry[]>();
