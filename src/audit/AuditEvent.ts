@@ -2,6 +2,7 @@ import * as Schema from "effect/Schema";
 import * as SchemaIssue from "effect/SchemaIssue";
 import { type AuditError, auditError } from "./AuditError.ts";
 import { canonicalJson } from "./canonicalJson.ts";
+import { AUDIT_SCHEMA_VERSION } from "./recordLine.ts";
 import { TIMESTAMP_PATTERN } from "./timestamp.ts";
 
 /**
@@ -9,7 +10,7 @@ import { TIMESTAMP_PATTERN } from "./timestamp.ts";
  * emits; a *record* is the event after the chain has numbered, linked and authenticated it.
  */
 
-export const AUDIT_SCHEMA_VERSION = 2;
+export { AUDIT_SCHEMA_VERSION };
 
 const Str = Schema.String;
 const Opt = Schema.optionalKey;

@@ -39,6 +39,12 @@ export const nodeHash = (left: Uint8Array, right: Uint8Array): Buffer => {
 
 export const EMPTY_TREE_HASH: Buffer = createHash("sha256").digest();
 
+/** An accumulator's stack: roots of perfect subtrees, with their sizes in leaves, largest first. */
+export interface MerkleSubtrees {
+  readonly hashes: readonly string[];
+  readonly sizes: readonly number[];
+}
+
 /**
  * Streaming tree hash. Leaves enter left to right; the stack holds the roots of perfect
  * subtrees of strictly decreasing size, which is exactly the RFC's left-heavy split.
@@ -64,9 +70,42 @@ export class MerkleAccumulator {
     this.#push(leafHexHash);
   }
 
+  /** The perfect subtrees so far, largest first: what `absorb` takes from another accumulator. */
+  subtrees(): MerkleSubtrees {
+    return { hashes: [...this.#hashes], sizes: [...this.#sizes] };
+  }
+
+  /**
+   * Appends the `count` leaves another accumulator summarised as `subtrees`, as if added one by
+   * one. That holds when this accumulator's count is a multiple of their largest subtree: then
+   * each lands where the RFC's split would put it. Anything else is a caller's error.
+   */
+  absorb(subtrees: MerkleSubtrees, count: number): void {
+    const { hashes, sizes } = subtrees;
+    let total = 0;
+    for (let i = 0; i < sizes.length; i++) {
+      const size = sizes[i]!;
+      if ((size & (size - 1)) !== 0 || (i > 0 && size >= sizes[i - 1]!))
+        throw new RangeError("Merkle subtrees are decreasing powers of two");
+      total += size;
+    }
+    if (
+      total !== count ||
+      hashes.length !== sizes.length ||
+      (sizes.length > 0 && this.#count % sizes[0]! !== 0)
+    )
+      throw new RangeError("Merkle subtrees do not line up with the leaves so far");
+    for (let i = 0; i < sizes.length; i++) this.#pushTree(hashes[i]!, sizes[i]!);
+  }
+
   #push(leaf: string): void {
-    let h = leaf;
-    let size = 1;
+    this.#pushTree(leaf, 1);
+  }
+
+  /** Pushes a perfect subtree of `size` leaves, merging equal neighbours. */
+  #pushTree(root: string, leaves: number): void {
+    let h = root;
+    let size = leaves;
     while (this.#sizes.length > 0 && this.#sizes[this.#sizes.length - 1] === size) {
       this.#sizes.pop();
       h = nodeHex(this.#hashes.pop()!, h);
@@ -74,7 +113,7 @@ export class MerkleAccumulator {
     }
     this.#hashes.push(h);
     this.#sizes.push(size);
-    this.#count++;
+    this.#count += leaves;
   }
 
   /** The tree hash of the leaves so far; the accumulator stays usable. */

@@ -7,6 +7,9 @@ import { leafHex } from "./Merkle.ts";
  * suffix and never re-serialize, so any JSON library can check a line.
  */
 
+/** The record format's version (docs/audit-format.md), every record's `schema`. */
+export const AUDIT_SCHEMA_VERSION = 2;
+
 export const GENESIS_HASH = "0".repeat(64);
 export const HMAC_PREFIX = ',"hmac":"';
 /** `,"hmac":"` + 64 hex digits + `"}` */

@@ -1,6 +1,7 @@
 import { open, readFile, stat } from "node:fs/promises";
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
+import { validateRecord } from "./AuditEvent.ts";
 import { verifyCheckpointBody } from "./Checkpoint.ts";
 import type { HmacKey } from "./HmacKey.ts";
 import { hmacKeyBytes } from "./HmacKey.ts";
@@ -9,14 +10,19 @@ import { type TrustedKey, trustedKeyFromPem } from "./Signer.ts";
 import { listSegments, type SegmentFile } from "./segmentFiles.ts";
 import {
   type ChainPoint,
+  type ChunkResult,
+  type ChunkTask,
+  decodeLines,
   type Finding,
   pointAfter,
   readSegmentText,
+  SegmentCheck,
   type SegmentKeys,
   type SegmentResult,
   type SegmentTask,
-  samePoint,
-  verifySegmentText,
+  type SegmentText,
+  splitLines,
+  verifyChunk,
 } from "./verifySegment.ts";
 
 export type { Finding, FindingCheck, FindingClass } from "./verifySegment.ts";
@@ -64,8 +70,13 @@ export interface VerifyOptions {
   readonly hmacKeys?: readonly HmacKey[];
   /** Public keys trusted to sign checkpoints; without any, signatures are not checked. */
   readonly trustedKeys?: readonly TrustedKey[];
-  /** Verifier threads for a large log (default: the machine's parallelism, at most 8; 1 = none). */
+  /**
+   * Threads for a large log, the calling one included (default: the machine's parallelism, at
+   * most 8; 1 = the calling thread alone).
+   */
   readonly threads?: number;
+  /** Lines per chunk handed to a thread, a power of two (default 8,192). */
+  readonly chunkLines?: number;
   /** Logs smaller than this are verified on the calling thread (default 16 MiB). */
   readonly parallelMinBytes?: number;
 }
@@ -81,6 +92,11 @@ const GENESIS_POINT: ChainPoint = {
 /** Below this many bytes in all, threads cost more to start than they save. */
 const PARALLEL_MIN_BYTES = 16 << 20;
 const TAIL_BYTES = 64 << 10;
+/**
+ * A power of two, so that whole chunks are whole Merkle subtrees; 8,192 lines of a few hundred
+ * bytes each are a few megabytes: enough to hide a message's cost, few enough to share evenly.
+ */
+const CHUNK_LINES = 1 << 13;
 
 /** The last complete line of a file (undefined when it has none). */
 const lastLine = async (path: string): Promise<string | undefined> => {
@@ -146,64 +162,247 @@ const plan = async (instance: string, files: readonly SegmentFile[]): Promise<Pl
   return out;
 };
 
-type Run = (p: Planned) => Promise<SegmentResult>;
+/**
+ * Chunk checks on worker threads and, between its own awaits, on this thread too: the calling
+ * thread is warm and would otherwise wait, while a worker spends a few hundred milliseconds
+ * loading its modules before its first chunk.
+ */
+class ChunkPool {
+  readonly #keys: SegmentKeys;
+  readonly #workers: Worker[] = [];
+  /** Chunks each worker holds: two, so one waits in its port while this thread is busy. */
+  readonly #load = new Map<Worker, number>();
+  readonly #queue: { bytes: Uint8Array; chunk: ChunkTask; done: (r: ChunkResult | Error) => void }[] = [];
+  readonly #running = new Map<number, (r: ChunkResult | Error) => void>();
+  #n = 0;
+  #here = false;
 
-const inline =
-  (keys: SegmentKeys): Run =>
-  async (p) =>
-    verifySegmentText(await readSegmentText(p.path), p.task, keys);
-
-/** A pool of verifier threads, each fed one segment at a time. */
-const threads = (
-  count: number,
-  hmacKeys: readonly HmacKey[],
-  trusted: readonly TrustedKey[],
-): { run: Run; close: () => Promise<void> } => {
-  const workerData = {
-    hmacKeys: hmacKeys.map((k) => hmacKeyBytes(k)).filter((b) => b !== undefined),
-    trustedPems: trusted.map((k) => k.pem),
-  };
-  const idle: Worker[] = [];
-  const all: Worker[] = [];
-  const waiting: (() => void)[] = [];
-  for (let i = 0; i < count; i++) {
-    const w = new Worker(new URL("./verifyThread.ts", import.meta.url), { workerData });
-    idle.push(w);
-    all.push(w);
-  }
-  let n = 0;
-  const take = async (): Promise<Worker> => {
-    while (idle.length === 0) await new Promise<void>((r) => waiting.push(r));
-    return idle.pop()!;
-  };
-  const run: Run = async (p) => {
-    const w = await take();
-    const id = ++n;
-    try {
-      return await new Promise<SegmentResult>((resolve, reject) => {
-        const onMessage = (m: { n: number; result?: SegmentResult; error?: string }) => {
-          if (m.n !== id) return;
-          w.off("message", onMessage);
-          w.off("error", reject);
-          if (m.result !== undefined) resolve(m.result);
-          else reject(new Error(m.error));
-        };
-        w.on("message", onMessage);
-        w.on("error", reject);
-        w.postMessage({ n: id, path: p.path, task: p.task });
+  constructor(workers: number, keys: SegmentKeys) {
+    this.#keys = keys;
+    const workerData = {
+      hmacKeys: [...keys.macKeys.values()].map((k) => hmacKeyBytes(k)).filter((b) => b !== undefined),
+      trustedPems: [...keys.trusted.values()].map((k) => k.pem),
+    };
+    for (let i = 0; i < workers; i++) {
+      const w = new Worker(new URL("./verifyThread.ts", import.meta.url), { workerData });
+      w.on("message", (m: { n: number; result?: ChunkResult; error?: string }) => {
+        const done = this.#running.get(m.n);
+        this.#running.delete(m.n);
+        this.#load.set(w, this.#load.get(w)! - 1);
+        done?.(m.result ?? new Error(m.error));
+        this.#dispatch();
       });
-    } finally {
-      idle.push(w);
-      waiting.shift()?.();
+      w.on("error", (e) => {
+        // A worker that died takes no more chunks; what it held fails the verification.
+        this.#load.delete(w);
+        for (const done of this.#running.values()) done(e);
+        this.#running.clear();
+      });
+      this.#workers.push(w);
+      this.#load.set(w, 0);
     }
+  }
+
+  /** Checks the chunk of `bytes` (a segment over shared memory) that `chunk` names. */
+  run(bytes: Uint8Array, chunk: ChunkTask): Promise<ChunkResult> {
+    return new Promise((resolve, reject) => {
+      this.#queue.push({ bytes, chunk, done: (r) => (r instanceof Error ? reject(r) : resolve(r)) });
+      this.#dispatch();
+    });
+  }
+
+  #dispatch(): void {
+    for (const [w, held] of this.#load) {
+      // A second chunk only while another is left for this thread: at the end, none waits idle.
+      for (let k = held; k < 2 && this.#queue.length > k; k++) {
+        const t = this.#queue.shift()!;
+        const n = ++this.#n;
+        this.#running.set(n, t.done);
+        this.#load.set(w, k + 1);
+        w.postMessage({ n, buffer: t.bytes.buffer, chunk: t.chunk });
+      }
+    }
+    if (this.#queue.length > 0 && !this.#here) {
+      this.#here = true;
+      setImmediate(() => this.#runHere());
+    }
+  }
+
+  /** One queued chunk on this thread, then back to the event loop so workers' answers are taken. */
+  #runHere(): void {
+    this.#here = false;
+    const t = this.#queue.shift();
+    if (t === undefined) return;
+    try {
+      t.done(verifyChunk(t.bytes, t.chunk, this.#keys));
+    } catch (e) {
+      t.done(e as Error);
+    }
+    this.#dispatch();
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.#workers.map((w) => w.terminate()));
+  }
+}
+
+/** Verifies a whole segment on this thread, from the chain point its task names. */
+export const verifySegmentText = (
+  segment: SegmentText,
+  task: SegmentTask,
+  keys: SegmentKeys,
+): SegmentResult => {
+  const { lines, tornBytes } = splitLines(segment.text);
+  const check = new SegmentCheck(task, keys, task.start, validateRecord);
+  check.lines(lines, 0, segment.badLine);
+  return check.finish(lines.length, tornBytes);
+};
+
+/** Bytes read at a time: the first chunk can go to a thread long before the segment is in. */
+const READ_BYTES = 4 << 20;
+
+/**
+ * A segment being read into shared memory and cut, as it arrives, into chunks of `chunkLines`
+ * lines, each handed to the pool as soon as its last line is in.
+ */
+class SegmentLoad {
+  readonly chunks: ChunkTask[] = [];
+  readonly results: Promise<ChunkResult>[] = [];
+  bytes: Uint8Array = new Uint8Array(0);
+  lineCount = 0;
+  tornBytes = 0;
+  #finished = false;
+  #failure: unknown;
+  #wake: (() => void)[] = [];
+
+  constructor(p: Planned, pool: ChunkPool, chunkLines: number) {
+    this.#read(p, pool, chunkLines).then(
+      () => this.#settle(),
+      (e: unknown) => this.#settle(e ?? new Error("segment read failed")),
+    );
+  }
+
+  /** Chunk `i`, once it is cut; undefined when the segment has no more. */
+  async chunk(i: number): Promise<ChunkTask | undefined> {
+    while (i >= this.chunks.length && !this.#finished) await new Promise<void>((r) => this.#wake.push(r));
+    if (this.#failure !== undefined) throw this.#failure;
+    return this.chunks[i];
+  }
+
+  #settle(failure?: unknown): void {
+    this.#failure = failure;
+    this.#finished = true;
+    this.#progress();
+  }
+
+  #progress(): void {
+    for (const w of this.#wake.splice(0)) w();
+  }
+
+  async #read(p: Planned, pool: ChunkPool, chunkLines: number): Promise<void> {
+    const f = await open(p.path, "r");
+    try {
+      const size = (await f.stat()).size;
+      const bytes = new Uint8Array(new SharedArrayBuffer(size));
+      this.bytes = bytes;
+      const all = Buffer.from(bytes.buffer, 0, size);
+      let lines = 0;
+      let from = 0;
+      let prevFrom = -1;
+      let lineFrom = 0;
+      let read = 0;
+      while (read < size) {
+        const { bytesRead } = await f.read(bytes, read, Math.min(READ_BYTES, size - read), read);
+        if (bytesRead === 0) break;
+        read += bytesRead;
+        // Only what has been read: the rest of the buffer is zeros, never a newline.
+        const arrived = all.subarray(0, read);
+        for (let nl = arrived.indexOf(10, lineFrom); nl >= 0; nl = arrived.indexOf(10, lineFrom)) {
+          const start = lineFrom;
+          lineFrom = nl + 1;
+          if (++lines % chunkLines === 0) {
+            this.#cut({ task: p.task, from, to: lineFrom, prevFrom, base: lines - chunkLines }, pool);
+            prevFrom = start;
+            from = lineFrom;
+          }
+        }
+      }
+      if (from < lineFrom)
+        this.#cut({ task: p.task, from, to: lineFrom, prevFrom, base: lines - (lines % chunkLines) }, pool);
+      this.lineCount = lines;
+      this.tornBytes = read - lineFrom;
+    } finally {
+      await f.close();
+    }
+  }
+
+  #cut(chunk: ChunkTask, pool: ChunkPool): void {
+    this.chunks.push(chunk);
+    const r = pool.run(this.bytes, chunk);
+    r.catch(() => {});
+    this.results.push(r);
+    this.#progress();
+  }
+}
+
+/**
+ * Joins a segment's chunks in order, from the point where the segment really starts: a chunk
+ * checked from that point is taken whole; where one stopped early or was checked from a point
+ * that proved wrong, its lines are checked here in order, which names any finding exactly as
+ * the sequential verifier would.
+ */
+const joinSegment = async (s: SegmentLoad, task: SegmentTask, keys: SegmentKeys): Promise<SegmentResult> => {
+  const check = new SegmentCheck(task, keys, task.start, validateRecord);
+  let taken = 0;
+  /** Checks chunk `c`'s lines in order from line `taken`; false when a finding ended the segment. */
+  const inOrder = (c: ChunkTask): boolean => {
+    const skip = taken - c.base;
+    const { lines, badLine } = decodeLines(s.bytes.subarray(c.from, c.to));
+    taken += check.lines(lines.slice(skip), taken, badLine === undefined ? undefined : badLine - skip);
+    return !check.ended;
   };
-  return { run, close: async () => void (await Promise.all(all.map((w) => w.terminate()))) };
+  let last: ChunkTask | undefined;
+  for (let i = 0; ; i++) {
+    const c = await s.chunk(i);
+    if (c === undefined) break;
+    if (last !== undefined && taken < c.base && !inOrder(last)) return check.result();
+    const r = await s.results[i]!;
+    if (check.absorb(r)) taken += r.count;
+    last = c;
+  }
+  if (last !== undefined && taken < s.lineCount && !inOrder(last)) return check.result();
+  return check.finish(s.lineCount, s.tornBytes);
+};
+
+type SegmentRun = (i: number, start: ChainPoint, keys: SegmentKeys) => Promise<SegmentResult>;
+
+const segmentResults = (
+  planned: readonly Planned[],
+  pool: ChunkPool | undefined,
+  chunkLines: number,
+): SegmentRun => {
+  if (pool === undefined)
+    return async (i, start, keys) => {
+      const p = planned[i]!;
+      return verifySegmentText(await readSegmentText(p.path), { ...p.task, start }, keys);
+    };
+  const loaded = new Map<number, SegmentLoad>();
+  const load = (i: number) => {
+    if (i < planned.length && !loaded.has(i)) loaded.set(i, new SegmentLoad(planned[i]!, pool, chunkLines));
+  };
+  return async (i, start, keys) => {
+    load(i);
+    load(i + 1);
+    const s = loaded.get(i)!;
+    loaded.delete(i);
+    return joinSegment(s, { ...planned[i]!.task, start }, keys);
+  };
 };
 
 const verifyInstance = async (
   instance: string,
   planned: readonly Planned[],
-  results: readonly Promise<SegmentResult>[],
+  segment: SegmentRun,
   keys: SegmentKeys,
   checkSigs: boolean,
 ): Promise<InstanceReport> => {
@@ -229,11 +428,11 @@ const verifyInstance = async (
   for (let i = 0; i < planned.length; i++) {
     const p = planned[i]!;
     if (p.gap !== undefined) findings.push(p.gap);
-    let r = await results[i]!;
-    // The start each segment was checked from must be where its predecessor really ended.
-    const actual = p.gap !== undefined ? p.task.start : (point ?? GENESIS_POINT);
-    if (!samePoint(actual, p.task.start))
-      r = await inline({ ...keys, trusted })({ ...p, task: { ...p.task, start: actual } });
+    // Each segment is checked from where its predecessor really ended.
+    const r = await segment(i, p.gap !== undefined ? p.task.start : (point ?? GENESIS_POINT), {
+      ...keys,
+      trusted,
+    });
     const d = r.deferred;
     if (d !== undefined) {
       const key = trusted.get(d.signKey);
@@ -303,24 +502,23 @@ export const verifyDirectory = async (dir: string, options: VerifyOptions = {}):
   for (const name of names) plans.set(name, await plan(name, byInstance.get(name)!));
   const all = [...plans.values()].flat();
   const bytes = all.reduce((n, p) => n + p.size, 0);
-  const count = Math.min(options.threads ?? availableParallelism(), 8, all.length);
+  const threads = Math.min(options.threads ?? availableParallelism(), 8);
+  const chunkLines = options.chunkLines ?? CHUNK_LINES;
+  if (chunkLines < 1 || (chunkLines & (chunkLines - 1)) !== 0)
+    throw new RangeError("chunkLines must be a power of two");
   const pool =
-    bytes >= (options.parallelMinBytes ?? PARALLEL_MIN_BYTES) && count > 1
-      ? threads(count, hmacKeys, trustedKeys)
+    bytes >= (options.parallelMinBytes ?? PARALLEL_MIN_BYTES) && threads > 1
+      ? new ChunkPool(threads - 1, keys)
       : undefined;
-  const run = pool?.run ?? inline(keys);
   const instances: InstanceReport[] = [];
   try {
-    // Every segment is started at once (the pool queues them); each instance's joins are checked in order.
-    const results = new Map(all.map((p) => [p, run(p)]));
-    for (const r of results.values()) r.catch(() => {});
     for (const name of names) {
       const planned = plans.get(name)!;
       instances.push(
         await verifyInstance(
           name,
           planned,
-          planned.map((p) => results.get(p)!),
+          segmentResults(planned, pool, chunkLines),
           keys,
           keys.trusted.size > 0,
         ),

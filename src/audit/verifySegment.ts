@@ -1,10 +1,10 @@
 import { isUtf8 } from "node:buffer";
 import { readFile } from "node:fs/promises";
-import { AUDIT_SCHEMA_VERSION, validateRecord } from "./AuditEvent.ts";
+import type { validateRecord } from "./AuditEvent.ts";
 import { checkpointMismatch, verifyCheckpointBody } from "./Checkpoint.ts";
 import type { HmacKey, LineDigest } from "./HmacKey.ts";
-import { MerkleAccumulator } from "./Merkle.ts";
-import { HMAC_PREFIX, HMAC_SUFFIX_LENGTH, lineHash, splitHmac } from "./recordLine.ts";
+import { MerkleAccumulator, type MerkleSubtrees } from "./Merkle.ts";
+import { AUDIT_SCHEMA_VERSION, HMAC_PREFIX, HMAC_SUFFIX_LENGTH, lineHash, splitHmac } from "./recordLine.ts";
 import { type TrustedKey, trustedKeyFromPem } from "./Signer.ts";
 
 /**
@@ -176,79 +176,287 @@ export const samePoint = (a: ChainPoint, b: ChainPoint): boolean =>
   a.prevCheckpoint === b.prevCheckpoint &&
   a.macKeyId === b.macKeyId;
 
+export type RecordValidator = typeof validateRecord;
+
 export interface SegmentKeys {
   readonly macKeys: ReadonlyMap<string, HmacKey>;
   readonly trusted: ReadonlyMap<string, TrustedKey>;
 }
 
-export const verifySegmentText = (
-  segment: SegmentText,
-  task: SegmentTask,
-  keys: SegmentKeys,
-): SegmentResult => {
-  const { text, badLine } = segment;
-  const { lines, tornBytes } = splitLines(text);
-  const file = task.file;
-  const { instance, isLast } = task;
-  const findings: Finding[] = [];
-  const checkMacs = keys.macKeys.size > 0;
-  const checkSigs = keys.trusted.size > 0;
-  const missingKeyIds = new Set<string>();
-  const pendingSigners: string[] = [];
-  const merkle = new MerkleAccumulator();
-  let { expectSeq, prevHash, prevCheckpoint, macKeyId } = task.start;
-  let records = 0;
-  let firstSeq: number | undefined;
-  let lastSeq: number | undefined;
-  let segFirstSeq: number | undefined;
-  let sealed = false;
-  let deferred: DeferredSignature | undefined;
-  // The fixed parts of the envelope, built once per key change rather than per record.
-  const instancePart = `,"instance":${JSON.stringify(instance)},`;
-  const idPart = `,"id":${JSON.stringify(`${instance}-`).slice(0, -1)}`;
-  let keyPart = "";
-  let keyFor: string | undefined;
-  let macKey: HmacKey | undefined;
+/**
+ * What one thread found in a chunk of a segment (verifyChunk): the chain state after the lines it
+ * could judge alone. Joined in order by `SegmentCheck.absorb`, which takes it only if `start` is
+ * where the lines before really ended.
+ */
+export interface ChunkResult {
+  /** The chain point the chunk was checked from (presumed from the line before it). */
+  readonly start: ChainPoint;
+  /** Lines checked; fewer than the chunk's when one needs the whole segment's state. */
+  readonly count: number;
+  readonly firstSeq: number | undefined;
+  readonly lastSeq: number | undefined;
+  readonly end: ChainPoint;
+  readonly merkle: MerkleSubtrees;
+  readonly missingKeyIds: string[];
+  readonly pendingSigners: string[];
+}
 
-  const result = (): SegmentResult => ({
-    findings,
-    records,
-    firstSeq,
-    lastSeq,
-    sealed,
-    end: { expectSeq, prevHash, prevCheckpoint, macKeyId },
-    ...(sealed || findings.some((f) => f.class === "tampered")
-      ? {}
-      : merkle.count > 0 || tornBytes > 0
-        ? { unsealed: { fromSeq: segFirstSeq ?? expectSeq ?? 0, toSeq: lastSeq ?? 0, count: merkle.count } }
-        : {}),
-    missingKeyIds: [...missingKeyIds],
-    pendingSigners,
-    ...(deferred === undefined ? {} : { deferred }),
-  });
+/** A check's verdict on one line. */
+const Line = {
+  Ok: 0,
+  /** A finding ended the segment. */
+  Ended: 1,
+  /** Chunk mode: the line needs state the chunk does not have; the caller goes on in order. */
+  Stop: 2,
+} as const;
+type Line = (typeof Line)[keyof typeof Line];
+
+/**
+ * The state of one segment's verification, fed its lines in order: by `lines` (every check, as
+ * the sequential verifier) and by `absorb` (a chunk another thread checked). A chunk is checked
+ * by a `SegmentCheck` in chunk mode, which stops, without a finding, at the first line it cannot
+ * judge alone: a checkpoint (it covers the whole segment) or any line that fails a check (the
+ * sequential pass names it, from the true state).
+ */
+export class SegmentCheck {
+  readonly #task: SegmentTask;
+  readonly #keys: SegmentKeys;
+  readonly #validate: RecordValidator | undefined;
+  readonly #chunk: boolean;
+  readonly #checkMacs: boolean;
+  readonly #checkSigs: boolean;
+  readonly #findings: Finding[] = [];
+  readonly #missingKeyIds = new Set<string>();
+  readonly #pendingSigners: string[] = [];
+  readonly #merkle = new MerkleAccumulator();
+  #expectSeq: number | undefined;
+  #prevHash: string | undefined;
+  #prevCheckpoint: string | undefined;
+  #macKeyId: string | undefined;
+  #records = 0;
+  #firstSeq: number | undefined;
+  #lastSeq: number | undefined;
+  #segFirstSeq: number | undefined;
+  #sealed = false;
+  #deferred: DeferredSignature | undefined;
+  #tornBytes = 0;
+  // The fixed parts of the envelope, built once per key change rather than per record.
+  readonly #instancePart: string;
+  readonly #idPart: string;
+  #keyPart = "";
+  #keyFor: string | undefined;
+  #macKey: HmacKey | undefined;
+  /** The seq and record hash of the line `#check` accepted last. */
+  #seq = 0;
+  #hash = "";
+
+  /**
+   * Without `validate`, the check is in chunk mode: it also stops at key rotations, the other
+   * records only the schema can judge, so that a chunk thread need not load it.
+   */
+  constructor(task: SegmentTask, keys: SegmentKeys, start: ChainPoint, validate?: RecordValidator) {
+    this.#task = task;
+    this.#keys = keys;
+    this.#validate = validate;
+    this.#chunk = validate === undefined;
+    this.#checkMacs = keys.macKeys.size > 0;
+    this.#checkSigs = keys.trusted.size > 0;
+    ({
+      expectSeq: this.#expectSeq,
+      prevHash: this.#prevHash,
+      prevCheckpoint: this.#prevCheckpoint,
+      macKeyId: this.#macKeyId,
+    } = start);
+    this.#instancePart = `,"instance":${JSON.stringify(task.instance)},`;
+    this.#idPart = `,"id":${JSON.stringify(`${task.instance}-`).slice(0, -1)}`;
+  }
+
+  get point(): ChainPoint {
+    return {
+      expectSeq: this.#expectSeq,
+      prevHash: this.#prevHash,
+      prevCheckpoint: this.#prevCheckpoint,
+      macKeyId: this.#macKeyId,
+    };
+  }
+
+  /**
+   * Checks `lines`, the file's lines from 0-based index `base` on (`badLine`: the index among
+   * them of the first that is not UTF-8). Gives how many it took: all of them, or fewer when a
+   * finding ended the segment (then `ended`) or, in chunk mode, at the first it could not judge.
+   */
+  lines(lines: readonly string[], base: number, badLine?: number): number {
+    for (let i = 0; i < lines.length; i++) {
+      const verdict = i === badLine ? this.#notUtf8(base + i) : this.#check(base + i, lines[i]!);
+      if (verdict !== Line.Ok) return i;
+      if (!this.#sealed) {
+        this.#merkle.addLeaf(this.#hash);
+        this.#segFirstSeq ??= this.#seq;
+      }
+      this.#prevHash = this.#hash;
+      this.#expectSeq = this.#seq + 1;
+      this.#firstSeq ??= this.#seq;
+      this.#lastSeq = this.#seq;
+      this.#records++;
+    }
+    return lines.length;
+  }
+
+  /** Whether a finding ended the segment. */
+  get ended(): boolean {
+    return this.#findings.length > 0 && this.#findings[this.#findings.length - 1]!.class === "tampered";
+  }
+
+  /** What a chunk-mode check found, `count` lines in, for the thread that joins the chunks. */
+  chunkResult(start: ChainPoint, count: number): ChunkResult {
+    return {
+      start,
+      count,
+      firstSeq: this.#firstSeq,
+      lastSeq: this.#lastSeq,
+      end: this.point,
+      merkle: this.#merkle.subtrees(),
+      missingKeyIds: [...this.#missingKeyIds],
+      pendingSigners: this.#pendingSigners,
+    };
+  }
+
+  /**
+   * Takes a chunk checked elsewhere as if its lines had been checked here: only if it was checked
+   * from exactly this state, which holds at a chunk boundary of a sequence whose chunks so far
+   * were each taken whole (the Merkle subtrees then line up, MerkleAccumulator.absorb).
+   */
+  absorb(c: ChunkResult): boolean {
+    if (this.#sealed || !samePoint(c.start, this.point)) return false;
+    if (c.count === 0) return true;
+    this.#merkle.absorb(c.merkle, c.count);
+    this.#segFirstSeq ??= c.firstSeq;
+    this.#firstSeq ??= c.firstSeq;
+    this.#lastSeq = c.lastSeq;
+    this.#records += c.count;
+    ({ expectSeq: this.#expectSeq, prevHash: this.#prevHash, macKeyId: this.#macKeyId } = c.end);
+    for (const id of c.missingKeyIds) this.#missingKeyIds.add(id);
+    this.#pendingSigners.push(...c.pendingSigners);
+    return true;
+  }
+
+  result(): SegmentResult {
+    const unsealed =
+      this.#sealed || this.ended || (this.#merkle.count === 0 && this.#tornBytes === 0)
+        ? undefined
+        : {
+            fromSeq: this.#segFirstSeq ?? this.#expectSeq ?? 0,
+            toSeq: this.#lastSeq ?? 0,
+            count: this.#merkle.count,
+          };
+    return {
+      findings: this.#findings,
+      records: this.#records,
+      firstSeq: this.#firstSeq,
+      lastSeq: this.#lastSeq,
+      sealed: this.#sealed,
+      end: this.point,
+      ...(unsealed === undefined ? {} : { unsealed }),
+      missingKeyIds: [...this.#missingKeyIds],
+      pendingSigners: this.#pendingSigners,
+      ...(this.#deferred === undefined ? {} : { deferred: this.#deferred }),
+    };
+  }
+
+  /** The segment's end, after its `lineCount` complete lines and `tornBytes` more. */
+  finish(lineCount: number, tornBytes: number): SegmentResult {
+    if (this.ended) return this.result();
+    this.#tornBytes = tornBytes;
+    const file = this.#task.file;
+    const merkle = this.#merkle;
+    if (tornBytes > 0) {
+      const message = `${tornBytes} byte(s) after the last complete line`;
+      if (!this.#task.isLast || this.#sealed) {
+        this.#findings.push({ class: "tampered", check: "torn-line", file, line: lineCount + 1, message });
+        return this.result();
+      }
+      this.#findings.push({
+        class: "incomplete",
+        check: "torn-line",
+        file,
+        line: lineCount + 1,
+        message: `${message} (a write torn by a crash)`,
+      });
+    }
+    if (!this.#sealed) {
+      if (!this.#task.isLast) {
+        this.#findings.push({
+          class: "tampered",
+          check: "unsealed-segment",
+          file,
+          line: lineCount,
+          message: "segment ends without a checkpoint but is not the last",
+        });
+        return this.result();
+      }
+      if (merkle.count > 0 || tornBytes > 0) {
+        const from = this.#segFirstSeq ?? this.#expectSeq ?? 0;
+        this.#findings.push({
+          class: "incomplete",
+          check: "unsealed-tail",
+          file,
+          message:
+            merkle.count === 0
+              ? "segment has no complete record and no checkpoint"
+              : `${merkle.count} record(s) after the last checkpoint (seq ${from}..${this.#lastSeq ?? 0}): chain intact, not signed`,
+        });
+      }
+    }
+    return this.result();
+  }
+
+  #notUtf8(i: number): Line {
+    // A torn last line may end inside a character: only complete lines get here.
+    if (this.#chunk) return Line.Stop;
+    this.#findings.push({
+      class: "tampered",
+      check: "utf8",
+      file: this.#task.file,
+      line: i + 1,
+      message: "bytes that are not UTF-8",
+    });
+    return Line.Ended;
+  }
+
+  #check(i: number, line: string): Line {
+    const d = this.#sealed || !this.#checkMacs ? undefined : this.#fast(line);
+    if (d === undefined) return this.#checkFully(i, line);
+    this.#seq = this.#expectSeq!;
+    this.#hash = d.hash;
+    return Line.Ok;
+  }
 
   /**
    * The layout a verified writer produces, checked in place: the envelope members are found in
    * their canonical (sorted) order, each search starting where the previous one matched. Gives
    * the line's digests, or undefined to send the line to the full path.
    */
-  const fast = (line: string): LineDigest | undefined => {
+  #fast(line: string): LineDigest | undefined {
+    const expectSeq = this.#expectSeq;
+    const prevHash = this.#prevHash;
+    const macKeyId = this.#macKeyId;
     if (expectSeq === undefined || prevHash === undefined || macKeyId === undefined) return undefined;
     const at = line.length - HMAC_SUFFIX_LENGTH;
     if (at < 2 || line.charCodeAt(0) !== 0x7b || !line.startsWith(HMAC_PREFIX, at) || !line.endsWith('"}'))
       return undefined;
-    if (keyFor !== macKeyId) {
-      keyFor = macKeyId;
-      keyPart = `,"hmacKey":"${macKeyId}",`;
-      macKey = keys.macKeys.get(macKeyId);
+    if (this.#keyFor !== macKeyId) {
+      this.#keyFor = macKeyId;
+      this.#keyPart = `,"hmacKey":"${macKeyId}",`;
+      this.#macKey = this.#keys.macKeys.get(macKeyId);
     }
+    const macKey = this.#macKey;
     if (macKey === undefined) return undefined;
     const seqText = String(expectSeq);
-    let p = line.indexOf(keyPart);
+    let p = line.indexOf(this.#keyPart);
     if (p < 0) return undefined;
-    p = line.indexOf(idPart, p);
-    if (p < 0 || !endsWith(line, p + idPart.length, seqText, 0x22)) return undefined;
-    p = line.indexOf(instancePart, p);
+    p = line.indexOf(this.#idPart, p);
+    if (p < 0 || !endsWith(line, p + this.#idPart.length, seqText, 0x22)) return undefined;
+    p = line.indexOf(this.#instancePart, p);
     if (p < 0) return undefined;
     const k = line.indexOf(KIND_AT, p);
     if (k < 0 || line.startsWith('checkpoint"', k + KIND_AT.length)) return undefined;
@@ -261,19 +469,22 @@ export const verifySegmentText = (
     if (p < 0 || !endsWith(line, p + SEQ_AT.length, seqText, 0x2c)) return undefined;
     const d = macKey.digestLine(line, HMAC_SUFFIX_LENGTH);
     return line.startsWith(d.mac, at + HMAC_PREFIX.length) ? d : undefined;
-  };
+  }
 
   /**
-   * Every check of a line at line index `i`, field by field, naming the first that fails: the
-   * line's seq and record hash, or the result that ends the segment.
+   * Every check of the line at index `i`, field by field, naming the first that fails (in chunk
+   * mode: stopping there, and before any checkpoint).
    */
-  const checkFully = (i: number, line: string): { seq: number; hash: string } | SegmentResult => {
-    const at = { file, line: i + 1 };
-    const tamper = (check: FindingCheck, message: string, seq?: number): SegmentResult => {
+  #checkFully(i: number, line: string): Line {
+    const findings = this.#findings;
+    const keys = this.#keys;
+    const at = { file: this.#task.file, line: i + 1 };
+    const tamper = (check: FindingCheck, message: string, seq?: number): Line => {
+      if (this.#chunk) return Line.Stop;
       findings.push({ class: "tampered", check, ...at, ...(seq === undefined ? {} : { seq }), message });
-      return result();
+      return Line.Ended;
     };
-    if (sealed) return tamper("after-checkpoint", "line after the segment's checkpoint");
+    if (this.#sealed) return tamper("after-checkpoint", "line after the segment's checkpoint");
     let rec: RecordView;
     try {
       rec = JSON.parse(line) as RecordView;
@@ -289,7 +500,10 @@ export const verifySegmentText = (
           ? "a record of format 1 (record hash H(line)), which this verifier does not read: format 2 hashes H(0x00 ‖ line)"
           : `not an audit record of schema ${AUDIT_SCHEMA_VERSION}`,
       );
+    // A checkpoint covers the whole segment: only the thread that joins the chunks can check it.
+    if (this.#chunk && (rec.kind === "checkpoint" || rec.kind === "audit.key.rotation")) return Line.Stop;
     const seq = rec.seq;
+    const expectSeq = this.#expectSeq;
     if (expectSeq !== undefined && seq !== expectSeq) {
       return tamper(
         "seq",
@@ -299,34 +513,35 @@ export const verifySegmentText = (
         seq,
       );
     }
-    if (prevHash !== undefined && rec.prev !== prevHash)
+    if (this.#prevHash !== undefined && rec.prev !== this.#prevHash)
       return tamper(
         "prev",
         "prev does not match the hash of the previous line (it was altered, removed or reordered)",
         seq,
       );
+    const instance = this.#task.instance;
     if (rec.instance !== instance || rec.id !== `${instance}-${seq}`)
       return tamper("instance", `record names instance ${String(rec.instance)}, id ${String(rec.id)}`, seq);
     const parts = splitHmac(line);
     if (parts === undefined || parts.hmac !== rec.hmac || typeof rec.hmacKey !== "string")
       return tamper("layout", "the hmac member is not the line's last, 64 hex digits", seq);
-    if (macKeyId !== undefined && rec.hmacKey !== macKeyId)
+    if (this.#macKeyId !== undefined && rec.hmacKey !== this.#macKeyId)
       return tamper(
         "hmac-key",
-        `HMAC key changed from ${macKeyId} to ${rec.hmacKey} without a rotation record`,
+        `HMAC key changed from ${this.#macKeyId} to ${rec.hmacKey} without a rotation record`,
         seq,
       );
-    macKeyId = rec.hmacKey;
-    if (checkMacs) {
+    let macKeyId = rec.hmacKey;
+    if (this.#checkMacs) {
       const key = keys.macKeys.get(rec.hmacKey);
-      if (key === undefined) missingKeyIds.add(rec.hmacKey);
+      if (key === undefined) this.#missingKeyIds.add(rec.hmacKey);
       else if (key.mac(parts.body) !== parts.hmac)
         return tamper("hmac", "HMAC does not match the record", seq);
     }
 
     const hash = lineHash(line);
     if (rec.kind === "audit.key.rotation" || rec.kind === "checkpoint") {
-      const full = validateRecord(rec);
+      const full = this.#validate!(rec);
       if ("_tag" in full) return tamper("schema", full.message, seq);
       if (full.kind === "audit.key.rotation") {
         if (full.keyType === "hmac" && full.oldKeyId !== full.hmacKey)
@@ -342,15 +557,16 @@ export const verifySegmentText = (
             next.algorithm !== full.alg
           )
             return tamper("schema", "signing-key rotation does not carry the public key it names", seq);
-          pendingSigners.push(next.pem);
+          this.#pendingSigners.push(next.pem);
         }
       } else if (full.kind === "checkpoint") {
+        const merkle = this.#merkle;
         const mismatch = checkpointMismatch(full, {
-          segment: task.segment,
-          firstSeq: segFirstSeq ?? seq,
+          segment: this.#task.segment,
+          firstSeq: this.#segFirstSeq ?? seq,
           count: merkle.count,
           root: merkle.root().toString("hex"),
-          prevCheckpoint: prevCheckpoint ?? full.prevCheckpoint,
+          prevCheckpoint: this.#prevCheckpoint ?? full.prevCheckpoint,
         });
         if (mismatch !== undefined)
           return tamper(
@@ -362,17 +578,17 @@ export const verifySegmentText = (
             mismatch,
             seq,
           );
-        if (checkSigs) {
+        if (this.#checkSigs) {
           const key = keys.trusted.get(full.signKey);
           if (key === undefined)
-            deferred = {
+            this.#deferred = {
               line: i + 1,
               seq,
               signKey: full.signKey,
               alg: full.alg,
               body: parts.body,
-              recordsBefore: records,
-              lastSeqBefore: lastSeq,
+              recordsBefore: this.#records,
+              lastSeqBefore: this.#lastSeq,
             };
           else if (key.algorithm !== full.alg)
             return tamper(
@@ -383,85 +599,51 @@ export const verifySegmentText = (
           else if (!verifyCheckpointBody(parts.body, key))
             return tamper("signature", "checkpoint signature is invalid", seq);
         }
-        sealed = true;
-        prevCheckpoint = hash;
+        this.#sealed = true;
+        this.#prevCheckpoint = hash;
       }
     }
-    return { seq, hash };
-  };
+    this.#macKeyId = macKeyId;
+    this.#seq = seq;
+    this.#hash = hash;
+    return Line.Ok;
+  }
+}
 
-  for (let i = 0; i < lines.length; i++) {
-    const line = lines[i]!;
-    if (i === badLine) {
-      // A torn last line may end inside a character: only complete lines get here.
-      findings.push({
-        class: "tampered",
-        check: "utf8",
-        file,
-        line: i + 1,
-        message: "bytes that are not UTF-8",
-      });
-      return result();
-    }
-    let seq: number;
-    let hash: string;
-    const d = sealed || !checkMacs ? undefined : fast(line);
-    if (d !== undefined) {
-      seq = expectSeq!;
-      hash = d.hash;
-    } else {
-      const r = checkFully(i, line);
-      if ("findings" in r) return r;
-      ({ seq, hash } = r);
-    }
-    if (!sealed) {
-      merkle.addLeaf(hash);
-      segFirstSeq ??= seq;
-    }
-    prevHash = hash;
-    expectSeq = seq + 1;
-    firstSeq ??= seq;
-    lastSeq = seq;
-    records++;
-  }
+/** Decodes the complete lines in `bytes` (which ends with a newline, or is empty). */
+export const decodeLines = (bytes: Uint8Array): { lines: string[]; badLine?: number } => {
+  const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const { lines } = splitLines(b.toString("utf8"));
+  return isUtf8(b) ? { lines } : { lines, badLine: firstNonUtf8Line(b) };
+};
 
-  if (tornBytes > 0) {
-    const message = `${tornBytes} byte(s) after the last complete line`;
-    if (!isLast || sealed) {
-      findings.push({ class: "tampered", check: "torn-line", file, line: lines.length + 1, message });
-      return result();
-    }
-    findings.push({
-      class: "incomplete",
-      check: "torn-line",
-      file,
-      line: lines.length + 1,
-      message: `${message} (a write torn by a crash)`,
-    });
-  }
-  if (!sealed) {
-    if (!isLast) {
-      findings.push({
-        class: "tampered",
-        check: "unsealed-segment",
-        file,
-        line: lines.length,
-        message: "segment ends without a checkpoint but is not the last",
-      });
-      return result();
-    }
-    if (merkle.count > 0 || tornBytes > 0) {
-      const from = segFirstSeq ?? expectSeq ?? 0;
-      findings.push({
-        class: "incomplete",
-        check: "unsealed-tail",
-        file,
-        message:
-          merkle.count === 0
-            ? "segment has no complete record and no checkpoint"
-            : `${merkle.count} record(s) after the last checkpoint (seq ${from}..${lastSeq ?? 0}): chain intact, not signed`,
-      });
-    }
-  }
-  return result();
+/** Where a chunk is: its bytes in the segment, and the line before it (none for the first). */
+export interface ChunkTask {
+  readonly task: SegmentTask;
+  readonly from: number;
+  readonly to: number;
+  /** Where the line before the chunk starts; -1 for the segment's first chunk. */
+  readonly prevFrom: number;
+  /** 0-based file index of the chunk's first line. */
+  readonly base: number;
+}
+
+/**
+ * Checks one chunk of a segment on its own, from the state the line before it implies (or the
+ * segment's start): pure, so chunks can go to several threads (verify.ts joins them).
+ */
+export const verifyChunk = (bytes: Uint8Array, c: ChunkTask, keys: SegmentKeys): ChunkResult => {
+  const start =
+    c.prevFrom < 0
+      ? c.task.start
+      : {
+          ...pointAfter(
+            Buffer.from(bytes.buffer, bytes.byteOffset + c.prevFrom, c.from - 1 - c.prevFrom).toString(),
+          ),
+          // No checkpoint inside a segment: a chunk continues the segment's checkpoint chain.
+          prevCheckpoint: c.task.start.prevCheckpoint,
+        };
+  const { lines, badLine } = decodeLines(bytes.subarray(c.from, c.to));
+  const check = new SegmentCheck(c.task, keys, start);
+  return check.chunkResult(start, check.lines(lines, c.base, badLine));
 };

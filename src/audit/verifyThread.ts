@@ -1,9 +1,10 @@
-// Worker entry of the verifier (its other side is verify.ts): checks whole segments, one per message.
+// Worker entry of the verifier (its other side is verify.ts): checks chunks of segments held in
+// shared memory, one per message.
 import { parentPort, workerData } from "node:worker_threads";
 import type { HmacKey } from "./HmacKey.ts";
 import { hmacKeyFromBytes } from "./HmacKey.ts";
 import { type TrustedKey, trustedKeyFromPem } from "./Signer.ts";
-import { readSegmentText, type SegmentKeys, type SegmentTask, verifySegmentText } from "./verifySegment.ts";
+import { type ChunkTask, type SegmentKeys, verifyChunk } from "./verifySegment.ts";
 
 const port = parentPort!;
 const data = workerData as { hmacKeys: Uint8Array[]; trustedPems: string[] };
@@ -19,9 +20,10 @@ for (const pem of data.trustedPems) {
 }
 const keys: SegmentKeys = { macKeys, trusted };
 
-port.on("message", (m: { n: number; path: string; task: SegmentTask }) => {
-  void readSegmentText(m.path).then(
-    (segment) => port.postMessage({ n: m.n, result: verifySegmentText(segment, m.task, keys) }),
-    (e: unknown) => port.postMessage({ n: m.n, error: String((e as Error).message) }),
-  );
+port.on("message", (m: { n: number; buffer: SharedArrayBuffer; chunk: ChunkTask }) => {
+  try {
+    port.postMessage({ n: m.n, result: verifyChunk(new Uint8Array(m.buffer), m.chunk, keys) });
+  } catch (e) {
+    port.postMessage({ n: m.n, error: String((e as Error).message) });
+  }
 });

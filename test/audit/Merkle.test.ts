@@ -54,4 +54,29 @@ describe("RFC 6962 Merkle tree hash", () => {
       expect(acc.count).toBe(leaves.length);
     },
   );
+
+  test.prop([fc.array(fc.string(), { maxLength: 70 }), fc.integer({ min: 0, max: 4 })])(
+    "chunks of 2^k leaves summed apart and absorbed in order give the root of all the leaves",
+    (leaves, k) => {
+      const size = 2 ** k;
+      const joined = new MerkleAccumulator();
+      for (let at = 0; at < leaves.length; at += size) {
+        const part = new MerkleAccumulator();
+        for (const l of leaves.slice(at, at + size)) part.add(l);
+        joined.absorb(part.subtrees(), part.count);
+      }
+      expect(joined.count).toBe(leaves.length);
+      expect(joined.root().toString("hex")).toBe(mth(leaves.map((x) => Buffer.from(x))).toString("hex"));
+    },
+  );
+
+  it("refuses subtrees that would not land where the split puts them", () => {
+    const three = new MerkleAccumulator();
+    for (const l of ["a", "b", "c"]) three.add(l);
+    const two = new MerkleAccumulator();
+    for (const l of ["d", "e"]) two.add(l);
+    // 3 leaves then a perfect pair would make a tree the RFC's split does not.
+    expect(() => three.absorb(two.subtrees(), 2)).toThrow(RangeError);
+    expect(() => two.absorb(two.subtrees(), 3)).toThrow(RangeError);
+  });
 });

@@ -3,12 +3,14 @@ import { cp, mkdtemp, readFile, rm, stat, truncate, unlink, writeFile } from "no
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
+import { validateRecord } from "../../src/audit/AuditEvent.ts";
 import { Chain } from "../../src/audit/Chain.ts";
 import { hmacKeyFromBytes } from "../../src/audit/HmacKey.ts";
-import { lineHash, sealLine, splitHmac } from "../../src/audit/recordLine.ts";
+import { GENESIS_HASH, lineHash, sealLine, splitHmac } from "../../src/audit/recordLine.ts";
 import type { Signer } from "../../src/audit/Signer.ts";
 import { trustedKeyFromPem } from "../../src/audit/Signer.ts";
-import { type Finding, verifyDirectory } from "../../src/audit/verify.ts";
+import { type Finding, verifyDirectory, verifySegmentText } from "../../src/audit/verify.ts";
+import { decodeLines, SegmentCheck, type SegmentTask, verifyChunk } from "../../src/audit/verifySegment.ts";
 import {
   cli,
   expectSchemaValid,
@@ -33,15 +35,28 @@ const copyLog = async () => {
   await cp(pristine, dir, { recursive: true });
   return dir;
 };
-/** Verifies on this thread and on two worker threads, which must find exactly the same. */
+/**
+ * Verifies on this thread alone and in chunks on two threads, with the default chunk size and
+ * with chunks of a line or a few: each must find exactly the same.
+ */
 const verify = async (dir: string) => {
   const options = {
     hmacKeys: [keys.hmacKey],
     trustedKeys: [ok(trustedKeyFromPem(await readFile(keys.publicKeyFile, "utf8"), "pub"))],
   };
   const one = await verifyDirectory(dir, { ...options, threads: 1 });
-  const two = await verifyDirectory(dir, { ...options, threads: 2, parallelMinBytes: 0 });
-  expect({ ...two, elapsedMs: 0 }).toEqual({ ...one, elapsedMs: 0 });
+  for (const chunkLines of [undefined, 1, 4]) {
+    const chunked = await verifyDirectory(dir, {
+      ...options,
+      threads: 2,
+      parallelMinBytes: 0,
+      ...(chunkLines === undefined ? {} : { chunkLines }),
+    });
+    expect({ ...chunked, elapsedMs: 0 }, `chunks of ${chunkLines ?? "default"} lines`).toEqual({
+      ...one,
+      elapsedMs: 0,
+    });
+  }
   return one;
 };
 const only = (r: Awaited<ReturnType<typeof verify>>): Finding => {
@@ -321,6 +336,49 @@ describe("audit verify", () => {
     await writeLines(dir, 1, lines);
     expect(only(await verify(dir))).toMatchObject({ check: "hmac-key", line: 7, seq: 7 });
     expect(verifyCli(dir).code).toBe(1);
+  });
+
+  it("joins chunks checked apart into the sequential result, taking each whole up to the checkpoint", async () => {
+    const bytes = new Uint8Array(await readFile(segmentPath(pristine, 1)));
+    const task: SegmentTask = {
+      instance: INSTANCE,
+      file: "segment-1",
+      segment: 1,
+      isLast: false,
+      start: { expectSeq: 1, prevHash: GENESIS_HASH, prevCheckpoint: GENESIS_HASH, macKeyId: undefined },
+    };
+    const segmentKeys = { macKeys: new Map([[keys.hmacKey.id, keys.hmacKey]]), trusted: new Map() };
+    const starts = [0];
+    for (let i = 0; i < bytes.length; i++) if (bytes[i] === 10) starts.push(i + 1);
+    const lineCount = starts.length - 1;
+    expect(lineCount).toBe(11);
+    const join = new SegmentCheck(task, segmentKeys, task.start, validateRecord);
+    const counts: number[] = [];
+    for (let base = 0; base < lineCount; base += 4) {
+      const end = Math.min(base + 4, lineCount);
+      const r = verifyChunk(
+        bytes,
+        { task, from: starts[base]!, to: starts[end]!, prevFrom: base === 0 ? -1 : starts[base - 1]!, base },
+        segmentKeys,
+      );
+      expect(join.absorb(r)).toBe(true);
+      counts.push(r.count);
+    }
+    // The last chunk stops before the checkpoint, which covers the whole segment.
+    expect(counts).toEqual([4, 4, 2]);
+    const { lines } = decodeLines(bytes.subarray(starts[10]!));
+    expect(join.lines(lines, 10)).toBe(1);
+    const sequential = verifySegmentText({ text: Buffer.from(bytes).toString() }, task, segmentKeys);
+    expect(join.finish(lineCount, 0)).toEqual(sequential);
+    expect(sequential).toMatchObject({ sealed: true, records: 11, findings: [] });
+    // A chunk checked from a point that is not where the lines before ended is not taken.
+    const fresh = new SegmentCheck(task, segmentKeys, task.start, validateRecord);
+    const second = verifyChunk(
+      bytes,
+      { task, from: starts[4]!, to: starts[8]!, prevFrom: starts[3]!, base: 4 },
+      segmentKeys,
+    );
+    expect(fresh.absorb(second)).toBe(false);
   });
 
   it("needs the right HMAC key: another key is incomplete for unknown ids, usage errors exit 3", async () => {
