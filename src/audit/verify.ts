@@ -32,9 +32,9 @@ export type { Finding, FindingCheck, FindingClass } from "./verifySegment.ts";
  * signatures and checkpoint chaining. Stops each instance's chain at its first tampered record
  * and names it; an unsealed tail or a missing segment makes the result incomplete.
  *
- * Each segment is checked on its own (on worker threads when the log is large) from the chain
- * point its predecessor's last line gives; the joins are then checked in order here, as are
- * checkpoints signed by keys that earlier segments announced.
+ * A large log's segments are cut into chunks checked on several threads, each from the chain
+ * point the line before it gives; the chunks are joined in order here, where checkpoints,
+ * rotations and every line a chunk could not judge alone are checked in order too.
  */
 
 export interface InstanceReport {

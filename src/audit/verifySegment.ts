@@ -8,8 +8,8 @@ import { AUDIT_SCHEMA_VERSION, HMAC_PREFIX, HMAC_SUFFIX_LENGTH, lineHash, splitH
 import { type TrustedKey, trustedKeyFromPem } from "./Signer.ts";
 
 /**
- * Verification of one segment file's text, given the chain state it must start from: pure, so
- * segments can be checked on several threads and joined in order (verify.ts). A record whose
+ * Verification of a segment's lines, given the chain state they must start from: pure, so a
+ * segment's chunks can be checked on several threads and joined in order (verify.ts). A record whose
  * HMAC verifies under a configured key is the writer's own canonical text, so its envelope is
  * checked in place (`,"seq":N,` and the like) instead of by a full parse; any line that does not
  * match that layout exactly takes the full path, which names the failed check.
