@@ -61,6 +61,7 @@ export class Chain {
   #segmentFirstSeq: number;
   #segmentBytes = 0;
   #sealing = false;
+  #lastBytes: Uint8Array = new Uint8Array(0);
 
   constructor(options: ChainOptions) {
     this.instance = options.instance;
@@ -81,6 +82,13 @@ export class Chain {
   get hmacKeyId(): string {
     return this.#key.id;
   }
+  /**
+   * The UTF-8 bytes of the line chained last, so the writer copies them rather than encoding the
+   * line again: a view of the HMAC key's buffer, valid only until the next line.
+   */
+  get lastBytes(): Uint8Array {
+    return this.#lastBytes;
+  }
   /** Records in the open segment so far. */
   get segmentCount(): number {
     return this.#merkle.count;
@@ -93,7 +101,8 @@ export class Chain {
   #push(fields: Record<string, unknown>, body?: string): ChainedLine {
     const s = this.#state;
     const text = body ?? recordJson(fields, this.#envelope());
-    const { line, hash } = this.#key.seal(text);
+    const { line, hash, bytes } = this.#key.seal(text);
+    this.#lastBytes = bytes;
     const kind = fields.kind as string;
     const out: ChainedLine = { seq: s.nextSeq, kind, segment: s.segment, line, hash };
     if (kind === "checkpoint") {
@@ -104,7 +113,7 @@ export class Chain {
     } else {
       this.#state = { ...s, nextSeq: s.nextSeq + 1, prevHash: hash };
       this.#merkle.addLeaf(hash);
-      this.#segmentBytes += Buffer.byteLength(line) + 1;
+      this.#segmentBytes += bytes.length + 1;
     }
     return out;
   }

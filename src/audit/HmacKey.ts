@@ -28,6 +28,8 @@ export interface HmacKey {
 export interface SealedLine {
   readonly line: string;
   readonly hash: string;
+  /** The line's UTF-8 bytes: a view of the key's own buffer, valid only until its next use. */
+  readonly bytes: Uint8Array;
 }
 
 export interface LineDigest {
@@ -123,7 +125,7 @@ const oneShotHmac = (raw: Buffer): Pick<HmacKey, "mac" | "digestLine" | "seal"> 
       const line = appendMember(body, "hmac", mac);
       // The line's bytes are the body's with its final "}" (one byte) replaced by the member.
       const total = n - 1 + scratch.write(line.slice(-HMAC_SUFFIX_LENGTH), block + n - 1, "latin1");
-      return { line, hash: leafOfScratch(total) };
+      return { line, hash: leafOfScratch(total), bytes: new Uint8Array(store, block, total) };
     },
   };
 };

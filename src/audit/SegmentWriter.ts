@@ -148,6 +148,9 @@ export class SegmentWriter {
   readonly #now: () => string;
   readonly #maxQueued: number;
   #queue: AuditEvent[] = [];
+  /** The drained lines' bytes, reused from drain to drain (drains never overlap: #serialize). */
+  #batch = Buffer.allocUnsafe(64 << 10);
+  #batchLength = 0;
   #work: Promise<void> = Promise.resolve();
   #file: FileHandle | undefined;
   #segmentOpenedAt = Date.now();
@@ -305,15 +308,18 @@ export class SegmentWriter {
       const batch = this.#queue;
       this.#queue = [];
       let lines: ChainedLine[] = [];
+      this.#batchLength = 0;
       for (const ev of batch) {
         lines.push(this.#chain.append(ev));
+        this.#addBytes(this.#chain.lastBytes);
         if (this.#chain.segmentBytes >= this.#o.segmentMaxBytes) {
-          const err = (await this.#writeLines(lines)) ?? (await this.#sealNow("size"));
+          const err = (await this.#writeLines(lines, this.#batchBytes())) ?? (await this.#sealNow("size"));
           if (err !== undefined) return err;
           lines = [];
+          this.#batchLength = 0;
         }
       }
-      const err = await this.#writeLines(lines);
+      const err = await this.#writeLines(lines, this.#batchBytes());
       if (err !== undefined) return err;
     }
     if (Date.now() - this.#segmentOpenedAt >= this.#o.segmentMaxAgeMs && this.#chain.segmentCount > 0)
@@ -321,7 +327,25 @@ export class SegmentWriter {
     return undefined;
   }
 
-  async #writeLines(lines: readonly ChainedLine[]): Promise<AuditError | undefined> {
+  /** Appends a line's bytes and its newline to the batch being drained. */
+  #addBytes(bytes: Uint8Array): void {
+    const need = this.#batchLength + bytes.length + 1;
+    if (need > this.#batch.length) {
+      const bigger = Buffer.allocUnsafe(Math.max(need, this.#batch.length * 2));
+      bigger.set(this.#batch.subarray(0, this.#batchLength));
+      this.#batch = bigger;
+    }
+    this.#batch.set(bytes, this.#batchLength);
+    this.#batch[need - 1] = 0x0a;
+    this.#batchLength = need;
+  }
+
+  #batchBytes(): Uint8Array {
+    return this.#batch.subarray(0, this.#batchLength);
+  }
+
+  /** Writes `lines` (as `bytes` when the drain has them) and fsyncs them. */
+  async #writeLines(lines: readonly ChainedLine[], bytes?: Uint8Array): Promise<AuditError | undefined> {
     if (lines.length === 0) return undefined;
     if (this.#file === undefined) {
       const path = join(this.#o.dir, segmentFileName(this.#o.instance, this.#chain.state.segment));
@@ -332,9 +356,12 @@ export class SegmentWriter {
       this.#segmentOpenedAt = Date.now();
       this.#armAgeTimer();
     }
-    let text = "";
-    for (const l of lines) text += `${l.line}\n`;
-    await this.#file.write(text);
+    if (bytes !== undefined) await this.#file.write(bytes);
+    else {
+      let text = "";
+      for (const l of lines) text += `${l.line}\n`;
+      await this.#file.write(text);
+    }
     await this.#file.datasync();
     this.#durableSeq = lines.at(-1)!.seq;
     this.#o.onDurable?.(lines);

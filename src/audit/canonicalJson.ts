@@ -11,7 +11,7 @@ export class CanonicalJsonError extends Error {
 
 /** Record field names repeat endlessly: each is quoted once. */
 const quotedKeys = new Map<string, string>();
-const quoteKey = (k: string): string => {
+export const quoteKey = (k: string): string => {
   let q = quotedKeys.get(k);
   if (q === undefined) {
     q = JSON.stringify(k);

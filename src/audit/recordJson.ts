@@ -1,12 +1,13 @@
-import { canonicalJson } from "./canonicalJson.ts";
+import { canonicalJson, quoteKey } from "./canonicalJson.ts";
 
 /**
- * A record's canonical text (canonicalJson.ts) for the writer's hot path. canonicalJson sorts
- * and concatenates member by member; JSON.stringify is native but writes members in insertion
- * order. So each record is built once with its members already in sorted order, following a plan
- * made once per event shape (kind and member list), and handed to JSON.stringify. A record whose
- * nested objects are out of order, or that holds anything canonicalJson would refuse or JS would
- * reorder, goes to canonicalJson itself, which stays the definition: the output is the same.
+ * A record's canonical text (canonicalJson.ts) for the writer's hot path, written directly from
+ * the event and the envelope: members in the sorted order a plan made once per event shape
+ * (kind and member list) gives, nested objects as they come when their members are already in
+ * sorted order (the builders make them so), and strings of printable ASCII without a quote or
+ * backslash, which JSON leaves as they are, without a call to JSON.stringify. Anything else (a
+ * nested object out of order, a value canonicalJson would refuse, a member name JS would
+ * reorder) goes to canonicalJson itself, which stays the definition: the output is the same.
  */
 
 /** What the chain adds to every event (Chain.ts); these win over event members of the same name. */
@@ -36,6 +37,8 @@ interface Plan {
   readonly keys: readonly string[];
   /** Every member of the record, sorted. */
   readonly order: readonly string[];
+  /** Per member of `order`: its quoted name and a colon. */
+  readonly names: readonly string[];
   /** Per member of `order`: taken from the envelope (1) or the event (0). */
   readonly fromEnvelope: Uint8Array;
 }
@@ -64,45 +67,61 @@ const planFor = (event: Record<string, unknown>): Plan | undefined => {
   if (keys.some(unorderable)) return undefined;
   const order = [...new Set([...keys, ...ENVELOPE_KEYS])].sort();
   const fromEnvelope = Uint8Array.from(order, (k) => (ENVELOPE_SET.has(k) ? 1 : 0));
-  const plan: Plan = { keys, order, fromEnvelope };
+  const names = order.map((k) => `${quoteKey(k)}:`);
+  const plan: Plan = { keys, order, names, fromEnvelope };
   if (list === undefined) {
     if (plans.size < 256) plans.set(kind, [plan]);
   } else if (list.length < MAX_PLANS_PER_KIND) list.push(plan);
   return plan;
 };
 
+/** Needs no escaping in JSON: printable ASCII other than `"` and `\\`. */
+const PLAIN = /^[\x20\x21\x23-\x5b\x5d-\x7e]*$/;
+
+const quote = (s: string): string => (PLAIN.test(s) ? `"${s}"` : JSON.stringify(s));
+
 /**
- * True when JSON.stringify writes `value` exactly as canonicalJson would: finite numbers only,
- * plain objects whose members are in sorted insertion order, nothing JSON cannot carry.
+ * canonicalJson's text for `value` when its objects' members are already in sorted order;
+ * undefined for anything to leave to canonicalJson (which sorts, or refuses what it must).
  */
-const native = (value: unknown): boolean => {
+const write = (value: unknown): string | undefined => {
   switch (typeof value) {
     case "string":
-    case "boolean":
-    case "undefined":
-      return true;
+      return quote(value);
     case "number":
-      return Number.isFinite(value);
+      return Number.isFinite(value) ? `${value}` : undefined;
+    case "boolean":
+      return value ? "true" : "false";
     case "object": {
-      if (value === null) return true;
-      // JSON.stringify finds toJSON by lookup (own, hidden or inherited); canonicalJson ignores it.
-      if (typeof (value as { toJSON?: unknown }).toJSON === "function") return false;
+      if (value === null) return "null";
       if (Array.isArray(value)) {
-        for (let i = 0; i < value.length; i++) if (!native(value[i])) return false;
-        return true;
+        let out = "[";
+        for (let i = 0; i < value.length; i++) {
+          const v: unknown = value[i];
+          const text = write(v === undefined ? null : v);
+          if (text === undefined) return undefined;
+          out += i === 0 ? text : `,${text}`;
+        }
+        return `${out}]`;
       }
       const proto = Object.getPrototypeOf(value) as unknown;
-      if (proto !== Object.prototype && proto !== null) return false;
+      if (proto !== Object.prototype && proto !== null) return undefined;
+      let out = "{";
       let prev: string | undefined;
       for (const k in value) {
-        if ((prev !== undefined && !(prev < k)) || unorderable(k)) return false;
+        if ((prev !== undefined && !(prev < k)) || unorderable(k)) return undefined;
         prev = k;
-        if (!native((value as Record<string, unknown>)[k])) return false;
+        const v = (value as Record<string, unknown>)[k];
+        // Absent and undefined mean the same, as in canonicalJson.
+        if (v === undefined) continue;
+        const text = write(v);
+        if (text === undefined) return undefined;
+        out += `${out.length === 1 ? "" : ","}${quoteKey(k)}:${text}`;
       }
-      return true;
+      return `${out}}`;
     }
     default:
-      return false;
+      return undefined;
   }
 };
 
@@ -110,16 +129,18 @@ const native = (value: unknown): boolean => {
 export const recordJson = (event: Record<string, unknown>, envelope: Envelope): string => {
   const plan = planFor(event);
   if (plan !== undefined) {
-    const { order, fromEnvelope } = plan;
-    const out: Record<string, unknown> = {};
-    let ok = true;
-    for (let i = 0; i < order.length; i++) {
+    const { order, names, fromEnvelope } = plan;
+    let out = "{";
+    let i = 0;
+    for (; i < order.length; i++) {
       const k = order[i]!;
       const v = fromEnvelope[i] === 1 ? envelope[k as keyof Envelope] : event[k];
-      if (ok && !native(v)) ok = false;
-      out[k] = v;
+      if (v === undefined) continue;
+      const text = write(v);
+      if (text === undefined) break;
+      out += `${out.length === 1 ? "" : ","}${names[i]!}${text}`;
     }
-    return ok ? JSON.stringify(out) : canonicalJson(out);
+    if (i === order.length) return `${out}}`;
   }
   return canonicalJson({ ...event, ...envelope });
 };

@@ -38,12 +38,15 @@ describe("HMAC key", () => {
   );
 
   test.prop([fc.array(fc.string({ unit: "binary", maxLength: 3000 }), { minLength: 1, maxLength: 5 })])(
-    "seal gives the sealed line of a body and that line's record hash, and leaves the key intact",
+    "seal gives the sealed line of a body, its bytes and its record hash, and leaves the key intact",
     (texts) => {
       for (const text of texts) {
         const body = bodyOf(text);
         const line = `${body.slice(0, -1)},"hmac":"${hmac(body)}"}`;
-        expect(key.seal(body)).toEqual({ line, hash: leaf(line) });
+        const sealed = key.seal(body);
+        expect({ line: sealed.line, hash: sealed.hash }).toEqual({ line, hash: leaf(line) });
+        // The bytes the writer copies are the line's UTF-8 encoding.
+        expect(Buffer.from(sealed.bytes).equals(Buffer.from(line))).toBe(true);
         expect(sealLine(body, key)).toBe(line);
         expect(key.mac(body)).toBe(hmac(body));
       }

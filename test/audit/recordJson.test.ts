@@ -18,10 +18,24 @@ const envelope: fc.Arbitrary<Envelope> = fc.record({
 // Names that collide with the envelope, that JS orders on its own, or that would set a prototype.
 const key = fc.oneof(
   fc.string(),
+  fc.string({ unit: "binary" }),
   fc.constantFrom("kind", "boot", "seq", "prev", "0", "7", "10", "4294967295", "__proto__", "a", "b"),
 );
 const event = fc
-  .tuple(fc.constantFrom("statement", "transition", "auth.success"), fc.array(fc.tuple(key, fc.jsonValue())))
+  .tuple(
+    fc.constantFrom("statement", "transition", "auth.success"),
+    fc.array(
+      fc.tuple(
+        key,
+        // Any code point, lone surrogates and control characters included: each string's escaping.
+        fc.oneof(
+          fc.jsonValue(),
+          fc.jsonValue({ stringUnit: "binary" }),
+          fc.jsonValue({ stringUnit: "binary-ascii" }),
+        ),
+      ),
+    ),
+  )
   .map(([kind, members]) => {
     const e: Record<string, unknown> = { kind };
     // defineProperty, so a "__proto__" member stays data as it would arrive from JSON.
@@ -70,7 +84,17 @@ describe("recordJson", () => {
     expect(recordJson(e(unsorted), env)).toBe(reference(e(unsorted), env));
   });
 
-  it("ignores a toJSON the native encoder would call, as canonicalJson does", () => {
+  test.prop([
+    fc.array(
+      fc.dictionary(fc.constantFrom("cause", "from", "machine", "to", "ts"), fc.string({ unit: "binary" })),
+    ),
+  ])("writes nested objects as canonicalJson does, in order or not", (transitions) => {
+    const env: Envelope = { boot: "b", hmacKey: "k", id: "i-1", instance: "i", prev: "p", schema: 2, seq: 1 };
+    const e = { kind: "statement", transitions };
+    expect(recordJson(e, env)).toBe(reference(e, env));
+  });
+
+  it("ignores a toJSON, as canonicalJson does", () => {
     const env: Envelope = { boot: "b", hmacKey: "k", id: "i-1", instance: "i", prev: "p", schema: 2, seq: 1 };
     const hidden = { a: 1 };
     Object.defineProperty(hidden, "toJSON", { value: () => "HIDDEN" });
