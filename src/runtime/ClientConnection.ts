@@ -95,6 +95,8 @@ export interface ConnectionDeps {
   /** Access rules and certificate mapping as compiled now (replaced on SIGHUP). */
   readonly access: () => CompiledAccess;
   readonly grants: GrantPolicy;
+  /** The server's open connections, by id: a connection leaves it once it has closed. */
+  readonly live: Map<string, ClientConnection>;
   /** Concurrent-session leases and the idle/lifetime deadlines (`sessions`). */
   readonly sessions: { readonly counter: SessionCounter; readonly timers: () => SessionTimers };
   readonly target: UpstreamTarget;
@@ -200,6 +202,21 @@ const tooManyClients = pgwardenError(
 const NOTHING_PENDING: readonly Buffer[] = Object.freeze([]);
 
 /**
+ * The connection a client socket (TCP, or TLS on it) belongs to, kept on the socket: the socket's
+ * listeners are then one function each for every client rather than closures per connection.
+ */
+const kOwner = Symbol("pgwarden.connection");
+type OwnedSocket = Socket & { [kOwner]?: ClientConnection };
+
+function onOwnedSocketError(this: OwnedSocket, e: Error): void {
+  this[kOwner]?.socketError(e);
+}
+
+function onOwnedSocketClose(this: OwnedSocket): void {
+  this[kOwner]?.socketClosed();
+}
+
+/**
  * The client half of a connection: the client socket, the first packet, client authentication,
  * the startup boundary and the connection machine — whose transitions' actions this class
  * executes (`exec`). It reaches PostgreSQL only through a Link to a ServerConnection.
@@ -241,31 +258,35 @@ export class ClientConnection {
   user: string | undefined;
   database: string | undefined;
   /**
-   * Told once both sockets are closed and the machine is final. One field, not a promise: every
-   * idle connection would otherwise hold the promise, its resolver and a reaction per listener.
+   * Told, with its argument, once both sockets are closed and the machine is final. Fields, not a
+   * promise: every idle connection would otherwise hold the promise, its resolver and a reaction
+   * per listener; with the argument, a fiber's resume is the listener as it is (Server.ts).
    */
-  private closedListener: (() => void) | undefined;
+  private closedListener: ((arg: never) => void) | undefined;
+  private closedArg: unknown;
   private isClosed = false;
 
-  /** Calls `listener` once the connection has closed (now, if it has), after earlier listeners. */
-  whenClosed(listener: () => void): void {
+  /** Calls `listener(arg)` once the connection has closed (now, if it has), after earlier listeners. */
+  whenClosed<T>(listener: (arg: T) => void, arg?: T): void {
     if (this.isClosed) {
-      listener();
+      listener(arg as T);
       return;
     }
-    const before = this.closedListener;
+    const before = this.closedListener as ((arg: unknown) => void) | undefined;
+    const beforeArg = this.closedArg;
     this.closedListener =
       before === undefined
         ? listener
         : () => {
-            before();
-            listener();
+            before(beforeArg);
+            listener(arg as T);
           };
+    this.closedArg = before === undefined ? arg : undefined;
   }
 
   /** The same as a promise, for callers that await it (tests, shutdown). */
   get closed(): Promise<void> {
-    return new Promise((resolve) => this.whenClosed(resolve));
+    return new Promise((resolve) => this.whenClosed(() => resolve()));
   }
 
   constructor(id: string, socket: Socket, deps: ConnectionDeps) {
@@ -351,8 +372,9 @@ export class ClientConnection {
     const c = this.socket;
     c.setNoDelay(true);
     c.setKeepAlive(true);
-    c.on("error", this.onSocketError);
-    c.on("close", this.onClientClose);
+    (c as OwnedSocket)[kOwner] = this;
+    c.on("error", onOwnedSocketError);
+    c.on("close", onOwnedSocketClose);
     this.first = new FirstPacket(c, this);
     this.first.start();
     this.machine.start(this);
@@ -696,8 +718,9 @@ export class ClientConnection {
   private useTransport(session: TlsSession): void {
     this.tlsSession = session;
     const s = session.socket;
-    s.on("error", this.onSocketError);
-    s.on("close", this.onClientClose);
+    (s as OwnedSocket)[kOwner] = this;
+    s.on("error", onOwnedSocketError);
+    s.on("close", onOwnedSocketClose);
     this.transport = s;
   }
 
@@ -1203,17 +1226,18 @@ export class ClientConnection {
 
   // Endings ------------------------------------------------------------------------------------------
 
-  private readonly onSocketError = (e: Error): void => {
+  /** A client socket's error (its close follows). */
+  socketError(e: Error): void {
     this.deps.log.debug({ conn: this.id, err: e.message }, "client socket error");
-  };
+  }
 
-  private readonly onClientClose = (): void => {
-    // Both the TCP socket and the TLS socket on it report the close.
+  /** A client socket closed (the TCP socket and the TLS socket on it both report it). */
+  socketClosed(): void {
     if (this.clientGone) return;
     this.clientGone = true;
     if (!this.machine.done) this.machine.send(Events.ClientClosed);
     this.settle();
-  };
+  }
 
   /** The server leg is gone (ServerConnection tells its listener). */
   onServerLost(): void {
@@ -1262,8 +1286,12 @@ export class ClientConnection {
     });
     this.deps.log.info(summary, "client disconnected");
     this.isClosed = true;
-    const listener = this.closedListener;
+    this.deps.live.delete(this.id);
+    this.destroy();
+    const listener = this.closedListener as ((arg: unknown) => void) | undefined;
+    const arg = this.closedArg;
     this.closedListener = undefined;
-    listener?.();
+    this.closedArg = undefined;
+    listener?.(arg);
   }
 }

@@ -32,7 +32,7 @@ import type { SqlParser } from "../sql/parser.ts";
 import type { SessionEffect, StatementEffects } from "../sql/sessionEffects.ts";
 import { clientEvents, isExtended, isSyncPoint } from "./clientEvents.ts";
 import type { EventSink } from "./EventSink.ts";
-import type { ServerConnection } from "./ServerConnection.ts";
+import type { ServerConnection, ServerReceiver } from "./ServerConnection.ts";
 
 /** What the client half gives a link: its socket, its machine, and where to report an ending. */
 export interface ClientSide {
@@ -144,7 +144,18 @@ const isFatalSeverity = (msg: Buffer, start: number, end: number): boolean => {
  * requests are matched to replies (Replies) so that prepared statements can be mapped and
  * replies pgwarden injected or answers itself come out in order.
  */
-export class Link implements Waiter {
+/**
+ * The Link a client socket is relaying for, kept on the socket: its "data" listener is then one
+ * function for every client rather than a closure per connection.
+ */
+const kLink = Symbol("pgwarden.link");
+type LinkedSocket = Socket & { [kLink]?: Link | undefined };
+
+function relayClientData(this: LinkedSocket, chunk: Buffer): void {
+  this[kLink]?.onClientData(chunk);
+}
+
+export class Link implements Waiter, ServerReceiver {
   readonly client: ClientSide;
   private current: ServerConnection | undefined;
   private serverSocket: Socket | undefined;
@@ -264,7 +275,8 @@ export class Link implements Waiter {
     for (const m of first.toClient) this.toClient.push(m);
     if (!this.replay(first.serverPending, (t, m) => this.serverBase(t, m), this.toClient)) return;
     this.flushToClient();
-    this.client.socket.on("data", this.onClientData);
+    (this.client.socket as LinkedSocket)[kLink] = this;
+    this.client.socket.on("data", relayClientData);
     if (this.pooled && this.current?.owed.settled) {
       // The login's server connection goes back at once: the client has asked for nothing yet.
       this.release("idle");
@@ -272,7 +284,7 @@ export class Link implements Waiter {
     if (this.current !== undefined) {
       if (!this.replay(first.clientPending, (t, m) => this.clientBase(t, m), this.toServer)) return;
       this.flushToServer();
-      this.current.relayTo(this.onServerData);
+      this.current.relayTo(this);
     } else {
       for (const m of first.clientPending) this.onClientData(m);
     }
@@ -283,7 +295,8 @@ export class Link implements Waiter {
   unlink(): void {
     if (!this.linked) return;
     this.linked = false;
-    this.client.socket.off("data", this.onClientData);
+    this.client.socket.off("data", relayClientData);
+    (this.client.socket as LinkedSocket)[kLink] = undefined;
     this.current?.relayTo(undefined);
     this.clearTimers();
     if (this.waiting) {
@@ -333,7 +346,7 @@ export class Link implements Waiter {
     );
   }
 
-  private readonly onClientData = (chunk: Buffer): void => {
+  onClientData(chunk: Buffer): void {
     if (this.current === undefined && !this.terminateOnly(chunk)) {
       // Pooled, between transactions: the next request waits for a server connection.
       if (this.stash === undefined) this.stash = [chunk];
@@ -362,7 +375,7 @@ export class Link implements Waiter {
     }
     if (this.current !== undefined) this.flushToServer();
     if (this.pooled !== undefined) this.answerLocally();
-  };
+  }
 
   /** A lone Terminate needs no server connection. */
   private terminateOnly(chunk: Buffer): boolean {
@@ -374,7 +387,8 @@ export class Link implements Waiter {
     );
   }
 
-  private readonly onServerData = (chunk: Buffer): void => {
+  /** ServerReceiver: what the linked server connection sends. */
+  onServerData(chunk: Buffer): void {
     let err: PgwardenError | undefined;
     try {
       err = this.serverScanner.scan(chunk, this.toClient);
@@ -398,7 +412,7 @@ export class Link implements Waiter {
         this.release("idle");
     }
     if (this.held !== undefined && this.replies.empty) this.releaseHeld();
-  };
+  }
 
   /** Audit on: a new statement is refused while the audit trail cannot take records; others are recorded. */
   private onClientMessageAudited(type: number, msg: Buffer): Verdict {
@@ -947,7 +961,7 @@ export class Link implements Waiter {
     if (!this.serverScanner.atBoundary) this.serverScanner = this.newServerScanner();
     this.client.attached(server);
     if (this.statements !== undefined) this.statements.serverId = server.id;
-    server.relayTo(this.onServerData);
+    server.relayTo(this);
   }
 
   /** Gives the server connection back: ReadyForQuery `I`, nothing owed, nothing pinned. */

@@ -104,31 +104,32 @@ const listen = (host: string, port: number): Effect.Effect<NetServer, PgwardenEr
   );
 
 /**
- * One connection's fiber: it owns the connection (both sockets and, through the shared Deadlines,
- * its timers) and destroys it however the fiber ends. Interrupting it — a shutdown — ends the
- * connection with 57P01 and gives it the linger to close before it is destroyed. Once the
- * connection has closed it leaves `sessions`. Written as one callback rather than a bracket, and
- * with its cancellation built only on interruption: every idle connection holds what its fiber
- * is suspended on.
+ * One connection's fiber: suspended until the connection has closed, which then leaves the live
+ * connections and is destroyed (ClientConnection's close, `deps.live`). The fiber's resume is the
+ * connection's closed listener as it is, and the fiber registers no cancellation of its own: an
+ * idle connection holds only what its fiber is suspended on. The server ends the connections
+ * still open when it stops (`endSessions`), before it interrupts their fibers.
  */
-const superviseConnection = (
-  conn: ClientConnection,
+const superviseConnection = (conn: ClientConnection): Effect.Effect<void> =>
+  Effect.callback<void>((resume) => conn.whenClosed(resume, Effect.void));
+
+/**
+ * Ends every open connection with 57P01, gives them the linger to close, then destroys what is
+ * left: at a stop or drain's end, and when the server's scope closes for any other reason.
+ */
+const endSessions = (
+  sessions: ReadonlyMap<string, ClientConnection>,
   lingerMs: number,
-  sessions: Map<string, ClientConnection>,
 ): Effect.Effect<void> =>
-  Effect.callback<void>((resume) => {
-    conn.whenClosed(() => {
-      sessions.delete(conn.id);
-      conn.destroy();
-      resume(Effect.void);
-    });
-    return Effect.suspend(() =>
-      Effect.promise(async () => {
-        conn.shutdown();
-        await Promise.race([conn.closed, new Promise((r) => setTimeout(r, lingerMs + 500).unref())]);
-        conn.destroy();
-      }),
-    );
+  Effect.promise(async () => {
+    const open = [...sessions.values()];
+    if (open.length === 0) return;
+    for (const c of open) c.shutdown();
+    await Promise.race([
+      Promise.all(open.map((c) => c.closed)),
+      new Promise((r) => setTimeout(r, lingerMs + 500).unref()),
+    ]);
+    for (const c of open) c.destroy();
   });
 
 /** At debug level every transition is also a log line; otherwise logging costs nothing here. */
@@ -259,6 +260,8 @@ const program = (
     const forkTimer = yield* FiberSet.makeRuntime<never>();
     const sessions = new Map<string, ClientConnection>();
     const limits = config.limits;
+    // Registered after the FiberMap, so it runs first when the scope closes however it closes.
+    yield* Effect.addFinalizer(() => endSessions(sessions, limits.lingerMs));
     const slots = admission(limits.maxClientConnections, limits.maxCancelConnections);
     const pc = config.pool;
     const pooledModes =
@@ -321,6 +324,7 @@ const program = (
       limits,
       startup: config.startup,
       access: () => access,
+      live: sessions,
       sessions: { counter: sessionCounter, timers: () => sessionTimers },
       grants: {
         grants: config.access.grants,
@@ -416,7 +420,7 @@ const program = (
       const conn = new ClientConnection(id, socket, deps);
       sessions.set(id, conn);
       conn.start();
-      run(id, superviseConnection(conn, limits.lingerMs, sessions));
+      run(id, superviseConnection(conn));
     });
     const reloadContext = (leg: "tls" | "upstream.tls", ctx: ReloadableContext) => {
       const r = ctx.reload();
@@ -476,6 +480,7 @@ const program = (
       );
     }
     if (sessions.size > 0) log.info({ sessions: sessions.size }, "ending remaining sessions");
+    yield* endSessions(sessions, limits.lingerMs);
     yield* FiberMap.clear(fibers);
     log.info("stopped");
   });

@@ -22,6 +22,11 @@ import { Backend } from "../protocol/messageTypes.ts";
 import { pooledServerSessionPolicy } from "../protocol/policies.ts";
 import { encodeReported, type LoginReport, loginReport } from "./LoginReports.ts";
 
+/** What reads a server connection's bytes: a method, so the reader needs no closure of its own. */
+export interface ServerReceiver {
+  onServerData(chunk: Buffer): void;
+}
+
 const runPolicy = pooledServerSessionPolicy(1_048_576);
 const NOTHING_REPORTED: ReadonlyMap<string, string> = new Map();
 
@@ -210,7 +215,7 @@ export class ServerConnection {
     // mode swaps a reference instead of adding and removing socket listeners.
     socket.on("data", (chunk: Buffer) => {
       const r = this.receiver;
-      if (r !== undefined) r(chunk);
+      if (r !== undefined) r.onServerData(chunk);
       else this.unclaimed();
     });
     if (this.machine.done || this.abort?.signal.aborted !== false) {
@@ -303,10 +308,12 @@ export class ServerConnection {
         return DROP;
       });
       const sink: Uint8Array[] = [];
-      const onData = (chunk: Buffer) => {
-        const err = scanner.scan(chunk, sink);
-        sink.length = 0;
-        if (err !== undefined) done(false);
+      const onData: ServerReceiver = {
+        onServerData: (chunk) => {
+          const err = scanner.scan(chunk, sink);
+          sink.length = 0;
+          if (err !== undefined) done(false);
+        },
       };
       const onClose = () => done(false);
       this.receiver = onData;
@@ -319,10 +326,10 @@ export class ServerConnection {
   }
 
   /** Who reads the socket: the linked client's Link, or pgwarden's own query; none while pooled. */
-  private receiver: ((chunk: Buffer) => void) | undefined;
+  private receiver: ServerReceiver | undefined;
 
   /** The Link that now relays this connection's replies (undefined: it gives the connection back). */
-  relayTo(receiver: ((chunk: Buffer) => void) | undefined): void {
+  relayTo(receiver: ServerReceiver | undefined): void {
     this.receiver = receiver;
     if (receiver !== undefined) this.socket?.resume();
   }
