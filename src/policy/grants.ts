@@ -21,6 +21,20 @@ export interface Destination {
   readonly role: string;
 }
 
+/** Destinations by (database, role): thousands of sessions to one database share one object. */
+const destinations = new Map<string, Destination>();
+const MAX_DESTINATIONS = 4096;
+
+const destinationOf = (database: string, role: string): Destination => {
+  const key = `${database}\u0000${role}`;
+  let d = destinations.get(key);
+  if (d === undefined) {
+    d = Object.freeze({ database, role });
+    if (destinations.size < MAX_DESTINATIONS) destinations.set(key, d);
+  }
+  return d;
+};
+
 /**
  * The client is told what it asked for and who it is, never which role or server it would have
  * reached: those are the operator's business, and naming them helps an attacker map the estate.
@@ -45,5 +59,5 @@ export const resolveGrant = (
   }
   const role = grant.role ?? policy.defaultRole ?? (policy.fallbackToClientUser ? identity : undefined);
   if (role === undefined) return denied(`no database role is configured for "${identity}"`);
-  return { database, role };
+  return destinationOf(database, role);
 };

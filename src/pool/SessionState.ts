@@ -48,6 +48,10 @@ const NOTHING_AWAITED: (readonly SessionEffect[])[] = [];
 /** Tags name a content of the settings: two states with one tag hold the same values. */
 let lastTag = 0;
 
+/** Settings as startup packets gave them, by content: what `fromStartup` shares. */
+const startupStates = new Map<string, { readonly values: Map<string, GucValue>; readonly tag: number }>();
+const MAX_STARTUP_STATES = 256;
+
 export class SessionState {
   private values = new Map<string, GucValue>();
   /** The map is also another state's (adoptFrom): copied before the first change. */
@@ -66,13 +70,27 @@ export class SessionState {
   private awaiting: (readonly SessionEffect[])[] = NOTHING_AWAITED;
   private txn: Transaction | undefined;
 
-  /** Raw values a client gave in its startup packet (application_name, options' -c settings). */
+  /**
+   * Raw values a client gave in its startup packet (application_name, options' -c settings).
+   * Clients that start alike share one map (copied on their first change) and one tag.
+   */
   static fromStartup(params: Readonly<Record<string, string>>): SessionState {
     const s = new SessionState();
+    let key = "";
     for (const [name, value] of Object.entries(params)) {
       const n = name.toLowerCase();
-      if (tracked(n)) s.values.set(n, { form: "raw", text: value });
+      if (!tracked(n)) continue;
+      s.values.set(n, { form: "raw", text: value });
+      key += `${n}\u0000${value}\u0000`;
     }
+    const known = startupStates.get(key);
+    if (known !== undefined) {
+      s.values = known.values;
+      s.tag = known.tag;
+    } else if (startupStates.size < MAX_STARTUP_STATES)
+      startupStates.set(key, { values: s.values, tag: s.tag });
+    else return s;
+    s.shared = true;
     return s;
   }
 

@@ -201,6 +201,20 @@ const tooManyClients = pgwardenError(
 
 const NOTHING_PENDING: readonly Buffer[] = Object.freeze([]);
 
+/** Each pool's PooledSession, shared by its clients (a reload makes new pooling settings, and so new ones). */
+const pooledSessions = new WeakMap<
+  Pool,
+  { readonly of: ConnectionDeps["pooling"]; readonly session: PooledSession }
+>();
+
+const pooledSession = (pool: Pool, pooling: ConnectionDeps["pooling"]): PooledSession => {
+  const known = pooledSessions.get(pool);
+  if (known !== undefined && known.of === pooling) return known.session;
+  const session: PooledSession = { pool, ...pooling };
+  pooledSessions.set(pool, { of: pooling, session });
+  return session;
+};
+
 /**
  * The connection a client socket (TCP, or TLS on it) belongs to, kept on the socket: the socket's
  * listeners are then one function each for every client rather than closures per connection.
@@ -1164,14 +1178,11 @@ export class ClientConnection {
     this.clientKey = pooledMode
       ? this.deps.cancels.issuePooled(this.minor, this)
       : this.deps.cancels.issue(upstream.pid!, this.minor, this);
-    const pooled: PooledSession | undefined = pooledMode
-      ? { pool, state: this.sessionState!, ...this.deps.pooling }
-      : undefined;
     const link = new Link(this, this.server!, {
       maxMessageBytes: this.deps.limits.maxMessageBytes,
       maxBuffered: this.deps.limits.maxBufferedBytesPerConnection,
       events: this.deps.events,
-      ...(pooled === undefined ? {} : { pooled }),
+      ...(pooledMode ? { pooled: pooledSession(pool, this.deps.pooling), state: this.sessionState! } : {}),
     });
     this.link = link;
     if (this.deps.log.isLevelEnabled("info"))

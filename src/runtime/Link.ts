@@ -49,10 +49,9 @@ export interface ClientSide {
 }
 
 /** What a link in transaction or statement mode works with besides its two legs. */
+/** How a pool's clients are served: one object per pool, shared by its clients. */
 export interface PooledSession {
   readonly pool: Pool;
-  /** The client's own session settings, replayed on each server connection it gets. */
-  readonly state: SessionState;
   readonly parser: SqlParser | undefined;
   readonly refusePins: boolean;
   readonly idleInTransactionTimeoutMs: number;
@@ -160,7 +159,8 @@ export class Link implements Waiter, ServerReceiver {
   private current: ServerConnection | undefined;
   private serverSocket: Socket | undefined;
   private readonly clientScanner: MessageScanner;
-  private serverScanner: MessageScanner;
+  /** The attached server connection's stream; none while a pooled client waits between transactions. */
+  private serverScanner: MessageScanner | undefined;
   private readonly serverPolicy;
   private readonly toServer: Uint8Array[] = [];
   private readonly toClient: Uint8Array[] = [];
@@ -172,6 +172,8 @@ export class Link implements Waiter, ServerReceiver {
 
   // Pooled modes ------------------------------------------------------------------------------------
   private readonly pooled: PooledSession | undefined;
+  /** Pooled modes: the client's own session settings, replayed on each server connection it gets. */
+  private readonly state: SessionState | undefined;
   private readonly replies = new Replies();
   /** Chunks the client sent while the link held no server connection. */
   private stash: Buffer[] | undefined;
@@ -192,13 +194,20 @@ export class Link implements Waiter, ServerReceiver {
   constructor(
     client: ClientSide,
     server: ServerConnection | undefined,
-    limits: { maxMessageBytes: number; maxBuffered: number; events?: EventSink; pooled?: PooledSession },
+    limits: {
+      maxMessageBytes: number;
+      maxBuffered: number;
+      events?: EventSink;
+      pooled?: PooledSession;
+      state?: SessionState;
+    },
   ) {
     this.client = client;
     this.current = server;
     this.serverSocket = server?.socket;
     this.bufferLimit = limits.maxBuffered;
     this.pooled = limits.pooled;
+    this.state = limits.state;
     const events = limits.events;
     const audited = events?.statements === true;
     if (audited) {
@@ -233,7 +242,7 @@ export class Link implements Waiter, ServerReceiver {
       onClient,
       this,
     );
-    this.serverScanner = this.newServerScanner();
+    if (server !== undefined) this.serverScanner = this.newServerScanner();
   }
 
   private readonly onServer: MessageHandler;
@@ -391,6 +400,7 @@ export class Link implements Waiter, ServerReceiver {
   onServerData(chunk: Buffer): void {
     let err: PgwardenError | undefined;
     try {
+      this.serverScanner ??= this.newServerScanner();
       err = this.serverScanner.scan(chunk, this.toClient);
     } catch (e) {
       err = internalFailure(e);
@@ -408,7 +418,11 @@ export class Link implements Waiter, ServerReceiver {
     }
     if (this.releaseDue) {
       this.releaseDue = false;
-      if (this.serverScanner.atBoundary && this.current?.owed.settled === true && this.replies.empty)
+      if (
+        this.serverScanner?.atBoundary !== false &&
+        this.current?.owed.settled === true &&
+        this.replies.empty
+      )
         this.release("idle");
     }
     if (this.held !== undefined && this.replies.empty) this.releaseHeld();
@@ -768,7 +782,7 @@ export class Link implements Waiter, ServerReceiver {
   /** One more ReadyForQuery owed; its effects start counting once the replies before it are in. */
   private syncPoint(effects: StatementEffects): void {
     this.syncs++;
-    if (this.current!.owed.size === 1) this.pooled!.state.queue(effects);
+    if (this.current!.owed.size === 1) this.state!.queue(effects);
     else {
       this.pendingGroups ??= [];
       this.pendingGroups.push(effects);
@@ -799,7 +813,7 @@ export class Link implements Waiter, ServerReceiver {
       server.noteParameter(msg);
       const p = msg.indexOf(0, 5);
       if (p > 0)
-        this.pooled!.state.onParameterStatus(
+        this.state!.onParameterStatus(
           msg.toString("utf8", 5, p),
           msg.toString("utf8", p + 1, msg.length - 1),
         );
@@ -830,13 +844,13 @@ export class Link implements Waiter, ServerReceiver {
     if (entry.reply === Reply.parse && entry.action === Action.forward && entry.name !== undefined)
       this.pendingParses?.delete(entry.name);
     if (type === Backend.ErrorResponse) {
-      pooled.state.onError();
+      this.state!.onError();
       this.parseUndone(entry, server);
       // A failed re-Parse is the client's error too: its Bind would fail next.
       return true;
     }
     if (type === Backend.CommandComplete) {
-      pooled.state.onCommandComplete();
+      this.state!.onCommandComplete();
       const tag = msg.toString("latin1", 5, msg.length - 1);
       if (tag === "DISCARD ALL" || tag === "DEALLOCATE ALL") {
         // The server dropped every prepared statement; only this client's names go with them.
@@ -853,9 +867,9 @@ export class Link implements Waiter, ServerReceiver {
    */
   private afterReadyForQuery(status: "I" | "T" | "E"): PgwardenError | undefined {
     const pooled = this.pooled!;
-    pooled.state.onReadyForQuery(status);
+    this.state!.onReadyForQuery(status);
     const next = this.pendingGroups?.shift();
-    if (next !== undefined) pooled.state.queue(next);
+    if (next !== undefined) this.state!.queue(next);
     const stats = pooled.pool.stats;
     stats.queries++;
     if (status !== "I") {
@@ -865,7 +879,7 @@ export class Link implements Waiter, ServerReceiver {
     }
     stats.transactions++;
     this.clearTimers();
-    if (this.current!.owed.settled && !pooled.state.pinned) this.releaseDue = true;
+    if (this.current!.owed.settled && !this.state!.pinned) this.releaseDue = true;
     return undefined;
   }
 
@@ -908,7 +922,7 @@ export class Link implements Waiter, ServerReceiver {
       return;
     }
     this.waiting = false;
-    const state = this.pooled!.state;
+    const state = this.state!;
     const sql = server.settings.sameAs(state) ? "" : replaySql(state.current, server.settings.current);
     if (sql === "") this.resume(server);
     else void this.prepare(server, sql).catch(() => this.client.endWith(replayFailed));
@@ -937,7 +951,7 @@ export class Link implements Waiter, ServerReceiver {
       this.pooled!.pool.release(server);
       return;
     }
-    server.settings.adoptFrom(this.pooled!.state);
+    server.settings.adoptFrom(this.state!);
     this.attach(server);
     const stash = this.stash ?? [];
     this.stash = undefined;
@@ -958,7 +972,7 @@ export class Link implements Waiter, ServerReceiver {
   private attach(server: ServerConnection): void {
     this.current = server;
     this.serverSocket = server.socket;
-    if (!this.serverScanner.atBoundary) this.serverScanner = this.newServerScanner();
+    if (this.serverScanner?.atBoundary !== true) this.serverScanner = this.newServerScanner();
     this.client.attached(server);
     if (this.statements !== undefined) this.statements.serverId = server.id;
     server.relayTo(this);
@@ -972,7 +986,7 @@ export class Link implements Waiter, ServerReceiver {
     this.current = undefined;
     this.serverSocket = undefined;
     this.replies.clear();
-    server.settings.adoptFrom(this.pooled!.state);
+    server.settings.adoptFrom(this.state!);
     this.client.released(server, reason);
     this.pooled!.pool.release(server);
   }

@@ -2,7 +2,6 @@ import { createHmac, randomBytes } from "node:crypto";
 import { createServer, type Server as NetServer, type Socket } from "node:net";
 import * as Deferred from "effect/Deferred";
 import * as Effect from "effect/Effect";
-import * as FiberMap from "effect/FiberMap";
 import * as FiberSet from "effect/FiberSet";
 import * as Redacted from "effect/Redacted";
 import type * as Scope from "effect/Scope";
@@ -242,7 +241,7 @@ const clientTlsContext = (config: PgwardenConfig): ReloadableContext | PgwardenE
 
 /**
  * The proxy as an Effect program: a scoped listener, one supervised fiber per connection in a
- * FiberMap keyed by connection id, and a drain on request.
+ * FiberSet, and a drain on request.
  */
 const program = (
   options: Pick<ServerOptions, "log" | "onTransition" | "fipsStatus">,
@@ -255,12 +254,14 @@ const program = (
     const users = yield* Users;
     const cancels = yield* Cancels;
     const events = yield* Events;
-    const fibers = yield* FiberMap.make<string>();
-    const run = yield* FiberMap.runtime(fibers)<never>();
+    // A set, not a map by id: the server finds connections through `sessions`, and a set holds
+    // one entry per fiber where a map holds two.
+    const fibers = yield* FiberSet.make();
+    const run = yield* FiberSet.runtime(fibers)<never>();
     const forkTimer = yield* FiberSet.makeRuntime<never>();
     const sessions = new Map<string, ClientConnection>();
     const limits = config.limits;
-    // Registered after the FiberMap, so it runs first when the scope closes however it closes.
+    // Registered after the fibers' set, so it runs first when the scope closes however it closes.
     yield* Effect.addFinalizer(() => endSessions(sessions, limits.lingerMs));
     const slots = admission(limits.maxClientConnections, limits.maxCancelConnections);
     const pc = config.pool;
@@ -420,7 +421,7 @@ const program = (
       const conn = new ClientConnection(id, socket, deps);
       sessions.set(id, conn);
       conn.start();
-      run(id, superviseConnection(conn));
+      run(superviseConnection(conn));
     });
     const reloadContext = (leg: "tls" | "upstream.tls", ctx: ReloadableContext) => {
       const r = ctx.reload();
@@ -475,13 +476,13 @@ const program = (
     if (first === "drain" && sessions.size > 0) {
       log.info({ sessions: sessions.size, timeoutMs: config.shutdown.drainTimeoutMs }, "draining");
       yield* Effect.raceFirst(
-        FiberMap.awaitEmpty(fibers).pipe(Effect.timeoutOption(config.shutdown.drainTimeoutMs)),
+        FiberSet.awaitEmpty(fibers).pipe(Effect.timeoutOption(config.shutdown.drainTimeoutMs)),
         Deferred.await(signals.stop),
       );
     }
     if (sessions.size > 0) log.info({ sessions: sessions.size }, "ending remaining sessions");
     yield* endSessions(sessions, limits.lingerMs);
-    yield* FiberMap.clear(fibers);
+    yield* FiberSet.clear(fibers);
     log.info("stopped");
   });
 
