@@ -14,7 +14,7 @@ import { MachineRunner, serverRunner } from "../src/machines/MachineRunner.ts";
 import { ServerEvents } from "../src/machines/serverEvents.ts";
 import { OwedResponses } from "../src/pool/OwedResponses.ts";
 import { type ClientSide, Link } from "../src/runtime/Link.ts";
-import type { ServerConnection } from "../src/runtime/ServerConnection.ts";
+import type { ServerConnection, ServerReceiver } from "../src/runtime/ServerConnection.ts";
 
 /** A socket that takes every write at once and counts it: enough for Link and batchWrite. */
 class NullSocket extends EventEmitter {
@@ -113,13 +113,13 @@ export function standInLink() {
     released: () => {},
   };
   // A server connection hands its replies to the link that holds it, as the real one does.
-  let receiver: ((chunk: Buffer) => void) | undefined;
-  serverSocket.on("data", (chunk: Buffer) => receiver?.(chunk));
+  let receiver: ServerReceiver | undefined;
+  serverSocket.on("data", (chunk: Buffer) => receiver?.onServerData(chunk));
   const server = {
     socket: serverSocket as unknown as Socket,
     owed: new OwedResponses(),
     machine: serverMachine,
-    relayTo: (r: ((chunk: Buffer) => void) | undefined) => {
+    relayTo: (r: ServerReceiver | undefined) => {
       receiver = r;
     },
   } as unknown as ServerConnection;
