@@ -9,6 +9,9 @@ import type { Signer } from "./Signer.ts";
 import { listSegments, readSegmentLines, segmentFileName } from "./segmentFiles.ts";
 import { auditClock } from "./timestamp.ts";
 
+const BATCH_START_BYTES = 64 << 10;
+const BATCH_KEEP_BYTES = 1 << 20;
+
 /**
  * The local segment store: chains events, appends them to `audit-<instance>-<segment>.jsonl`
  * in batches with one fdatasync per batch, and seals segments by size, age, rotation or
@@ -149,7 +152,7 @@ export class SegmentWriter {
   readonly #maxQueued: number;
   #queue: AuditEvent[] = [];
   /** The drained lines' bytes, reused from drain to drain (drains never overlap: #serialize). */
-  #batch = Buffer.allocUnsafe(64 << 10);
+  #batch = Buffer.allocUnsafe(BATCH_START_BYTES);
   #batchLength = 0;
   #work: Promise<void> = Promise.resolve();
   #file: FileHandle | undefined;
@@ -322,6 +325,8 @@ export class SegmentWriter {
       const err = await this.#writeLines(lines, this.#batchBytes());
       if (err !== undefined) return err;
     }
+    // A burst's batch does not stay allocated after it.
+    if (this.#batch.length > BATCH_KEEP_BYTES) this.#batch = Buffer.allocUnsafe(BATCH_START_BYTES);
     if (Date.now() - this.#segmentOpenedAt >= this.#o.segmentMaxAgeMs && this.#chain.segmentCount > 0)
       return this.#sealNow("age");
     return undefined;

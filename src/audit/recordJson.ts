@@ -125,9 +125,15 @@ const write = (value: unknown): string | undefined => {
   }
 };
 
+/** for…in also walks inherited members, which canonicalJson (Object.keys) does not: none, normally. */
+const prototypePolluted = (): boolean => {
+  for (const _ in Object.prototype) return true;
+  return false;
+};
+
 /** canonicalJson of the event with the envelope's members added. */
 export const recordJson = (event: Record<string, unknown>, envelope: Envelope): string => {
-  const plan = planFor(event);
+  const plan = prototypePolluted() ? undefined : planFor(event);
   if (plan !== undefined) {
     const { order, names, fromEnvelope } = plan;
     let out = "{";

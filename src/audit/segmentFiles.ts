@@ -40,11 +40,15 @@ export interface SegmentLines {
   readonly tornBytes: number;
 }
 
-export const splitSegmentText = (text: string): SegmentLines => {
-  const lines = text.split("\n");
-  const last = lines.pop()!;
-  return { lines, tornBytes: Buffer.byteLength(last) };
+/**
+ * A segment's complete lines and its torn tail, counted in the file's own bytes: a crash can cut a
+ * line inside a character, and the decoded text's replacement characters are not the bytes the
+ * recovery must cut off.
+ */
+export const readSegmentLines = async (path: string): Promise<SegmentLines> => {
+  const bytes = await readFile(path);
+  const end = bytes.lastIndexOf(10) + 1;
+  const lines = bytes.toString("utf8", 0, end).split("\n");
+  lines.pop();
+  return { lines, tornBytes: bytes.length - end };
 };
-
-export const readSegmentLines = async (path: string): Promise<SegmentLines> =>
-  splitSegmentText(await readFile(path, "utf8"));

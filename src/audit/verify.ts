@@ -172,32 +172,49 @@ class ChunkPool {
   readonly #workers: Worker[] = [];
   /** Chunks each worker holds: two, so one waits in its port while this thread is busy. */
   readonly #load = new Map<Worker, number>();
-  readonly #queue: { bytes: Uint8Array; chunk: ChunkTask; done: (r: ChunkResult | Error) => void }[] = [];
-  readonly #running = new Map<number, (r: ChunkResult | Error) => void>();
+  readonly #queue: Queued[] = [];
+  readonly #running = new Map<number, { readonly worker: Worker; readonly task: Queued }>();
   #n = 0;
   #here = false;
+  #closed = false;
 
-  constructor(workers: number, keys: SegmentKeys) {
-    this.#keys = keys;
-    const workerData = {
-      hmacKeys: [...keys.macKeys.values()].map((k) => hmacKeyBytes(k)).filter((b) => b !== undefined),
+  /** Undefined when a key cannot be handed to another thread (only its holder has its bytes). */
+  static open(workers: number, keys: SegmentKeys): ChunkPool | undefined {
+    const hmacKeys = [...keys.macKeys.values()].map((k) => hmacKeyBytes(k));
+    if (hmacKeys.some((b) => b === undefined)) return undefined;
+    return new ChunkPool(workers, keys, {
+      hmacKeys: hmacKeys as Buffer[],
       trustedPems: [...keys.trusted.values()].map((k) => k.pem),
-    };
+    });
+  }
+
+  private constructor(
+    workers: number,
+    keys: SegmentKeys,
+    workerData: { hmacKeys: Buffer[]; trustedPems: string[] },
+  ) {
+    this.#keys = keys;
     for (let i = 0; i < workers; i++) {
       const w = new Worker(new URL("./verifyThread.ts", import.meta.url), { workerData });
       w.on("message", (m: { n: number; result?: ChunkResult; error?: string }) => {
-        const done = this.#running.get(m.n);
+        const running = this.#running.get(m.n);
         this.#running.delete(m.n);
         this.#load.set(w, this.#load.get(w)! - 1);
-        done?.(m.result ?? new Error(m.error));
+        running?.task.done(m.result ?? new Error(m.error));
         this.#dispatch();
       });
-      w.on("error", (e) => {
-        // A worker that died takes no more chunks; what it held fails the verification.
-        this.#load.delete(w);
-        for (const done of this.#running.values()) done(e);
-        this.#running.clear();
-      });
+      // A worker that fails or exits takes no more chunks; what it held is checked here instead.
+      const lost = () => {
+        if (!this.#load.delete(w)) return;
+        for (const [n, r] of this.#running)
+          if (r.worker === w) {
+            this.#running.delete(n);
+            this.#queue.unshift(r.task);
+          }
+        this.#dispatch();
+      };
+      w.on("error", lost);
+      w.on("exit", lost);
       this.#workers.push(w);
       this.#load.set(w, 0);
     }
@@ -205,6 +222,7 @@ class ChunkPool {
 
   /** Checks the chunk of `bytes` (a segment over shared memory) that `chunk` names. */
   run(bytes: Uint8Array, chunk: ChunkTask): Promise<ChunkResult> {
+    if (this.#closed) return Promise.reject(new Error("verifier threads closed"));
     return new Promise((resolve, reject) => {
       this.#queue.push({ bytes, chunk, done: (r) => (r instanceof Error ? reject(r) : resolve(r)) });
       this.#dispatch();
@@ -212,14 +230,15 @@ class ChunkPool {
   }
 
   #dispatch(): void {
+    if (this.#closed) return;
     for (const [w, held] of this.#load) {
       // A second chunk only while another is left for this thread: at the end, none waits idle.
       for (let k = held; k < 2 && this.#queue.length > k; k++) {
-        const t = this.#queue.shift()!;
+        const task = this.#queue.shift()!;
         const n = ++this.#n;
-        this.#running.set(n, t.done);
+        this.#running.set(n, { worker: w, task });
         this.#load.set(w, k + 1);
-        w.postMessage({ n, buffer: t.bytes.buffer, chunk: t.chunk });
+        w.postMessage({ n, buffer: task.bytes.buffer, chunk: task.chunk });
       }
     }
     if (this.#queue.length > 0 && !this.#here) {
@@ -231,6 +250,7 @@ class ChunkPool {
   /** One queued chunk on this thread, then back to the event loop so workers' answers are taken. */
   #runHere(): void {
     this.#here = false;
+    if (this.#closed) return;
     const t = this.#queue.shift();
     if (t === undefined) return;
     try {
@@ -241,9 +261,24 @@ class ChunkPool {
     this.#dispatch();
   }
 
+  /** Drops the queued chunks of a segment no longer wanted (its promises never settle). */
+  drop(bytes: Uint8Array): void {
+    for (let i = this.#queue.length - 1; i >= 0; i--)
+      if (this.#queue[i]!.bytes === bytes) this.#queue.splice(i, 1);
+  }
+
+  /** Stops: chunks not yet checked are dropped (their segments are no longer wanted). */
   async close(): Promise<void> {
+    this.#closed = true;
+    this.#queue.length = 0;
     await Promise.all(this.#workers.map((w) => w.terminate()));
   }
+}
+
+interface Queued {
+  readonly bytes: Uint8Array;
+  readonly chunk: ChunkTask;
+  readonly done: (r: ChunkResult | Error) => void;
 }
 
 /** Verifies a whole segment on this thread, from the chain point its task names. */
@@ -252,10 +287,10 @@ export const verifySegmentText = (
   task: SegmentTask,
   keys: SegmentKeys,
 ): SegmentResult => {
-  const { lines, tornBytes } = splitLines(segment.text);
+  const lines = splitLines(segment.text);
   const check = new SegmentCheck(task, keys, task.start, validateRecord);
   check.lines(lines, 0, segment.badLine);
-  return check.finish(lines.length, tornBytes);
+  return check.finish(lines.length, segment.tornBytes);
 };
 
 /** Bytes read at a time: the first chunk can go to a thread long before the segment is in. */
@@ -272,10 +307,13 @@ class SegmentLoad {
   lineCount = 0;
   tornBytes = 0;
   #finished = false;
+  #abandoned = false;
   #failure: unknown;
   #wake: (() => void)[] = [];
+  readonly #pool: ChunkPool;
 
   constructor(p: Planned, pool: ChunkPool, chunkLines: number) {
+    this.#pool = pool;
     this.#read(p, pool, chunkLines).then(
       () => this.#settle(),
       (e: unknown) => this.#settle(e ?? new Error("segment read failed")),
@@ -287,6 +325,12 @@ class SegmentLoad {
     while (i >= this.chunks.length && !this.#finished) await new Promise<void>((r) => this.#wake.push(r));
     if (this.#failure !== undefined) throw this.#failure;
     return this.chunks[i];
+  }
+
+  /** The segment is not wanted after all (the instance's chain ended before it): stop reading it. */
+  abandon(): void {
+    this.#abandoned = true;
+    this.#pool.drop(this.bytes);
   }
 
   #settle(failure?: unknown): void {
@@ -311,7 +355,7 @@ class SegmentLoad {
       let prevFrom = -1;
       let lineFrom = 0;
       let read = 0;
-      while (read < size) {
+      while (read < size && !this.#abandoned) {
         const { bytesRead } = await f.read(bytes, read, Math.min(READ_BYTES, size - read), read);
         if (bytesRead === 0) break;
         read += bytesRead;
@@ -337,6 +381,7 @@ class SegmentLoad {
   }
 
   #cut(chunk: ChunkTask, pool: ChunkPool): void {
+    if (this.#abandoned) return;
     this.chunks.push(chunk);
     const r = pool.run(this.bytes, chunk);
     r.catch(() => {});
@@ -374,7 +419,11 @@ const joinSegment = async (s: SegmentLoad, task: SegmentTask, keys: SegmentKeys)
   return check.finish(s.lineCount, s.tornBytes);
 };
 
-type SegmentRun = (i: number, start: ChainPoint, keys: SegmentKeys) => Promise<SegmentResult>;
+interface SegmentRun {
+  readonly run: (i: number, start: ChainPoint, keys: SegmentKeys) => Promise<SegmentResult>;
+  /** Stops reading ahead: the instance's verification is over. */
+  readonly abandon: () => void;
+}
 
 const segmentResults = (
   planned: readonly Planned[],
@@ -382,20 +431,29 @@ const segmentResults = (
   chunkLines: number,
 ): SegmentRun => {
   if (pool === undefined)
-    return async (i, start, keys) => {
-      const p = planned[i]!;
-      return verifySegmentText(await readSegmentText(p.path), { ...p.task, start }, keys);
+    return {
+      run: async (i, start, keys) => {
+        const p = planned[i]!;
+        return verifySegmentText(await readSegmentText(p.path), { ...p.task, start }, keys);
+      },
+      abandon: () => {},
     };
   const loaded = new Map<number, SegmentLoad>();
   const load = (i: number) => {
     if (i < planned.length && !loaded.has(i)) loaded.set(i, new SegmentLoad(planned[i]!, pool, chunkLines));
   };
-  return async (i, start, keys) => {
-    load(i);
-    load(i + 1);
-    const s = loaded.get(i)!;
-    loaded.delete(i);
-    return joinSegment(s, { ...planned[i]!.task, start }, keys);
+  return {
+    run: async (i, start, keys) => {
+      load(i);
+      load(i + 1);
+      const s = loaded.get(i)!;
+      loaded.delete(i);
+      return joinSegment(s, { ...planned[i]!.task, start }, keys);
+    },
+    abandon: () => {
+      for (const s of loaded.values()) s.abandon();
+      loaded.clear();
+    },
   };
 };
 
@@ -429,7 +487,7 @@ const verifyInstance = async (
     const p = planned[i]!;
     if (p.gap !== undefined) findings.push(p.gap);
     // Each segment is checked from where its predecessor really ended.
-    const r = await segment(i, p.gap !== undefined ? p.task.start : (point ?? GENESIS_POINT), {
+    const r = await segment.run(i, p.gap !== undefined ? p.task.start : (point ?? GENESIS_POINT), {
       ...keys,
       trusted,
     });
@@ -508,21 +566,18 @@ export const verifyDirectory = async (dir: string, options: VerifyOptions = {}):
     throw new RangeError("chunkLines must be a power of two");
   const pool =
     bytes >= (options.parallelMinBytes ?? PARALLEL_MIN_BYTES) && threads > 1
-      ? new ChunkPool(threads - 1, keys)
+      ? ChunkPool.open(threads - 1, keys)
       : undefined;
   const instances: InstanceReport[] = [];
   try {
     for (const name of names) {
       const planned = plans.get(name)!;
-      instances.push(
-        await verifyInstance(
-          name,
-          planned,
-          segmentResults(planned, pool, chunkLines),
-          keys,
-          keys.trusted.size > 0,
-        ),
-      );
+      const segments = segmentResults(planned, pool, chunkLines);
+      try {
+        instances.push(await verifyInstance(name, planned, segments, keys, keys.trusted.size > 0));
+      } finally {
+        segments.abandon();
+      }
     }
   } finally {
     await pool?.close();

@@ -113,6 +113,8 @@ const endsWith = (line: string, at: number, text: string, next: number): boolean
 /** A segment file's text, and where its bytes stop being UTF-8 (decoding replaced them). */
 export interface SegmentText {
   readonly text: string;
+  /** Bytes after the file's last newline (counted in bytes, not in decoded characters). */
+  readonly tornBytes: number;
   /** 0-based index of the first line that is not valid UTF-8, if any. */
   readonly badLine?: number;
 }
@@ -126,7 +128,8 @@ export interface SegmentText {
 export const readSegmentText = async (path: string): Promise<SegmentText> => {
   const bytes = await readFile(path);
   const text = bytes.toString("utf8");
-  return isUtf8(bytes) ? { text } : { text, badLine: firstNonUtf8Line(bytes) };
+  const tornBytes = bytes.length - (bytes.lastIndexOf(10) + 1);
+  return isUtf8(bytes) ? { text, tornBytes } : { text, tornBytes, badLine: firstNonUtf8Line(bytes) };
 };
 
 // A newline byte is never part of a multi-byte sequence, so the decoded text has the same lines.
@@ -139,11 +142,11 @@ const firstNonUtf8Line = (bytes: Buffer): number => {
   }
 };
 
-/** Splits text into complete lines and the bytes after the last newline. */
-export const splitLines = (text: string): { lines: string[]; tornBytes: number } => {
+/** The complete lines of a segment's text (what follows the last newline is left out). */
+export const splitLines = (text: string): string[] => {
   const lines = text.split("\n");
-  const last = lines.pop()!;
-  return { lines, tornBytes: last.length === 0 ? 0 : Buffer.byteLength(last) };
+  lines.pop();
+  return lines;
 };
 
 /** Where a segment starting after `lastLine` (the previous segment's last line) begins. */
@@ -613,7 +616,7 @@ export class SegmentCheck {
 /** Decodes the complete lines in `bytes` (which ends with a newline, or is empty). */
 export const decodeLines = (bytes: Uint8Array): { lines: string[]; badLine?: number } => {
   const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const { lines } = splitLines(b.toString("utf8"));
+  const lines = splitLines(b.toString("utf8"));
   return isUtf8(b) ? { lines } : { lines, badLine: firstNonUtf8Line(b) };
 };
 

@@ -986,6 +986,8 @@ export class Link implements Waiter, ServerReceiver {
     this.current = undefined;
     this.serverSocket = undefined;
     this.replies.clear();
+    // The next server connection gets a fresh scanner (attach): a waiting client holds none.
+    this.serverScanner = undefined;
     server.settings.adoptFrom(this.state!);
     this.client.released(server, reason);
     this.pooled!.pool.release(server);

@@ -98,7 +98,7 @@ const listen = (host: string, port: number): Effect.Effect<NetServer, PgwardenEr
         resume(Effect.succeed(server));
       });
     }),
-    // close() only stops accepting here: connections end through their fibers, not the listener.
+    // close() only stops accepting here: the server ends open connections itself (endSessions).
     (server) => Effect.sync(() => server.listening && server.close()),
   );
 
@@ -261,8 +261,6 @@ const program = (
     const forkTimer = yield* FiberSet.makeRuntime<never>();
     const sessions = new Map<string, ClientConnection>();
     const limits = config.limits;
-    // Registered after the fibers' set, so it runs first when the scope closes however it closes.
-    yield* Effect.addFinalizer(() => endSessions(sessions, limits.lingerMs));
     const slots = admission(limits.maxClientConnections, limits.maxCancelConnections);
     const pc = config.pool;
     const pooledModes =
@@ -295,6 +293,9 @@ const program = (
     );
     // Pooled connections end with the program, however it ends.
     yield* Effect.addFinalizer(() => Effect.sync(() => pool.closeAll()));
+    // Registered after the fibers' set and the pools, so it runs before both when the scope
+    // closes, however it closes: clients get 57P01 while their server legs are still there.
+    yield* Effect.addFinalizer(() => endSessions(sessions, limits.lingerMs));
     const { host, port, connectTimeoutMs } = config.upstream;
     const tlsContext = clientTlsContext(config);
     if (isPgwardenError(tlsContext)) return yield* Effect.fail(tlsContext);

@@ -156,6 +156,31 @@ describe("SegmentWriter", () => {
     expect(recovery[0]!.lastSeq).toBe(inst.lastSeq);
   });
 
+  it("recovers a tail torn inside a character by cutting exactly its bytes", async () => {
+    const dir = await tmp();
+    const w = await openWriter(dir, keys);
+    for (let i = 0; i < 5; i++) w.append(transition(i));
+    await w.flush();
+    // The log as a crash would leave it: the open segment, then a record cut inside "€" (3 bytes).
+    const crashed = await tmp();
+    const name = (await readdir(dir)).find((f) => f.endsWith(".jsonl"))!;
+    const whole = await readFile(join(dir, name));
+    await w.close();
+    const torn = Buffer.from('{"kind":"transition","text":"€').subarray(0, -2);
+    await writeFile(join(crashed, name), Buffer.concat([whole, torn]));
+    const again = await openWriter(crashed, keys, { boot: "boot-2" });
+    await again.close();
+    const after = await readFile(join(crashed, name));
+    // Everything that was whole is kept byte for byte; the recovery checkpoint follows it.
+    expect(after.subarray(0, whole.length).equals(whole)).toBe(true);
+    expect(after.subarray(whole.length).toString()).toMatch(/^\{[^\n]*"reason":"recovery"[^\n]*\}\n$/);
+    const r = await verifyDirectory(crashed, {
+      hmacKeys: [keys.hmacKey],
+      trustedKeys: [await trusted(keys)],
+    });
+    expect(r.status).toBe("intact");
+  });
+
   it("refuses to continue a log whose open segment was tampered with", async () => {
     const dir = await tmp();
     const w = await openWriter(dir, keys);

@@ -264,6 +264,17 @@ describe("audit verify", () => {
     expect(c.out).toContain("5 record(s) after the last checkpoint (seq 23..27)");
   });
 
+  it("counts a torn tail that ends inside a character in bytes, on one thread and in chunks alike", async () => {
+    const dir = await copyLog();
+    const path = segmentPath(dir, 3);
+    // A crash two bytes into "é…" (0xC3 0xA9 0xE2 …): decoding would make them three characters' worth.
+    await writeFile(path, Buffer.concat([await readFile(path), Buffer.from([0xc3, 0xa9, 0xe2])]));
+    const r = await verify(dir);
+    // After the segment's checkpoint, so tampered rather than a crash's torn write.
+    expect(only(r)).toMatchObject({ class: "tampered", check: "torn-line" });
+    expect(only(r).message).toBe("3 byte(s) after the last complete line");
+  });
+
   it("reports a missing segment file as incomplete", async () => {
     const dir = await copyLog();
     await unlink(segmentPath(dir, 2));
@@ -368,7 +379,11 @@ describe("audit verify", () => {
     expect(counts).toEqual([4, 4, 2]);
     const { lines } = decodeLines(bytes.subarray(starts[10]!));
     expect(join.lines(lines, 10)).toBe(1);
-    const sequential = verifySegmentText({ text: Buffer.from(bytes).toString() }, task, segmentKeys);
+    const sequential = verifySegmentText(
+      { text: Buffer.from(bytes).toString(), tornBytes: 0 },
+      task,
+      segmentKeys,
+    );
     expect(join.finish(lineCount, 0)).toEqual(sequential);
     expect(sequential).toMatchObject({ sealed: true, records: 11, findings: [] });
     // A chunk checked from a point that is not where the lines before ended is not taken.
