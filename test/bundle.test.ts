@@ -8,6 +8,7 @@ import { DIST, freshBundle, sourceStamp } from "../bin/bundle.js";
 import { hmacKeyBytes } from "../src/audit/HmacKey.ts";
 import { GENESIS_HASH } from "../src/audit/recordLine.ts";
 import { segmentFileName } from "../src/audit/segmentFiles.ts";
+import { type ChunkResult, type ChunkTask, verifyChunk } from "../src/audit/verifySegment.ts";
 import { INSTANCE, makeKeys, makeLog, segmentPath } from "./audit/support/auditLog.ts";
 import { CLI } from "./support/cli.ts";
 
@@ -58,7 +59,7 @@ describe("the bundle pgwarden runs", () => {
 });
 
 describe("the bundle's worker threads", () => {
-  it("starts the verifier thread from dist/ and checks a segment there as the sources do", async () => {
+  it("starts the verifier thread from dist/ and checks a chunk there as the sources do", async () => {
     const keys = await makeKeys("bundle");
     const dir = await makeLog(keys);
     const task = {
@@ -74,17 +75,25 @@ describe("the bundle's worker threads", () => {
         trustedPems: [readFileSync(keys.publicKeyFile, "utf8")],
       },
     });
+    const file = readFileSync(segmentPath(dir, 1));
+    const bytes = new Uint8Array(new SharedArrayBuffer(file.length));
+    bytes.set(file);
+    const chunk: ChunkTask = { task, from: 0, to: bytes.length, prevFrom: -1, base: 0 };
     try {
-      const reply = await new Promise<{ result?: { records: number; findings: unknown[] } }>(
-        (resolve, reject) => {
-          worker.once("message", resolve);
-          worker.once("error", reject);
-          worker.postMessage({ n: 1, path: segmentPath(dir, 1), task });
-        },
+      const reply = await new Promise<{ result?: ChunkResult; error?: string }>((resolve, reject) => {
+        worker.once("message", resolve);
+        worker.once("error", reject);
+        worker.postMessage({ n: 1, buffer: bytes.buffer, chunk });
+      });
+      // Ten records, then the checkpoint, which only the joining thread can check.
+      expect(reply.error).toBeUndefined();
+      expect(reply.result?.count).toBe(10);
+      expect(reply.result).toEqual(
+        verifyChunk(bytes, chunk, {
+          macKeys: new Map([[keys.hmacKey.id, keys.hmacKey]]),
+          trusted: new Map(),
+        }),
       );
-      // Ten records and their checkpoint, nothing found.
-      expect(reply.result?.findings).toEqual([]);
-      expect(reply.result?.records).toBe(11);
     } finally {
       await worker.terminate();
     }
