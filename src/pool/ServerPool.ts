@@ -409,14 +409,15 @@ export class Pool {
     }
   }
 
-  /**
-   * Its own method so that the callback, which lives as long as the connection, closes over the
-   * connection only: one made in startLogin would keep the first client's waiter (its startup
-   * parameters, its callbacks) alive with it.
-   */
+  /** The pool hears of the connection's close itself: no callback lives as long as the connection. */
   private track(server: ServerConnection): void {
     this.servers.add(server);
-    void server.closed.then(() => this.forget(server));
+    server.whenClosed(this);
+  }
+
+  /** ServerClosedListener. */
+  serverClosed(server: ServerConnection): void {
+    this.forget(server);
   }
 
   private startLogin(w: Waiting | undefined): void {

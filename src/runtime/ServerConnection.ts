@@ -27,6 +27,26 @@ export interface ServerReceiver {
   onServerData(chunk: Buffer): void;
 }
 
+/** Who is told that a server connection has closed (its pool). */
+export interface ServerClosedListener {
+  serverClosed(server: ServerConnection): void;
+}
+
+/** The connection a server socket belongs to, kept on the socket: its listeners are shared. */
+const kServer = Symbol("pgwarden.server");
+type OwnedServerSocket = Socket & { [kServer]?: ServerConnection };
+
+// Errors end in "close", which is what the connection acts on.
+const ignoreSocketError = (): void => {};
+
+function onServerSocketClose(this: OwnedServerSocket): void {
+  this[kServer]?.lost();
+}
+
+function onServerSocketData(this: OwnedServerSocket, chunk: Buffer): void {
+  this[kServer]?.socketData(chunk);
+}
+
 const runPolicy = pooledServerSessionPolicy(1_048_576);
 const NOTHING_REPORTED: ReadonlyMap<string, string> = new Map();
 
@@ -121,9 +141,44 @@ export class ServerConnection {
   private abort: AbortController | undefined = new AbortController();
   socket: Socket | undefined;
   key: BackendKeyData | undefined;
-  /** Settles when the socket has closed (or when no socket was ever opened). */
-  readonly closed: Promise<void>;
-  private resolveClosed!: () => void;
+  /**
+   * Told once the socket has closed (or when no socket was ever opened). A field, not a promise:
+   * every pooled connection would otherwise hold the promise, its resolver and the reaction.
+   */
+  private closedListener: ServerClosedListener | undefined;
+  private isClosed = false;
+
+  /** Tells `listener` once the connection has closed (now, if it has), after earlier listeners. */
+  whenClosed(listener: ServerClosedListener): void {
+    if (this.isClosed) {
+      queueMicrotask(() => listener.serverClosed(this));
+      return;
+    }
+    const before = this.closedListener;
+    this.closedListener =
+      before === undefined
+        ? listener
+        : {
+            serverClosed: (s) => {
+              before.serverClosed(s);
+              listener.serverClosed(s);
+            },
+          };
+  }
+
+  /** The same as a promise, for callers that await it. */
+  get closed(): Promise<void> {
+    return new Promise((resolve) => this.whenClosed({ serverClosed: () => resolve() }));
+  }
+
+  /** Tells the listener a microtask later, as a promise would: never from inside a caller's loop. */
+  private resolveClosed(): void {
+    if (this.isClosed) return;
+    this.isClosed = true;
+    const listener = this.closedListener;
+    this.closedListener = undefined;
+    if (listener !== undefined) queueMicrotask(() => listener.serverClosed(this));
+  }
   private onLost: ServerLossListener | undefined;
   /** How the login authenticated and over what: kept for the next client, like the rest. */
   method = "";
@@ -163,9 +218,6 @@ export class ServerConnection {
     this.deps = deps;
     this.machine = serverRunner(id, deps.onTransition);
     this.machine.start(this);
-    this.closed = new Promise((r) => {
-      this.resolveClosed = r;
-    });
   }
 
   /** The backend's PID once logged in: what session mode hands the client. */
@@ -209,15 +261,13 @@ export class ServerConnection {
     const socket = result.socket;
     this.socket = socket;
     this.key = result.key;
-    socket.on("error", () => {});
-    socket.on("close", () => this.lost());
-    // One listener for the connection's life; who reads is a field, so a checkout in transaction
-    // mode swaps a reference instead of adding and removing socket listeners.
-    socket.on("data", (chunk: Buffer) => {
-      const r = this.receiver;
-      if (r !== undefined) r.onServerData(chunk);
-      else this.unclaimed();
-    });
+    // One set of listeners for the connection's life, shared by every connection (the socket
+    // names its own); who reads is a field, so a checkout in transaction mode swaps a reference
+    // instead of adding and removing socket listeners.
+    (socket as OwnedServerSocket)[kServer] = this;
+    socket.on("error", ignoreSocketError);
+    socket.on("close", onServerSocketClose);
+    socket.on("data", onServerSocketData);
     if (this.machine.done || this.abort?.signal.aborted !== false) {
       // The client went away or the deadline passed while PostgreSQL was answering.
       socket.destroy();
@@ -237,8 +287,15 @@ export class ServerConnection {
     return { kind: "ready", upstream: result };
   }
 
+  /** What the socket read: to the reader, or, with none, the end of an unclaimed connection. */
+  socketData(chunk: Buffer): void {
+    const r = this.receiver;
+    if (r !== undefined) r.onServerData(chunk);
+    else this.unclaimed();
+  }
+
   /** Called once, when the socket has closed: the link hears of it through `onLost`. */
-  private lost(): void {
+  lost(): void {
     this.machine.send(ServerEvents.Lost);
     this.resolveClosed();
     this.onLost?.onServerLost(this);
