@@ -15,6 +15,7 @@ import { ServerEvents } from "../src/machines/serverEvents.ts";
 import { OwedResponses } from "../src/pool/OwedResponses.ts";
 import { type ClientSide, Link } from "../src/runtime/Link.ts";
 import type { ServerConnection, ServerReceiver } from "../src/runtime/ServerConnection.ts";
+import { own } from "../src/runtime/socketOwner.ts";
 
 /** A socket that takes every write at once and counts it: enough for Link and batchWrite. */
 class NullSocket extends EventEmitter {
@@ -124,6 +125,12 @@ export function standInLink() {
     },
   } as unknown as ServerConnection;
   const link = new Link(client, server, { maxMessageBytes: 1 << 20, maxBuffered: 1 << 24 });
+  // The client socket's owner hands what it reads to its link, as ClientConnection does.
+  own(clientSocket as unknown as Socket, {
+    socketData: (chunk) => link.onClientData(chunk),
+    socketError: () => {},
+    socketClosed: () => {},
+  });
   link.start({ toClient: [], serverPending: [], clientPending: [] });
   return { clientSocket, serverSocket, machine, violations };
 }

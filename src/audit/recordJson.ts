@@ -1,13 +1,11 @@
-import { canonicalJson, quoteKey } from "./canonicalJson.ts";
+import { canonicalJson, canonicalValue, quoteKey } from "./canonicalJson.ts";
 
 /**
  * A record's canonical text (canonicalJson.ts) for the writer's hot path, written directly from
- * the event and the envelope: members in the sorted order a plan made once per event shape
- * (kind and member list) gives, nested objects as they come when their members are already in
- * sorted order (the builders make them so), and strings of printable ASCII without a quote or
- * backslash, which JSON leaves as they are, without a call to JSON.stringify. Anything else (a
- * nested object out of order, a value canonicalJson would refuse, a member name JS would
- * reorder) goes to canonicalJson itself, which stays the definition: the output is the same.
+ * the event and the envelope, without merging them into one object and sorting its keys: the
+ * members in the sorted order a plan made once per event shape (kind and member list) gives,
+ * each value by canonicalJson's own writer. A member name JS would reorder (an array index,
+ * `__proto__`) sends the record to canonicalJson whole.
  */
 
 /** What the chain adds to every event (Chain.ts); these win over event members of the same name. */
@@ -75,78 +73,18 @@ const planFor = (event: Record<string, unknown>): Plan | undefined => {
   return plan;
 };
 
-/** Needs no escaping in JSON: printable ASCII other than `"` and `\\`. */
-const PLAIN = /^[\x20\x21\x23-\x5b\x5d-\x7e]*$/;
-
-const quote = (s: string): string => (PLAIN.test(s) ? `"${s}"` : JSON.stringify(s));
-
-/**
- * canonicalJson's text for `value` when its objects' members are already in sorted order;
- * undefined for anything to leave to canonicalJson (which sorts, or refuses what it must).
- */
-const write = (value: unknown): string | undefined => {
-  switch (typeof value) {
-    case "string":
-      return quote(value);
-    case "number":
-      return Number.isFinite(value) ? `${value}` : undefined;
-    case "boolean":
-      return value ? "true" : "false";
-    case "object": {
-      if (value === null) return "null";
-      if (Array.isArray(value)) {
-        let out = "[";
-        for (let i = 0; i < value.length; i++) {
-          const v: unknown = value[i];
-          const text = write(v === undefined ? null : v);
-          if (text === undefined) return undefined;
-          out += i === 0 ? text : `,${text}`;
-        }
-        return `${out}]`;
-      }
-      const proto = Object.getPrototypeOf(value) as unknown;
-      if (proto !== Object.prototype && proto !== null) return undefined;
-      let out = "{";
-      let prev: string | undefined;
-      for (const k in value) {
-        if ((prev !== undefined && !(prev < k)) || unorderable(k)) return undefined;
-        prev = k;
-        const v = (value as Record<string, unknown>)[k];
-        // Absent and undefined mean the same, as in canonicalJson.
-        if (v === undefined) continue;
-        const text = write(v);
-        if (text === undefined) return undefined;
-        out += `${out.length === 1 ? "" : ","}${quoteKey(k)}:${text}`;
-      }
-      return `${out}}`;
-    }
-    default:
-      return undefined;
-  }
-};
-
-/** for…in also walks inherited members, which canonicalJson (Object.keys) does not: none, normally. */
-const prototypePolluted = (): boolean => {
-  for (const _ in Object.prototype) return true;
-  return false;
-};
-
 /** canonicalJson of the event with the envelope's members added. */
 export const recordJson = (event: Record<string, unknown>, envelope: Envelope): string => {
-  const plan = prototypePolluted() ? undefined : planFor(event);
-  if (plan !== undefined) {
-    const { order, names, fromEnvelope } = plan;
-    let out = "{";
-    let i = 0;
-    for (; i < order.length; i++) {
-      const k = order[i]!;
-      const v = fromEnvelope[i] === 1 ? envelope[k as keyof Envelope] : event[k];
-      if (v === undefined) continue;
-      const text = write(v);
-      if (text === undefined) break;
-      out += `${out.length === 1 ? "" : ","}${names[i]!}${text}`;
-    }
-    if (i === order.length) return `${out}}`;
+  const plan = planFor(event);
+  if (plan === undefined) return canonicalJson({ ...event, ...envelope });
+  const { order, names, fromEnvelope } = plan;
+  let out = "{";
+  for (let i = 0; i < order.length; i++) {
+    const k = order[i]!;
+    const v = fromEnvelope[i] === 1 ? envelope[k as keyof Envelope] : event[k];
+    // Absent and undefined mean the same, as in canonicalJson.
+    if (v === undefined) continue;
+    out += `${out.length === 1 ? "" : ","}${names[i]!}${canonicalValue(v)}`;
   }
-  return canonicalJson({ ...event, ...envelope });
+  return `${out}}`;
 };

@@ -64,6 +64,7 @@ import {
 } from "./FirstPacket.ts";
 import { Link, type PooledSession } from "./Link.ts";
 import type { ServerConnection } from "./ServerConnection.ts";
+import { own, type SocketOwner } from "./socketOwner.ts";
 
 /** The client leg's TLS, when `tls.mode` is not disable. */
 export interface ClientTlsDeps {
@@ -216,21 +217,6 @@ const pooledSession = (pool: Pool, pooling: ConnectionDeps["pooling"]): PooledSe
 };
 
 /**
- * The connection a client socket (TCP, or TLS on it) belongs to, kept on the socket: the socket's
- * listeners are then one function each for every client rather than closures per connection.
- */
-const kOwner = Symbol("pgwarden.connection");
-type OwnedSocket = Socket & { [kOwner]?: ClientConnection };
-
-function onOwnedSocketError(this: OwnedSocket, e: Error): void {
-  this[kOwner]?.socketError(e);
-}
-
-function onOwnedSocketClose(this: OwnedSocket): void {
-  this[kOwner]?.socketClosed();
-}
-
-/**
  * The client half of a connection: the client socket, the first packet, client authentication,
  * the startup boundary and the connection machine — whose transitions' actions this class
  * executes (`exec`). It reaches PostgreSQL only through a Link to a ServerConnection.
@@ -239,7 +225,7 @@ function onOwnedSocketClose(this: OwnedSocket): void {
  * error (or nothing, where PostgreSQL sends nothing), end both legs and arm a linger after which
  * both sockets are destroyed. Nothing else closes a socket.
  */
-export class ClientConnection {
+export class ClientConnection implements SocketOwner {
   readonly id: string;
   readonly machine: ClientRunner;
   /** The accepted TCP socket. */
@@ -386,9 +372,7 @@ export class ClientConnection {
     const c = this.socket;
     c.setNoDelay(true);
     c.setKeepAlive(true);
-    (c as OwnedSocket)[kOwner] = this;
-    c.on("error", onOwnedSocketError);
-    c.on("close", onOwnedSocketClose);
+    own(c, this);
     this.first = new FirstPacket(c, this);
     this.first.start();
     this.machine.start(this);
@@ -732,9 +716,7 @@ export class ClientConnection {
   private useTransport(session: TlsSession): void {
     this.tlsSession = session;
     const s = session.socket;
-    (s as OwnedSocket)[kOwner] = this;
-    s.on("error", onOwnedSocketError);
-    s.on("close", onOwnedSocketClose);
+    own(s, this);
     this.transport = s;
   }
 
@@ -1237,12 +1219,17 @@ export class ClientConnection {
 
   // Endings ------------------------------------------------------------------------------------------
 
-  /** A client socket's error (its close follows). */
+  /** SocketOwner: what the client socket reads goes to the link (which turns the relay on and off). */
+  socketData(chunk: Buffer): void {
+    this.link?.onClientData(chunk);
+  }
+
+  /** SocketOwner: a client socket's error (its close follows). */
   socketError(e: Error): void {
     this.deps.log.debug({ conn: this.id, err: e.message }, "client socket error");
   }
 
-  /** A client socket closed (the TCP socket and the TLS socket on it both report it). */
+  /** SocketOwner: a client socket closed (the TCP socket and the TLS socket on it both report it). */
   socketClosed(): void {
     if (this.clientGone) return;
     this.clientGone = true;

@@ -33,6 +33,7 @@ import type { SessionEffect, StatementEffects } from "../sql/sessionEffects.ts";
 import { clientEvents, isExtended, isSyncPoint } from "./clientEvents.ts";
 import type { EventSink } from "./EventSink.ts";
 import type { ServerConnection, ServerReceiver } from "./ServerConnection.ts";
+import { relayData } from "./socketOwner.ts";
 
 /** What the client half gives a link: its socket, its machine, and where to report an ending. */
 export interface ClientSide {
@@ -48,7 +49,6 @@ export interface ClientSide {
   released(server: ServerConnection, reason: "idle" | "clientClosed" | "error"): void;
 }
 
-/** What a link in transaction or statement mode works with besides its two legs. */
 /** How a pool's clients are served: one object per pool, shared by its clients. */
 export interface PooledSession {
   readonly pool: Pool;
@@ -143,17 +143,6 @@ const isFatalSeverity = (msg: Buffer, start: number, end: number): boolean => {
  * requests are matched to replies (Replies) so that prepared statements can be mapped and
  * replies pgwarden injected or answers itself come out in order.
  */
-/**
- * The Link a client socket is relaying for, kept on the socket: its "data" listener is then one
- * function for every client rather than a closure per connection.
- */
-const kLink = Symbol("pgwarden.link");
-type LinkedSocket = Socket & { [kLink]?: Link | undefined };
-
-function relayClientData(this: LinkedSocket, chunk: Buffer): void {
-  this[kLink]?.onClientData(chunk);
-}
-
 export class Link implements Waiter, ServerReceiver {
   readonly client: ClientSide;
   private current: ServerConnection | undefined;
@@ -284,8 +273,8 @@ export class Link implements Waiter, ServerReceiver {
     for (const m of first.toClient) this.toClient.push(m);
     if (!this.replay(first.serverPending, (t, m) => this.serverBase(t, m), this.toClient)) return;
     this.flushToClient();
-    (this.client.socket as LinkedSocket)[kLink] = this;
-    this.client.socket.on("data", relayClientData);
+    // The socket's owner, the client connection, hands what it reads to its link.
+    relayData(this.client.socket, true);
     if (this.pooled && this.current?.owed.settled) {
       // The login's server connection goes back at once: the client has asked for nothing yet.
       this.release("idle");
@@ -304,8 +293,7 @@ export class Link implements Waiter, ServerReceiver {
   unlink(): void {
     if (!this.linked) return;
     this.linked = false;
-    this.client.socket.off("data", relayClientData);
-    (this.client.socket as LinkedSocket)[kLink] = undefined;
+    relayData(this.client.socket, false);
     this.current?.relayTo(undefined);
     this.clearTimers();
     if (this.waiting) {

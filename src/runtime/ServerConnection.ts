@@ -21,6 +21,7 @@ import { DROP, MessageScanner } from "../protocol/MessageScanner.ts";
 import { Backend } from "../protocol/messageTypes.ts";
 import { pooledServerSessionPolicy } from "../protocol/policies.ts";
 import { encodeReported, type LoginReport, loginReport } from "./LoginReports.ts";
+import { own, relayData, type SocketOwner } from "./socketOwner.ts";
 
 /** What reads a server connection's bytes: a method, so the reader needs no closure of its own. */
 export interface ServerReceiver {
@@ -30,21 +31,6 @@ export interface ServerReceiver {
 /** Who is told that a server connection has closed (its pool). */
 export interface ServerClosedListener {
   serverClosed(server: ServerConnection): void;
-}
-
-/** The connection a server socket belongs to, kept on the socket: its listeners are shared. */
-const kServer = Symbol("pgwarden.server");
-type OwnedServerSocket = Socket & { [kServer]?: ServerConnection };
-
-// Errors end in "close", which is what the connection acts on.
-const ignoreSocketError = (): void => {};
-
-function onServerSocketClose(this: OwnedServerSocket): void {
-  this[kServer]?.lost();
-}
-
-function onServerSocketData(this: OwnedServerSocket, chunk: Buffer): void {
-  this[kServer]?.socketData(chunk);
 }
 
 const runPolicy = pooledServerSessionPolicy(1_048_576);
@@ -132,7 +118,7 @@ export type LoginOutcome =
  * responses the connection still owes. It knows nothing of clients; a Link joins it to one.
  * The pooling issue keeps these in pools and links them to a client per transaction.
  */
-export class ServerConnection {
+export class ServerConnection implements SocketOwner {
   readonly id: string;
   readonly machine: ServerRunner;
   readonly owed = new OwedResponses();
@@ -261,13 +247,10 @@ export class ServerConnection {
     const socket = result.socket;
     this.socket = socket;
     this.key = result.key;
-    // One set of listeners for the connection's life, shared by every connection (the socket
-    // names its own); who reads is a field, so a checkout in transaction mode swaps a reference
-    // instead of adding and removing socket listeners.
-    (socket as OwnedServerSocket)[kServer] = this;
-    socket.on("error", ignoreSocketError);
-    socket.on("close", onServerSocketClose);
-    socket.on("data", onServerSocketData);
+    // One set of listeners for the connection's life; who reads is a field, so a checkout in
+    // transaction mode swaps a reference instead of adding and removing socket listeners.
+    own(socket, this);
+    relayData(socket, true);
     if (this.machine.done || this.abort?.signal.aborted !== false) {
       // The client went away or the deadline passed while PostgreSQL was answering.
       socket.destroy();
@@ -287,15 +270,18 @@ export class ServerConnection {
     return { kind: "ready", upstream: result };
   }
 
-  /** What the socket read: to the reader, or, with none, the end of an unclaimed connection. */
+  /** SocketOwner: what the socket read goes to the reader; with none, it ends an unclaimed connection. */
   socketData(chunk: Buffer): void {
     const r = this.receiver;
     if (r !== undefined) r.onServerData(chunk);
     else this.unclaimed();
   }
 
-  /** Called once, when the socket has closed: the link hears of it through `onLost`. */
-  lost(): void {
+  /** SocketOwner: errors end in a close, which is what the connection acts on. */
+  socketError(): void {}
+
+  /** SocketOwner, once: the socket has closed; the link hears of it through `onLost`. */
+  socketClosed(): void {
     this.machine.send(ServerEvents.Lost);
     this.resolveClosed();
     this.onLost?.onServerLost(this);
