@@ -37,19 +37,31 @@ export interface UseAnswer {
 
 interface Entry {
   readonly serverName: string;
+  readonly key: string;
   readonly query: string;
   readonly paramTypes: readonly number[];
   /** Client names plus server connections holding it; the entry goes when this reaches 0. */
   refs: number;
 }
 
-const keyOf = (query: string, paramTypes: readonly number[]): string => `${paramTypes.join(",")}|${query}`;
+/**
+ * What makes two Parses the same statement on the server. `scope` is the client's search_path:
+ * PostgreSQL resolves names when it parses, so one text under two search paths is two statements
+ * (schema-per-tenant clients must not share one).
+ */
+const keyOf = (query: string, paramTypes: readonly number[], scope: string): string =>
+  `${scope.length}:${scope}|${paramTypes.join(",")}|${query}`;
+
+/** A client's Close of a name, as `onClose` took it: `reopen` puts it back if PostgreSQL skipped the Close. */
+export type ClosedName = object;
 
 /** Server-side names: upper case, so they never meet an unquoted SQL PREPARE name, and ≤ 20 bytes. */
 const serverNameOf = (n: number): string => `PGW_${n.toString(36)}`;
 
 export class PreparedStatements {
   private readonly entries = new Map<string, Entry>();
+  /** The same entries by server-side name, for an eviction PostgreSQL skipped. */
+  private readonly byServerName = new Map<string, Entry>();
   private readonly clients = new Map<ClientId, Map<string, Entry>>();
   /** Per server connection: prepared statements, least recently used first. */
   private readonly servers = new Map<ServerId, Map<string, Entry>>();
@@ -71,13 +83,14 @@ export class PreparedStatements {
     query: string,
     paramTypes: readonly number[],
     server: ServerId,
+    scope = "",
   ): ParseAnswer | StatementError {
     if (name === "") return { serverName: "", needsParse: true, evict: [] };
     const names = this.clientNames(client);
     if (names.has(name)) {
       return { sqlstate: "42P05", message: `prepared statement "${name}" already exists` };
     }
-    const entry = this.entry(query, paramTypes);
+    const entry = this.entry(query, paramTypes, scope);
     names.set(name, entry);
     entry.refs++;
     const lru = this.serverLru(server);
@@ -86,6 +99,24 @@ export class PreparedStatements {
       return { serverName: entry.serverName, needsParse: false, evict: [] };
     }
     return { serverName: entry.serverName, needsParse: true, evict: this.admit(lru, entry) };
+  }
+
+  /**
+   * PostgreSQL failed or skipped a Parse that only checked a statement this server already holds:
+   * the client's name never came to exist, and the server's statement stays.
+   */
+  onProbeFailed(client: ClientId, name: string): void {
+    this.forgetClientName(client, name);
+  }
+
+  /** PostgreSQL skipped the Close that evicted `serverName` (an error came first): it holds it still. */
+  onEvictSkipped(server: ServerId, serverName: string): void {
+    const e = this.byServerName.get(serverName);
+    const lru = this.servers.get(server);
+    if (e === undefined || lru === undefined || lru.has(serverName)) return;
+    // One over capacity until the next admission evicts again.
+    lru.set(serverName, e);
+    e.refs++;
   }
 
   /** The server answered the client's Parse with an error: the name never came to exist. */
@@ -120,13 +151,27 @@ export class PreparedStatements {
   }
 
   /**
-   * A client's Close('S'): answered locally with CloseComplete (closing an unknown name is not an
-   * error in PostgreSQL either). Returns false for the unnamed statement, which is forwarded.
+   * A client's Close('S') (closing an unknown name is not an error in PostgreSQL either). Returns
+   * false for the unnamed statement, which is the server's own; else what `reopen` needs.
    */
-  onClose(client: ClientId, name: string): boolean {
+  onClose(client: ClientId, name: string): ClosedName | false {
     if (name === "") return false;
+    const e = this.clients.get(client)?.get(name);
     this.forgetClientName(client, name);
-    return true;
+    return e ?? {};
+  }
+
+  /** PostgreSQL skipped the client's Close (an error came first): the name is back. */
+  reopen(client: ClientId, name: string, closed: ClosedName): void {
+    const e = closed as Partial<Entry>;
+    if (e.serverName === undefined) return;
+    const entry = e as Entry;
+    const names = this.clientNames(client);
+    if (names.has(name)) return;
+    names.set(name, entry);
+    entry.refs++;
+    if (!this.entries.has(entry.key)) this.entries.set(entry.key, entry);
+    if (!this.byServerName.has(entry.serverName)) this.byServerName.set(entry.serverName, entry);
   }
 
   /** DEALLOCATE ALL or DISCARD ALL from the client: only its own names go. */
@@ -201,19 +246,28 @@ export class PreparedStatements {
     lru.set(entry.serverName, entry);
   }
 
-  private entry(query: string, paramTypes: readonly number[]): Entry {
-    const key = keyOf(query, paramTypes);
+  private entry(query: string, paramTypes: readonly number[], scope: string): Entry {
+    const key = keyOf(query, paramTypes, scope);
     const found = this.entries.get(key);
     if (found !== undefined) return found;
-    const e: Entry = { serverName: serverNameOf(this.next++), query, paramTypes: [...paramTypes], refs: 0 };
+    const e: Entry = {
+      serverName: serverNameOf(this.next++),
+      key,
+      query,
+      paramTypes: [...paramTypes],
+      refs: 0,
+    };
     this.entries.set(key, e);
+    this.byServerName.set(e.serverName, e);
     return e;
   }
 
   private release(e: Entry): void {
     e.refs--;
     if (e.refs > 0) return;
-    this.entries.delete(keyOf(e.query, e.paramTypes));
+    // Only this entry's own mappings: a reopened name may have met a newer entry for its key.
+    if (this.entries.get(e.key) === e) this.entries.delete(e.key);
+    if (this.byServerName.get(e.serverName) === e) this.byServerName.delete(e.serverName);
   }
 
   private forgetClientName(client: ClientId, name: string): void {

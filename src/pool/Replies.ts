@@ -24,16 +24,30 @@ export const Reply = {
 } as const;
 export type Reply = (typeof Reply)[keyof typeof Reply];
 
-export const Action = { forward: 0, skip: 1, local: 2 } as const;
+/**
+ * `replace`: pgwarden refused the request and sent PostgreSQL a message that must fail in its
+ * place, so that the server aborts the transaction and skips to Sync exactly as for an error of
+ * its own; the server's ErrorResponse is swallowed and `local` (pgwarden's error) goes instead.
+ */
+export const Action = { forward: 0, skip: 1, local: 2, replace: 3 } as const;
 export type Action = (typeof Action)[keyof typeof Action];
 
 export interface Entry {
   readonly reply: Reply;
   readonly action: Action;
-  /** The answer a local entry sends. */
+  /** The answer a local entry sends, or a replace entry sends instead of the server's error. */
   readonly local?: Buffer;
-  /** Parse entries: the client's statement name (forward) or the server-side name (skip). */
+  /**
+   * Parse entries: the client's statement name (forward) or the server-side name (skip). Close
+   * entries: the server-side name of a statement pgwarden evicted (skip).
+   */
   readonly name?: string;
+  /** A Parse that only checks, under a scratch name, what PostgreSQL answers for a statement the server holds. */
+  readonly probe?: true;
+  /** A client's Close('S') of this name, undone if PostgreSQL skips it. */
+  readonly closes?: { readonly name: string; readonly token: unknown };
+  /** A statement name that later requests wait for until this reply is in (Link.pendingParses). */
+  readonly pending?: string;
 }
 
 /** What a server message means for the head entry: the request it answers, or one of these. */
@@ -126,6 +140,18 @@ export class Replies {
       else out.push(e.local!);
     }
     return out;
+  }
+
+  /** The error a replace entry sends, if the next reply from the server is its stand-in's. */
+  replacement(): Buffer | undefined {
+    const entries = this.entries;
+    if (entries === undefined) return undefined;
+    for (let i = this.head; i < entries.length; i++) {
+      const e = entries[i]!;
+      if (e.action === Action.local) continue;
+      return e.action === Action.replace ? e.local : undefined;
+    }
+    return undefined;
   }
 
   /**

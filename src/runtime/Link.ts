@@ -11,7 +11,7 @@ import { Action, ASYNC, type Entry, Replies, Reply, UNEXPECTED } from "../pool/R
 import type { Pool, Waiter } from "../pool/ServerPool.ts";
 import { replaySql, type SessionState } from "../pool/SessionState.ts";
 import { encodeError } from "../protocol/backend.ts";
-import { decodeParse, encodeQuery } from "../protocol/frontend.ts";
+import { decodeParse, encodeBind, encodeClose, encodeQuery } from "../protocol/frontend.ts";
 import { DROP, type MessageHandler, MessageScanner, type Verdict } from "../protocol/MessageScanner.ts";
 import { Backend, Frontend, frontendName } from "../protocol/messageTypes.ts";
 import {
@@ -22,12 +22,7 @@ import {
   pooledServerSessionPolicy,
   serverSessionPolicy,
 } from "../protocol/policies.ts";
-import {
-  encodeCloseComplete,
-  encodeParseComplete,
-  rewriteStatementName,
-  statementNameOf,
-} from "../protocol/rewrite.ts";
+import { rewriteStatementName, statementNameOf } from "../protocol/rewrite.ts";
 import type { SqlParser } from "../sql/parser.ts";
 import type { SessionEffect, StatementEffects } from "../sql/sessionEffects.ts";
 import { clientEvents, isExtended, isSyncPoint } from "./clientEvents.ts";
@@ -96,6 +91,25 @@ const targetName = (msg: Buffer): { target: number; name: string } | undefined =
   if (msg.length < 7 || end < 0) return undefined;
   return { target: msg[5]!, name: msg.toString("utf8", 6, end) };
 };
+
+/**
+ * Server-side names pgwarden never prepares for a client (PreparedStatements names are PGW_ and
+ * base-36 digits): a scratch name for a Parse that only checks, and one that never exists.
+ */
+const PROBE_NAME = "PGW__probe";
+const NO_SUCH_NAME = "PGW__none";
+/** Drops the probe's statement again; its CloseComplete is swallowed. */
+const PROBE_CLOSE = encodeClose({ target: "S", name: PROBE_NAME });
+/** Closing a name that does not exist succeeds, and PostgreSQL skips it after an error as it would the client's. */
+const NO_OP_CLOSE = encodeClose({ target: "S", name: NO_SUCH_NAME });
+/** Fails on any server, so that a request pgwarden refuses fails the transaction as PostgreSQL's own error would. */
+const FAILING_BIND = encodeBind({
+  portal: "",
+  statement: NO_SUCH_NAME,
+  paramFormats: [],
+  params: [],
+  resultFormats: [],
+});
 
 const concat = (parts: readonly Uint8Array[]): Uint8Array =>
   parts.length === 0 ? DROP : parts.length === 1 ? parts[0]! : Buffer.concat(parts);
@@ -293,6 +307,8 @@ export class Link implements Waiter, ServerReceiver {
   unlink(): void {
     if (!this.linked) return;
     this.linked = false;
+    // The client is gone: its statement names go with it (the servers keep theirs, for others).
+    this.pooled?.pool.statements?.onClientClosed(this.client.id);
     relayData(this.client.socket, false);
     this.current?.relayTo(undefined);
     this.clearTimers();
@@ -436,7 +452,10 @@ export class Link implements Waiter, ServerReceiver {
       this.statements!.server(type, msg);
       return v;
     }
-    this.statements!.server(type, msg);
+    // The stand-in error of a refused request is recorded as the error the client gets.
+    const shown =
+      type === Backend.ErrorResponse && this.pooled !== undefined ? this.replies.replacement() : undefined;
+    this.statements!.server(type, shown ?? msg);
     return type === Backend.CommandComplete && this.pooled === undefined
       ? undefined
       : this.serverBase(type, msg);
@@ -657,20 +676,26 @@ export class Link implements Waiter, ServerReceiver {
           this.replies.push({ reply: Reply.parse, action: Action.forward, name: p.name });
           return undefined;
         }
-        const answer = statements.onParse(this.client.id, p.name, p.query, p.paramTypes, server.id);
+        const scope = this.state!.current.get("search_path")?.text ?? "";
+        const answer = statements.onParse(this.client.id, p.name, p.query, p.paramTypes, server.id, scope);
         if ("sqlstate" in answer) return this.refuseLocally(answer.sqlstate, answer.message);
         const out: Uint8Array[] = [];
         this.inject(answer.evict, out);
-        if (!answer.needsParse) {
-          this.replies.push({ reply: Reply.parse, action: Action.local, local: encodeParseComplete() });
-          return concat(out);
-        }
-        const renamed = rewriteStatementName(msg, answer.serverName);
+        // A statement the server holds already is still parsed, under a scratch name: only
+        // PostgreSQL knows whether this Parse fails (an aborted transaction, an earlier error).
+        const probe = !answer.needsParse;
+        const renamed = rewriteStatementName(msg, probe ? PROBE_NAME : answer.serverName);
         if (isPgwardenError(renamed)) return renamed;
-        this.replies.push({ reply: Reply.parse, action: Action.forward, name: p.name });
-        this.pendingParses ??= new Map();
-        this.pendingParses.set(p.name, this.syncs);
+        this.replies.push({
+          reply: Reply.parse,
+          action: Action.forward,
+          name: p.name,
+          pending: p.name,
+          ...(probe ? { probe: true as const } : {}),
+        });
+        this.awaitName(p.name);
         out.push(renamed);
+        if (probe) this.inject([PROBE_CLOSE], out);
         return concat(out);
       }
       case Frontend.Bind: {
@@ -697,10 +722,18 @@ export class Link implements Waiter, ServerReceiver {
         if (t === undefined) return protocolError("Close: malformed");
         if (t.target === 0x53) this.statementEffects?.delete(t.name);
         else this.portalEffects?.delete(t.name);
-        if (t.target === 0x53 && statements?.onClose(this.client.id, t.name) === true) {
-          // The server-side statement stays for other clients; this client's name is gone.
-          this.replies.push({ reply: Reply.close, action: Action.local, local: encodeCloseComplete() });
-          return DROP;
+        const closed = t.target === 0x53 ? statements?.onClose(this.client.id, t.name) : undefined;
+        if (closed !== undefined && closed !== false) {
+          // The server-side statement stays for other clients; this client's name is gone, unless
+          // PostgreSQL skips the Close (an error before it), which the no-op Close in its place tells.
+          this.replies.push({
+            reply: Reply.close,
+            action: Action.forward,
+            closes: { name: t.name, token: closed },
+            pending: t.name,
+          });
+          this.awaitName(t.name);
+          return NO_OP_CLOSE;
         }
         this.replies.push({ reply: Reply.close, action: Action.forward });
         return undefined;
@@ -750,21 +783,28 @@ export class Link implements Waiter, ServerReceiver {
   private inject(messages: readonly Buffer[], out: Uint8Array[]): void {
     for (const m of messages) {
       const parse = m[0] === Frontend.Parse;
-      const name = parse ? m.toString("utf8", 5, m.indexOf(0, 5)) : undefined;
-      this.replies.push({
-        reply: parse ? Reply.parse : Reply.close,
-        action: Action.skip,
-        ...(name === undefined ? {} : { name }),
-      });
+      // The server-side name, in both: undone if PostgreSQL skips the message.
+      const name = m.toString("utf8", parse ? 5 : 6, m.indexOf(0, parse ? 5 : 6));
+      this.replies.push({ reply: parse ? Reply.parse : Reply.close, action: Action.skip, name });
       out.push(m);
     }
   }
 
-  /** An ERROR in the place of this message's reply; the rest up to Sync is ignored, as PostgreSQL does. */
+  /** Requests of later Syncs that name `name` wait until this one's reply is in. */
+  private awaitName(name: string): void {
+    this.pendingParses ??= new Map();
+    this.pendingParses.set(name, this.syncs);
+  }
+
+  /**
+   * pgwarden's ERROR in the place of this message's reply. The server gets a message that fails
+   * instead, so it aborts the transaction (or the batch's implicit one) and skips to Sync just as
+   * after its own error; pgwarden drops the rest up to Sync.
+   */
   private refuseLocally(sqlstate: string, message: string): Verdict {
-    this.replies.push({ reply: Reply.parse, action: Action.local, local: localError(sqlstate, message) });
+    this.replies.push({ reply: Reply.bind, action: Action.replace, local: localError(sqlstate, message) });
     this.skipToSync = true;
-    return DROP;
+    return FAILING_BIND;
   }
 
   /** One more ReadyForQuery owed; its effects start counting once the replies before it are in. */
@@ -794,10 +834,18 @@ export class Link implements Waiter, ServerReceiver {
     if (match === UNEXPECTED)
       return protocolError(`PostgreSQL sent message 0x${type.toString(16)} that answers no request`);
     const server = this.current!;
-    if (skipped !== undefined) for (const e of skipped) this.parseUndone(e, server);
+    let ignoredQueries = 0;
+    if (skipped !== undefined)
+      for (const e of skipped) {
+        this.undone(e, server);
+        if (e.reply === Reply.query) ignoredQueries++;
+      }
     let forward = true;
-    if (match !== ASYNC) forward = this.replied(type, msg, match, server);
-    else if (type === Backend.ParameterStatus) {
+    let instead: Buffer | undefined;
+    if (match !== ASYNC) {
+      forward = this.replied(type, msg, match, server);
+      if (match.action === Action.replace && type === Backend.ErrorResponse) instead = match.local;
+    } else if (type === Backend.ParameterStatus) {
       server.noteParameter(msg);
       const p = msg.indexOf(0, 5);
       if (p > 0)
@@ -806,22 +854,46 @@ export class Link implements Waiter, ServerReceiver {
           msg.toString("utf8", p + 1, msg.length - 1),
         );
     }
+    // A Query sent before the Sync PostgreSQL now skips to is ignored too: it owes no ReadyForQuery.
+    for (; ignoredQueries > 0; ignoredQueries--) {
+      server.owed.shift();
+      const next = this.pendingGroups?.shift();
+      if (next !== undefined) this.state!.queue(next);
+    }
     const v = this.onServerMessage(type, msg);
     if (v !== undefined) return v;
     const after = this.replies.takeLocals();
     if (forward && before === undefined && after === undefined) return undefined;
     // pgwarden's own answers go out around this reply, in the order the client asked.
-    return concat([...(before ?? []), ...(forward ? [msg] : []), ...(after ?? [])]);
+    return concat([
+      ...(before ?? []),
+      ...(forward ? [msg] : instead !== undefined ? [instead] : []),
+      ...(after ?? []),
+    ]);
   }
 
-  /** A Parse that failed, or that PostgreSQL skipped after an earlier error: its name never came to be. */
-  private parseUndone(entry: Entry, server: ServerConnection): void {
+  /**
+   * A request that failed, or that PostgreSQL skipped after an earlier error: what it registered
+   * is undone (a Parse's name never came to be, a Close's name is back, an evicted statement is
+   * still on the server).
+   */
+  private undone(entry: Entry, server: ServerConnection): void {
+    if (entry.pending !== undefined) this.pendingParses?.delete(entry.pending);
     const statements = this.pooled!.pool.statements;
-    if (entry.reply !== Reply.parse || entry.name === undefined || statements === undefined) return;
-    if (entry.action === Action.skip) statements.onReparseFailed(server.id, entry.name);
-    else if (entry.action === Action.forward) {
-      this.pendingParses?.delete(entry.name);
-      statements.onParseFailed(this.client.id, entry.name, server.id);
+    if (statements === undefined) return;
+    if (entry.closes !== undefined) {
+      statements.reopen(this.client.id, entry.closes.name, entry.closes.token as object);
+      return;
+    }
+    if (entry.name === undefined) return;
+    if (entry.reply === Reply.close) {
+      if (entry.action === Action.skip) statements.onEvictSkipped(server.id, entry.name);
+    } else if (entry.reply === Reply.parse) {
+      if (entry.action === Action.skip) statements.onReparseFailed(server.id, entry.name);
+      else if (entry.action === Action.forward) {
+        if (entry.probe === true) statements.onProbeFailed(this.client.id, entry.name);
+        else statements.onParseFailed(this.client.id, entry.name, server.id);
+      }
     }
   }
 
@@ -829,13 +901,13 @@ export class Link implements Waiter, ServerReceiver {
   private replied(type: number, msg: Buffer, entry: Entry, server: ServerConnection): boolean {
     const pooled = this.pooled!;
     const statements = pooled.pool.statements;
-    if (entry.reply === Reply.parse && entry.action === Action.forward && entry.name !== undefined)
-      this.pendingParses?.delete(entry.name);
+    if (entry.pending !== undefined) this.pendingParses?.delete(entry.pending);
     if (type === Backend.ErrorResponse) {
       this.state!.onError();
-      this.parseUndone(entry, server);
-      // A failed re-Parse is the client's error too: its Bind would fail next.
-      return true;
+      this.undone(entry, server);
+      // A failed re-Parse is the client's error too: its Bind would fail next. A refusal's
+      // stand-in error is not: pgwarden's own goes in its place.
+      return entry.action !== Action.replace;
     }
     if (type === Backend.CommandComplete) {
       this.state!.onCommandComplete();
