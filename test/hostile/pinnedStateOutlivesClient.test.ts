@@ -19,12 +19,14 @@ const CASES: { name: string; start: string; probe: string }[] = [
   {
     name: "a LISTEN registration",
     start: "LISTEN hostile_channel",
-    probe: "SELECT count(*)::text FROM pg_listening_channels() WHERE pg_listening_channels = 'hostile_channel'",
+    probe:
+      "SELECT count(*)::text FROM pg_listening_channels() WHERE pg_listening_channels = 'hostile_channel'",
   },
   {
     name: "a temporary table",
     start: "CREATE TEMP TABLE hostile_tmp AS SELECT 'left behind'::text AS v",
-    probe: "SELECT count(*)::text FROM pg_class WHERE relnamespace = pg_my_temp_schema() AND relname = 'hostile_tmp'",
+    probe:
+      "SELECT count(*)::text FROM pg_class WHERE relnamespace = pg_my_temp_schema() AND relname = 'hostile_tmp'",
   },
   {
     name: "a WITH HOLD cursor",

@@ -53,7 +53,9 @@ const STALLS: Record<string, Stall> = {
   "SASLInitialResponse, then silence": async (p) => {
     p.write(startup());
     await eventually(() => p.received.length > 0, 2000);
-    p.write(encodeSASLInitialResponse("SCRAM-SHA-256", Buffer.from(createScramClient(PASSWORD).clientFirst())));
+    p.write(
+      encodeSASLInitialResponse("SCRAM-SHA-256", Buffer.from(createScramClient(PASSWORD).clientFirst())),
+    );
   },
   "SSLRequest, S, then three bytes of a ClientHello": async (p) => {
     p.write(encodeSSLRequest());

@@ -38,7 +38,12 @@ describe("the unnamed prepared statement in transaction mode", () => {
     const parsed = await alice.exchange([msg.parse("", "SELECT 'alice-only'::text AS secret"), msg.sync()]);
     expect(typesOf(parsed)).toBe("1 Z");
     // Mallory never parsed anything: on a connection of its own PostgreSQL answers 26000.
-    const stolen = await mallory.exchange([msg.describeStatement(""), msg.bind(""), msg.execute(), msg.sync()]);
+    const stolen = await mallory.exchange([
+      msg.describeStatement(""),
+      msg.bind(""),
+      msg.execute(),
+      msg.sync(),
+    ]);
     const rows = stolen.filter((r) => r.type === "D").map(dataRow);
     expect(rows, `mallory got ${typesOf(stolen)}`).toEqual([]);
     expect(sqlstate(stolen)).toBe("26000");
