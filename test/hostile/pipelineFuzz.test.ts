@@ -22,8 +22,8 @@ import { splitMessages } from "../support/wire.ts";
 import {
   createFixture,
   type Fixture,
-  type PoolMode,
   type PooledTarget,
+  type PoolMode,
   startTarget,
   superuserIn,
 } from "../txpool/target.ts";
@@ -262,13 +262,13 @@ for (const mode of ["session", "transaction"] as const satisfies readonly PoolMo
           {
             seed,
             numRuns: Number(process.env.PGW_FUZZ_RUNS ?? 40),
-            interruptAfterTimeLimit: Number(process.env.PGW_FUZZ_MS ?? 20_000),
+            interruptAfterTimeLimit: Number(process.env.PGW_FUZZ_MS ?? 15_000),
             markInterruptAsFailure: false,
             endOnFailure: true,
           },
         );
       },
-      Number(process.env.PGW_FUZZ_MS ?? 20_000) + 10_000,
+      Number(process.env.PGW_FUZZ_MS ?? 15_000) + 10_000,
     );
   });
 }

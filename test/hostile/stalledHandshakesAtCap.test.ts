@@ -4,7 +4,7 @@ import { createScramClient } from "../../src/auth/scramClient.ts";
 import { encodeSASLInitialResponse } from "../../src/protocol/frontend.ts";
 import { encodeSSLRequest, encodeStartup } from "../../src/protocol/startup.ts";
 import { testCerts } from "../support/certs.ts";
-import { boundary, eventually, HalfOpenPeer, int32, sleep, verifier } from "../support/hostile.ts";
+import { boundary, eventually, HalfOpenPeer, sleep, verifier } from "../support/hostile.ts";
 import { postgresInfo } from "../support/postgres.ts";
 import { startProxy, type TestProxy } from "../support/proxy.ts";
 
