@@ -460,6 +460,8 @@ export class ClientConnection implements SocketOwner {
    * leg; one it keeps is no longer this client's to destroy.
    */
   private releaseServer(): void {
+    // Pinned session state would reach the next client: the connection is closed instead.
+    if (this.link?.pinned === true) this.server?.close();
     this.link?.unlink();
     this.link = undefined;
     if (this.waiter !== undefined) {

@@ -273,6 +273,14 @@ export class Link implements Waiter, ServerReceiver {
 
   private waitStart = 0;
 
+  /**
+   * The client left session state on the server connection it holds (an advisory lock, LISTEN, a
+   * temporary table, a held cursor, SQL PREPARE): no other client may get that connection.
+   */
+  get pinned(): boolean {
+    return this.state?.pinned === true;
+  }
+
   /** The server connection the link holds now (pooled modes: none between transactions). */
   get server(): ServerConnection | undefined {
     return this.current;
@@ -631,6 +639,10 @@ export class Link implements Waiter, ServerReceiver {
     }
   }
 
+  /** The client's last unnamed Parse (until a simple query drops it), for another server connection. */
+  private unnamed: Buffer | undefined;
+  /** Whether the server connection held now has this client's unnamed statement. */
+  private unnamedHere = false;
   private held: Buffer[] | undefined;
   private pausedForHold = false;
   private pendingParses: Map<string, number> | undefined;
@@ -643,6 +655,9 @@ export class Link implements Waiter, ServerReceiver {
     const server = this.current!;
     switch (type) {
       case Frontend.Query: {
+        // A simple query drops the unnamed statement, in PostgreSQL too.
+        this.unnamed = undefined;
+        this.unnamedHere = false;
         const sql = msg.toString("utf8", 5, msg.length - 1);
         const effects = sessionEffectsOf(pooled.parser, sql);
         this.replies.push({ reply: Reply.query, action: Action.forward });
@@ -672,6 +687,10 @@ export class Link implements Waiter, ServerReceiver {
           this.statementEffects ??= new Map();
           this.statementEffects.set(p.name, effects);
         } else this.statementEffects?.delete(p.name);
+        if (p.name === "") {
+          this.unnamed = msg;
+          this.unnamedHere = true;
+        }
         if (statements === undefined || p.name === "") {
           this.replies.push({ reply: Reply.parse, action: Action.forward, name: p.name });
           return undefined;
@@ -761,6 +780,18 @@ export class Link implements Waiter, ServerReceiver {
   /** Bind or Describe of a statement: on this server it may need a re-Parse first. */
   private useStatement(reply: Reply, name: string, msg: Buffer): Verdict {
     const statements = this.pooled!.pool.statements;
+    if (name === "" && !this.unnamedHere) {
+      // This server connection's unnamed statement is not this client's (another client's, or
+      // none): the client's own is parsed again, as for a named one, or it has none.
+      if (this.unnamed === undefined)
+        return this.refuseLocally(SqlState.invalidStatementName, "unnamed prepared statement does not exist");
+      const out: Uint8Array[] = [];
+      this.inject([this.unnamed], out);
+      this.unnamedHere = true;
+      this.replies.push({ reply, action: Action.forward });
+      out.push(msg);
+      return concat(out);
+    }
     if (statements === undefined || name === "") {
       this.replies.push({ reply, action: Action.forward });
       return undefined;
@@ -879,6 +910,12 @@ export class Link implements Waiter, ServerReceiver {
    */
   private undone(entry: Entry, server: ServerConnection): void {
     if (entry.pending !== undefined) this.pendingParses?.delete(entry.pending);
+    // A failed unnamed Parse leaves no unnamed statement: PostgreSQL drops the old one first.
+    if (entry.name === "" && entry.reply === Reply.parse && entry.action === Action.forward) {
+      this.unnamed = undefined;
+      this.unnamedHere = false;
+      return;
+    }
     const statements = this.pooled!.pool.statements;
     if (statements === undefined) return;
     if (entry.closes !== undefined) {
@@ -1031,6 +1068,7 @@ export class Link implements Waiter, ServerReceiver {
 
   private attach(server: ServerConnection): void {
     this.current = server;
+    this.unnamedHere = false;
     this.serverSocket = server.socket;
     if (this.serverScanner?.atBoundary !== true) this.serverScanner = this.newServerScanner();
     this.client.attached(server);
