@@ -111,6 +111,8 @@ const FAILING_BIND = encodeBind({
   resultFormats: [],
 });
 
+const FLUSH = Buffer.from([Frontend.Flush, 0, 0, 0, 4]);
+
 const concat = (parts: readonly Uint8Array[]): Uint8Array =>
   parts.length === 0 ? DROP : parts.length === 1 ? parts[0]! : Buffer.concat(parts);
 
@@ -395,7 +397,19 @@ export class Link implements Waiter, ServerReceiver {
       return;
     }
     if (this.current !== undefined) this.flushToServer();
-    if (this.pooled !== undefined) this.answerLocally();
+    if (this.pooled !== undefined) {
+      this.answerLocally();
+      // Checked out for bytes that asked nothing of the server: it goes back at once.
+      const server = this.current;
+      if (
+        server?.reusable === true &&
+        this.replies.empty &&
+        this.held === undefined &&
+        !this.state!.pinned &&
+        this.serverScanner?.atBoundary !== false
+      )
+        this.release("idle");
+    }
   }
 
   /** A lone Terminate needs no server connection. */
@@ -580,6 +594,8 @@ export class Link implements Waiter, ServerReceiver {
     const copyIn = this.client.machine.state.startsWith("busy.copy.");
     const v = this.onClientMessage(type, msg);
     if (v !== undefined || copyIn) return v;
+    // Outside COPY PostgreSQL ignores these and answers nothing: they hold no server connection.
+    if (type === Frontend.CopyData || type === Frontend.CopyDone || type === Frontend.CopyFail) return DROP;
     this.clearIdleTimer();
     if (this.skipToSync && type !== Frontend.Sync) return isExtended(type) ? DROP : this.requested(type, msg);
     return this.requested(type, msg);
@@ -608,10 +624,14 @@ export class Link implements Waiter, ServerReceiver {
 
   /** Keeps a message for later, unjudged: it is judged when replayed, in order. */
   private hold(type: number, msg: Buffer): Verdict {
+    let flush = false;
     if (this.held === undefined) {
       this.held = [];
       this.pausedForHold = true;
       this.client.socket.pause();
+      // What was sent since the last Sync is answered only at a Sync or Flush: without one, the
+      // answers the held messages wait for would never come.
+      flush = this.current?.owed.unsynced === true;
     }
     if (msg.length > 0) this.held.push(msg);
     else if (
@@ -622,7 +642,7 @@ export class Link implements Waiter, ServerReceiver {
     )
       this.held.push(Buffer.from([type, 0, 0, 0, 4]));
     else return protocolError(`message ${frontendName(type)} cannot wait for an earlier Parse`);
-    return DROP;
+    return flush ? FLUSH : DROP;
   }
 
   /** Every answer before the held messages is in: they go through the relay now, in order. */
@@ -946,7 +966,13 @@ export class Link implements Waiter, ServerReceiver {
       // stand-in error is not: pgwarden's own goes in its place.
       return entry.action !== Action.replace;
     }
-    if (type === Backend.CommandComplete) {
+    if (
+      entry.reply === Reply.execute &&
+      (type === Backend.PortalSuspended || type === Backend.EmptyQueryResponse)
+    ) {
+      // The Execute ended short of CommandComplete, but what it ran (a set_config) took effect.
+      this.state!.onCommandComplete();
+    } else if (type === Backend.CommandComplete) {
       this.state!.onCommandComplete();
       const tag = msg.toString("latin1", 5, msg.length - 1);
       if (tag === "DISCARD ALL" || tag === "DEALLOCATE ALL") {
