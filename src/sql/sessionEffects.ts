@@ -123,10 +123,23 @@ const isOn = (args: readonly RawNode[]): boolean => {
   return c !== undefined && ON.has((c.sval ?? c.text).toLowerCase());
 };
 
+/**
+ * A search_path naming pg_temp can make an unqualified CREATE a temporary object, even with SET
+ * LOCAL (the object outlives the transaction): such a session keeps its server connection.
+ */
+const PG_TEMP = /(?:^|[\s,"'])pg_temp(?:[\s,"']|$)/i;
+const tempSearchPath = (name: string, value: string | undefined): boolean =>
+  name === "search_path" && value !== undefined && PG_TEMP.test(value);
+const TEMP_PIN: SessionEffect = { kind: "pin", reason: "temp-table" };
+
 const variableSet = (s: Fields): SessionEffect[] => {
   const kind = str(s, "kind");
   if (kind === "VAR_RESET_ALL") return [{ kind: "resetAll" }];
   const name = (str(s, "name") ?? "").toLowerCase();
+  if (kind === "VAR_SET_VALUE" && tempSearchPath(name, valueText(list(s, "args")))) {
+    const value = valueText(list(s, "args"))!;
+    return s.is_local === true ? [TEMP_PIN] : [TEMP_PIN, { kind: "set", name, value }];
+  }
   if (s.is_local === true) return [];
   if (kind === "VAR_SET_MULTI") {
     if (name !== "session characteristics") return [];
@@ -204,6 +217,11 @@ const funcName = (f: Fields): { schema?: string; name: string } => {
 
 const setConfigCall = (f: Fields): SessionEffect[] => {
   const [nameArg, valueArg, localArg] = list(f, "args").map(constantOf);
+  if (tempSearchPath(nameArg?.sval?.toLowerCase() ?? "", valueArg?.sval)) {
+    const set: SessionEffect[] =
+      localArg?.bool === false ? [{ kind: "setRaw", name: "search_path", value: valueArg!.sval! }] : [];
+    return [TEMP_PIN, ...set];
+  }
   if (localArg?.bool === true) return [];
   if (nameArg?.sval === undefined || valueArg?.sval === undefined || localArg?.bool !== false) {
     return [{ kind: "pin", reason: "dynamic-set-config" }];

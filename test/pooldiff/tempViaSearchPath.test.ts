@@ -17,6 +17,9 @@ describe("a temporary table made through search_path", () => {
     expect(direct).toContain('D["0"]');
     const a = await ctx.pooled();
     expect(await simple(a, made)).toContain("C:CREATE TABLE");
+    // The session keeps its server connection (pinned) while it lives: the one server is free
+    // again only once it has left, and it must not come back with A's table in it.
+    a.terminate();
     const b = await ctx.pooled();
     expect(await simple(b, probe)).toEqual(direct);
   });
