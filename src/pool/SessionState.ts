@@ -306,3 +306,26 @@ export const replaySql = (client: GucMap, server: GucMap): string => {
   if (raws.length > 0) statements.push(`SELECT ${raws.join(", ")}`);
   return statements.join("; ");
 };
+
+/**
+ * The replay as queries to run in order. PostgreSQL reads a whole query string in the
+ * client_encoding in force when it arrives, so a change of client_encoding goes alone, first:
+ * the rest then reaches the server in the encoding the client's own bytes use.
+ */
+export const replayQueries = (client: GucMap, server: GucMap): string[] => {
+  const sql = replaySql(client, server);
+  if (sql === "") return [];
+  const want = client.get("client_encoding");
+  if (sameValue(want, server.get("client_encoding"))) return [sql];
+  const first =
+    want === undefined
+      ? "RESET client_encoding"
+      : want.form === "sql"
+        ? setSql("client_encoding", want.text)
+        : `SELECT ${setConfigSql("client_encoding", want.text)}`;
+  const after = new Map(server);
+  if (want === undefined) after.delete("client_encoding");
+  else after.set("client_encoding", want);
+  const rest = replaySql(client, after);
+  return rest === "" ? [first] : [first, rest];
+};

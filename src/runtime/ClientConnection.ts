@@ -39,7 +39,7 @@ import {
 } from "../policy/sessionLimits.ts";
 import { filterStartupParameters, type StartupPolicy } from "../policy/startupParameters.ts";
 import type { Pool, ServerPool, Waiter } from "../pool/ServerPool.ts";
-import { replaySql, SessionState } from "../pool/SessionState.ts";
+import { replayQueries, SessionState } from "../pool/SessionState.ts";
 import {
   encodeAuthentication,
   encodeBackendKeyData,
@@ -1109,8 +1109,10 @@ export class ClientConnection implements SocketOwner {
       state = new SessionState();
       state.adoptFrom(server.settings);
     } else state = pool.startupSettings(parameters, server.reported);
-    const sql = replaySql(state.current, server.settings.current);
-    if (sql !== "" && !(await server.run(sql))) {
+    let replayed = true;
+    for (const sql of replayQueries(state.current, server.settings.current))
+      if (!(replayed = await server.run(sql))) break;
+    if (!replayed) {
       server.close();
       pool.release(server);
       this.deps.log.warn({ conn: this.id, server: server.id }, "startup settings refused by PostgreSQL");

@@ -9,7 +9,7 @@ import { NO_EFFECTS, refusalQuery, refusedFeature, sessionEffectsOf } from "../p
 import { Owed } from "../pool/OwedResponses.ts";
 import { Action, ASYNC, type Entry, Replies, Reply, UNEXPECTED } from "../pool/Replies.ts";
 import type { Pool, Waiter } from "../pool/ServerPool.ts";
-import { replaySql, type SessionState } from "../pool/SessionState.ts";
+import { replayQueries, type SessionState } from "../pool/SessionState.ts";
 import { encodeError } from "../protocol/backend.ts";
 import { decodeParse, encodeBind, encodeClose, encodeQuery } from "../protocol/frontend.ts";
 import { DROP, type MessageHandler, MessageScanner, type Verdict } from "../protocol/MessageScanner.ts";
@@ -1046,9 +1046,11 @@ export class Link implements Waiter, ServerReceiver {
     }
     this.waiting = false;
     const state = this.state!;
-    const sql = server.settings.sameAs(state) ? "" : replaySql(state.current, server.settings.current);
-    if (sql === "") this.resume(server);
-    else void this.prepare(server, sql).catch(() => this.client.endWith(replayFailed));
+    const queries = server.settings.sameAs(state)
+      ? []
+      : replayQueries(state.current, server.settings.current);
+    if (queries.length === 0) this.resume(server);
+    else void this.prepare(server, queries).catch(() => this.client.endWith(replayFailed));
   }
 
   failed(error: PgwardenError): void {
@@ -1058,12 +1060,14 @@ export class Link implements Waiter, ServerReceiver {
   }
 
   /** The client's settings onto the server connection first (one query, replies swallowed). */
-  private async prepare(server: ServerConnection, sql: string): Promise<void> {
-    if (!(await server.run(sql))) {
-      server.close();
-      this.pooled!.pool.release(server);
-      this.client.endWith(replayFailed);
-      return;
+  private async prepare(server: ServerConnection, queries: readonly string[]): Promise<void> {
+    for (const sql of queries) {
+      if (!(await server.run(sql))) {
+        server.close();
+        this.pooled!.pool.release(server);
+        this.client.endWith(replayFailed);
+        return;
+      }
     }
     this.resume(server);
   }
