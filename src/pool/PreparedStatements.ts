@@ -174,6 +174,11 @@ export class PreparedStatements {
     if (!this.byServerName.has(entry.serverName)) this.byServerName.set(entry.serverName, entry);
   }
 
+  /** Whether the client has a statement of this name (prepared with the protocol). */
+  holds(client: ClientId, name: string): boolean {
+    return this.clients.get(client)?.has(name) === true;
+  }
+
   /** DEALLOCATE ALL or DISCARD ALL from the client: only its own names go. */
   deallocateAll(client: ClientId): void {
     const names = this.clients.get(client);

@@ -46,6 +46,8 @@ export interface Entry {
   readonly probe?: true;
   /** A client's Close('S') of this name, undone if PostgreSQL skips it. */
   readonly closes?: { readonly name: string; readonly token: unknown };
+  /** A query that stands in for the client's `DEALLOCATE name` of a protocol-level statement. */
+  readonly deallocates?: string;
   /** A statement name that later requests wait for until this reply is in (Link.pendingParses). */
   readonly pending?: string;
 }

@@ -10,7 +10,7 @@ import { Owed } from "../pool/OwedResponses.ts";
 import { Action, ASYNC, type Entry, Replies, Reply, UNEXPECTED } from "../pool/Replies.ts";
 import type { Pool, Waiter } from "../pool/ServerPool.ts";
 import { replayQueries, type SessionState } from "../pool/SessionState.ts";
-import { encodeError } from "../protocol/backend.ts";
+import { encodeCommandComplete, encodeError } from "../protocol/backend.ts";
 import { decodeParse, encodeBind, encodeClose, encodeQuery } from "../protocol/frontend.ts";
 import { DROP, type MessageHandler, MessageScanner, type Verdict } from "../protocol/MessageScanner.ts";
 import { Backend, Frontend, frontendName } from "../protocol/messageTypes.ts";
@@ -112,6 +112,8 @@ const FAILING_BIND = encodeBind({
 });
 
 const FLUSH = Buffer.from([Frontend.Flush, 0, 0, 0, 4]);
+const DEALLOCATE_STANDIN = encodeQuery("DO $pgwarden$ BEGIN END $pgwarden$");
+const DEALLOCATE_DONE = encodeCommandComplete("DEALLOCATE");
 
 const concat = (parts: readonly Uint8Array[]): Uint8Array =>
   parts.length === 0 ? DROP : parts.length === 1 ? parts[0]! : Buffer.concat(parts);
@@ -680,6 +682,8 @@ export class Link implements Waiter, ServerReceiver {
         this.unnamedHere = false;
         const sql = msg.toString("utf8", 5, msg.length - 1);
         const effects = sessionEffectsOf(pooled.parser, sql);
+        const deallocated = this.deallocatesStatement(effects);
+        if (deallocated !== undefined) return deallocated;
         this.replies.push({ reply: Reply.query, action: Action.forward });
         const refused = pooled.refusePins ? refusedFeature(effects) : undefined;
         this.syncPoint(refused === undefined ? effects : NO_EFFECTS);
@@ -797,6 +801,33 @@ export class Link implements Waiter, ServerReceiver {
     }
   }
 
+  /**
+   * SQL DEALLOCATE of a statement the client prepared with the protocol: the server knows it by
+   * pgwarden's shared name, so only the client's name goes, once an empty DO block (which fails
+   * exactly where DEALLOCATE would: in an aborted transaction) has succeeded in its place.
+   */
+  private deallocatesStatement(effects: StatementEffects): Verdict | undefined {
+    const statements = this.pooled!.pool.statements;
+    if (statements === undefined) return undefined;
+    let name: string | undefined;
+    for (const e of effects.flat())
+      if (e.kind === "deallocate" && !e.all && statements.holds(this.client.id, e.name)) name = e.name;
+    if (name === undefined) return undefined;
+    const alone = effects.length === 1 && effects[0]!.length === 1;
+    this.replies.push({
+      reply: Reply.query,
+      action: Action.forward,
+      ...(alone ? { deallocates: name } : {}),
+    });
+    this.syncPoint(NO_EFFECTS);
+    if (alone) return DEALLOCATE_STANDIN;
+    return encodeQuery(
+      refusalQuery(
+        "DEALLOCATE of a protocol-level prepared statement must be its query's only statement in transaction pooling mode",
+      ),
+    );
+  }
+
   /** Bind or Describe of a statement: on this server it may need a re-Parse first. */
   private useStatement(reply: Reply, name: string, msg: Buffer): Verdict {
     const statements = this.pooled!.pool.statements;
@@ -896,6 +927,7 @@ export class Link implements Waiter, ServerReceiver {
     if (match !== ASYNC) {
       forward = this.replied(type, msg, match, server);
       if (match.action === Action.replace && type === Backend.ErrorResponse) instead = match.local;
+      else if (match.deallocates !== undefined && type === Backend.CommandComplete) instead = DEALLOCATE_DONE;
     } else if (type === Backend.ParameterStatus) {
       server.noteParameter(msg);
       const p = msg.indexOf(0, 5);
@@ -972,6 +1004,9 @@ export class Link implements Waiter, ServerReceiver {
     ) {
       // The Execute ended short of CommandComplete, but what it ran (a set_config) took effect.
       this.state!.onCommandComplete();
+    } else if (type === Backend.CommandComplete && entry.deallocates !== undefined) {
+      statements?.onClose(this.client.id, entry.deallocates);
+      return false;
     } else if (type === Backend.CommandComplete) {
       this.state!.onCommandComplete();
       const tag = msg.toString("latin1", 5, msg.length - 1);
