@@ -213,7 +213,7 @@ export class Pool {
     }
     server.whenNoCancels(() => {
       if (this.settings.mode === "session" && server.reusable && this.keeps(server)) {
-        void server.reset(this.settings.resetQuery).then((ok) => {
+        void server.reset(this.settings.resetQuery, this.settings.serverConnectTimeoutMs).then((ok) => {
           // DISCARD ALL leaves what the login left.
           if (ok) server.settings.adoptFrom(server.loginSettings);
           this.settled(server, ok);
@@ -314,7 +314,7 @@ export class Pool {
       if (Date.now() - server.idleSince >= serverCheckDelayMs) {
         // Idle long enough for PostgreSQL or the network to have dropped it: check first.
         this.active.add(server);
-        void server.run(serverCheckQuery).then((ok) => {
+        void server.run(serverCheckQuery, this.settings.serverConnectTimeoutMs).then((ok) => {
           this.active.delete(server);
           if (ok) {
             this.grant(w, server);

@@ -1111,7 +1111,7 @@ export class ClientConnection implements SocketOwner {
     } else state = pool.startupSettings(parameters, server.reported);
     let replayed = true;
     for (const sql of replayQueries(state.current, server.settings.current))
-      if (!(replayed = await server.run(sql))) break;
+      if (!(replayed = await server.run(sql, pool.settings.serverConnectTimeoutMs))) break;
     if (!replayed) {
       server.close();
       pool.release(server);

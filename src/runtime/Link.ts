@@ -1097,7 +1097,7 @@ export class Link implements Waiter, ServerReceiver {
   /** The client's settings onto the server connection first (one query, replies swallowed). */
   private async prepare(server: ServerConnection, queries: readonly string[]): Promise<void> {
     for (const sql of queries) {
-      if (!(await server.run(sql))) {
+      if (!(await server.run(sql, this.pooled!.pool.settings.serverConnectTimeoutMs))) {
         server.close();
         this.pooled!.pool.release(server);
         this.client.endWith(replayFailed);

@@ -318,8 +318,8 @@ export class ServerConnection implements SocketOwner {
   }
 
   /** Session mode's reset query before another client gets the connection. */
-  reset(sql: string): Promise<boolean> {
-    return this.run(sql, ServerEvents.Reset);
+  reset(sql: string, timeoutMs: number): Promise<boolean> {
+    return this.run(sql, timeoutMs, ServerEvents.Reset);
   }
 
   /**
@@ -329,17 +329,27 @@ export class ServerConnection implements SocketOwner {
    */
   run(
     sql: string,
+    timeoutMs: number,
     event: typeof ServerEvents.Reset | typeof ServerEvents.Request = ServerEvents.Request,
   ): Promise<boolean> {
     const socket = this.socket;
     if (socket === undefined || !this.reusable) return Promise.resolve(false);
     return new Promise((resolve) => {
       let failed = false;
+      let settled = false;
       const done = (ok: boolean) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
         if (this.receiver === onData) this.receiver = undefined;
         socket.off("close", onClose);
         resolve(ok);
       };
+      // A server that takes the query and never answers must not keep the connection for ever.
+      const timer = setTimeout(() => {
+        done(false);
+        this.close();
+      }, timeoutMs);
       const scanner = new MessageScanner(runPolicy, (type, msg) => {
         if (type === Backend.ErrorResponse) failed = true;
         else if (type === Backend.ParameterStatus) this.noteParameter(msg);
