@@ -68,6 +68,11 @@ export class MessageScanner {
   }
 
   /** True when no message is partly received: the stream sits on a message boundary. */
+  /** Inside a streamed message: its start is already out, its end is not. */
+  get midStreamed(): boolean {
+    return this.streamRemaining > 0;
+  }
+
   get atBoundary(): boolean {
     return this.headLen === 0 && this.held === null && this.streamRemaining === 0;
   }

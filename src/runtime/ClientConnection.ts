@@ -590,6 +590,11 @@ export class ClientConnection implements SocketOwner {
 
   private sendError(which: FinalError): void {
     if (this.errorSent || this.clientGone || !this.socket.writable) return;
+    // An ErrorResponse inside a torn message would be read as its rest: the close says it instead.
+    if (this.link?.clientMidMessage === true) {
+      this.errorSent = true;
+      return;
+    }
     const e =
       which === "given"
         ? (this.finalError ?? protocolError("protocol violation"))

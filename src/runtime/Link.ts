@@ -277,6 +277,11 @@ export class Link implements Waiter, ServerReceiver {
 
   private waitStart = 0;
 
+  /** The client has part of a message relayed from the server: nothing of pgwarden's may follow. */
+  get clientMidMessage(): boolean {
+    return this.serverScanner?.midStreamed === true;
+  }
+
   /**
    * The client left session state on the server connection it holds (an advisory lock, LISTEN, a
    * temporary table, a held cursor, SQL PREPARE): no other client may get that connection.
