@@ -1115,8 +1115,10 @@ export class ClientConnection implements SocketOwner {
       state.adoptFrom(server.settings);
     } else state = pool.startupSettings(parameters, server.reported);
     let replayed = true;
-    for (const sql of replayQueries(state.current, server.settings.current))
-      if (!(replayed = await server.run(sql, pool.settings.serverConnectTimeoutMs))) break;
+    for (const sql of replayQueries(state.current, server.settings.current)) {
+      replayed = await server.run(sql, pool.settings.serverConnectTimeoutMs);
+      if (!replayed) break;
+    }
     if (!replayed) {
       server.close();
       pool.release(server);
