@@ -15,7 +15,17 @@ const frontendTypes = Object.values(Frontend).filter((t) => t !== Frontend.Passw
 const clientSessionTypes = typeSet(...frontendTypes);
 /** During authentication only authentication responses are legal. */
 const clientAuthTypes = typeSet(Frontend.Password);
-const serverTypes = typeSet(...Object.values(Backend));
+/**
+ * After the login PostgreSQL never asks for authentication again, nor sends a new cancel key or
+ * protocol version: from a server that does (a hostile or broken upstream asking the client for a
+ * password, or handing it the backend's own cancel key), they are a violation, never relayed.
+ */
+const LOGIN_ONLY: ReadonlySet<number> = new Set([
+  Backend.Authentication,
+  Backend.BackendKeyData,
+  Backend.NegotiateProtocolVersion,
+]);
+const serverTypes = typeSet(...Object.values(Backend).filter((t) => !LOGIN_ONLY.has(t)));
 const serverStartupTypes = typeSet(
   Backend.Authentication,
   Backend.ErrorResponse,
