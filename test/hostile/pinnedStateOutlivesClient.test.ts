@@ -1,7 +1,6 @@
-import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { sleep } from "../support/hostile.ts";
-import type { PgSession } from "../support/pgSession.ts";
-import { createFixture, type Fixture, type PooledTarget, startTarget } from "../txpool/target.ts";
+import { pooledClients } from "../support/pooledClients.ts";
 
 /**
  * Transaction mode, pinning `pin`, one server connection: a client that pins its backend with
@@ -41,28 +40,13 @@ const CASES: { name: string; start: string; probe: string }[] = [
 ];
 
 describe("state a pinned client leaves behind (transaction mode)", () => {
-  let fixture: Fixture;
-  let target: PooledTarget;
-  const open: PgSession[] = [];
-  const session = async () => {
-    const s = await target.session(fixture.roles[0]);
-    open.push(s);
-    return s;
-  };
-
-  beforeAll(async () => {
-    fixture = await createFixture("hpinleft");
-  });
-  // A pooler (and so a server connection) of its own per case: nothing carries between cases.
-  beforeEach(async () => {
-    target = await startTarget(fixture, {
+  const session = pooledClients(
+    "hpinleft",
+    {
       pool: { mode: "transaction", size: 1, pinning: { onSessionState: "pin" } },
-    });
-  });
-  afterEach(async () => {
-    for (const s of open.splice(0)) s.vanish();
-    await target?.stop();
-  });
+    },
+    "perTest",
+  );
 
   for (const c of CASES)
     for (const leave of ["terminate", "vanish"] as const) {

@@ -1,8 +1,7 @@
-import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { encodeCopyData, encodeCopyDone, encodeCopyFail } from "../../src/protocol/frontend.ts";
 import { sleep } from "../support/hostile.ts";
-import type { PgSession } from "../support/pgSession.ts";
-import { createFixture, type Fixture, type PooledTarget, startTarget } from "../txpool/target.ts";
+import { pooledClients } from "../support/pooledClients.ts";
 
 /**
  * Transaction mode, one server connection: PostgreSQL ignores CopyData, CopyDone and CopyFail
@@ -11,26 +10,11 @@ import { createFixture, type Fixture, type PooledTarget, startTarget } from "../
  */
 
 describe("stray COPY messages between transactions", () => {
-  let fixture: Fixture;
-  let target: PooledTarget;
-  const open: PgSession[] = [];
-  const session = async () => {
-    const s = await target.session(fixture.roles[0]);
-    open.push(s);
-    return s;
-  };
-
-  beforeAll(async () => {
-    fixture = await createFixture("hstray");
-  });
-  // A pooler of its own per case: one case's held connection cannot fail the next.
-  beforeEach(async () => {
-    target = await startTarget(fixture, { pool: { mode: "transaction", size: 1, queryWaitTimeoutMs: 1500 } });
-  });
-  afterEach(async () => {
-    for (const s of open.splice(0)) s.vanish();
-    await target?.stop();
-  });
+  const session = pooledClients(
+    "hstray",
+    { pool: { mode: "transaction", size: 1, queryWaitTimeoutMs: 1500 } },
+    "perTest",
+  );
 
   const cases: [string, Buffer][] = [
     ["CopyData", encodeCopyData(Buffer.from("x"))],

@@ -1,7 +1,7 @@
-import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { sleep } from "../support/hostile.ts";
-import { msg, type PgSession, typesOf } from "../support/pgSession.ts";
-import { createFixture, type Fixture, type PooledTarget, startTarget } from "../txpool/target.ts";
+import { msg, typesOf } from "../support/pgSession.ts";
+import { pooledClients } from "../support/pooledClients.ts";
 
 /**
  * Transaction mode, one server connection: a session-level set_config run by an Execute with a
@@ -20,24 +20,7 @@ const CASES: [setting: string, value: string][] = [
 ];
 
 describe("set_config through an Execute that stops at a row limit", () => {
-  let fixture: Fixture;
-  let target: PooledTarget;
-  const open: PgSession[] = [];
-  const session = async () => {
-    const s = await target.session(fixture.roles[0]);
-    open.push(s);
-    return s;
-  };
-  beforeAll(async () => {
-    fixture = await createFixture("hsuspend");
-  });
-  beforeEach(async () => {
-    target = await startTarget(fixture, { pool: { mode: "transaction", size: 1 } });
-  });
-  afterEach(async () => {
-    for (const s of open.splice(0)) s.vanish();
-    await target?.stop();
-  });
+  const session = pooledClients("hsuspend", { pool: { mode: "transaction", size: 1 } }, "perTest");
 
   for (const [setting, value] of CASES)
     for (const name of ["", "hostile_sc"])

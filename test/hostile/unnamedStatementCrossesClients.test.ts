@@ -1,6 +1,6 @@
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { dataRow, msg, type PgSession, type Reply, typesOf } from "../support/pgSession.ts";
-import { createFixture, type Fixture, type PooledTarget, startTarget } from "../txpool/target.ts";
+import { describe, expect, it } from "vitest";
+import { dataRow, msg, type Reply, typesOf } from "../support/pgSession.ts";
+import { pooledClients } from "../support/pooledClients.ts";
 
 /**
  * Transaction mode, one server connection: the unnamed prepared statement outlives Sync in
@@ -14,23 +14,7 @@ const sqlstate = (replies: readonly Reply[]): string | undefined => {
 };
 
 describe("the unnamed prepared statement in transaction mode", () => {
-  let fixture: Fixture;
-  let target: PooledTarget;
-  const open: PgSession[] = [];
-  const session = async () => {
-    const s = await target.session(fixture.roles[0]);
-    open.push(s);
-    return s;
-  };
-
-  beforeAll(async () => {
-    fixture = await createFixture("hunnamed");
-    target = await startTarget(fixture, { pool: { mode: "transaction", size: 1 } });
-  });
-  afterAll(async () => {
-    for (const s of open) s.vanish();
-    await target?.stop();
-  });
+  const session = pooledClients("hunnamed", { pool: { mode: "transaction", size: 1 } }, "perBlock");
 
   it("a Bind of the unnamed statement never runs the statement another client parsed", async () => {
     const alice = await session();
