@@ -1,9 +1,7 @@
-import type { Socket } from "node:net";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { encodeQuery, encodeStartup } from "../../src/protocol/index.ts";
-import { boundary, type FakeUpstream, fakeUpstream, frame, loginOk } from "../support/hostile.ts";
-import { startProxy, type TestProxy } from "../support/proxy.ts";
-import { WireClient } from "../support/wire.ts";
+import { describe, expect, it } from "vitest";
+import { encodeQuery } from "../../src/protocol/index.ts";
+import { frame } from "../support/hostile.ts";
+import { proxyOverFake } from "../support/proxyOverFake.ts";
 
 /**
  * PostgreSQL sends Authentication, BackendKeyData and NegotiateProtocolVersion only during the
@@ -19,43 +17,14 @@ const midSession: Record<string, Buffer> = {
 for (const [name, message] of Object.entries(midSession)) {
   for (const mode of ["session", "transaction"] as const) {
     describe(`an upstream sending ${name} mid-session (${mode} mode)`, () => {
-      let upstream: FakeUpstream;
-      let proxy: TestProxy;
-      beforeAll(async () => {
-        upstream = await fakeUpstream((s: Socket) => {
-          s.write(loginOk());
-          s.on("data", () => s.write(message));
-        });
-        proxy = await startProxy({
-          ...boundary(),
-          upstream: { ...boundary().upstream, host: "127.0.0.1", port: upstream.port },
-          auth: { method: "trust" },
-          pool: { mode, size: 1 },
-          log: { level: "warn" },
-        });
-      });
-      afterAll(async () => {
-        await proxy?.close();
-        await upstream?.close();
-      });
+      const login = proxyOverFake(mode, (s) => s.write(message));
 
       it("is never relayed: the client gets 08P01 and a close", async () => {
-        const c = await WireClient.open(proxy.port);
+        const { client: c, offset } = await login();
         try {
-          c.send(
-            encodeStartup(
-              new Map([
-                ["user", "alice"],
-                ["database", "pgw_app"],
-              ]),
-            ),
-          );
-          await c.until((x) => x.messages().some((m) => m.type === "Z"), 5000, "ReadyForQuery");
-          const offset = c.received.length;
           c.send(encodeQuery("SELECT 1"));
           await c.waitClosed(3000);
-          const types = c.messages(offset).map((m) => m.type);
-          expect(types).toEqual(["E"]);
+          expect(c.messages(offset).map((m) => m.type)).toEqual(["E"]);
           expect(c.errorCode(offset)).toBe("08P01");
         } finally {
           c.close();

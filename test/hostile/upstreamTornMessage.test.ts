@@ -1,9 +1,7 @@
-import type { Socket } from "node:net";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { encodeQuery, encodeStartup } from "../../src/protocol/index.ts";
-import { boundary, type FakeUpstream, fakeUpstream, frame, header, loginOk } from "../support/hostile.ts";
-import { startProxy, type TestProxy } from "../support/proxy.ts";
-import { WireClient } from "../support/wire.ts";
+import { describe, expect, it } from "vitest";
+import { encodeQuery } from "../../src/protocol/index.ts";
+import { frame, header } from "../support/hostile.ts";
+import { proxyOverFake } from "../support/proxyOverFake.ts";
 
 /**
  * The upstream dies in the middle of a message (a DataRow whose header promised 60 bytes, 10
@@ -23,42 +21,14 @@ const sent = Buffer.concat([rowDescription, row, torn]);
 
 for (const mode of ["session", "transaction"] as const) {
   describe(`an upstream that dies mid-message (${mode} mode)`, () => {
-    let upstream: FakeUpstream;
-    let proxy: TestProxy;
-    beforeAll(async () => {
-      upstream = await fakeUpstream((s: Socket) => {
-        s.write(loginOk());
-        s.on("data", () => {
-          s.write(sent);
-          setTimeout(() => s.destroy(), 30);
-        });
-      });
-      proxy = await startProxy({
-        ...boundary(),
-        upstream: { ...boundary().upstream, host: "127.0.0.1", port: upstream.port },
-        auth: { method: "trust" },
-        pool: { mode, size: 1 },
-        log: { level: "warn" },
-      });
-    });
-    afterAll(async () => {
-      await proxy?.close();
-      await upstream?.close();
+    const login = proxyOverFake(mode, (s) => {
+      s.write(sent);
+      setTimeout(() => s.destroy(), 30);
     });
 
     it("nothing of pgwarden's own is written into the torn message", async () => {
-      const c = await WireClient.open(proxy.port);
+      const { client: c, offset } = await login();
       try {
-        c.send(
-          encodeStartup(
-            new Map([
-              ["user", "alice"],
-              ["database", "pgw_app"],
-            ]),
-          ),
-        );
-        await c.until((x) => x.messages().some((m) => m.type === "Z"), 5000, "ReadyForQuery");
-        const offset = c.received.length;
         c.send(encodeQuery("SELECT n FROM t"));
         await c.waitClosed(3000);
         const after = c.received.subarray(offset);
