@@ -81,9 +81,19 @@ const ends = (reply: Reply, type: number): boolean => {
   }
 };
 
+const EXTENDED_ONLY: ReadonlySet<number> = new Set([
+  Backend.ParseComplete,
+  Backend.BindComplete,
+  Backend.CloseComplete,
+  Backend.ParameterDescription,
+  Backend.NoData,
+  Backend.PortalSuspended,
+]);
+
 /** Messages that may come in the middle of a request's replies. */
 const partOf = (reply: Reply, type: number): boolean => {
-  if (reply === Reply.query) return true;
+  // A simple query (or FunctionCall) may bring rows, COPY and notices, never extended-protocol replies.
+  if (reply === Reply.query) return !EXTENDED_ONLY.has(type);
   if (reply === Reply.describeStatement) return type === Backend.ParameterDescription;
   if (reply === Reply.execute)
     return (
