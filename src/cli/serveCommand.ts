@@ -225,21 +225,6 @@ const serveWith = async (
     return fail((e as Error).message, 1);
   }
 
-  const where = `${server.host.includes(":") ? `[${server.host}]` : server.host}:${server.port}`;
-  if (embedded !== undefined && clientLogin !== undefined) {
-    const { user, password, database, ca } = clientLogin;
-    // verify-full: the client checks pgwarden's certificate against the local CA, not just encrypts.
-    const verify = `sslmode=verify-full&sslrootcert=${encodeURIComponent(ca)}`;
-    process.stdout.write(
-      `\npgwarden is listening on ${where} (TLS required), in front of an embedded PostgreSQL.\nConnect with:\n\n` +
-        `  psql "postgresql://${user}:${encodeURIComponent(password)}@${where}/${database}?${verify}"\n\nCtrl-C stops both.\n`,
-    );
-  } else {
-    process.stdout.write(
-      `pgwarden is listening on ${where} (upstream ${config.upstream.host}:${config.upstream.port})\n`,
-    );
-  }
-
   // Every connection catches its own failures; anything that still escapes is logged, not fatal.
   process.on("unhandledRejection", (e) => {
     log.error({ err: e instanceof Error ? e.stack : String(e) }, "unhandled rejection");
@@ -275,6 +260,23 @@ const serveWith = async (
       }
     });
   });
+
+  // Said only once the signal handlers are in place: a supervisor that signals on seeing this line
+  // must not meet the default action (an abrupt exit).
+  const where = `${server.host.includes(":") ? `[${server.host}]` : server.host}:${server.port}`;
+  if (embedded !== undefined && clientLogin !== undefined) {
+    const { user, password, database, ca } = clientLogin;
+    // verify-full: the client checks pgwarden's certificate against the local CA, not just encrypts.
+    const verify = `sslmode=verify-full&sslrootcert=${encodeURIComponent(ca)}`;
+    process.stdout.write(
+      `\npgwarden is listening on ${where} (TLS required), in front of an embedded PostgreSQL.\nConnect with:\n\n` +
+        `  psql "postgresql://${user}:${encodeURIComponent(password)}@${where}/${database}?${verify}"\n\nCtrl-C stops both.\n`,
+    );
+  } else {
+    process.stdout.write(
+      `pgwarden is listening on ${where} (upstream ${config.upstream.host}:${config.upstream.port})\n`,
+    );
+  }
 
   const result = await server.stopped;
   if (audit !== undefined && config.audit !== undefined) {
