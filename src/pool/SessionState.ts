@@ -135,6 +135,11 @@ export class SessionState {
     this.tag = ++lastTag;
   }
 
+  /** Inside a transaction block (the last ReadyForQuery said `T` or `E`). */
+  get inTransaction(): boolean {
+    return this.txn !== undefined;
+  }
+
   /** A query was sent: one entry per statement, matched in order by CommandComplete. */
   queue(statements: StatementEffects): void {
     if (this.awaiting === NOTHING_AWAITED) this.awaiting = [];

@@ -724,7 +724,7 @@ export class Link implements Waiter, ServerReceiver {
           this.replies.push({ reply: Reply.parse, action: Action.forward, name: p.name });
           return undefined;
         }
-        const scope = this.state!.current.get("search_path")?.text ?? "";
+        const scope = this.statementScope();
         const answer = statements.onParse(this.client.id, p.name, p.query, p.paramTypes, server.id, scope);
         if ("sqlstate" in answer) return this.refuseLocally(answer.sqlstate, answer.message);
         const out: Uint8Array[] = [];
@@ -876,6 +876,20 @@ export class Link implements Waiter, ServerReceiver {
       out.push(m);
     }
   }
+
+  /**
+   * What besides its text and types makes a statement the same on the server: the search_path it
+   * is parsed under. Known only for a Parse that is the client's first request since a
+   * ReadyForQuery `I`; inside a transaction or behind other requests a SET (or SET LOCAL) may not
+   * be counted yet, so such a statement is shared with nobody.
+   */
+  private statementScope(): string {
+    const state = this.state!;
+    if (this.replies.empty && !state.inTransaction) return state.current.get("search_path")?.text ?? "";
+    return `\u0000${this.client.id}:${++this.unsharedScopes}`;
+  }
+
+  private unsharedScopes = 0;
 
   /** Requests of later Syncs that name `name` wait until this one's reply is in. */
   private awaitName(name: string): void {

@@ -27,4 +27,19 @@ describe("a shared server statement under another search_path", () => {
     expect(direct[1]).toEqual(["1", "2", 'D["b","w"]', "C:SELECT 1", "Z:I"]);
     expect(await program(() => ctx.pooled())).toEqual(direct);
   });
+
+  it("answers each client from its own schema when its SET is pipelined before the Parse", async () => {
+    // Both schemas exist from the case above. The SET and the Parse go in one write: when pgwarden
+    // reads the Parse, the SET's answer (and PostgreSQL's report of search_path) has not come yet.
+    const program = async (open: () => ReturnType<typeof ctx.pooled>) => {
+      const [a, b] = [await open(), await open()];
+      const run = [msg.parse("q2", "SELECT * FROM t"), msg.bind("q2"), msg.execute(), msg.sync()];
+      const first = await exchange(a, [msg.query("SET search_path = ta"), ...run], 2);
+      const second = await exchange(b, [msg.query("SET search_path = tb"), ...run], 2);
+      return [first, second];
+    };
+    const direct = await program(() => ctx.direct());
+    expect(direct[1]).toContain('D["b","w"]');
+    expect(await program(() => ctx.pooled())).toEqual(direct);
+  });
 });
