@@ -3,10 +3,9 @@ import { Backend } from "../protocol/messageTypes.ts";
 /**
  * The replies a server connection owes, one entry per request, in order — what pooled modes
  * need beyond OwedResponses' count of sync points. Each entry says whether its reply goes to the
- * client (forward), is swallowed (skip: a re-Parse or Close pgwarden injected), or is pgwarden's
- * own answer sent in its place (local: ParseComplete for a statement the server already has,
- * CloseComplete, an ErrorResponse for a refused message). A local answer leaves only when every
- * reply before it has, so the client sees replies in the order it sent requests.
+ * client (forward), is swallowed (skip: a re-Parse or Close pgwarden injected), or is replaced by
+ * pgwarden's own error (replace). pgwarden answers nothing without the server: every answer the
+ * client gets is in the server's order, after what PostgreSQL skipped or failed.
  */
 
 export const Reply = {
@@ -29,13 +28,13 @@ export type Reply = (typeof Reply)[keyof typeof Reply];
  * place, so that the server aborts the transaction and skips to Sync exactly as for an error of
  * its own; the server's ErrorResponse is swallowed and `local` (pgwarden's error) goes instead.
  */
-export const Action = { forward: 0, skip: 1, local: 2, replace: 3 } as const;
+export const Action = { forward: 0, skip: 1, replace: 2 } as const;
 export type Action = (typeof Action)[keyof typeof Action];
 
 export interface Entry {
   readonly reply: Reply;
   readonly action: Action;
-  /** The answer a local entry sends, or a replace entry sends instead of the server's error. */
+  /** The error a replace entry sends instead of the server's. */
   readonly local?: Buffer;
   /**
    * Parse entries: the client's statement name (forward) or the server-side name (skip). Close
@@ -140,36 +139,16 @@ export class Replies {
     return e;
   }
 
-  /**
-   * Local answers now at the head, in order (each leaves once what came before it has); undefined
-   * when there are none, so the usual case allocates nothing.
-   */
-  takeLocals(): Buffer[] | undefined {
-    let out: Buffer[] | undefined;
-    for (let e = this.peek(); e !== undefined && e.action === Action.local; e = this.peek()) {
-      this.shift();
-      if (out === undefined) out = [e.local!];
-      else out.push(e.local!);
-    }
-    return out;
-  }
-
   /** The error a replace entry sends, if the next reply from the server is its stand-in's. */
   replacement(): Buffer | undefined {
-    const entries = this.entries;
-    if (entries === undefined) return undefined;
-    for (let i = this.head; i < entries.length; i++) {
-      const e = entries[i]!;
-      if (e.action === Action.local) continue;
-      return e.action === Action.replace ? e.local : undefined;
-    }
-    return undefined;
+    const e = this.peek();
+    return e?.action === Action.replace ? e.local : undefined;
   }
 
   /**
    * Matches a server message to the head request; ErrorResponse ends the head request and, as
-   * PostgreSQL skips to the next Sync after an error, every request before that Sync too (their
-   * local answers included: PostgreSQL would not have sent them either). Returns the request the
+   * PostgreSQL skips to the next Sync after an error, every request before that Sync too (with
+   * the stand-ins pgwarden sent there: PostgreSQL skipped them too). Returns the request the
    * error ended, for prepared-statement bookkeeping.
    */
   match(type: number, skipped?: Entry[]): Match {

@@ -185,7 +185,6 @@ export class Link implements Waiter, ServerReceiver {
   /** Chunks the client sent while the link held no server connection. */
   private stash: Buffer[] | undefined;
   private waiting = false;
-  private releaseDue = false;
   /** After a message pgwarden refused locally, PostgreSQL's rule: ignore everything up to Sync. */
   private skipToSync = false;
   /** Session effects per client statement and portal (named or not), for Execute to queue. */
@@ -404,19 +403,23 @@ export class Link implements Waiter, ServerReceiver {
       return;
     }
     if (this.current !== undefined) this.flushToServer();
-    if (this.pooled !== undefined) {
-      this.answerLocally();
-      // Checked out for bytes that asked nothing of the server: it goes back at once.
-      const server = this.current;
-      if (
-        server?.reusable === true &&
-        this.replies.empty &&
-        this.held === undefined &&
-        !this.state!.pinned &&
-        this.serverScanner?.atBoundary !== false
-      )
-        this.release("idle");
-    }
+    // Checked out for bytes that asked nothing of the server (a stray CopyData): it goes back.
+    if (this.pooled !== undefined) this.releaseIfIdle();
+  }
+
+  /**
+   * Pooled modes: the server connection goes back once it is idle (ReadyForQuery `I`, nothing
+   * owed) with no reply, held message or pinned state of this client's left on it.
+   */
+  private releaseIfIdle(): void {
+    if (
+      this.current?.reusable === true &&
+      this.replies.empty &&
+      this.held === undefined &&
+      !this.state!.pinned &&
+      this.serverScanner?.atBoundary !== false
+    )
+      this.release("idle");
   }
 
   /** A lone Terminate needs no server connection. */
@@ -449,16 +452,10 @@ export class Link implements Waiter, ServerReceiver {
       );
       return;
     }
-    if (this.releaseDue) {
-      this.releaseDue = false;
-      if (
-        this.serverScanner?.atBoundary !== false &&
-        this.current?.owed.settled === true &&
-        this.replies.empty
-      )
-        this.release("idle");
-    }
+    if (this.pooled === undefined) return;
+    // Messages held for an earlier Parse's answer go to this server connection first.
     if (this.held !== undefined && this.replies.empty) this.releaseHeld();
+    this.releaseIfIdle();
   }
 
   /** Audit on: a new statement is refused while the audit trail cannot take records; others are recorded. */
@@ -813,7 +810,8 @@ export class Link implements Waiter, ServerReceiver {
    */
   private deallocatesStatement(effects: StatementEffects): Verdict | undefined {
     const statements = this.pooled!.pool.statements;
-    if (statements === undefined) return undefined;
+    // Most queries change no session state: nothing to look through (and no array made per query).
+    if (statements === undefined || effects.length === 0) return undefined;
     let name: string | undefined;
     for (const e of effects.flat())
       if (e.kind === "deallocate" && !e.all && statements.holds(this.client.id, e.name)) name = e.name;
@@ -918,18 +916,9 @@ export class Link implements Waiter, ServerReceiver {
     }
   }
 
-  /** Local answers at the head of the queue leave now (nothing owed before them). */
-  private answerLocally(): void {
-    const out = this.replies.takeLocals();
-    if (out === undefined) return;
-    for (const b of out) this.toClient.push(b);
-    this.flushToClient();
-  }
-
   // Pooled modes: replies ---------------------------------------------------------------------------
 
   private onServerMessagePooled(type: number, msg: Buffer): Verdict {
-    const before = this.replies.takeLocals();
     const skipped: Entry[] | undefined = type === Backend.ErrorResponse ? [] : undefined;
     const match = this.replies.match(type, skipped);
     if (match === UNEXPECTED)
@@ -941,13 +930,9 @@ export class Link implements Waiter, ServerReceiver {
         this.undone(e, server);
         if (e.reply === Reply.query) ignoredQueries++;
       }
-    let forward = true;
-    let instead: Buffer | undefined;
-    if (match !== ASYNC) {
-      forward = this.replied(type, msg, match, server);
-      if (match.action === Action.replace && type === Backend.ErrorResponse) instead = match.local;
-      else if (match.deallocates !== undefined && type === Backend.CommandComplete) instead = DEALLOCATE_DONE;
-    } else if (type === Backend.ParameterStatus) {
+    let out: Verdict;
+    if (match !== ASYNC) out = this.replied(type, msg, match, server);
+    else if (type === Backend.ParameterStatus) {
       server.noteParameter(msg);
       const p = msg.indexOf(0, 5);
       if (p > 0)
@@ -962,16 +947,7 @@ export class Link implements Waiter, ServerReceiver {
       const next = this.pendingGroups?.shift();
       if (next !== undefined) this.state!.queue(next);
     }
-    const v = this.onServerMessage(type, msg);
-    if (v !== undefined) return v;
-    const after = this.replies.takeLocals();
-    if (forward && before === undefined && after === undefined) return undefined;
-    // pgwarden's own answers go out around this reply, in the order the client asked.
-    return concat([
-      ...(before ?? []),
-      ...(forward ? [msg] : instead !== undefined ? [instead] : []),
-      ...(after ?? []),
-    ]);
+    return this.onServerMessage(type, msg) ?? out;
   }
 
   /**
@@ -1006,7 +982,7 @@ export class Link implements Waiter, ServerReceiver {
   }
 
   /** A reply to `entry`: bookkeeping, and whether the client gets it. */
-  private replied(type: number, msg: Buffer, entry: Entry, server: ServerConnection): boolean {
+  private replied(type: number, msg: Buffer, entry: Entry, server: ServerConnection): Verdict {
     const pooled = this.pooled!;
     const statements = pooled.pool.statements;
     if (entry.pending !== undefined) this.pendingParses?.delete(entry.pending);
@@ -1015,7 +991,7 @@ export class Link implements Waiter, ServerReceiver {
       this.undone(entry, server);
       // A failed re-Parse is the client's error too: its Bind would fail next. A refusal's
       // stand-in error is not: pgwarden's own goes in its place.
-      return entry.action !== Action.replace;
+      return entry.action === Action.replace ? entry.local : undefined;
     }
     if (
       entry.reply === Reply.execute &&
@@ -1025,7 +1001,7 @@ export class Link implements Waiter, ServerReceiver {
       this.state!.onCommandComplete();
     } else if (type === Backend.CommandComplete && entry.deallocates !== undefined) {
       statements?.onClose(this.client.id, entry.deallocates);
-      return false;
+      return DEALLOCATE_DONE;
     } else if (type === Backend.CommandComplete) {
       this.state!.onCommandComplete();
       const tag = msg.toString("latin1", 5, msg.length - 1);
@@ -1035,7 +1011,7 @@ export class Link implements Waiter, ServerReceiver {
         statements?.deallocateAll(this.client.id);
       }
     }
-    return entry.action === Action.forward;
+    return entry.action === Action.forward ? undefined : DROP;
   }
 
   /**
@@ -1056,7 +1032,6 @@ export class Link implements Waiter, ServerReceiver {
     }
     stats.transactions++;
     this.clearTimers();
-    if (this.current!.owed.settled && !this.state!.pinned) this.releaseDue = true;
     return undefined;
   }
 
