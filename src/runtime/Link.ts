@@ -195,6 +195,11 @@ export class Link implements Waiter, ServerReceiver {
   private pendingGroups: StatementEffects[] | undefined;
   private executes = 0;
   private idleTimer: ReturnType<typeof setTimeout> | undefined;
+  /**
+   * Extended-protocol requests sent since the last Flush or Sync: PostgreSQL keeps their answers
+   * until one comes, so until then the server connection waits on this client.
+   */
+  private unflushed = false;
   private transactionTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(
@@ -403,8 +408,10 @@ export class Link implements Waiter, ServerReceiver {
       return;
     }
     if (this.current !== undefined) this.flushToServer();
+    if (this.pooled === undefined) return;
     // Checked out for bytes that asked nothing of the server (a stray CopyData): it goes back.
-    if (this.pooled !== undefined) this.releaseIfIdle();
+    this.releaseIfIdle();
+    this.armIfUnsyncedIdle();
   }
 
   /**
@@ -456,6 +463,19 @@ export class Link implements Waiter, ServerReceiver {
     // Messages held for an earlier Parse's answer go to this server connection first.
     if (this.held !== undefined && this.replies.empty) this.releaseHeld();
     this.releaseIfIdle();
+    this.armIfUnsyncedIdle();
+  }
+
+  /**
+   * Pooled modes: a client that sent part of an extended batch and then nothing — no Sync — holds
+   * its server connection inside the implicit transaction PostgreSQL opened for the batch, with no
+   * ReadyForQuery to arm a timer at. Once every answer it can get is in (or PostgreSQL holds them
+   * for a Flush it never sent), it is idle in a transaction: the same timeouts apply.
+   */
+  private armIfUnsyncedIdle(): void {
+    const server = this.current;
+    if (server === undefined || !server.owed.unsynced || this.held !== undefined) return;
+    if (this.replies.empty || this.unflushed) this.armTransactionTimers();
   }
 
   /** Audit on: a new statement is refused while the audit trail cannot take records; others are recorded. */
@@ -601,6 +621,7 @@ export class Link implements Waiter, ServerReceiver {
     // Outside COPY PostgreSQL ignores these and answers nothing: they hold no server connection.
     if (type === Frontend.CopyData || type === Frontend.CopyDone || type === Frontend.CopyFail) return DROP;
     this.clearIdleTimer();
+    this.unflushed = isExtended(type) && type !== Frontend.Flush;
     if (this.skipToSync && type !== Frontend.Sync) return isExtended(type) ? DROP : this.requested(type, msg);
     return this.requested(type, msg);
   }
