@@ -19,6 +19,7 @@ export const SqlState = {
   insufficientResources: "53000",
   idleInTransactionTimeout: "25P03",
   transactionTimeout: "25P04",
+  inFailedSqlTransaction: "25P02",
   invalidStatementName: "26000",
   duplicatePreparedStatement: "42P05",
   internalError: "XX000",

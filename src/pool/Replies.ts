@@ -1,3 +1,5 @@
+import { SqlState } from "../errors.ts";
+import { sqlstateOf } from "../protocol/backend.ts";
 import { Backend } from "../protocol/messageTypes.ts";
 
 /**
@@ -139,10 +141,10 @@ export class Replies {
     return e;
   }
 
-  /** The error a replace entry sends, if the next reply from the server is its stand-in's. */
-  replacement(): Buffer | undefined {
+  /** The error a replace entry sends in place of `error`, the server's answer to its stand-in. */
+  replacement(error: Buffer): Buffer | undefined {
     const e = this.peek();
-    return e?.action === Action.replace ? e.local : undefined;
+    return e === undefined ? undefined : replacementOf(e, error);
   }
 
   /**
@@ -183,3 +185,13 @@ export class Replies {
     this.head = 0;
   }
 }
+
+/**
+ * The error the client gets when PostgreSQL fails `entry`'s stand-in with `error`: pgwarden's own
+ * — except in an aborted transaction, where PostgreSQL refuses every request with 25P02 before
+ * looking at it, and so does the client's view of it.
+ */
+export const replacementOf = (entry: Entry, error: Buffer): Buffer | undefined =>
+  entry.action !== Action.replace || sqlstateOf(error) === SqlState.inFailedSqlTransaction
+    ? undefined
+    : entry.local;

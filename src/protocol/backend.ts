@@ -134,6 +134,12 @@ export const decodeFields = (msg: Buffer): Fields | PgwardenError =>
     return fields;
   });
 
+/** The SQLSTATE (field `C`) of an ErrorResponse or NoticeResponse, undefined when it has none. */
+export const sqlstateOf = (msg: Buffer): string | undefined => {
+  const f = decodeFields(msg);
+  return f instanceof Map ? f.get("C") : undefined;
+};
+
 export const decodeCommandComplete = (msg: Buffer): string | PgwardenError =>
   decodeWith("CommandComplete", () => {
     const r = body(msg);

@@ -7,11 +7,11 @@ import type { ClientRunner } from "../machines/MachineRunner.ts";
 import { ServerEvents } from "../machines/serverEvents.ts";
 import { NO_EFFECTS, refusalQuery, refusedFeature, sessionEffectsOf } from "../pool/classify.ts";
 import { Owed } from "../pool/OwedResponses.ts";
-import { Action, ASYNC, type Entry, Replies, Reply, UNEXPECTED } from "../pool/Replies.ts";
+import { Action, ASYNC, type Entry, Replies, Reply, replacementOf, UNEXPECTED } from "../pool/Replies.ts";
 import type { Pool, Waiter } from "../pool/ServerPool.ts";
 import { replayQueries, type SessionState } from "../pool/SessionState.ts";
 import { encodeCommandComplete, encodeError } from "../protocol/backend.ts";
-import { decodeParse, encodeBind, encodeClose, encodeQuery } from "../protocol/frontend.ts";
+import { decodeParse, encodeBind, encodeClose, encodeParse, encodeQuery } from "../protocol/frontend.ts";
 import { DROP, type MessageHandler, MessageScanner, type Verdict } from "../protocol/MessageScanner.ts";
 import { Backend, Frontend, frontendName } from "../protocol/messageTypes.ts";
 import {
@@ -110,6 +110,13 @@ const FAILING_BIND = encodeBind({
   params: [],
   resultFormats: [],
 });
+
+/**
+ * The stand-in of a refused Parse: PostgreSQL fails it in analysis (a `*` with no table), which
+ * comes after its check for an aborted transaction, so the client's Parse there gets 25P02 as
+ * it would from PostgreSQL. Named, so that failing it leaves the unnamed statement alone.
+ */
+const FAILING_PARSE = encodeParse({ name: NO_SUCH_NAME, query: "SELECT *", paramTypes: [] });
 
 const FLUSH = Buffer.from([Frontend.Flush, 0, 0, 0, 4]);
 const DEALLOCATE_STANDIN = encodeQuery("DO $pgwarden$ BEGIN END $pgwarden$");
@@ -500,7 +507,7 @@ export class Link implements Waiter, ServerReceiver {
     }
     // The stand-in error of a refused request is recorded as the error the client gets.
     const shown =
-      type === Backend.ErrorResponse && this.pooled !== undefined ? this.replies.replacement() : undefined;
+      type === Backend.ErrorResponse && this.pooled !== undefined ? this.replies.replacement(msg) : undefined;
     this.statements!.server(type, shown ?? msg);
     return type === Backend.CommandComplete && this.pooled === undefined
       ? undefined
@@ -729,7 +736,7 @@ export class Link implements Waiter, ServerReceiver {
         if (isPgwardenError(p)) return p;
         const effects = sessionEffectsOf(pooled.parser, p.query);
         const refused = pooled.refusePins ? refusedFeature(effects) : undefined;
-        if (refused !== undefined) return this.refuseLocally(SqlState.featureNotSupported, refused);
+        if (refused !== undefined) return this.refuseLocally(SqlState.featureNotSupported, refused, "parse");
         if (effects.length > 0) {
           this.statementEffects ??= new Map();
           this.statementEffects.set(p.name, effects);
@@ -744,7 +751,7 @@ export class Link implements Waiter, ServerReceiver {
         }
         const scope = this.statementScope();
         const answer = statements.onParse(this.client.id, p.name, p.query, p.paramTypes, server.id, scope);
-        if ("sqlstate" in answer) return this.refuseLocally(answer.sqlstate, answer.message);
+        if ("sqlstate" in answer) return this.refuseLocally(answer.sqlstate, answer.message, "parse");
         const out: Uint8Array[] = [];
         this.inject(answer.evict, out);
         // A statement the server holds already is still parsed, under a scratch name: only
@@ -921,10 +928,11 @@ export class Link implements Waiter, ServerReceiver {
    * instead, so it aborts the transaction (or the batch's implicit one) and skips to Sync just as
    * after its own error; pgwarden drops the rest up to Sync.
    */
-  private refuseLocally(sqlstate: string, message: string): Verdict {
-    this.replies.push({ reply: Reply.bind, action: Action.replace, local: localError(sqlstate, message) });
+  private refuseLocally(sqlstate: string, message: string, request: "parse" | "bind" = "bind"): Verdict {
+    const reply = request === "parse" ? Reply.parse : Reply.bind;
+    this.replies.push({ reply, action: Action.replace, local: localError(sqlstate, message) });
     this.skipToSync = true;
-    return FAILING_BIND;
+    return request === "parse" ? FAILING_PARSE : FAILING_BIND;
   }
 
   /** One more ReadyForQuery owed; its effects start counting once the replies before it are in. */
@@ -1012,7 +1020,7 @@ export class Link implements Waiter, ServerReceiver {
       this.undone(entry, server);
       // A failed re-Parse is the client's error too: its Bind would fail next. A refusal's
       // stand-in error is not: pgwarden's own goes in its place.
-      return entry.action === Action.replace ? entry.local : undefined;
+      return replacementOf(entry, msg);
     }
     if (
       entry.reply === Reply.execute &&
