@@ -12,6 +12,11 @@ export type Next = Buffer | PgwardenError | "closed";
  * taken, so a peer that floods ahead of the exchange fills its own TCP window, not pgwarden's
  * memory (at most one read of unconsumed messages is held). After a malformed message nothing
  * more is read.
+ *
+ * A message of a type the next phase reads (`readAhead`: a Query sent in the same write as the
+ * last authentication message, which PostgreSQL answers after ReadyForQuery) stops the reading
+ * too, but is no violation yet: its bytes, unread, go to the next phase with `handOff`. Only if
+ * the exchange asks for another message of its own does it get the violation.
  */
 export class MessageStream {
   private readonly socket: Socket;
@@ -20,11 +25,16 @@ export class MessageStream {
   private failure: PgwardenError | "closed" | undefined;
   private waiter: ((m: Next) => void) | undefined;
   private readonly sink: Uint8Array[] = [];
+  private readonly readAhead: Uint8Array | undefined;
+  /** Bytes of the next phase that stopped the reading: not scanned here. */
+  private rest: Buffer | undefined;
   private readonly onData = (chunk: Buffer) => {
     if (this.failure !== undefined) return;
     const err = this.scanner.scan(chunk, this.sink);
     this.sink.length = 0;
     if (err !== undefined) {
+      const at = this.scanner.stoppedAt;
+      if (at >= 0 && this.readAhead?.[chunk[at]!] === 1) this.rest = chunk.subarray(at);
       this.fail(err);
       this.detach();
       this.socket.pause();
@@ -36,8 +46,9 @@ export class MessageStream {
     this.wake();
   };
 
-  constructor(socket: Socket, policy: ScanPolicy, leftover?: Buffer) {
+  constructor(socket: Socket, policy: ScanPolicy, leftover?: Buffer, readAhead?: Uint8Array) {
     this.socket = socket;
+    this.readAhead = readAhead;
     this.scanner = new MessageScanner(policy, (_type, msg) => {
       this.queue.push(msg);
       return DROP;
@@ -123,6 +134,12 @@ export class MessageStream {
     this.detach();
     this.socket.pause();
     if (!this.scanner.atBoundary) return protocolError("message sent before the previous phase completed");
-    return this.queue.splice(0);
+    // A violation no exchange has taken yet is still one: nothing may be handed on after it.
+    if (this.failure !== undefined && this.failure !== "closed" && this.rest === undefined)
+      return this.failure;
+    const pending = this.queue.splice(0);
+    if (this.rest !== undefined) pending.push(this.rest);
+    this.rest = undefined;
+    return pending;
   }
 }

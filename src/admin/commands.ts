@@ -134,7 +134,7 @@ const connectionColumns = <R extends ConnectionRow & { readonly state: string }>
   text("link", (r) => (r.link === undefined ? "" : hexId(r.link))),
   int4("remote_pid", (r) => r.remotePid),
   text("tls", (r) => r.tls),
-  text("application_name", (r) => r.applicationName),
+  text("application_name", (r) => printableName(r.applicationName)),
   int4("prepared_statements", (r) => r.preparedStatements),
   int4("id", (r) => r.id),
 ];
@@ -321,7 +321,28 @@ const HELP =
   "\n\tSHOW HELP|POOLS|CLIENTS|SERVERS|DATABASES|LISTS|CONFIG|VERSION" +
   "\n\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES";
 
-const echo = (s: string): string => (s.length > ECHO_LIMIT ? `${s.slice(0, ECHO_LIMIT)}...` : s);
+/**
+ * A client-chosen name as PostgreSQL shows it (pg_clean_ascii): bytes outside printable ASCII
+ * become `\xNN`, so no escape sequence reaches the operator's terminal, and at most 63 bytes
+ * (NAMEDATALEN - 1) are kept, never half an escape.
+ */
+export const printableName = (name: string): string => {
+  let out = "";
+  for (const b of Buffer.from(name, "utf8")) {
+    const part = b >= 32 && b <= 126 ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, "0")}`;
+    if (out.length + part.length > 63) break;
+    out += part;
+  }
+  return out;
+};
+
+/** At most ECHO_LIMIT UTF-16 units, never half a surrogate pair (its lone half would become U+FFFD). */
+const echo = (s: string): string => {
+  if (s.length <= ECHO_LIMIT) return s;
+  const last = s.charCodeAt(ECHO_LIMIT - 1);
+  const cut = last >= 0xd800 && last <= 0xdbff ? ECHO_LIMIT - 1 : ECHO_LIMIT;
+  return `${s.slice(0, cut)}...`;
+};
 
 /**
  * Answers one parsed command. Reading the source may fail (it is the pools' code): that becomes

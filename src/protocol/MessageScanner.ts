@@ -60,6 +60,11 @@ export class MessageScanner {
   private held: Buffer | null = null;
   private heldPos = 0;
   private streamRemaining = 0;
+  /**
+   * Where in the last chunk a type byte this policy does not know stopped the scan: the bytes
+   * from there on were not consumed. -1 unless the last scan ended that way.
+   */
+  stoppedAt = -1;
 
   constructor(policy: ScanPolicy, handler: MessageHandler, receiver?: unknown) {
     this.policy = policy;
@@ -67,12 +72,12 @@ export class MessageScanner {
     this.receiver = receiver;
   }
 
-  /** True when no message is partly received: the stream sits on a message boundary. */
   /** Inside a streamed message: its start is already out, its end is not. */
   get midStreamed(): boolean {
     return this.streamRemaining > 0;
   }
 
+  /** True when no message is partly received: the stream sits on a message boundary. */
   get atBoundary(): boolean {
     return this.headLen === 0 && this.held === null && this.streamRemaining === 0;
   }
@@ -136,6 +141,7 @@ export class MessageScanner {
     while (pos < n) {
       if (this.policy.known[chunk[pos]!] !== 1) {
         if (pos > runStart) out.push(chunk.subarray(runStart, pos));
+        this.stoppedAt = pos;
         return unknownType(this.policy.sender, chunk[pos]!);
       }
       if (n - pos < HEADER) {

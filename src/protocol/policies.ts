@@ -12,7 +12,7 @@ const largeClientTypes = typeSet(
 
 const frontendTypes = Object.values(Frontend).filter((t) => t !== Frontend.Password);
 /** After authentication PostgreSQL knows these client types; 'p' belongs to the authentication phase. */
-const clientSessionTypes = typeSet(...frontendTypes);
+export const clientSessionTypes = typeSet(...frontendTypes);
 /** During authentication only authentication responses are legal. */
 const clientAuthTypes = typeSet(Frontend.Password);
 /**

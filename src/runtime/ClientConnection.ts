@@ -48,7 +48,7 @@ import {
   encodeParameterStatus,
 } from "../protocol/backend.ts";
 import { frontendName } from "../protocol/messageTypes.ts";
-import { clientAuthPolicy } from "../protocol/policies.ts";
+import { clientAuthPolicy, clientSessionTypes } from "../protocol/policies.ts";
 import { encodeV2Error, SSL_REFUSE } from "../protocol/startup.ts";
 import type { SqlParser } from "../sql/parser.ts";
 import type { CancelRegistry } from "./CancelRegistry.ts";
@@ -838,6 +838,7 @@ export class ClientConnection implements SocketOwner {
       this.socket,
       clientAuthPolicy(this.deps.limits.maxMessageBytes),
       this.leftover,
+      clientSessionTypes,
     );
     this.leftover = undefined;
     this.stream = stream;
@@ -913,6 +914,8 @@ export class ClientConnection implements SocketOwner {
         log.warn({ conn: this.id, user, database }, "admin console refused");
         return this.failWith(Events.ClientAuthFailed, route);
       }
+      // A console session is a session of its identity and source like any other (AC-10).
+      if (!this.takeLease(user)) return;
       const pending = stream.handOff();
       this.stream = undefined;
       if (isPgwardenError(pending)) return this.violation(pending);
@@ -944,23 +947,7 @@ export class ClientConnection implements SocketOwner {
       ["database", destination.database],
       ...filtered.parameters,
     ]);
-    // AC-10: the lease is taken once the identity is proven, and given back when the session ends.
-    const source = this.raw.remoteAddress;
-    const lease = this.deps.sessions.counter.tryAcquire(user, source);
-    if (isSessionRefusal(lease)) {
-      const error = sessionLimitError(lease, user, source);
-      log.warn({ conn: this.id, user, source, limit: lease.limit }, error.message);
-      this.deps.events.emit({
-        kind: "sessionControl",
-        conn: this.id,
-        control: lease.refused === "identity" ? "maxPerIdentity" : "maxPerSource",
-        identity: user,
-        source,
-        limit: lease.limit,
-      });
-      return this.failWith(Events.ClientAuthFailed, error);
-    }
-    this.lease = lease;
+    if (!this.takeLease(user)) return;
     const pending = stream.handOff();
     this.stream = undefined;
     if (isPgwardenError(pending)) {
@@ -971,6 +958,31 @@ export class ClientConnection implements SocketOwner {
     // Whatever the client sends before ReadyForQuery waits in the socket.
     this.socket.pause();
     this.machine.send(Events.ClientAuthOk);
+  }
+
+  /**
+   * AC-10: the identity's and the source's session lease, taken once the identity is proven and
+   * given back when the session ends. False: refused, and the connection is ending.
+   */
+  private takeLease(user: string): boolean {
+    const source = this.raw.remoteAddress;
+    const lease = this.deps.sessions.counter.tryAcquire(user, source);
+    if (!isSessionRefusal(lease)) {
+      this.lease = lease;
+      return true;
+    }
+    const error = sessionLimitError(lease, user, source);
+    this.deps.log.warn({ conn: this.id, user, source, limit: lease.limit }, error.message);
+    this.deps.events.emit({
+      kind: "sessionControl",
+      conn: this.id,
+      control: lease.refused === "identity" ? "maxPerIdentity" : "maxPerSource",
+      identity: user,
+      source,
+      limit: lease.limit,
+    });
+    this.failWith(Events.ClientAuthFailed, error);
+    return false;
   }
 
   /**

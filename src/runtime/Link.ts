@@ -321,12 +321,12 @@ export class Link implements Waiter, ServerReceiver {
       // The login's server connection goes back at once: the client has asked for nothing yet.
       this.release("idle");
     }
-    if (this.current !== undefined) {
-      if (!this.replay(first.clientPending, (t, m) => this.clientBase(t, m), this.toServer)) return;
-      this.flushToServer();
-      this.current.relayTo(this);
-    } else {
-      for (const m of first.clientPending) this.onClientData(m);
+    // What the client sent with its last login message (bytes, maybe a message cut short) goes
+    // through the scanner like anything it sends later.
+    this.current?.relayTo(this);
+    for (const m of first.clientPending) {
+      this.onClientData(m);
+      if (!this.linked) return;
     }
     this.client.socket.resume();
   }
