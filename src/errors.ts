@@ -20,6 +20,7 @@ export const SqlState = {
   idleInTransactionTimeout: "25P03",
   transactionTimeout: "25P04",
   inFailedSqlTransaction: "25P02",
+  invalidParameterValue: "22023",
   invalidStatementName: "26000",
   duplicatePreparedStatement: "42P05",
   internalError: "XX000",

@@ -41,6 +41,7 @@ import { filterStartupParameters, type StartupPolicy } from "../policy/startupPa
 import type { Pool, ServerPool, Waiter } from "../pool/ServerPool.ts";
 import { replayQueries, SessionState } from "../pool/SessionState.ts";
 import {
+  decodeFields,
   encodeAuthentication,
   encodeBackendKeyData,
   encodeError,
@@ -214,6 +215,27 @@ const pooledSession = (pool: Pool, pooling: ConnectionDeps["pooling"]): PooledSe
   const session: PooledSession = { pool, ...pooling };
   pooledSessions.set(pool, { of: pooling, session });
   return session;
+};
+
+/**
+ * Why the client's startup settings could not be applied. PostgreSQL's own words when it judged
+ * a value (22023 names the parameter and the value the client sent, nothing of the server);
+ * anything else stays opaque, as every upstream refusal does.
+ */
+const settingsRefused = (error: Buffer | undefined): PgwardenError => {
+  const fields = error === undefined ? undefined : decodeFields(error);
+  const message = fields instanceof Map ? fields.get("M") : undefined;
+  if (
+    fields instanceof Map &&
+    fields.get("C") === SqlState.invalidParameterValue &&
+    message?.startsWith("invalid value for parameter ") === true
+  )
+    return pgwardenError(
+      "PGW_UPSTREAM_AUTH",
+      SqlState.invalidParameterValue,
+      fields.get("M") ?? "invalid value",
+    );
+  return pgwardenError("PGW_UPSTREAM_AUTH", SqlState.connectionRejected, "the startup settings were refused");
 };
 
 /**
@@ -1135,10 +1157,7 @@ export class ClientConnection implements SocketOwner {
       server.close();
       pool.release(server);
       this.deps.log.warn({ conn: this.id, server: server.id }, "startup settings refused by PostgreSQL");
-      return this.failWith(
-        Events.UpstreamFailed,
-        pgwardenError("PGW_UPSTREAM_AUTH", SqlState.connectionRejected, "the startup settings were refused"),
-      );
+      return this.failWith(Events.UpstreamFailed, settingsRefused(server.runError));
     }
     if (!this.machine.in("authenticating.upstream")) {
       pool.release(server);

@@ -42,15 +42,18 @@ const nextServerId = (): string => `s${(++serverCounter).toString(36)}`;
 
 /**
  * What the client is told when PostgreSQL refuses pgwarden's login: the SQLSTATE, and words that
- * name nothing but what the client itself asked for (PostgreSQL's own name the service role).
+ * name nothing but what the client itself asked for (PostgreSQL's own name the service role) —
+ * the database, or (22023) the startup setting and value it sent, in PostgreSQL's words.
  */
-const refusalForClient = (sqlstate: string, database: string): PgwardenError =>
+const refusalForClient = (sqlstate: string, reason: string, database: string): PgwardenError =>
   pgwardenError(
     "PGW_UPSTREAM_AUTH",
     sqlstate as SqlState,
     sqlstate === "3D000"
       ? `database "${database}" does not exist`
-      : `the database server refused the connection (SQLSTATE ${sqlstate})`,
+      : sqlstate === SqlState.invalidParameterValue && reason.startsWith("invalid value for parameter ")
+        ? reason
+        : `the database server refused the connection (SQLSTATE ${sqlstate})`,
   );
 
 /**
@@ -83,7 +86,7 @@ export const poolLogin =
           { pool: pool.key, sqlstate: outcome.sqlstate, reason: outcome.reason },
           "PostgreSQL refused the login",
         );
-        return refusalForClient(outcome.sqlstate, pool.database);
+        return refusalForClient(outcome.sqlstate, outcome.reason, pool.database);
       case "failed":
         log.warn(
           { pool: pool.key, code: outcome.error.code, reason: outcome.error.message },
@@ -327,6 +330,9 @@ export class ServerConnection implements SocketOwner {
    * a client's settings before its turn), swallowing its results; resolves true once the
    * connection is idle again with no error, false if it is not reusable.
    */
+  /** The ErrorResponse of the last `run` that failed with one. */
+  runError: Buffer | undefined;
+
   run(
     sql: string,
     timeoutMs: number,
@@ -351,8 +357,10 @@ export class ServerConnection implements SocketOwner {
         this.close();
       }, timeoutMs);
       const scanner = new MessageScanner(runPolicy, (type, msg) => {
-        if (type === Backend.ErrorResponse) failed = true;
-        else if (type === Backend.ParameterStatus) this.noteParameter(msg);
+        if (type === Backend.ErrorResponse) {
+          failed = true;
+          this.runError = Buffer.from(msg);
+        } else if (type === Backend.ParameterStatus) this.noteParameter(msg);
         if (type !== Backend.ReadyForQuery) return DROP;
         this.owed.shift();
         const status = msg[5] === 0x49 ? "I" : msg[5] === 0x54 ? "T" : "E";
