@@ -207,6 +207,8 @@ export class Link implements Waiter, ServerReceiver {
    * until one comes, so until then the server connection waits on this client.
    */
   private unflushed = false;
+  /** CopyDone/CopyFail the client sent before the CopyInResponse of the COPY they end. */
+  private copyEndsAhead = 0;
   private transactionTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(
@@ -414,8 +416,10 @@ export class Link implements Waiter, ServerReceiver {
       this.client.violation(err);
       return;
     }
+    // Requests before a Terminate in the same chunk still go: PostgreSQL would run them. (A
+    // server connection with a request on its way is never reusable, so never another's.)
     if (this.current !== undefined) this.flushToServer();
-    if (this.pooled === undefined) return;
+    if (this.pooled === undefined || !this.linked) return;
     // Checked out for bytes that asked nothing of the server (a stray CopyData): it goes back.
     this.releaseIfIdle();
     this.armIfUnsyncedIdle();
@@ -427,6 +431,9 @@ export class Link implements Waiter, ServerReceiver {
    */
   private releaseIfIdle(): void {
     if (
+      // Unlinked while this chunk was read (its Terminate): the client connection gave the
+      // server connection back already, and releasing it again would hand it out twice.
+      this.linked &&
       this.current?.reusable === true &&
       this.replies.empty &&
       this.held === undefined &&
@@ -561,6 +568,14 @@ export class Link implements Waiter, ServerReceiver {
     }
     // The client's Terminate ends its session, not the server connection: the pool decides that.
     if (type === Frontend.Terminate) return DROP;
+    // A COPY's end sent ahead of its CopyInResponse (the data pipelined with the COPY): it is
+    // counted, so that the COPY it ends is over as soon as it starts.
+    if (
+      (type === Frontend.CopyDone || type === Frontend.CopyFail) &&
+      !from.startsWith("busy.copy.") &&
+      from.startsWith("busy")
+    )
+      this.copyEndsAhead++;
     // PostgreSQL ignores Flush and Sync during COPY IN: they owe nothing and leave nothing pending.
     if (copyIn) return undefined;
     const owed = this.current!.owed;
@@ -611,6 +626,13 @@ export class Link implements Waiter, ServerReceiver {
     const m = this.client.machine;
     if (!m.sendUnlessViolation(event))
       return protocolError(`PostgreSQL sent message 0x${type.toString(16)} out of turn in state ${m.state}`);
+    if (this.copyEndsAhead > 0) {
+      if (type === Backend.CopyInResponse) {
+        // The client sent this COPY's end before PostgreSQL asked for the data: it is over.
+        this.copyEndsAhead--;
+        m.send(Events.CopyDone);
+      } else if (type === Backend.ReadyForQuery && m.state.startsWith("ready")) this.copyEndsAhead = 0;
+    }
     return undefined;
   }
 
@@ -625,8 +647,14 @@ export class Link implements Waiter, ServerReceiver {
     const copyIn = this.client.machine.state.startsWith("busy.copy.");
     const v = this.onClientMessage(type, msg);
     if (v !== undefined || copyIn) return v;
-    // Outside COPY PostgreSQL ignores these and answers nothing: they hold no server connection.
-    if (type === Frontend.CopyData || type === Frontend.CopyDone || type === Frontend.CopyFail) return DROP;
+    // Outside COPY PostgreSQL ignores these and answers nothing: with nothing asked of the server
+    // they hold no server connection. Behind a request (a COPY whose CopyInResponse has not come
+    // yet, say) they go on: PostgreSQL reads them in order, inside the COPY or not.
+    if (
+      (type === Frontend.CopyData || type === Frontend.CopyDone || type === Frontend.CopyFail) &&
+      this.replies.empty
+    )
+      return DROP;
     this.clearIdleTimer();
     this.unflushed = isExtended(type) && type !== Frontend.Flush;
     if (this.skipToSync && type !== Frontend.Sync) return isExtended(type) ? DROP : this.requested(type, msg);
