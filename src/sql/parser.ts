@@ -101,6 +101,49 @@ const guarded = <A>(sql: string, f: (sql: string) => A): ParseOutcome<A> => {
   }
 };
 
+interface ScanToken {
+  readonly start: number;
+  readonly end: number;
+  readonly tokenType: number;
+}
+
+/**
+ * The token types of every kind of constant (numbers; '…', E'…', $$…$$, U&'…', B'…', X'…'
+ * strings), read from the scanner itself at load rather than written down, so that another
+ * grammar's numbering cannot turn a constant into a kept token unnoticed.
+ */
+const constantTokenTypes = (): ReadonlySet<number> => {
+  const probe = "SELECT 1, 1.5, 'a', U&'b', B'1', X'f'";
+  const { tokens } = pgQuery.scanSync(probe) as unknown as { tokens: ScanToken[] };
+  const types = new Set(tokens.filter((_, i) => i > 0 && i % 2 === 1).map((t) => t.tokenType));
+  if (types.size !== 6) throw new Error("the SQL scanner does not tell constants apart");
+  return types;
+};
+
+/**
+ * What normalize leaves, made safe: pg_stat_statements' normalization replaces only the
+ * constants a plan depends on, so literals in DDL and utility statements (COMMENT … IS '…', a
+ * column DEFAULT, a view's body, ALTER SYSTEM, COPY's file name) and comments pass through.
+ * Every remaining constant becomes the next `$n` and every comment goes; the rest is kept as is.
+ * Offsets from the scanner are UTF-8 byte offsets.
+ */
+const scrubConstants = (normalized: string, constants: ReadonlySet<number>): string => {
+  const { tokens } = pgQuery.scanSync(normalized) as unknown as { tokens: ScanToken[] };
+  const bytes = Buffer.from(normalized, "utf8");
+  let next = 0;
+  for (const m of normalized.matchAll(/\$(\d+)/g)) next = Math.max(next, Number(m[1]));
+  let out = "";
+  let at = 0;
+  for (const t of tokens) {
+    const gap = bytes.toString("utf8", at, t.start);
+    // Only whitespace between tokens is kept: anything else there is a comment.
+    out += /^\s*$/.test(gap) ? gap : " ";
+    out += constants.has(t.tokenType) ? `$${++next}` : bytes.toString("utf8", t.start, t.end);
+    at = t.end;
+  }
+  return out;
+};
+
 const versionText = (num: number): string => `${Math.floor(num / 10000)}.${num % 10000}`;
 
 interface ParseTree {
@@ -175,6 +218,8 @@ let loaded: Promise<SqlParser> | undefined;
 export const loadSqlParser = (): Promise<SqlParser> => {
   loaded ??= pgQuery.loadModule().then(() => {
     const probe = pgQuery.parseSync("SELECT 1") as unknown as ParseTree;
+    const constants = constantTokenTypes();
+    const normalizeSafely = (sql: string): string => scrubConstants(pgQuery.normalizeSync(sql), constants);
     const parser: SqlParser = {
       parserVersion: { num: probe.version, text: versionText(probe.version) },
       parse: (sql) => guarded(sql, parseStatements),
@@ -182,7 +227,7 @@ export const loadSqlParser = (): Promise<SqlParser> => {
         (sql) =>
           guarded(
             sql,
-            validated(pgQuery.normalizeSync, (s) => typeof s === "string"),
+            validated(normalizeSafely, (s) => typeof s === "string"),
           ),
         lasting,
       ),
