@@ -17,6 +17,8 @@ const F = 0x46;
 const S = 0x53;
 // Server
 const CMD = 0x43;
+const SUSPENDED = 0x73;
+const EMPTY = 0x49;
 const ERR = 0x45;
 const RFQ = 0x5a;
 const COPY_IN = 0x47;
@@ -183,7 +185,10 @@ export class StatementTracker {
     }
   }
 
-  /** A server message the relay holds: CommandComplete, ErrorResponse, the COPY switches, ReadyForQuery. */
+  /**
+   * A server message the relay holds: CommandComplete, PortalSuspended, EmptyQueryResponse,
+   * ErrorResponse, the COPY switches, ReadyForQuery.
+   */
   server(type: number, msg: Buffer): void {
     switch (type) {
       case CMD: {
@@ -195,6 +200,13 @@ export class StatementTracker {
         if (rows !== undefined) op.rows = rows;
         // A simple Query may run several statements: it stays open for the next tag until ReadyForQuery.
         if (op.message !== "Query" && op.message !== "Copy") op.answered = true;
+        return;
+      }
+      case SUSPENDED:
+      case EMPTY: {
+        // An Execute ended by its row limit, or of an empty statement: answered, with no tag.
+        const op = this.#answering().find((o) => !o.answered && answers(o.message));
+        if (op !== undefined && op.message !== "Query") op.answered = true;
         return;
       }
       case ERR: {
@@ -215,8 +227,10 @@ export class StatementTracker {
       case RFQ: {
         const group = this.#closed.shift() ?? this.#open.splice(0);
         const t = this.#now();
-        const failed = group.some((o) => o.sqlstate !== undefined);
-        for (const op of group) this.#emit(op, t, failed);
+        const failedAt = group.findIndex((o) => o.sqlstate !== undefined);
+        // After the failed request PostgreSQL skipped the rest of the group: none of it ran.
+        for (let i = 0; i < group.length; i++)
+          this.#emit(group[i]!, t, failedAt >= 0, failedAt >= 0 && i > failedAt);
         return;
       }
     }
@@ -229,11 +243,13 @@ export class StatementTracker {
     this.#emit(op, op.t0, true);
   }
 
-  #emit(op: Op, t: number, groupFailed: boolean): void {
+  #emit(op: Op, t: number, groupFailed: boolean, skipped = false): void {
     const outcome =
       op.sqlstate === "57014"
         ? "cancelled"
-        : op.sqlstate !== undefined || (groupFailed && !answers(op.message) && op.commandTag === undefined)
+        : op.sqlstate !== undefined ||
+            skipped ||
+            (groupFailed && !answers(op.message) && op.commandTag === undefined)
           ? "error"
           : "ok";
     // Members assigned one by one: a spread per optional member costs more than the rest of the record.

@@ -127,13 +127,22 @@ export const serverStartupPolicy: ScanPolicy = {
   maxLength: () => 1_048_576,
 };
 
+/** What ends an Execute besides an error: the tracker pairs each with its request. */
+const executeEndings: ReadonlySet<number> = new Set([
+  Backend.CommandComplete,
+  Backend.PortalSuspended,
+  Backend.EmptyQueryResponse,
+]);
 const auditedServerStreamedTypes = typeSet(
   ...Object.values(Backend).filter(
-    (t) => t !== Backend.CommandComplete && !(serverHandledTypes as number[]).includes(t),
+    (t) => !executeEndings.has(t) && !(serverHandledTypes as number[]).includes(t),
   ),
 );
 
-/** Audit on: CommandComplete is held too, for the command tag and row count of each statement. */
+/**
+ * Audit on: CommandComplete, PortalSuspended and EmptyQueryResponse are held too — the command
+ * tag and row count of each statement, and which Execute each answer ends.
+ */
 export const auditedServerSessionPolicy = shared(
   (maxMessageBytes: number): ScanPolicy => ({
     known: serverTypes,
