@@ -24,6 +24,8 @@ const RFQ = 0x5a;
 const COPY_IN = 0x47;
 const COPY_OUT = 0x48;
 const COPY_BOTH = 0x57;
+/** connection_failure: what a request the connection's end left unanswered is recorded with. */
+const CONNECTION_LOST = "08006";
 
 type Message = StatementObservation["message"];
 type Writable<T> = { -readonly [K in keyof T]: T[K] };
@@ -39,6 +41,8 @@ interface Op {
   rows?: number;
   answered: boolean;
   sqlstate?: string;
+  /** A Query or FunctionCall sent inside an extended batch (before its Sync): it ends a group early. */
+  inBatch?: boolean;
   readonly t0: number;
 }
 
@@ -170,9 +174,20 @@ export class StatementTracker {
   client(type: number, msg: Buffer): void {
     switch (type) {
       case Q:
-      case F:
-        this.#closed.push([decodeRequest(type, msg, this.#now())]);
+      case F: {
+        const op = decodeRequest(type, msg, this.#now());
+        if (this.#open.length === 0) {
+          this.#closed.push([op]);
+          return;
+        }
+        // Inside an extended batch PostgreSQL answers the messages before it, then it, with a
+        // ReadyForQuery of its own: they are one group, and the batch goes on after it.
+        op.inBatch = true;
+        this.#open.push(op);
+        this.#closed.push(this.#open);
+        this.#open = [];
         return;
+      }
       case P:
       case B:
       case E:
@@ -231,9 +246,36 @@ export class StatementTracker {
         // After the failed request PostgreSQL skipped the rest of the group: none of it ran.
         for (let i = 0; i < group.length; i++)
           this.#emit(group[i]!, t, failedAt >= 0, failedAt >= 0 && i > failedAt);
+        // An error before a Query inside the batch: PostgreSQL skipped it and everything else up
+        // to the Sync, whose ReadyForQuery this is. Those groups are answered by it too.
+        let last = group.at(-1);
+        if (failedAt < 0 || failedAt === group.length - 1) return;
+        while (last?.inBatch === true) {
+          const skipped = this.#closed.shift() ?? this.#open.splice(0);
+          for (const op of skipped) this.#emit(op, t, true, true);
+          last = skipped.at(-1);
+          if (skipped.length === 0) break;
+        }
         return;
       }
     }
+  }
+
+  /**
+   * The connection ended with requests PostgreSQL received but never answered to the end (the
+   * client vanished, the server was lost): each is recorded now, as an error — with the error
+   * PostgreSQL sent for it, or 08006 — and with whatever tag it had reached.
+   */
+  abandon(): void {
+    const groups = this.#closed.splice(0);
+    if (this.#open.length > 0) groups.push(this.#open);
+    this.#open = [];
+    const t = this.#now();
+    for (const group of groups)
+      for (const op of group) {
+        op.sqlstate ??= CONNECTION_LOST;
+        this.#emit(op, t, true);
+      }
   }
 
   /** Records a statement the relay refused itself (audit blocked): it never reached PostgreSQL. */

@@ -339,6 +339,8 @@ export class Link implements Waiter, ServerReceiver {
     this.linked = false;
     // The client is gone: its statement names go with it (the servers keep theirs, for others).
     this.pooled?.pool.statements?.onClientClosed(this.client.id);
+    // Requests left unanswered are recorded now: nothing more of their answers reaches this link.
+    this.statements?.abandon();
     relayData(this.client.socket, false);
     this.current?.relayTo(undefined);
     this.clearTimers();
@@ -498,9 +500,11 @@ export class Link implements Waiter, ServerReceiver {
       const blocked = this.events!.blocked?.();
       if (blocked !== undefined) return this.refuseStatement(type, msg, blocked);
     }
+    this.heldLast = false;
     const v = this.clientBase(type, msg);
-    // Pooled modes rename statements or answer them locally: recorded all the same.
-    if (v === undefined || (this.pooled !== undefined && !isPgwardenError(v)))
+    // Pooled modes rename statements or answer them locally: recorded all the same. A message
+    // held for an earlier Parse's answer is recorded when it is replayed, not twice.
+    if (v === undefined || (this.pooled !== undefined && !isPgwardenError(v) && !this.heldLast))
       this.statements!.client(type, msg);
     return v;
   }
@@ -702,6 +706,7 @@ export class Link implements Waiter, ServerReceiver {
     )
       this.held.push(Buffer.from([type, 0, 0, 0, 4]));
     else return protocolError(`message ${frontendName(type)} cannot wait for an earlier Parse`);
+    this.heldLast = true;
     return flush ? FLUSH : DROP;
   }
 
@@ -724,6 +729,8 @@ export class Link implements Waiter, ServerReceiver {
   /** Whether the server connection held now has this client's unnamed statement. */
   private unnamedHere = false;
   private held: Buffer[] | undefined;
+  /** The message just judged was held (audit records it when it is replayed). */
+  private heldLast = false;
   private pausedForHold = false;
   private pendingParses: Map<string, number> | undefined;
   /** Sync points this client has sent: the group a pending Parse belongs to. */
