@@ -25,7 +25,8 @@ beforeAll(async () => {
 });
 afterAll(() => proxy?.close());
 
-const consoleClient = () => new pg.Client({ host: "127.0.0.1", port: proxy.port, user: "ops", database: "pgwarden" });
+const consoleClient = () =>
+  new pg.Client({ host: "127.0.0.1", port: proxy.port, user: "ops", database: "pgwarden" });
 
 describe("console sessions and the session caps", () => {
   it("a second console session of an identity capped at one gets 53300", async () => {
