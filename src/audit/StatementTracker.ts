@@ -1,3 +1,4 @@
+import { sqlstateOf } from "../protocol/backend.ts";
 import type { EventSink, StatementObservation } from "../runtime/EventSink.ts";
 
 /**
@@ -117,18 +118,6 @@ const decodeRequest = (type: number, msg: Buffer, t0: number): Op => {
   return op;
 };
 
-/** The `C` field of an ErrorResponse. */
-export const errorSqlState = (msg: Buffer): string | undefined => {
-  let pos = 5;
-  while (pos < msg.length && msg[pos] !== 0) {
-    const end = msg.indexOf(0, pos + 1);
-    if (end < 0) return undefined;
-    if (msg[pos] === 0x43) return msg.toString("latin1", pos + 1, end);
-    pos = end + 1;
-  }
-  return undefined;
-};
-
 /** "INSERT 0 5" → 5, "SELECT 3" → 3, "CREATE TABLE" → undefined. */
 const rowsOf = (tag: string): number | undefined => {
   const m = / (\d+)$/.exec(tag);
@@ -228,7 +217,7 @@ export class StatementTracker {
         const group = this.#answering();
         const op = group.find((o) => !o.answered && answers(o.message)) ?? group.at(-1);
         if (op === undefined || op.sqlstate !== undefined) return;
-        op.sqlstate = errorSqlState(msg) ?? "XX000";
+        op.sqlstate = sqlstateOf(msg) ?? "XX000";
         op.answered = true;
         return;
       }

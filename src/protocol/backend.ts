@@ -134,10 +134,19 @@ export const decodeFields = (msg: Buffer): Fields | PgwardenError =>
     return fields;
   });
 
-/** The SQLSTATE (field `C`) of an ErrorResponse or NoticeResponse, undefined when it has none. */
+/**
+ * The SQLSTATE (field `C`) of an ErrorResponse or NoticeResponse, undefined when it has none:
+ * read in place, without decoding the other fields.
+ */
 export const sqlstateOf = (msg: Buffer): string | undefined => {
-  const f = decodeFields(msg);
-  return f instanceof Map ? f.get("C") : undefined;
+  let pos = 5;
+  while (pos < msg.length && msg[pos] !== 0) {
+    const end = msg.indexOf(0, pos + 1);
+    if (end < 0) return undefined;
+    if (msg[pos] === 0x43) return msg.toString("latin1", pos + 1, end);
+    pos = end + 1;
+  }
+  return undefined;
 };
 
 export const decodeCommandComplete = (msg: Buffer): string | PgwardenError =>

@@ -64,7 +64,7 @@ import {
   type StartupPacket,
 } from "./FirstPacket.ts";
 import { Link, type PooledSession } from "./Link.ts";
-import type { ServerConnection } from "./ServerConnection.ts";
+import { type ServerConnection, settingRefusal } from "./ServerConnection.ts";
 import { own, type SocketOwner } from "./socketOwner.ts";
 
 /** The client leg's TLS, when `tls.mode` is not disable. */
@@ -224,18 +224,10 @@ const pooledSession = (pool: Pool, pooling: ConnectionDeps["pooling"]): PooledSe
  */
 const settingsRefused = (error: Buffer | undefined): PgwardenError => {
   const fields = error === undefined ? undefined : decodeFields(error);
-  const message = fields instanceof Map ? fields.get("M") : undefined;
-  if (
-    fields instanceof Map &&
-    fields.get("C") === SqlState.invalidParameterValue &&
-    message?.startsWith("invalid value for parameter ") === true
-  )
-    return pgwardenError(
-      "PGW_UPSTREAM_AUTH",
-      SqlState.invalidParameterValue,
-      fields.get("M") ?? "invalid value",
-    );
-  return pgwardenError("PGW_UPSTREAM_AUTH", SqlState.connectionRejected, "the startup settings were refused");
+  return (
+    (fields instanceof Map ? settingRefusal(fields.get("C"), fields.get("M")) : undefined) ??
+    pgwardenError("PGW_UPSTREAM_AUTH", SqlState.connectionRejected, "the startup settings were refused")
+  );
 };
 
 /**

@@ -46,15 +46,26 @@ const nextServerId = (): string => `s${(++serverCounter).toString(36)}`;
  * the database, or (22023) the startup setting and value it sent, in PostgreSQL's words.
  */
 const refusalForClient = (sqlstate: string, reason: string, database: string): PgwardenError =>
-  pgwardenError(
-    "PGW_UPSTREAM_AUTH",
-    sqlstate as SqlState,
-    sqlstate === "3D000"
-      ? `database "${database}" does not exist`
-      : sqlstate === SqlState.invalidParameterValue && reason.startsWith("invalid value for parameter ")
-        ? reason
-        : `the database server refused the connection (SQLSTATE ${sqlstate})`,
-  );
+  sqlstate === "3D000"
+    ? pgwardenError("PGW_UPSTREAM_AUTH", sqlstate as SqlState, `database "${database}" does not exist`)
+    : (settingRefusal(sqlstate, reason) ??
+      pgwardenError(
+        "PGW_UPSTREAM_AUTH",
+        sqlstate as SqlState,
+        `the database server refused the connection (SQLSTATE ${sqlstate})`,
+      ));
+
+/**
+ * PostgreSQL's refusal of a startup setting's value (22023 `invalid value for parameter …`),
+ * whose words name only the parameter and the value the client sent; undefined for any other.
+ */
+export const settingRefusal = (
+  sqlstate: string | undefined,
+  message: string | undefined,
+): PgwardenError | undefined =>
+  sqlstate === SqlState.invalidParameterValue && message?.startsWith("invalid value for parameter ") === true
+    ? pgwardenError("PGW_UPSTREAM_AUTH", SqlState.invalidParameterValue, message)
+    : undefined;
 
 /**
  * How pools log in: as the pool's role to its database with no other startup setting, so that

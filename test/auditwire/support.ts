@@ -54,6 +54,8 @@ export const startAuditedProxy = async (
   thread: "worker" | "inline" = "worker",
   /** The audit directory and keys of an earlier proxy, to restart on its log. */
   home?: { readonly dir: string; readonly keys: Keys },
+  /** Any other top-level configuration sections (e.g. `pool`). */
+  extra: Record<string, unknown> = {},
 ): Promise<AuditedProxy> => {
   const pg = postgresInfo();
   const keys = home?.keys ?? (await makeKeys("wire"));
@@ -66,6 +68,7 @@ export const startAuditedProxy = async (
     auth: { method: "scram-sha-256", allowPasswordOverPlaintext: true },
     shutdown: { drainTimeoutMs: 2000 },
     log: { level: "debug" },
+    ...extra,
     audit: {
       dir,
       instance: INSTANCE,
@@ -90,6 +93,7 @@ export const startAuditedProxy = async (
       : await startAudit(openAuditPipeline(config.audit!, log, "test"));
   if (isAuditError(running)) throw new Error(running.message);
   const server = await startServer({ config, log, users: () => users, events: running.pipeline.sink });
+  let closed = false;
   return {
     server,
     port: server.port,
@@ -105,6 +109,8 @@ export const startAuditedProxy = async (
       database,
     }),
     close: async () => {
+      if (closed) return;
+      closed = true;
       await server.stop();
       const err = await running.stop(config.audit!.drainTimeoutMs);
       if (err !== undefined) throw new Error(err.message);

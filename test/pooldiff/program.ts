@@ -147,36 +147,44 @@ export type Prepared = Map<string, number>;
  * Close after an error in the same batch), keeping `prepared` as PostgreSQL would, so that the
  * property looks for other defects. Binds carry the parameters of the text the name holds.
  */
-export const sanitize = (ops: readonly ExtOp[], prepared: Prepared): ExtOp[] => {
-  const out: ExtOp[] = [];
+export const sanitize = <O extends { readonly op: string } = ExtOp>(
+  ops: readonly O[],
+  prepared: Prepared,
+  /** For op kinds a caller adds beyond ExtOp: pushes what of `e` goes, `out` so far. */
+  other: (e: O, out: O[]) => void = () => {},
+): O[] => {
+  const out: O[] = [];
   let failed = false;
-  for (const e of ops) {
+  for (const o of ops) {
+    const e = o as unknown as ExtOp;
     switch (e.op) {
       case "parse":
         if (failed || prepared.has(e.name)) continue;
-        out.push(e);
+        out.push(o);
         if (e.t === 4) failed = true;
         else prepared.set(e.name, e.t);
         break;
       case "exec": {
         const t = prepared.get(e.name);
         if (t === undefined) continue;
-        out.push({ ...e, t });
+        out.push({ ...e, t } as unknown as O);
         if (t === 3) failed = true;
         break;
       }
       case "describe":
-        if (prepared.has(e.name)) out.push(e);
+        if (prepared.has(e.name)) out.push(o);
         break;
       case "close":
         if (failed) continue;
-        out.push(e);
+        out.push(o);
         prepared.delete(e.name);
         break;
       case "unnamed":
-        out.push(e);
+        out.push(o);
         if (e.t === 3 || e.t === 4) failed = true;
         break;
+      default:
+        other(o, out);
     }
   }
   return out;

@@ -1,7 +1,7 @@
 import { fc } from "@fast-check/vitest";
 import { encodeCopyData, encodeCopyDone, encodeCopyFail } from "../../src/protocol/frontend.ts";
 import { exchange, msg } from "../pooldiff/harness.ts";
-import { type ExtOp, extOp, SIMPLE_UNITS, TEXTS } from "../pooldiff/program.ts";
+import { type ExtOp, extOp, type Prepared, SIMPLE_UNITS, sanitize, TEXTS } from "../pooldiff/program.ts";
 import type { PgSession } from "../support/pgSession.ts";
 
 /**
@@ -214,55 +214,19 @@ export const sanitizeSession = (steps: readonly SStep[], keepKnown = false): SSt
  * direct connection), so the reference is broken there. Only a Query first in a batch is kept.
  */
 
-export type Prepared = Map<string, number>;
-
 /**
  * test/pooldiff/program.ts's sanitize (away from the transaction-mode defects reported there),
  * extended to the new ops: a Query after an error in the batch goes (test/pooldiff/
  * queryWhileSkipping.test.ts), and so does a COPY FROM with pipelined data (copyPipelined.test.ts).
  */
-export const sanitizePooled = (ops: readonly SExtOp[], prepared: Prepared): SExtOp[] => {
-  const out: SExtOp[] = [];
-  let failed = false;
-  for (const e of ops) {
-    switch (e.op) {
-      case "parse":
-        if (failed || prepared.has(e.name)) continue;
-        out.push(e);
-        if (e.t === 4) failed = true;
-        else prepared.set(e.name, e.t);
-        break;
-      case "exec": {
-        const t = prepared.get(e.name);
-        if (t === undefined) continue;
-        out.push({ ...e, t });
-        if (t === 3) failed = true;
-        break;
-      }
-      case "describe":
-        if (prepared.has(e.name)) out.push(e);
-        break;
-      case "close":
-        if (failed) continue;
-        out.push(e);
-        prepared.delete(e.name);
-        break;
-      case "unnamed":
-        out.push(e);
-        if (e.t === 3 || e.t === 4) failed = true;
-        break;
-      case "query":
-        if (out.length === 0) out.push(e);
-        break;
-      case "copyin":
-        // Pipelined COPY data is dropped in pooled modes (copyPipelined.test.ts).
-        break;
-      default:
-        out.push(e);
-    }
-  }
-  return out;
-};
+export const sanitizePooled = (ops: readonly SExtOp[], prepared: Prepared): SExtOp[] =>
+  sanitize(ops, prepared, (e, out) => {
+    // A Query after an error in the batch is test/pooldiff/queryWhileSkipping.test.ts: only one
+    // first in its batch goes. COPY FROM with pipelined data is copyPipelined.test.ts.
+    if (e.op === "query") {
+      if (out.length === 0) out.push(e);
+    } else if (e.op !== "copyin") out.push(e);
+  });
 
 export const sanitizePooledProgram = (steps: readonly SStep[], clients: number): SStep[] => {
   const prepared = Array.from({ length: clients }, (): Prepared => new Map());
