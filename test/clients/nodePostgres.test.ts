@@ -430,6 +430,12 @@ describe("node-postgres through pgwarden", () => {
       async () => (await activeBackends("application_name", app)) === 0,
       3000,
     );
+    // The backend can leave before the client leg's close is seen: wait for the session's end too.
+    await waitFor(
+      "the session to close",
+      async () => transitionsOf(session.id).at(-1)?.endsWith(":Closed") === true,
+      3000,
+    );
     expect(transitionsOf(session.id).slice(-2)).toEqual([
       "ready.inTransaction->terminating:ClientClosed",
       "terminating->closed:Closed",
