@@ -38,13 +38,14 @@ describe("audit trail across kill -9", () => {
     await eventually("the listening line", () => first.out.stdout.includes("listening"), 20_000);
     expect(first.out.stderr).toContain(`audit trail in ${dir}`);
     const c = new pg.Client({ host: "127.0.0.1", port, user: "anyone", database: "postgres" });
+    // The kill below (or afterEach's, when an expectation fails first) ends this client's socket.
+    c.on("error", () => {});
     await c.connect();
     for (let i = 0; i < 20; i++) await c.query(`SELECT ${i} AS crash_marker`);
     // The answer reaches the client before its record is fsync'd: wait for the last one on disk.
     await eventually("the last statement on disk", async () =>
       (await readRecords(dir)).some((r) => String(r.text).includes("SELECT 19 AS crash_marker")),
     );
-    c.on("error", () => {});
     first.child.kill("SIGKILL");
     await first.exited;
 

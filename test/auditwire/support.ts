@@ -118,12 +118,18 @@ export const startAuditedProxy = async (
   };
 };
 
-/** Every record in the directory, parsed, in file and line order. */
+/**
+ * Every complete record in the directory, parsed, in file and line order. A last line without its
+ * newline is one the writer is still appending (or was killed appending): it is left out, as the
+ * segment reader does; `verifyCli` is what judges a torn tail.
+ */
 export const readRecords = async (dir: string): Promise<Record<string, unknown>[]> => {
   const out: Record<string, unknown>[] = [];
-  for (const f of (await readdir(dir)).filter((n) => n.endsWith(".jsonl")).sort())
-    for (const line of (await readFile(join(dir, f), "utf8")).split("\n"))
-      if (line !== "") out.push(JSON.parse(line) as Record<string, unknown>);
+  for (const f of (await readdir(dir)).filter((n) => n.endsWith(".jsonl")).sort()) {
+    const lines = (await readFile(join(dir, f), "utf8")).split("\n");
+    lines.pop(); // "" after the last newline, or the torn tail
+    for (const line of lines) if (line !== "") out.push(JSON.parse(line) as Record<string, unknown>);
+  }
   return out;
 };
 
