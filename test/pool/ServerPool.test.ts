@@ -54,6 +54,10 @@ describe("session-mode reuse of server connections", () => {
     await expect(b.query("EXECUTE pool_stmt")).rejects.toMatchObject({ code: "26000" });
     // The reset is on the record: the server machine went through resetting.
     expect(proxy.transitions.some((t) => t.machine === "server" && t.to === "resetting")).toBe(true);
+    // pg rejects at the ErrorResponse, possibly before its ReadyForQuery has passed pgwarden; a
+    // client that leaves with a reply owed gets its server connection closed, not reused (as
+    // PgBouncer does), so wait for an answered query before leaving.
+    await b.query("SELECT 1");
     await b.end();
     await idle(1);
   });
