@@ -8,7 +8,7 @@
 // It also leaves out V8's mid tier (Maglev) and compiles TurboFan's code on the main thread:
 // while the first thousand connections warm the code, the background compilers' malloc arenas
 // grew by about 12 MB and kept it (half the RSS of 1,000 idle clients); TurboFan alone reaches the
-// same steady-state CPU per transaction (docs/benchmarks.md, 2026-12-02).
+// same steady-state CPU per transaction (docs/benchmarks.md, "2026-12-02, later").
 import module from "node:module";
 
 const cache = module.enableCompileCache?.();

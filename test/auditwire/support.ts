@@ -1,5 +1,5 @@
 import { spawnSync } from "node:child_process";
-import { mkdtemp, readdir, readFile } from "node:fs/promises";
+import { mkdtemp, readdir } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Writable } from "node:stream";
@@ -9,6 +9,7 @@ import { isAuditError } from "../../src/audit/AuditError.ts";
 import { validateRecord } from "../../src/audit/AuditEvent.ts";
 import { startAuditWorker } from "../../src/audit/AuditWorker.ts";
 import { openAuditPipeline, type RunningAudit, startAudit } from "../../src/audit/openPipeline.ts";
+import { readSegmentLines } from "../../src/audit/segmentFiles.ts";
 import { deriveScramVerifier, type ScramVerifier } from "../../src/auth/scramVerifier.ts";
 import { isPgwardenError } from "../../src/errors.ts";
 import { decodeConfig } from "../../src/runtime/config.ts";
@@ -120,16 +121,14 @@ export const startAuditedProxy = async (
 
 /**
  * Every complete record in the directory, parsed, in file and line order. A last line without its
- * newline is one the writer is still appending (or was killed appending): it is left out, as the
- * segment reader does; `verifyCli` is what judges a torn tail.
+ * newline (one the writer is still appending, or was killed appending) is left out by the
+ * product's own `readSegmentLines`; `verifyCli` is what judges a torn tail.
  */
 export const readRecords = async (dir: string): Promise<Record<string, unknown>[]> => {
   const out: Record<string, unknown>[] = [];
-  for (const f of (await readdir(dir)).filter((n) => n.endsWith(".jsonl")).sort()) {
-    const lines = (await readFile(join(dir, f), "utf8")).split("\n");
-    lines.pop(); // "" after the last newline, or the torn tail
-    for (const line of lines) if (line !== "") out.push(JSON.parse(line) as Record<string, unknown>);
-  }
+  for (const f of (await readdir(dir)).filter((n) => n.endsWith(".jsonl")).sort())
+    for (const line of (await readSegmentLines(join(dir, f))).lines)
+      if (line !== "") out.push(JSON.parse(line) as Record<string, unknown>);
   return out;
 };
 
