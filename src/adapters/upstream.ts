@@ -23,6 +23,7 @@ import { Backend } from "../protocol/messageTypes.ts";
 import { serverStartupPolicy } from "../protocol/policies.ts";
 import { encodeCancelRequest, encodeStartup } from "../protocol/startup.ts";
 import { MessageStream } from "./MessageStream.ts";
+import { markOwnBuffer, ownReadBuffer } from "./readBuffer.ts";
 import type { UpstreamTlsMode } from "./tls/config.ts";
 import { negotiateUpstreamTls } from "./tls/upstreamTls.ts";
 
@@ -101,7 +102,13 @@ const authProblem = (message: string): PgwardenError =>
 /** Opens a TCP connection with a deadline. */
 export const openSocket = (t: UpstreamTarget, signal?: AbortSignal): Promise<Socket | PgwardenError> =>
   new Promise((resolve) => {
-    const socket = connect({ host: t.host, port: t.port, noDelay: true, keepAlive: true });
+    // A TLS leg reads through OpenSSL, whose socket cannot take a buffer of its own.
+    const socket =
+      t.tls === undefined
+        ? markOwnBuffer(
+            connect({ host: t.host, port: t.port, noDelay: true, keepAlive: true, onread: ownReadBuffer() }),
+          )
+        : connect({ host: t.host, port: t.port, noDelay: true, keepAlive: true });
     if (signal !== undefined) {
       if (signal.aborted) socket.destroy();
       else signal.addEventListener("abort", () => socket.destroy(), { once: true });

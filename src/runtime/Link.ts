@@ -455,6 +455,14 @@ export class Link implements Waiter, ServerReceiver {
     );
   }
 
+  /**
+   * ServerReceiver: views of the last chunk are still queued for the client (the kernel did not
+   * take them all): the server connection's next read must not land in the same buffer.
+   */
+  holdsRead(): boolean {
+    return this.client.socket.writableLength > 0;
+  }
+
   /** ServerReceiver: what the linked server connection sends. */
   onServerData(chunk: Buffer): void {
     let err: PgwardenError | undefined;

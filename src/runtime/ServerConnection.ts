@@ -1,5 +1,6 @@
 import type { Socket } from "node:net";
 import type { Logger } from "pino";
+import { type ReadSink, sinkReads } from "../adapters/readBuffer.ts";
 import type {
   connectUpstream,
   sendCancel,
@@ -26,6 +27,8 @@ import { own, relayData, type SocketOwner } from "./socketOwner.ts";
 /** What reads a server connection's bytes: a method, so the reader needs no closure of its own. */
 export interface ServerReceiver {
   onServerData(chunk: Buffer): void;
+  /** Whether something still refers to the chunk it was handed last (absent: nothing ever does). */
+  holdsRead?(): boolean;
 }
 
 /** Who is told that a server connection has closed (its pool). */
@@ -132,7 +135,7 @@ export type LoginOutcome =
  * responses the connection still owes. It knows nothing of clients; a Link joins it to one.
  * The pooling issue keeps these in pools and links them to a client per transaction.
  */
-export class ServerConnection implements SocketOwner {
+export class ServerConnection implements SocketOwner, ReadSink {
   readonly id: string;
   readonly machine: ServerRunner;
   readonly owed = new OwedResponses();
@@ -264,7 +267,10 @@ export class ServerConnection implements SocketOwner {
     // One set of listeners for the connection's life; who reads is a field, so a checkout in
     // transaction mode swaps a reference instead of adding and removing socket listeners.
     own(socket, this);
-    relayData(socket, true);
+    // A plain leg reads into one buffer of its own, handed straight to this connection; either
+    // way it reads from now on, so that a close (or a FATAL) is seen while nobody is linked.
+    if (sinkReads(socket, this)) socket.resume();
+    else relayData(socket, true);
     if (this.machine.done || this.abort?.signal.aborted !== false) {
       // The client went away or the deadline passed while PostgreSQL was answering.
       socket.destroy();
@@ -287,8 +293,23 @@ export class ServerConnection implements SocketOwner {
   /** SocketOwner: what the socket read goes to the reader; with none, it ends an unclaimed connection. */
   socketData(chunk: Buffer): void {
     const r = this.receiver;
-    if (r !== undefined) r.onServerData(chunk);
-    else this.unclaimed();
+    if (r !== undefined) {
+      r.onServerData(chunk);
+      // Asked of the receiver that got the chunk: a pooled link may have let go of this
+      // connection while its client still has the chunk queued.
+      this.readHeld = r.holdsRead?.() === true;
+    } else {
+      this.readHeld = false;
+      this.unclaimed();
+    }
+  }
+
+  /** Whether the last chunk read is still referred to (queued for a client): see readBuffer.ts. */
+  private readHeld = false;
+
+  /** ReadSink: the next read may reuse the buffer of the last. */
+  readsReleased(): boolean {
+    return !this.readHeld;
   }
 
   /** SocketOwner: errors end in a close, which is what the connection acts on. */

@@ -1,0 +1,182 @@
+import { createHash } from "node:crypto";
+import { connect, createServer, type Server, type Socket } from "node:net";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { markOwnBuffer, ownReadBuffer, sinkReads } from "../../src/adapters/readBuffer.ts";
+import { encodeQuery } from "../../src/protocol/frontend.ts";
+import { encodeStartup } from "../../src/protocol/startup.ts";
+import { startProxy, type TestProxy } from "../support/proxy.ts";
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * The server leg reads into one buffer per connection and reuses it once nothing refers to the
+ * last read. A client that reads slowly leaves views of that buffer queued in its socket: were
+ * the buffer reused then, the queued bytes would be overwritten by the next read. Every row
+ * carries its own number and hash, so any overwritten byte shows.
+ */
+const ROWS = 400_000;
+const QUERY = `SELECT i, md5(i::text) FROM generate_series(1, ${ROWS}) i`;
+
+/** What the login and QUERY's answer consist of: R S K Z T D C E. */
+const FRAMES = new Set([0x52, 0x53, 0x4b, 0x5a, 0x54, 0x44, 0x43, 0x45]);
+
+/** Logs in, runs QUERY, reads the answer with pauses, and checks every row. */
+const slowReadCheck = async (port: number): Promise<number> => {
+  const socket = connect({ port, host: "127.0.0.1" });
+  await new Promise<void>((resolve, reject) => {
+    socket.once("connect", resolve);
+    socket.once("error", reject);
+  });
+  socket.write(
+    encodeStartup(
+      new Map([
+        ["user", "postgres"],
+        ["database", "postgres"],
+      ]),
+    ),
+  );
+  let pending = Buffer.alloc(0);
+  let ready = 0;
+  let rows = 0;
+  let bad = 0;
+  let sinceSleep = 0;
+  let sawError = false;
+  const done = new Promise<void>((resolve, reject) => {
+    socket.on("error", reject);
+    socket.on("close", () => reject(new Error("closed before the result was complete")));
+    socket.on("data", (chunk: Buffer) => {
+      pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
+      let pos = 0;
+      while (pos + 5 <= pending.length) {
+        const len = pending.readInt32BE(pos + 1);
+        if (pos + 1 + len > pending.length) break;
+        const type = pending[pos]!;
+        // Overwritten bytes break the framing: fail at once rather than wait for a ReadyForQuery.
+        if (!FRAMES.has(type) || len < 4) {
+          reject(new Error(`the stream broke at row ${rows}: type ${type}, length ${len}`));
+          return;
+        }
+        if (type === 0x44) {
+          // DataRow: two text columns, i and md5(i).
+          let p = pos + 7;
+          const l1 = pending.readInt32BE(p);
+          const i = pending.toString("latin1", p + 4, p + 4 + l1);
+          p += 4 + l1;
+          const l2 = pending.readInt32BE(p);
+          const hash = pending.toString("latin1", p + 4, p + 4 + l2);
+          rows++;
+          if (Number(i) !== rows || hash !== createHash("md5").update(i).digest("hex")) bad++;
+        } else if (type === 0x45) sawError = true;
+        else if (type === 0x5a) {
+          ready++;
+          if (ready === 1) socket.write(encodeQuery(QUERY));
+          else resolve();
+        }
+        pos += 1 + len;
+      }
+      pending = pending.subarray(pos);
+      sinceSleep += chunk.length;
+      if (ready === 1 && sinceSleep > 128 * 1024) {
+        // Stop reading a while: pgwarden's writes to this client queue up meanwhile.
+        sinceSleep = 0;
+        socket.pause();
+        void sleep(15).then(() => socket.resume());
+      }
+    });
+  });
+  await done;
+  socket.removeAllListeners("close");
+  socket.destroy();
+  expect(sawError).toBe(false);
+  expect(rows).toBe(ROWS);
+  return bad;
+};
+
+describe("the server leg's read buffer", () => {
+  let session: TestProxy;
+  let pooled: TestProxy;
+  beforeAll(async () => {
+    session = await startProxy({ auth: { method: "trust" } });
+    pooled = await startProxy({ auth: { method: "trust" }, pool: { mode: "transaction", size: 2 } });
+  });
+  afterAll(async () => {
+    await session?.close();
+    await pooled?.close();
+  });
+
+  it("is not reused while a slow client still has the last read queued (session mode)", async () => {
+    expect(await slowReadCheck(session.port)).toBe(0);
+  }, 60_000);
+
+  it("is not reused while a slow client still has the last read queued (transaction mode)", async () => {
+    expect(await slowReadCheck(pooled.port)).toBe(0);
+  }, 60_000);
+});
+
+describe("ownReadBuffer", () => {
+  let server: Server;
+  let port = 0;
+  let peer: Promise<Socket>;
+  beforeAll(async () => {
+    let accept!: (s: Socket) => void;
+    peer = new Promise((r) => {
+      accept = r;
+    });
+    server = createServer((s) => accept(s));
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    port = (server.address() as { port: number }).port;
+  });
+  afterAll(() => new Promise<void>((r) => server.close(() => r())));
+
+  it("copies reads out until a sink takes over, then reuses its buffer only while the sink holds nothing", async () => {
+    const socket = markOwnBuffer(connect({ port, host: "127.0.0.1", onread: ownReadBuffer() }));
+    const writer = await peer;
+    const write = async (text: string) => {
+      writer.write(text);
+      await sleep(30);
+    };
+    // Before a sink: `data` events, each a copy that stays as it was.
+    const copies: Buffer[] = [];
+    socket.on("data", (c: Buffer) => copies.push(c));
+    await write("first");
+    await write("second");
+    expect(copies.map(String)).toEqual(["first", "second"]);
+
+    // A sink that holds nothing: the next read lands in the same memory.
+    let hold = false;
+    const seen: Buffer[] = [];
+    const texts: string[] = [];
+    expect(
+      sinkReads(socket, {
+        socketData: (c) => {
+          seen.push(c);
+          texts.push(c.toString());
+        },
+        readsReleased: () => !hold,
+      }),
+    ).toBe(true);
+    await write("aaaa");
+    await write("bbbb");
+    expect(texts).toEqual(["aaaa", "bbbb"]);
+    expect(seen[1]!.buffer).toBe(seen[0]!.buffer);
+    expect(seen[0]!.toString()).toBe("bbbb");
+
+    // A sink that still refers to a read: the next goes to new memory and the held bytes stay.
+    hold = true;
+    await write("cccc");
+    hold = false;
+    await write("dddd");
+    expect(texts.slice(2)).toEqual(["cccc", "dddd"]);
+    expect(seen[2]!.toString()).toBe("cccc");
+    expect(seen[3]!.buffer).not.toBe(seen[2]!.buffer);
+    expect(copies.map(String)).toEqual(["first", "second"]);
+    socket.destroy();
+    writer.destroy();
+  });
+
+  it("leaves any other socket to `data` events", () => {
+    const socket = connect({ port, host: "127.0.0.1" });
+    expect(sinkReads(socket, { socketData: () => {}, readsReleased: () => true })).toBe(false);
+    socket.destroy();
+  });
+});
