@@ -35,7 +35,7 @@ const slowReadCheck = async (port: number): Promise<number> => {
       ]),
     ),
   );
-  let pending = Buffer.alloc(0);
+  let pending: Buffer = Buffer.alloc(0);
   let ready = 0;
   let rows = 0;
   let bad = 0;
