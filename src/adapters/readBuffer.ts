@@ -1,47 +1,102 @@
 import type { OnReadOpts, Socket } from "node:net";
 
+/** What a sink's `afterRead` reports, as bits. */
+export const READ_HELD = 1;
+/** Nothing is owed by the peer: it sends again only when asked (or to end), a small answer most often. */
+export const READ_WAITING = 2;
+
 /**
- * Who takes a socket's reads once its login is over: the relay. `readsReleased` says, after
- * each chunk, whether anything still refers to it (a write to the peer not yet taken by the
- * kernel); if nothing does, the next read lands in the same buffer.
+ * Who takes a socket's reads once its login is over: the relay. After each chunk `afterRead`
+ * says whether anything still refers to it (READ_HELD: a write to the client not yet taken by
+ * the kernel) and whether the peer now waits to be asked (READ_WAITING).
  */
 export interface ReadSink {
   socketData(chunk: Buffer): void;
-  readsReleased(): boolean;
+  afterRead(): number;
 }
 
-/** Large enough for any read libuv makes (it reads at most 64 KiB at a time). */
-const READ_BUFFER_BYTES = 65_536;
+/**
+ * Where logins read: one buffer for the process, copied out at once (the login keeps its
+ * messages), so nothing refers to it after a read.
+ */
+const LOGIN_BYTES = 16_384;
+const login = Buffer.allocUnsafeSlow(LOGIN_BYTES);
+
+/**
+ * A waiting connection's buffer: a slot of a shared slab, enough for the usual answer to a
+ * request (pgbench's are 100–200 bytes). A longer answer takes one more read, into the large
+ * buffer. Slots are never handed out twice; a slab is freed once its last connection is gone.
+ */
+const SMALL_BYTES = 256;
+const SLAB_BYTES = 65_536;
+let slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
+let slabUsed = 0;
+const smallSlot = (): Buffer => {
+  if (slabUsed === SLAB_BYTES) {
+    slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
+    slabUsed = 0;
+  }
+  slabUsed += SMALL_BYTES;
+  return slab.subarray(slabUsed - SMALL_BYTES, slabUsed);
+};
+
+/** As much as libuv reads at a time: a busy connection's, taken from the spares and given back. */
+const LARGE_BYTES = 65_536;
+/** Large buffers kept for the next connection that becomes busy; beyond these, left to the GC. */
+const SPARE_LIMIT = 64;
+const spares: Buffer[] = [];
 
 const kSink = Symbol("pgwarden.readSink");
 const kOwnBuffer = Symbol("pgwarden.ownReadBuffer");
 type Reading = Socket & { [kSink]?: ReadSink; [kOwnBuffer]?: true };
 
 /**
- * `onread` options for a plain TCP connection: every read lands in one buffer of the
- * connection's own, reused while the relay holds nothing of the last read, instead of a new
- * 64 KiB allocation per read (a relay writes each read straight on, so almost always nothing is
- * held). Until a sink takes over (the login exchange, whose messages are kept), each read is
- * copied out and emitted as `data`, as Node would.
+ * `onread` options for a plain TCP connection, instead of the new 64 KiB allocation Node makes
+ * per read by default. Once a sink has taken over, the relay forwards views of the read (no
+ * copy), and the next read goes where it fits: a small slot of the connection's own while the
+ * peer owes nothing (so an idle connection holds 256 bytes), a large buffer from a spare list
+ * while answers stream in (given back once the peer owes nothing again). A buffer something
+ * still refers to (a write the client's socket has queued) is never read into again: the
+ * connection takes another and leaves it to whatever holds it. Until a sink takes over (the
+ * login exchange, whose messages are kept), each read is copied out and emitted as `data`.
  */
 export const ownReadBuffer = (): OnReadOpts => {
-  let shared = Buffer.allocUnsafeSlow(READ_BUFFER_BYTES);
-  let released = true;
+  let sinking = false;
+  let small: Buffer | undefined;
+  let large: Buffer | undefined;
+  let last: Buffer | undefined;
+  let state = READ_WAITING;
   return {
     buffer: () => {
-      // Something still refers to the last read: it keeps that buffer, the socket gets another.
-      if (!released) shared = Buffer.allocUnsafeSlow(READ_BUFFER_BYTES);
-      released = true;
-      return shared;
+      if (!sinking) return login;
+      if ((state & READ_HELD) !== 0) {
+        // The last read is still referred to: leave its buffer to the holder.
+        if (last === small) small = undefined;
+        else large = undefined;
+      }
+      if ((state & READ_WAITING) === 0) {
+        large ??= spares.pop() ?? Buffer.allocUnsafeSlow(LARGE_BYTES);
+        last = large;
+        return large;
+      }
+      if (large !== undefined && spares.length < SPARE_LIMIT) spares.push(large);
+      large = undefined;
+      small ??= smallSlot();
+      last = small;
+      return small;
     },
     callback(this: Reading, n: number, buf: Uint8Array): boolean {
       const sink = this[kSink];
+      const view = (buf as Buffer).subarray(0, n);
       if (sink === undefined) {
-        this.emit("data", Buffer.from(buf.subarray(0, n)));
+        this.emit("data", Buffer.from(view));
         return true;
       }
-      sink.socketData((buf as Buffer).subarray(0, n));
-      released = sink.readsReleased();
+      // The first read after the hand-over may still have landed in the login buffer.
+      sink.socketData(buf === login ? Buffer.from(view) : view);
+      state = sink.afterRead();
+      if (buf === login) state &= ~READ_HELD;
+      sinking = true;
       return true;
     },
   } as OnReadOpts;

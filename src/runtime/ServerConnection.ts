@@ -1,6 +1,6 @@
 import type { Socket } from "node:net";
 import type { Logger } from "pino";
-import { type ReadSink, sinkReads } from "../adapters/readBuffer.ts";
+import { READ_HELD, READ_WAITING, type ReadSink, sinkReads } from "../adapters/readBuffer.ts";
 import type {
   connectUpstream,
   sendCancel,
@@ -307,9 +307,9 @@ export class ServerConnection implements SocketOwner, ReadSink {
   /** Whether the last chunk read is still referred to (queued for a client): see readBuffer.ts. */
   private readHeld = false;
 
-  /** ReadSink: the next read may reuse the buffer of the last. */
-  readsReleased(): boolean {
-    return !this.readHeld;
+  /** ReadSink: whether the last read is still referred to, and whether PostgreSQL owes anything. */
+  afterRead(): number {
+    return (this.readHeld ? READ_HELD : 0) | (this.owed.settled ? READ_WAITING : 0);
   }
 
   /** SocketOwner: errors end in a close, which is what the connection acts on. */

@@ -1,7 +1,13 @@
 import { createHash } from "node:crypto";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { markOwnBuffer, ownReadBuffer, sinkReads } from "../../src/adapters/readBuffer.ts";
+import {
+  markOwnBuffer,
+  ownReadBuffer,
+  READ_HELD,
+  READ_WAITING,
+  sinkReads,
+} from "../../src/adapters/readBuffer.ts";
 import { encodeQuery } from "../../src/protocol/frontend.ts";
 import { encodeStartup } from "../../src/protocol/startup.ts";
 import { startProxy, type TestProxy } from "../support/proxy.ts";
@@ -52,7 +58,7 @@ const slowReadCheck = async (port: number): Promise<number> => {
         if (pos + 1 + len > pending.length) break;
         const type = pending[pos]!;
         // Overwritten bytes break the framing: fail at once rather than wait for a ReadyForQuery.
-        if (!FRAMES.has(type) || len < 4) {
+        if (!FRAMES.has(type) || len < 4 || len > 65_536) {
           reject(new Error(`the stream broke at row ${rows}: type ${type}, length ${len}`));
           return;
         }
@@ -128,7 +134,7 @@ describe("ownReadBuffer", () => {
   });
   afterAll(() => new Promise<void>((r) => server.close(() => r())));
 
-  it("copies reads out until a sink takes over, then reuses its buffer only while the sink holds nothing", async () => {
+  it("copies reads out until a sink takes over, then reads into a small slot or a large buffer, never one still held", async () => {
     const socket = markOwnBuffer(connect({ port, host: "127.0.0.1", onread: ownReadBuffer() }));
     const writer = await peer;
     const write = async (text: string) => {
@@ -142,8 +148,8 @@ describe("ownReadBuffer", () => {
     await write("second");
     expect(copies.map(String)).toEqual(["first", "second"]);
 
-    // A sink that holds nothing: the next read lands in the same memory.
-    let hold = false;
+    // After the hand-over: views of the connection's own buffers, no copies.
+    let flags = READ_WAITING;
     const seen: Buffer[] = [];
     const texts: string[] = [];
     expect(
@@ -152,23 +158,44 @@ describe("ownReadBuffer", () => {
           seen.push(c);
           texts.push(c.toString());
         },
-        readsReleased: () => !hold,
+        afterRead: () => flags,
       }),
     ).toBe(true);
+    const sameMemory = (a: Buffer, b: Buffer) => a.buffer === b.buffer && a.byteOffset === b.byteOffset;
+    // `flags` is what the sink reports after the read that follows. The read already armed
+    // when the sink took over lands in the login buffer: copied out.
     await write("aaaa");
+    // The peer owes nothing: a small slot, read into again while nothing holds it.
     await write("bbbb");
-    expect(texts).toEqual(["aaaa", "bbbb"]);
-    expect(seen[1]!.buffer).toBe(seen[0]!.buffer);
-    expect(seen[0]!.toString()).toBe("bbbb");
-
-    // A sink that still refers to a read: the next goes to new memory and the held bytes stay.
-    hold = true;
+    expect(sameMemory(seen[1]!, seen[0]!)).toBe(false);
     await write("cccc");
-    hold = false;
+    expect(sameMemory(seen[2]!, seen[1]!)).toBe(true);
+    expect(seen[1]!.toString()).toBe("cccc");
+    // Held: the next read goes to another slot and the held one keeps its bytes.
+    flags = READ_WAITING | READ_HELD;
     await write("dddd");
-    expect(texts.slice(2)).toEqual(["cccc", "dddd"]);
-    expect(seen[2]!.toString()).toBe("cccc");
-    expect(seen[3]!.buffer).not.toBe(seen[2]!.buffer);
+    expect(sameMemory(seen[3]!, seen[2]!)).toBe(true);
+    flags = 0;
+    await write("eeee");
+    expect(sameMemory(seen[4]!, seen[3]!)).toBe(false);
+    expect(seen[3]!.toString()).toBe("dddd");
+
+    // The peer owes answers: a large buffer, read into again while nothing holds it, left alone
+    // once something does.
+    await write("ffff");
+    expect(seen[5]!.buffer).not.toBe(seen[4]!.buffer);
+    expect(seen[5]!.byteOffset).toBe(0);
+    flags = READ_HELD;
+    await write("gggg");
+    expect(sameMemory(seen[6]!, seen[5]!)).toBe(true);
+    flags = READ_WAITING;
+    await write("hhhh");
+    expect(seen[7]!.buffer).not.toBe(seen[6]!.buffer);
+    expect(seen[6]!.toString()).toBe("gggg");
+    // Owing nothing again: back to the small slot, which nothing held.
+    await write("iiii");
+    expect(sameMemory(seen[8]!, seen[4]!)).toBe(true);
+    expect(texts).toEqual(["aaaa", "bbbb", "cccc", "dddd", "eeee", "ffff", "gggg", "hhhh", "iiii"]);
     expect(copies.map(String)).toEqual(["first", "second"]);
     socket.destroy();
     writer.destroy();
@@ -176,7 +203,7 @@ describe("ownReadBuffer", () => {
 
   it("leaves any other socket to `data` events", () => {
     const socket = connect({ port, host: "127.0.0.1" });
-    expect(sinkReads(socket, { socketData: () => {}, readsReleased: () => true })).toBe(false);
+    expect(sinkReads(socket, { socketData: () => {}, afterRead: () => READ_WAITING })).toBe(false);
     socket.destroy();
   });
 });
