@@ -28,7 +28,8 @@ const login = Buffer.allocUnsafeSlow(LOGIN_BYTES);
  * buffer. Slots are never handed out twice; a slab is freed once its last connection is gone.
  */
 const SMALL_BYTES = 256;
-const SLAB_BYTES = 65_536;
+/** One page: a long-lived idle connection pins at most this much of a slab. */
+const SLAB_BYTES = 4096;
 let slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
 let slabUsed = 0;
 const smallSlot = (): Buffer => {
@@ -42,6 +43,14 @@ const smallSlot = (): Buffer => {
 
 /** As much as libuv reads at a time: a busy connection's, taken from the spares and given back. */
 const LARGE_BYTES = 65_536;
+/**
+ * While the client's socket still queues the last read, a read shorter than this is copied out
+ * rather than left in a buffer of its own: a client that stops reading amid a stream of small
+ * messages (a loop of NOTICEs, each flushed) must not pin 64 KiB per message. The limit on
+ * queued bytes counts bytes, not the buffers behind them; with this, a held large buffer holds
+ * at least a quarter of its size.
+ */
+const COPY_BELOW = LARGE_BYTES / 4;
 /** Large buffers kept for the next connection that becomes busy; beyond these, left to the GC. */
 const SPARE_LIMIT = 64;
 const spares: Buffer[] = [];
@@ -53,7 +62,8 @@ type Reading = Socket & { [kSink]?: ReadSink; [kOwnBuffer]?: true };
 /**
  * `onread` options for a plain TCP connection, instead of the new 64 KiB allocation Node makes
  * per read by default. Once a sink has taken over, the relay forwards views of the read (no
- * copy), and the next read goes where it fits: a small slot of the connection's own while the
+ * copy, but for short reads while the client's socket still queues the last one), and the next
+ * read goes where it fits: a small slot of the connection's own while the
  * peer owes nothing (so an idle connection holds 256 bytes), a large buffer from a spare list
  * while answers stream in (given back once the peer owes nothing again). A buffer something
  * still refers to (a write the client's socket has queued) is never read into again: the
@@ -66,6 +76,8 @@ export const ownReadBuffer = (): OnReadOpts => {
   let large: Buffer | undefined;
   let last: Buffer | undefined;
   let state = READ_WAITING;
+  /** The client's socket still queued the last read: the next will most likely queue too. */
+  let queued = false;
   return {
     buffer: () => {
       if (!sinking) return login;
@@ -93,9 +105,12 @@ export const ownReadBuffer = (): OnReadOpts => {
         return true;
       }
       // The first read after the hand-over may still have landed in the login buffer.
-      sink.socketData(buf === login ? Buffer.from(view) : view);
+      const copy = buf === login || (queued && n < COPY_BELOW);
+      sink.socketData(copy ? Buffer.from(view) : view);
       state = sink.afterRead();
-      if (buf === login) state &= ~READ_HELD;
+      queued = (state & READ_HELD) !== 0;
+      // A copy is what the client's socket holds, not the buffer.
+      if (copy) state &= ~READ_HELD;
       sinking = true;
       return true;
     },

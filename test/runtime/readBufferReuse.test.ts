@@ -171,7 +171,8 @@ describe("ownReadBuffer", () => {
     await write("cccc");
     expect(sameMemory(seen[2]!, seen[1]!)).toBe(true);
     expect(seen[1]!.toString()).toBe("cccc");
-    // Held: the next read goes to another slot and the held one keeps its bytes.
+    // Held: the next read goes to another slot (and, being short, is copied out of it) and the
+    // held one keeps its bytes.
     flags = READ_WAITING | READ_HELD;
     await write("dddd");
     expect(sameMemory(seen[3]!, seen[2]!)).toBe(true);
@@ -192,10 +193,30 @@ describe("ownReadBuffer", () => {
     await write("hhhh");
     expect(seen[7]!.buffer).not.toBe(seen[6]!.buffer);
     expect(seen[6]!.toString()).toBe("gggg");
-    // Owing nothing again: back to the small slot, which nothing held.
+    // Owing nothing again: back to a small slot of a slab.
     await write("iiii");
-    expect(sameMemory(seen[8]!, seen[4]!)).toBe(true);
+    expect(seen[8]!.buffer.byteLength).toBe(4096);
+    expect(seen[8]!.buffer).not.toBe(seen[5]!.buffer);
     expect(texts).toEqual(["aaaa", "bbbb", "cccc", "dddd", "eeee", "ffff", "gggg", "hhhh", "iiii"]);
+
+    // A client that stops reading while small answers stream in: after the first held read,
+    // short reads are copied out, and every later one lands in the same buffer again instead
+    // of pinning 64 KiB each.
+    flags = 0;
+    await write("jjjj");
+    flags = READ_HELD;
+    for (const text of ["k1", "k2", "k3", "k4", "k5"]) await write(text);
+    const [k1, k2, k3, k4, k5] = seen.slice(10);
+    expect(k1!.buffer.byteLength).toBe(65_536);
+    for (const copy of [k2!, k3!, k4!, k5!]) expect(copy.buffer).not.toBe(k1!.buffer);
+    // Once the client's socket takes everything again, views again (the first read after is
+    // still judged by the one before).
+    flags = 0;
+    for (const text of ["llll", "mmmm", "nnnn"]) await write(text);
+    expect(sameMemory(seen[17]!, seen[16]!)).toBe(true);
+    expect(seen[17]!.buffer.byteLength).toBe(65_536);
+    expect(texts.slice(9)).toEqual(["jjjj", "k1", "k2", "k3", "k4", "k5", "llll", "mmmm", "nnnn"]);
+    expect(k1!.toString()).toBe("k1");
     expect(copies.map(String)).toEqual(["first", "second"]);
     socket.destroy();
     writer.destroy();
