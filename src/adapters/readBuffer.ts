@@ -26,6 +26,8 @@ const login = Buffer.allocUnsafeSlow(LOGIN_BYTES);
  * A waiting connection's buffer: a slot of a shared slab, enough for the usual answer to a
  * request (pgbench's are 100–200 bytes). A longer answer takes one more read, into the large
  * buffer. Slots are never handed out twice; a slab is freed once its last connection is gone.
+ * Not Node's own pool (`Buffer.allocUnsafe`): the login's copies come from there, so a
+ * long-lived slot would keep a chunk of dead login messages alive with it.
  */
 const SMALL_BYTES = 256;
 /** One page: a long-lived idle connection pins at most this much of a slab. */

@@ -179,12 +179,14 @@ describe("ownReadBuffer", () => {
     flags = 0;
     await write("eeee");
     expect(sameMemory(seen[4]!, seen[3]!)).toBe(false);
+    expect(seen[4]!.buffer.byteLength).not.toBe(4096);
     expect(seen[3]!.toString()).toBe("dddd");
 
     // The peer owes answers: a large buffer, read into again while nothing holds it, left alone
     // once something does.
     await write("ffff");
     expect(seen[5]!.buffer).not.toBe(seen[4]!.buffer);
+    expect(seen[5]!.buffer.byteLength).toBe(65_536);
     expect(seen[5]!.byteOffset).toBe(0);
     flags = READ_HELD;
     await write("gggg");
