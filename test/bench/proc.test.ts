@@ -52,16 +52,19 @@ describe("cpuSecondsBetween", () => {
 
 describe("reading a live process", () => {
   it("sees the CPU time a child reports for itself, and its RSS", async () => {
-    // The child spins until it has used 300 ms of CPU (not wall time: the machine may be busy),
+    // Once the parent has read its starting figure (on a busy machine that can come well after
+    // the child is ready), the child spins until it has used 300 ms of CPU (not wall time),
     // reports its own figure, and waits to be killed so /proc still has it.
     const program = `
-      const t0 = process.cpuUsage();
-      process.stdout.write("go\\n");
-      const used = () => { const u = process.cpuUsage(t0); return (u.user + u.system) / 1e6; };
-      while (used() < 0.3);
-      process.stdout.write(used() + "\\n");
-      setInterval(() => {}, 1000);`;
-    const child = spawn(process.execPath, ["-e", program], { stdio: ["ignore", "pipe", "ignore"] });
+      process.stdout.write("ready\\n");
+      process.stdin.once("data", () => {
+        const t0 = process.cpuUsage();
+        const used = () => { const u = process.cpuUsage(t0); return (u.user + u.system) / 1e6; };
+        while (used() < 0.3);
+        process.stdout.write(used() + "\\n");
+        setInterval(() => {}, 1000);
+      });`;
+    const child = spawn(process.execPath, ["-e", program], { stdio: ["pipe", "pipe", "ignore"] });
     try {
       let buffered = "";
       const next = () =>
@@ -80,15 +83,16 @@ describe("reading a live process", () => {
           };
           child.stdout.on("data", onData);
         });
-      await next(); // "go"
+      await next(); // "ready"
       const pid = child.pid!;
       const before = readCpuTicks(pid);
       const rss = readRss(pid);
       expect(rss.total).toBeGreaterThan(1000);
       expect(rss.anon + rss.file).toBeLessThanOrEqual(rss.total + 1);
+      child.stdin.write("go\n");
       const reported = Number(await next());
       const measured = cpuSecondsBetween(before, readCpuTicks(pid), clockTicksPerSecond());
-      // /proc counts in ticks (10 ms); allow two ticks either way plus the startup before "go".
+      // /proc counts in ticks (10 ms): allow two ticks below, and above for the child's stdin wake-up.
       expect(measured).toBeGreaterThan(reported - 0.03);
       expect(measured).toBeLessThan(reported + 0.1);
     } finally {
