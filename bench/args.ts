@@ -46,10 +46,10 @@ export const USAGE = `usage: npm run bench -- [options]
   --memory          only the idle-client memory part
   --idle-clients L  comma-separated idle-client counts for the memory part (default 1000,10000);
                     each count gets a fresh proxy process. Above 1000, targets that open one
-                    PostgreSQL backend per client report "needs pooling"
+                    upstream connection per client run in front of a PgBouncer session pool,
+                    at most as many clients as two descriptors each allow under the open-files cap
   --pool-mode MODE  ${POOL_MODES.join(" | ")}: start pgwarden with pool.mode/pool.size and PgBouncer
-                    with the same pool_mode/default_pool_size (pgwarden reports "needs pooling"
-                    until its configuration accepts a pool section)
+                    with the same pool_mode/default_pool_size
   --pool-size N     server connections per pool with --pool-mode (default 20)
   --client-tls      the pgbench part with sslmode=require: every target terminates TLS with the
                     pinned policy (PostgreSQL, the relay, pgwarden, PgBouncer)

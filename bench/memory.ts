@@ -2,6 +2,7 @@
 // started; its RSS is read once it listens and has settled, then N clients connect, complete
 // authentication and sit idle, held by load-generator child processes; RSS is read again.
 
+import { readFileSync } from "node:fs";
 import path from "node:path";
 import { IDLE_PASSWORD_ENV, type IdleClientsReport } from "./idleClients.ts";
 import { type Rss, readRss } from "./proc.ts";
@@ -11,17 +12,43 @@ import { type Child, sleep, spawnChild, stopChild } from "./util.ts";
 
 /** Most sockets one load-generator process holds; the per-process open-file cap here is 20,000. */
 export const CLIENTS_PER_GENERATOR = 5000;
-/** Above this many idle clients a target that opens one PostgreSQL backend per client is not run. */
+/**
+ * Above this many idle clients a target that opens one upstream connection per client (the relay,
+ * pgwarden in session mode) is run in front of a PgBouncer session pool instead of PostgreSQL:
+ * PgBouncer answers an idle login without a backend, so the count is not bounded by
+ * max_connections (each backend costs PostgreSQL megabytes), and the proxy's own memory per
+ * client does not depend on what answers its upstream logins.
+ */
 export const MAX_UNPOOLED_IDLE_CLIENTS = 1000;
+/** Descriptors a proxy keeps for itself besides its clients' (listener, stdio, epoll, logs, …). */
+const OWN_DESCRIPTORS = 200;
+
+/** This process's hard cap on open files (children inherit it), from /proc/self/limits. */
+export function openFilesCap(limits = readFileSync("/proc/self/limits", "utf8")): number {
+  const line = limits.split("\n").find((l) => l.startsWith("Max open files"));
+  const hard = line?.trim().split(/\s+/)[4];
+  return hard === undefined || hard === "unlimited" ? Number.POSITIVE_INFINITY : Number(hard);
+}
+
+/**
+ * Most idle clients a proxy with two descriptors per client (client and upstream socket) can
+ * hold under the open-files cap: 9,900 under this machine's 20,000, so "10,000" is run as that.
+ */
+export function twoSocketCap(cap = openFilesCap()): number {
+  return Math.floor((cap - OWN_DESCRIPTORS) / 2);
+}
 /** Connections opened and closed after the start reading, for the second (warm) baseline. */
 const WARM_CONNECTIONS = 20;
 const SETTLE_MS = 2000;
 
-export type MemoryStatus = "measured" | "needs pooling" | "failed";
+export type MemoryStatus = "measured" | "failed";
 
 export interface MemoryResult {
   readonly target: TargetName;
+  /** Clients opened for this measurement. */
   readonly requested: number;
+  /** The --idle-clients count this result is reported under (for ratios); `requested` may be capped below it. */
+  readonly row?: number;
   readonly status: MemoryStatus;
   readonly opened: number;
   /** RSS once the fresh process listens and has settled. */
@@ -109,20 +136,17 @@ export async function holdIdleClients(target: Target, count: number): Promise<He
   };
 }
 
-/** Why a target was not started: `needsPooling` when the reason is the missing pooled mode. */
+/** Why a target was not started. */
 export interface NotStarted {
   readonly reason: string;
-  readonly needsPooling: boolean;
 }
 
 /**
- * Measures one fresh target at one client count. `start` must start a new process each call;
- * `pools` says whether the target can hold more idle clients than PostgreSQL has backends.
+ * Measures one fresh target at one client count. `start` must start a new process each call.
  */
 export async function measureIdle(
   name: TargetName,
   count: number,
-  pools: boolean,
   start: () => Promise<Target | NotStarted>,
 ): Promise<MemoryResult> {
   const empty = { opened: 0, startRss: undefined, warmRss: undefined, loadedRss: undefined };
@@ -137,15 +161,9 @@ export async function measureIdle(
     note: undefined,
     ...fields,
   });
-  if (!pools && count > MAX_UNPOOLED_IDLE_CLIENTS) {
-    return result({
-      status: "needs pooling",
-      note: `one PostgreSQL backend per client; more than ${MAX_UNPOOLED_IDLE_CLIENTS} idle clients need pooling`,
-    });
-  }
   const target = await start();
   if ("reason" in target) {
-    return result({ status: target.needsPooling ? "needs pooling" : "failed", note: target.reason });
+    return result({ note: target.reason });
   }
   try {
     const pid = target.pid;
@@ -194,26 +212,26 @@ export function formatMemory(results: readonly MemoryResult[]): string {
     "open s",
   ];
   const at = (name: TargetName, n: number) =>
-    results.find((r) => r.target === name && r.requested === n && r.status === "measured");
+    results.find((r) => r.target === name && (r.row ?? r.requested) === n && r.status === "measured");
   const rows = results.map((r) => {
     const measured = r.status === "measured";
     return [
       TARGET_LABELS[r.target],
-      r.opened === r.requested || r.status === "needs pooling"
-        ? String(r.requested)
-        : `${r.opened}/${r.requested}`,
+      r.opened === r.requested ? String(r.requested) : `${r.opened}/${r.requested}`,
       mib(r.startRss),
       r.startRss === undefined ? "—" : (r.startRss.anon / 1024).toFixed(1),
-      measured ? mib(r.loadedRss) : r.status === "needs pooling" ? "needs pooling" : "FAILED",
+      measured ? mib(r.loadedRss) : "FAILED",
       measured ? kib(r.perClientKiB) : "—",
       measured ? kib(r.perClientWarmKiB) : "—",
-      measured ? fmtRatio(quotient(r.perClientKiB, at("relay", r.requested)?.perClientKiB)) : "—",
-      measured ? fmtRatio(quotient(r.perClientKiB, at("pgbouncer", r.requested)?.perClientKiB)) : "—",
+      measured ? fmtRatio(quotient(r.perClientKiB, at("relay", r.row ?? r.requested)?.perClientKiB)) : "—",
+      measured
+        ? fmtRatio(quotient(r.perClientKiB, at("pgbouncer", r.row ?? r.requested)?.perClientKiB))
+        : "—",
       r.openSeconds === undefined ? "—" : r.openSeconds.toFixed(2),
     ];
   });
   const notes = results
-    .filter((r) => r.note && r.status !== "measured")
+    .filter((r) => r.note)
     .map((r) => `${TARGET_LABELS[r.target]} at ${r.requested}: ${r.status}: ${r.note?.split("\n")[0]}`);
   return [table(headers, rows), ...notes].join("\n");
 }

@@ -264,9 +264,9 @@ export async function runPooled(
   for (const name of POOLED_TARGETS) {
     if (skipped.has(name) || interrupted()) continue;
     log(`${POOLED_IDLE} idle clients through a fresh ${name} ...`);
-    const m = await measureIdle(name, POOLED_IDLE, true, async () => {
+    const m = await measureIdle(name, POOLED_IDLE, async () => {
       const s = await start(name, server, rootDir, proxy);
-      return s.ok ? s.target : { reason: s.reason, needsPooling: false };
+      return s.ok ? s.target : { reason: s.reason };
     });
     log(
       `${name}: ${m.status}${m.perClientKiB === undefined ? "" : `, ${m.perClientKiB.toFixed(2)} KiB/client`}`,

@@ -18,7 +18,14 @@ import {
   prepareAudit,
   type VerifierResult,
 } from "./audit.ts";
-import { formatMemory, MAX_UNPOOLED_IDLE_CLIENTS, type MemoryResult, measureIdle } from "./memory.ts";
+import {
+  formatMemory,
+  MAX_UNPOOLED_IDLE_CLIENTS,
+  type MemoryResult,
+  measureIdle,
+  openFilesCap,
+  twoSocketCap,
+} from "./memory.ts";
 import { pgbouncerVersion, startPgbouncer } from "./pgbouncer.ts";
 import { formatPooled, runPooled } from "./pooled.ts";
 import { initPgbench, type Postgres, startPostgres } from "./postgres.ts";
@@ -208,33 +215,54 @@ async function runMemoryPart(options: BenchOptions, server: Postgres, rootDir: s
   const results: MemoryResult[] = [];
   // Idle memory is measured without audit: the audit variants are for throughput.
   const names = options.only.filter((n) => n !== "direct" && !isAuditTarget(n));
-  for (const count of options.idleClients) {
+  for (const requested of options.idleClients) {
     for (const name of names) {
       if (interrupted) throw new Error("interrupted");
-      log(`${count} idle clients through a fresh ${TARGET_LABELS[name]} ...`);
-      const result = await measureIdle(name, count, pools(name, options), async () => {
-        const started = await startTarget(name, server, rootDir, proxy);
+      // One upstream socket per client: above 1,000, a PgBouncer session pool answers the upstream
+      // logins (memory.ts says why), and the open-files cap bounds the count.
+      const viaBouncer = !pools(name, options) && requested > MAX_UNPOOLED_IDLE_CLIENTS;
+      const count = viaBouncer ? Math.min(requested, twoSocketCap()) : requested;
+      const upstream = viaBouncer ? await bouncerUpstream(server, rootDir, count) : { server };
+      log(
+        `${count} idle clients through a fresh ${TARGET_LABELS[name]}` +
+          (viaBouncer ? " in front of a PgBouncer session pool" : "") +
+          " ...",
+      );
+      const result = await measureIdle(name, count, async () => {
+        if ("reason" in upstream) return { reason: upstream.reason };
+        const started = await startTarget(name, upstream.server, rootDir, proxy);
         if (started.ok) return started.target;
-        if (name !== "pgwarden" || options.pool === undefined)
-          return { reason: started.reason, needsPooling: false };
-        // Show pgwarden's own last words (its configuration error), not the "exited early" line.
-        const last = started.reason
-          .split("\n")
-          .map((line) => line.trim())
-          .filter(Boolean)
-          .slice(-2)
-          .join(" ");
-        return { reason: `did not start with a pool section: ${last}`, needsPooling: true };
-      });
+        return { reason: started.reason };
+      }).finally(() => ("stop" in upstream ? upstream.stop?.() : undefined));
+      const note = viaBouncer
+        ? `upstream: a PgBouncer session pool${count < requested ? `; ${count} clients, the most two descriptors per client allow under the open-files cap of ${openFilesCap()}` : ""}`
+        : undefined;
       log(
         `${TARGET_LABELS[name]} at ${count}: ${result.status}` +
           (result.perClientKiB === undefined ? "" : `, ${result.perClientKiB.toFixed(2)} KiB/client`) +
           (result.note ? ` (${result.note.split("\n")[0]})` : ""),
       );
-      results.push(result);
+      results.push({ ...result, row: requested, note: result.note ?? note });
     }
   }
   return results;
+}
+
+/** A PgBouncer session pool in front of `server`, taking `clients` idle logins without backends. */
+async function bouncerUpstream(
+  server: Postgres,
+  rootDir: string,
+  clients: number,
+): Promise<{ server: Postgres; stop?: () => Promise<void> } | { reason: string }> {
+  const started = await startPgbouncer(server, rootDir, {
+    maxClients: clients + 100,
+    pool: undefined,
+    tls: undefined,
+    nodeFlags: [],
+  });
+  if (!started.ok) return { reason: `no PgBouncer to stand upstream: ${started.reason.split("\n")[0]}` };
+  const { host, port } = started.target;
+  return { server: { ...server, host, port, tls: undefined }, stop: started.target.stop };
 }
 
 async function main(): Promise<number> {

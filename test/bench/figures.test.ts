@@ -1,6 +1,7 @@
+import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { parseBenchArgs } from "../../bench/args.ts";
-import { perClientKiB, shares } from "../../bench/memory.ts";
+import { openFilesCap, perClientKiB, shares, twoSocketCap } from "../../bench/memory.ts";
 import { parsePgbenchOutput } from "../../bench/pgbench.ts";
 import { type Measurement, pairedRatio, ratio, summarize } from "../../bench/report.ts";
 import { maxConnectionsFor } from "../../bench/run.ts";
@@ -164,5 +165,18 @@ describe("start-memory probes", () => {
     const program = probeProgram(["effect", "./src/cli/main.ts"]);
     expect(program.indexOf('import("effect")')).toBeLessThan(program.indexOf('import("./src/cli/main.ts")'));
     expect(program).toContain("ready");
+  });
+  it("holds at most as many two-socket clients as the open-files cap allows", () => {
+    const limits = [
+      "Limit                     Soft Limit           Hard Limit           Units     ",
+      "Max processes             94598                94598                processes ",
+      "Max open files            20000                20000                files     ",
+    ].join("\n");
+    expect(openFilesCap(limits)).toBe(20000);
+    expect(twoSocketCap(20000)).toBe(9900);
+    expect(openFilesCap("Max open files            unlimited            unlimited            files")).toBe(
+      Number.POSITIVE_INFINITY,
+    );
+    expect(openFilesCap(readFileSync("/proc/self/limits", "utf8"))).toBeGreaterThan(0);
   });
 });
