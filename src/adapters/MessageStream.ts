@@ -1,4 +1,5 @@
 import type { Socket } from "node:net";
+import { clearArray } from "../clearArray.ts";
 import { type PgwardenError, pgwardenError, protocolError, SqlState } from "../errors.ts";
 import { DROP, MessageScanner, type ScanPolicy } from "../protocol/MessageScanner.ts";
 
@@ -31,7 +32,7 @@ export class MessageStream {
   private readonly onData = (chunk: Buffer) => {
     if (this.failure !== undefined) return;
     const err = this.scanner.scan(chunk, this.sink);
-    this.sink.length = 0;
+    clearArray(this.sink);
     if (err !== undefined) {
       const at = this.scanner.stoppedAt;
       if (at >= 0 && this.readAhead?.[chunk[at]!] === 1) this.rest = chunk.subarray(at);

@@ -2,7 +2,7 @@ import type { Socket } from "node:net";
 import { isPgwardenError, type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
 import { decodeCommandComplete, decodeFields } from "../protocol/backend.ts";
 import { encodeQuery, encodeTerminate } from "../protocol/frontend.ts";
-import { typeSet } from "../protocol/MessageScanner.ts";
+import { lengthTable, typeSet } from "../protocol/MessageScanner.ts";
 import { Backend } from "../protocol/messageTypes.ts";
 import { MessageStream } from "./MessageStream.ts";
 
@@ -10,7 +10,7 @@ const policy = {
   known: typeSet(...Object.values(Backend)),
   sender: "backend",
   streamed: typeSet(),
-  maxLength: () => 1_048_576,
+  maxLength: lengthTable(() => 1_048_576),
 };
 
 /**

@@ -1,4 +1,5 @@
 import type { Socket } from "node:net";
+import { clearArray } from "../clearArray.ts";
 
 /**
  * Writes a batch of slices as one writev (cork/uncork) and applies backpressure: when the
@@ -12,11 +13,11 @@ import type { Socket } from "node:net";
 export const batchWrite = (dest: Socket, batch: Uint8Array[], source: Socket, limit = Infinity): boolean => {
   const n = batch.length;
   if (n === 0 || dest.destroyed) {
-    batch.length = 0;
+    clearArray(batch);
     return true;
   }
   if (dest.writableLength > limit) {
-    batch.length = 0;
+    clearArray(batch);
     return false;
   }
   let ok: boolean;
@@ -27,7 +28,7 @@ export const batchWrite = (dest: Socket, batch: Uint8Array[], source: Socket, li
     for (let i = 0; i < n; i++) ok = dest.write(batch[i]!);
     dest.uncork();
   }
-  batch.length = 0;
+  clearArray(batch);
   if (!ok && !source.isPaused()) {
     source.pause();
     dest.once("drain", () => source.resume());

@@ -1,3 +1,4 @@
+import { clearArray } from "../clearArray.ts";
 import { SqlState } from "../errors.ts";
 import { sqlstateOf } from "../protocol/backend.ts";
 import { Backend } from "../protocol/messageTypes.ts";
@@ -135,7 +136,7 @@ export class Replies {
     if (e === undefined) return undefined;
     this.head++;
     if (this.head === entries!.length) {
-      entries!.length = 0;
+      clearArray(entries!);
       this.head = 0;
     }
     return e;

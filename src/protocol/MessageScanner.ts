@@ -24,9 +24,19 @@ export interface ScanPolicy {
   readonly inspect?: Uint8Array;
   /** Types flagged 1 stream through untouched and never reach the handler: the data path. */
   readonly streamed: Uint8Array;
-  /** Largest allowed value of the length field for a type. */
-  readonly maxLength: (type: number) => number;
+  /**
+   * Largest allowed value of the length field, by type: a table, since it is read for every
+   * message (a call per message cost more than the lookup; see lengthTable).
+   */
+  readonly maxLength: Uint32Array;
 }
+
+/** Builds the 256-entry length-limit table a ScanPolicy wants. */
+export const lengthTable = (limit: (type: number) => number): Uint32Array => {
+  const table = new Uint32Array(256);
+  for (let t = 0; t < 256; t++) table[t] = limit(t);
+  return table;
+};
 
 /** Builds the 256-entry flag table a ScanPolicy wants. */
 export const typeSet = (...types: number[]): Uint8Array => {
@@ -200,7 +210,7 @@ export class MessageScanner {
   private checkLength(type: number, len: number): PgwardenError | undefined {
     if (len < 4)
       return protocolError(`invalid message length ${len} for message type 0x${type.toString(16)}`);
-    const max = this.policy.maxLength(type);
+    const max = this.policy.maxLength[type]!;
     if (len > max) {
       return pgwardenError(
         "PGW_MESSAGE_TOO_LARGE",

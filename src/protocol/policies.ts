@@ -1,4 +1,4 @@
-import { type ScanPolicy, typeSet } from "./MessageScanner.ts";
+import { lengthTable, type ScanPolicy, typeSet } from "./MessageScanner.ts";
 import { AUTH_MESSAGE_LIMIT, Backend, Frontend, SMALL_MESSAGE_LIMIT } from "./messageTypes.ts";
 
 /** Client messages PostgreSQL lets grow large; every other type is capped at 10,000 bytes like PostgreSQL. */
@@ -69,7 +69,7 @@ export const clientSessionPolicy = shared(
     // The relay judges client messages by their type alone; audit and policy will read Query and Parse.
     inspect: typeSet(),
     streamed: typeSet(Frontend.CopyData),
-    maxLength: clientMaxLength(maxMessageBytes),
+    maxLength: lengthTable(clientMaxLength(maxMessageBytes)),
   }),
 );
 
@@ -87,7 +87,7 @@ export const clientAuthPolicy = shared(
     known: clientAuthTypes,
     sender: "frontend",
     streamed: typeSet(),
-    maxLength: clientMaxLength(maxMessageBytes),
+    maxLength: lengthTable(clientMaxLength(maxMessageBytes)),
   }),
 );
 
@@ -115,7 +115,7 @@ export const serverSessionPolicy = shared(
     sender: "backend",
     streamed: serverStreamedTypes,
     // Streamed messages are never buffered, so only PostgreSQL's own 1 GB field limit applies to them.
-    maxLength: (type) => (serverStreamedTypes[type] === 1 ? 0x7fffffff : maxMessageBytes),
+    maxLength: lengthTable((type) => (serverStreamedTypes[type] === 1 ? 0x7fffffff : maxMessageBytes)),
   }),
 );
 
@@ -124,7 +124,7 @@ export const serverStartupPolicy: ScanPolicy = {
   known: serverStartupTypes,
   sender: "backend",
   streamed: typeSet(),
-  maxLength: () => 1_048_576,
+  maxLength: lengthTable(() => 1_048_576),
 };
 
 /** What ends an Execute besides an error: the tracker pairs each with its request. */
@@ -148,7 +148,7 @@ export const auditedServerSessionPolicy = shared(
     known: serverTypes,
     sender: "backend",
     streamed: auditedServerStreamedTypes,
-    maxLength: (type) => (auditedServerStreamedTypes[type] === 1 ? 0x7fffffff : maxMessageBytes),
+    maxLength: lengthTable((type) => (auditedServerStreamedTypes[type] === 1 ? 0x7fffffff : maxMessageBytes)),
   }),
 );
 
@@ -180,7 +180,7 @@ export const pooledServerSessionPolicy = shared(
     known: serverTypes,
     sender: "backend",
     streamed: pooledServerStreamedTypes,
-    maxLength: (type) => (pooledServerStreamedTypes[type] === 1 ? 0x7fffffff : maxMessageBytes),
+    maxLength: lengthTable((type) => (pooledServerStreamedTypes[type] === 1 ? 0x7fffffff : maxMessageBytes)),
   }),
 );
 

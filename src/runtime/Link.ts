@@ -1,6 +1,7 @@
 import type { Socket } from "node:net";
 import { batchWrite } from "../adapters/batchWrite.ts";
 import { StatementTracker } from "../audit/StatementTracker.ts";
+import { clearArray } from "../clearArray.ts";
 import { isPgwardenError, type PgwardenError, pgwardenError, protocolError, SqlState } from "../errors.ts";
 import { type ConnectionEvent, Events, ReadyForQuery } from "../machines/events.ts";
 import type { ClientRunner } from "../machines/MachineRunner.ts";
@@ -414,7 +415,7 @@ export class Link implements Waiter, ServerReceiver {
       err = internalFailure(e);
     }
     if (err !== undefined) {
-      this.toServer.length = 0;
+      clearArray(this.toServer);
       this.client.violation(err);
       return;
     }

@@ -8,6 +8,7 @@ import type {
   UpstreamCredentials,
   UpstreamTarget,
 } from "../adapters/upstream.ts";
+import { clearArray } from "../clearArray.ts";
 import { isPgwardenError, type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
 import type { ServerAction } from "../machines/actions.ts";
 import { ReadyForQuery } from "../machines/events.ts";
@@ -404,7 +405,7 @@ export class ServerConnection implements SocketOwner, ReadSink {
       const onData: ServerReceiver = {
         onServerData: (chunk) => {
           const err = scanner.scan(chunk, sink);
-          sink.length = 0;
+          clearArray(sink);
           if (err !== undefined) done(false);
         },
       };

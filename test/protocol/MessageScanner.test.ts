@@ -3,6 +3,7 @@ import { describe, expect, it } from "vitest";
 import { isPgwardenError, type PgwardenError } from "../../src/errors.ts";
 import {
   DROP,
+  lengthTable,
   type MessageHandler,
   MessageScanner,
   NO_BODY,
@@ -82,7 +83,7 @@ const policy = (max: (type: number) => number = () => 1 << 20): ScanPolicy => ({
   known: everyType,
   sender: "frontend",
   streamed: typeSet(...STREAMED),
-  maxLength: max,
+  maxLength: lengthTable(max),
 });
 
 interface Run {
