@@ -236,12 +236,9 @@ export class Pool {
       this.refill();
       return;
     }
-    const at = this.waiting.findIndex(
-      (w) => w.waiter.login === undefined || w.waiter.login.key === server.loginKey,
-    );
+    const at = firstFor(this.waiting, server.loginKey);
     if (at >= 0) {
-      const [next] = this.waiting.splice(at, 1);
-      this.grant(next!, server);
+      this.grant(takeAt(this.waiting, at), server);
       return;
     }
     if (this.waiting.length > 0) {
@@ -302,10 +299,9 @@ export class Pool {
     const key = w.waiter.login?.key;
     for (;;) {
       // The most recently used connection logged in with the waiter's startup settings.
-      const at =
-        key === undefined ? this.idle.length - 1 : this.idle.findLastIndex((s) => s.loginKey === key);
+      const at = key === undefined ? this.idle.length - 1 : lastWithKey(this.idle, key);
       if (at < 0) return false;
-      const server = this.idle.splice(at, 1)[0]!;
+      const server = takeAt(this.idle, at);
       if (!server.reusable) {
         server.close();
         continue;
@@ -537,3 +533,25 @@ export class ServerPool {
     this.timer.unref?.();
   }
 }
+
+// Checkout and release run once per transaction in the pooled modes: these loops take no closure
+// and the removals allocate no result array (the usual case is the last idle connection or the
+// first waiter, which pop and shift take without moving the rest).
+
+/** The most recently idled connection logged in with `key`, or -1. */
+const lastWithKey = (idle: readonly ServerConnection[], key: string): number => {
+  for (let i = idle.length - 1; i >= 0; i--) if (idle[i]!.loginKey === key) return i;
+  return -1;
+};
+
+/** The first waiter a connection logged in with `key` can serve, or -1. */
+const firstFor = (waiting: readonly Waiting[], key: string | undefined): number => {
+  for (let i = 0; i < waiting.length; i++) {
+    const login = waiting[i]!.waiter.login;
+    if (login === undefined || login.key === key) return i;
+  }
+  return -1;
+};
+
+const takeAt = <T>(items: T[], at: number): T =>
+  at === items.length - 1 ? items.pop()! : at === 0 ? items.shift()! : items.splice(at, 1)[0]!;
