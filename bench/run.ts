@@ -222,7 +222,7 @@ async function runMemoryPart(options: BenchOptions, server: Postgres, rootDir: s
       // logins (memory.ts says why), and the open-files cap bounds the count.
       const viaBouncer = !pools(name, options) && requested > MAX_UNPOOLED_IDLE_CLIENTS;
       const count = viaBouncer ? Math.min(requested, twoSocketCap()) : requested;
-      const upstream = viaBouncer ? await bouncerUpstream(server, rootDir, count) : { server };
+      const upstream = viaBouncer ? await bouncerUpstream(server, rootDir, count) : { server, stop: noop };
       log(
         `${count} idle clients through a fresh ${TARGET_LABELS[name]}` +
           (viaBouncer ? " in front of a PgBouncer session pool" : "") +
@@ -233,7 +233,7 @@ async function runMemoryPart(options: BenchOptions, server: Postgres, rootDir: s
         const started = await startTarget(name, upstream.server, rootDir, proxy);
         if (started.ok) return started.target;
         return { reason: started.reason };
-      }).finally(() => ("stop" in upstream ? upstream.stop?.() : undefined));
+      }).finally(() => ("stop" in upstream ? upstream.stop() : undefined));
       const note = viaBouncer
         ? `upstream: a PgBouncer session pool${count < requested ? `; ${count} clients, the most two descriptors per client allow under the open-files cap of ${openFilesCap()}` : ""}`
         : undefined;
@@ -248,12 +248,14 @@ async function runMemoryPart(options: BenchOptions, server: Postgres, rootDir: s
   return results;
 }
 
+const noop = async (): Promise<void> => {};
+
 /** A PgBouncer session pool in front of `server`, taking `clients` idle logins without backends. */
 async function bouncerUpstream(
   server: Postgres,
   rootDir: string,
   clients: number,
-): Promise<{ server: Postgres; stop?: () => Promise<void> } | { reason: string }> {
+): Promise<{ server: Postgres; stop: () => Promise<void> } | { reason: string }> {
   const started = await startPgbouncer(server, rootDir, {
     maxClients: clients + 100,
     pool: undefined,

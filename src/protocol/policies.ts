@@ -36,6 +36,13 @@ const serverStartupTypes = typeSet(
   Backend.ReadyForQuery,
 );
 
+/**
+ * Server-side limits: streamed messages are never buffered, so only PostgreSQL's own 1 GB field
+ * limit applies to them; every other type is capped at `maxMessageBytes`.
+ */
+const serverLengths = (streamed: Uint8Array, maxMessageBytes: number): Uint32Array =>
+  lengthTable((type) => (streamed[type] === 1 ? 0x7fffffff : maxMessageBytes));
+
 const clientMaxLength = (maxMessageBytes: number) => (type: number) =>
   largeClientTypes[type] === 1
     ? maxMessageBytes
@@ -114,8 +121,7 @@ export const serverSessionPolicy = shared(
     known: serverTypes,
     sender: "backend",
     streamed: serverStreamedTypes,
-    // Streamed messages are never buffered, so only PostgreSQL's own 1 GB field limit applies to them.
-    maxLength: lengthTable((type) => (serverStreamedTypes[type] === 1 ? 0x7fffffff : maxMessageBytes)),
+    maxLength: serverLengths(serverStreamedTypes, maxMessageBytes),
   }),
 );
 
@@ -148,7 +154,7 @@ export const auditedServerSessionPolicy = shared(
     known: serverTypes,
     sender: "backend",
     streamed: auditedServerStreamedTypes,
-    maxLength: lengthTable((type) => (auditedServerStreamedTypes[type] === 1 ? 0x7fffffff : maxMessageBytes)),
+    maxLength: serverLengths(auditedServerStreamedTypes, maxMessageBytes),
   }),
 );
 
@@ -180,7 +186,7 @@ export const pooledServerSessionPolicy = shared(
     known: serverTypes,
     sender: "backend",
     streamed: pooledServerStreamedTypes,
-    maxLength: lengthTable((type) => (pooledServerStreamedTypes[type] === 1 ? 0x7fffffff : maxMessageBytes)),
+    maxLength: serverLengths(pooledServerStreamedTypes, maxMessageBytes),
   }),
 );
 
