@@ -1,6 +1,6 @@
 import type { PgwardenError } from "../errors.ts";
 import { Backend, MAX_CANCEL_SECRET } from "./messageTypes.ts";
-import { decodeWith, malformed, Reader } from "./reader.ts";
+import { decodeWith, malformed, ownedCopy, Reader } from "./reader.ts";
 import { cstringSize, Writer } from "./writer.ts";
 
 /** Decoders and encoders for messages the server sends (and the proxy sends as a server). */
@@ -93,8 +93,8 @@ export const decodeBackendKeyData = (msg: Buffer): BackendKeyData | PgwardenErro
     const secret = r.rest();
     if (secret.length < 4 || secret.length > MAX_CANCEL_SECRET)
       malformed(`secret key of ${secret.length} bytes`);
-    // A copy: a view would keep the whole read it came from alive for the connection's life.
-    return { processId, secret: Buffer.from(secret) };
+    // A view would keep the whole read it came from alive for the connection's life.
+    return { processId, secret: ownedCopy(secret) };
   });
 
 export const decodeNegotiateProtocolVersion = (msg: Buffer): NegotiateProtocolVersion | PgwardenError =>

@@ -99,6 +99,17 @@ export class Reader {
   }
 }
 
+/**
+ * A copy with memory of its own, for bytes kept for a connection's life. `Buffer.from` takes a
+ * short copy out of Node's shared pool (64 KiB slabs in Node 24), so one long-lived 4-byte copy
+ * keeps its whole slab, and every short-lived copy cut from it, alive.
+ */
+export const ownedCopy = (bytes: Uint8Array): Buffer => {
+  const out = Buffer.allocUnsafeSlow(bytes.length);
+  out.set(bytes);
+  return out;
+};
+
 /** Runs a decoder; a malformed message becomes an 08P01 error value naming the message. */
 export const decodeWith = <A>(message: string, f: () => A): A | PgwardenError => {
   try {

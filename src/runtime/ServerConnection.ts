@@ -17,7 +17,7 @@ import { ServerEvents } from "../machines/serverEvents.ts";
 import { Owed, OwedResponses } from "../pool/OwedResponses.ts";
 import type { Login } from "../pool/ServerPool.ts";
 import { SessionState } from "../pool/SessionState.ts";
-import { type BackendKeyData, decodeParameterStatus } from "../protocol/backend.ts";
+import { decodeParameterStatus } from "../protocol/backend.ts";
 import { encodeQuery, encodeTerminate } from "../protocol/frontend.ts";
 import { DROP, MessageScanner } from "../protocol/MessageScanner.ts";
 import { Backend } from "../protocol/messageTypes.ts";
@@ -144,7 +144,13 @@ export class ServerConnection implements SocketOwner, ReadSink {
   /** Abandons a login under way; dropped once logged in. */
   private abort: AbortController | undefined = new AbortController();
   socket: Socket | undefined;
-  key: BackendKeyData | undefined;
+  /** The backend's PID, once logged in. */
+  private backendPid: number | undefined;
+  /**
+   * Its cancel secret: the usual 4 bytes (protocol 3.0) as a number, since bytes of their own
+   * would cost every idle server connection about 270 more; a longer secret (3.2) as bytes.
+   */
+  private cancelSecret: number | Buffer = 0;
   /**
    * Told once the socket has closed (or when no socket was ever opened). A field, not a promise:
    * every pooled connection would otherwise hold the promise, its resolver and the reaction.
@@ -226,7 +232,7 @@ export class ServerConnection implements SocketOwner, ReadSink {
 
   /** The backend's PID once logged in: what session mode hands the client. */
   get pid(): number | undefined {
-    return this.key?.processId;
+    return this.backendPid;
   }
 
   /** Executes one action of the server machine. */
@@ -264,7 +270,9 @@ export class ServerConnection implements SocketOwner, ReadSink {
     }
     const socket = result.socket;
     this.socket = socket;
-    this.key = result.key;
+    this.backendPid = result.key.processId;
+    const secret = result.key.secret;
+    this.cancelSecret = secret.length === 4 ? secret.readUInt32BE(0) : secret;
     // One set of listeners for the connection's life; who reads is a field, so a checkout in
     // transaction mode swaps a reference instead of adding and removing socket listeners.
     own(socket, this);
@@ -466,11 +474,20 @@ export class ServerConnection implements SocketOwner, ReadSink {
    * connection. Until then the connection serves no other client, so a late cancel cannot land
    * on someone else's statement (PostgreSQL ignores a cancel that reaches an idle backend).
    */
+  private secretBytes(): Buffer {
+    const s = this.cancelSecret;
+    if (typeof s !== "number") return s;
+    const bytes = Buffer.allocUnsafe(4);
+    bytes.writeUInt32BE(s, 0);
+    return bytes;
+  }
+
   async cancel(): Promise<void> {
-    if (this.key === undefined || this.machine.done) return;
+    const processId = this.backendPid;
+    if (processId === undefined || this.machine.done) return;
     this.cancelStarted();
     try {
-      await this.deps.sendCancel(this.deps.target, this.key);
+      await this.deps.sendCancel(this.deps.target, { processId, secret: this.secretBytes() });
     } finally {
       this.cancelEnded();
     }

@@ -313,6 +313,16 @@ describe("backend messages round-trip", () => {
     expect(ok(decodeBackendKeyData(msg))).toEqual({ processId, secret });
   });
 
+  it("BackendKeyData's secret owns its bytes: it does not keep the read it was cut from alive", () => {
+    const msg = encodeBackendKeyData({ processId: 7, secret: Buffer.from([1, 2, 3, 4]) });
+    // As a login reads it: a view into a larger buffer, as Node's pooled copies are.
+    const read = Buffer.alloc(65_536);
+    msg.copy(read, 100);
+    const key = ok(decodeBackendKeyData(read.subarray(100, 100 + msg.length)));
+    expect([...key.secret]).toEqual([1, 2, 3, 4]);
+    expect(key.secret.buffer.byteLength).toBe(4);
+  });
+
   test.prop([negotiateArb], RUNS)("NegotiateProtocolVersion", (n) => {
     const msg = encodeNegotiateProtocolVersion(n);
     expectFramed(msg, Backend.NegotiateProtocolVersion);
