@@ -1,3 +1,4 @@
+import type * as Clock from "effect/Clock";
 import * as Effect from "effect/Effect";
 import type * as Fiber from "effect/Fiber";
 import type { DeadlinePhase } from "../machines/actions.ts";
@@ -9,19 +10,37 @@ export interface DeadlineOwner {
   onDeadline(phase: DeadlinePhase): void;
 }
 
+/** One armed phase: its place in the heap is kept so that clearing it is a removal, not a mark. */
+interface Armed {
+  readonly at: number;
+  readonly owner: DeadlineOwner;
+  readonly phase: DeadlinePhase;
+  index: number;
+}
+
 /**
- * Per-phase deadlines of every connection, run as fibers that sleep on Effect's Clock (so tests
- * can drive them with TestClock). The short ones (login, linger) are a fiber each while armed;
- * sessions' idle and lifetime checks share one sweep, so an idle session costs no timer.
- * Arming a phase again replaces its deadline.
+ * Per-phase deadlines of every connection on Effect's Clock (so tests can drive them with
+ * TestClock). The short ones (login, linger) sit in one min-heap by due time, with one fiber
+ * sleeping until the earliest: a login arms and clears a heap entry, not a fiber, a timer and an
+ * interruption of its own (which every login used to leave behind as garbage). Sessions' idle and
+ * lifetime checks share one sweep, so an idle session costs no timer either. Arming a phase
+ * again replaces its deadline.
  */
 export class Deadlines {
   private readonly fork: <A>(effect: Effect.Effect<A>) => Fiber.Fiber<A>;
-  private readonly armed = new Map<string, Fiber.Fiber<void>>();
+  private readonly clock: Clock.Clock;
   private readonly sweep: SessionSweep;
+  private readonly heap: Armed[] = [];
+  /** Each phase's armed entries by owner: a lookup without a key string per arm. */
+  private readonly byPhase = new Map<DeadlinePhase, Map<DeadlineOwner, Armed>>();
+  /** The fiber sleeping until `wakeAt`, the earliest due time when it was forked. */
+  private fiber: Fiber.Fiber<void> | undefined;
+  private wakeAt = Number.POSITIVE_INFINITY;
 
-  constructor(fork: <A>(effect: Effect.Effect<A>) => Fiber.Fiber<A>) {
+  /** `clock` is the one the fibers `fork` runs sleep on, read directly when a phase is armed. */
+  constructor(fork: <A>(effect: Effect.Effect<A>) => Fiber.Fiber<A>, clock: Clock.Clock) {
     this.fork = fork;
+    this.clock = clock;
     this.sweep = new SessionSweep(fork);
   }
 
@@ -36,28 +55,29 @@ export class Deadlines {
 
   /** Arms `phase` for `owner`; when it passes, `owner.onDeadline(phase)` runs. */
   arm(owner: DeadlineOwner, phase: DeadlinePhase, ms: number): void {
-    const key = `${owner.id}:${phase}`;
-    this.armed.get(key)?.interruptUnsafe();
-    const fiber = this.fork(
-      Effect.sleep(ms).pipe(
-        Effect.andThen(
-          Effect.sync(() => {
-            this.armed.delete(key);
-            owner.onDeadline(phase);
-          }),
-        ),
-      ),
-    );
-    this.armed.set(key, fiber);
+    let armed = this.byPhase.get(phase);
+    if (armed === undefined) {
+      armed = new Map();
+      this.byPhase.set(phase, armed);
+    }
+    const before = armed.get(owner);
+    if (before !== undefined) this.remove(before);
+    const entry: Armed = { at: this.now() + ms, owner, phase, index: 0 };
+    armed.set(owner, entry);
+    this.push(entry);
+    if (entry.at < this.wakeAt) this.reschedule();
   }
 
   clear(owner: DeadlineOwner, phase: DeadlinePhase): void {
     if (phase === "session") this.sweep.delete(owner);
-    const key = `${owner.id}:${phase}`;
-    const fiber = this.armed.get(key);
-    if (fiber === undefined) return;
-    this.armed.delete(key);
-    fiber.interruptUnsafe();
+    const armed = this.byPhase.get(phase);
+    const entry = armed?.get(owner);
+    if (entry === undefined) return;
+    armed!.delete(owner);
+    // The sleeping fiber stays: it wakes for a cleared head, finds nothing due and sleeps until
+    // the next head, or stops when there is none. One early wake costs less than a new fiber
+    // per clear, and an idle proxy holds no timer once its last due time has passed.
+    this.remove(entry);
   }
 
   clearAll(owner: DeadlineOwner): void {
@@ -66,13 +86,110 @@ export class Deadlines {
     this.clear(owner, "linger");
   }
 
-  /** Armed per-phase fibers (login, linger, and any armed "session" phase). */
+  /** Armed phases (login, linger, and any armed "session" phase). */
   get size(): number {
-    return this.armed.size;
+    return this.heap.length;
   }
 
   /** Sessions in the shared sweep. */
   get watched(): number {
     return this.sweep.size;
+  }
+
+  /** Milliseconds on the clock's monotonic time: a wall-clock step must not fire or hold back a deadline. */
+  private now(): number {
+    return Number(this.clock.monotonicTimeNanosUnsafe() / 1_000_000n);
+  }
+
+  private stop(): void {
+    this.fiber?.interruptUnsafe();
+    this.fiber = undefined;
+    this.wakeAt = Number.POSITIVE_INFINITY;
+  }
+
+  /** One fiber sleeps until the earliest due time, then fires what is due. */
+  private reschedule(): void {
+    this.stop();
+    const head = this.heap[0];
+    if (head === undefined) return;
+    this.wakeAt = head.at;
+    const wait = Math.max(0, head.at - this.now());
+    this.fiber = this.fork(
+      Effect.andThen(
+        Effect.sleep(wait),
+        Effect.sync(() => this.due()),
+      ),
+    );
+  }
+
+  /**
+   * Fires every phase now due, each taken out before its owner hears of it (an owner may arm or
+   * clear again from `onDeadline`). An owner that throws is reported on a fiber of its own, as
+   * when each phase had its own: one broken connection must not stop the others' deadlines.
+   */
+  private due(): void {
+    this.fiber = undefined;
+    this.wakeAt = Number.POSITIVE_INFINITY;
+    const now = this.now();
+    for (let head = this.heap[0]; head !== undefined && head.at <= now; head = this.heap[0]) {
+      this.byPhase.get(head.phase)?.delete(head.owner);
+      this.remove(head);
+      try {
+        head.owner.onDeadline(head.phase);
+      } catch (e) {
+        this.fork(Effect.die(e));
+      }
+    }
+    if (this.fiber === undefined) this.reschedule();
+  }
+
+  private push(entry: Armed): void {
+    entry.index = this.heap.length;
+    this.heap.push(entry);
+    this.up(entry.index);
+  }
+
+  private remove(entry: Armed): void {
+    const heap = this.heap;
+    const i = entry.index;
+    const last = heap.pop()!;
+    if (last === entry) return;
+    heap[i] = last;
+    last.index = i;
+    this.up(i);
+    this.down(last.index);
+  }
+
+  private up(i: number): void {
+    const heap = this.heap;
+    const entry = heap[i]!;
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      const p = heap[parent]!;
+      if (p.at <= entry.at) break;
+      heap[i] = p;
+      p.index = i;
+      i = parent;
+    }
+    heap[i] = entry;
+    entry.index = i;
+  }
+
+  private down(i: number): void {
+    const heap = this.heap;
+    const n = heap.length;
+    const entry = heap[i]!;
+    for (;;) {
+      let child = 2 * i + 1;
+      if (child >= n) break;
+      if (child + 1 < n && heap[child + 1]!.at < heap[child]!.at) child++;
+      const c = heap[child]!;
+      if (entry.at <= c.at) break;
+      heap[i] = c;
+      c.index = i;
+      i = child;
+    }
+    heap[i] = entry;
+    entry.index = i;
   }
 }

@@ -1,5 +1,6 @@
 import { createHmac, randomBytes } from "node:crypto";
 import { createServer, type Server as NetServer, type Socket } from "node:net";
+import * as Clock from "effect/Clock";
 import * as Deferred from "effect/Deferred";
 import * as Effect from "effect/Effect";
 import * as FiberSet from "effect/FiberSet";
@@ -259,6 +260,7 @@ const program = (
     const fibers = yield* FiberSet.make();
     const run = yield* FiberSet.runtime(fibers)<never>();
     const forkTimer = yield* FiberSet.makeRuntime<never>();
+    const clock = yield* Clock.Clock;
     const sessions = new Map<string, ClientConnection>();
     const limits = config.limits;
     const slots = admission(limits.maxClientConnections, limits.maxCancelConnections);
@@ -368,7 +370,7 @@ const program = (
         parser,
       },
       admission: slots,
-      deadlines: new Deadlines((e) => forkTimer(e)),
+      deadlines: new Deadlines((e) => forkTimer(e), clock),
       events,
       log,
       onTransition: withDebugLog(log, events, options.onTransition),

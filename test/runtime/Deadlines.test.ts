@@ -1,3 +1,4 @@
+import * as Clock from "effect/Clock";
 import * as Effect from "effect/Effect";
 import * as FiberSet from "effect/FiberSet";
 import * as TestClock from "effect/testing/TestClock";
@@ -17,7 +18,7 @@ const withTestClock = (body: (d: Deadlines) => Effect.Effect<void>) =>
     Effect.scoped(
       Effect.gen(function* () {
         const fork = yield* FiberSet.makeRuntime<never>();
-        yield* body(new Deadlines((e) => fork(e)));
+        yield* body(new Deadlines((e) => fork(e), yield* Clock.Clock));
       }),
     ).pipe(Effect.provide(TestClock.layer())),
   );
@@ -67,5 +68,117 @@ describe("Deadlines on Effect's Clock", () => {
         yield* TestClock.adjust("10 seconds");
         expect(o.fired).toEqual(["linger"]);
       }),
+    ));
+
+  it("many owners armed out of order fire in due order, each once, and cleared ones never", () =>
+    withTestClock((d) =>
+      Effect.gen(function* () {
+        const order: string[] = [];
+        const owners = Array.from({ length: 200 }, (_, i) => ({
+          id: `c${i}`,
+          onDeadline: () => void order.push(`c${i}`),
+        }));
+        // Due times 1..200 s, armed in a scrambled order.
+        const due = (i: number) => ((i * 37) % 200) + 1;
+        for (const [i, o] of owners.entries()) d.arm(o, "login", due(i) * 1000);
+        for (const [i, o] of owners.entries()) if (i % 3 === 0) d.clear(o, "login");
+        expect(d.size).toBe(200 - 67);
+        yield* TestClock.adjust("200 seconds");
+        const expected = owners
+          .map((o, i) => ({ id: o.id, at: due(i), cleared: i % 3 === 0 }))
+          .filter((x) => !x.cleared)
+          .sort((a, b) => a.at - b.at)
+          .map((x) => x.id);
+        expect(order).toEqual(expected);
+        expect(d.size).toBe(0);
+      }),
+    ));
+
+  it("a deadline armed earlier than the one slept for still fires on time", () =>
+    withTestClock((d) =>
+      Effect.gen(function* () {
+        const late = owner("late");
+        const early = owner("early");
+        d.arm(late, "login", 10_000);
+        yield* TestClock.adjust("1000 millis");
+        d.arm(early, "linger", 500);
+        yield* TestClock.adjust("500 millis");
+        expect(early.fired).toEqual(["linger"]);
+        expect(late.fired).toEqual([]);
+        yield* TestClock.adjust("8500 millis");
+        expect(late.fired).toEqual(["login"]);
+      }),
+    ));
+
+  it("clearing the head it sleeps for leaves the next deadline on time", () =>
+    withTestClock((d) =>
+      Effect.gen(function* () {
+        const a = owner("a");
+        const b = owner("b");
+        d.arm(a, "login", 1000);
+        d.arm(b, "login", 3000);
+        d.clear(a, "login");
+        yield* TestClock.adjust("2999 millis");
+        expect(b.fired).toEqual([]);
+        yield* TestClock.adjust("1 millis");
+        expect(b.fired).toEqual(["login"]);
+      }),
+    ));
+
+  it("an owner may arm again from onDeadline, and one that throws stops nobody else's", () =>
+    withTestClock((d) =>
+      Effect.gen(function* () {
+        const fired: string[] = [];
+        const again = {
+          id: "again",
+          onDeadline: (p: DeadlinePhase) => {
+            fired.push(`again:${p}`);
+            if (p === "login") d.arm(again, "linger", 100);
+          },
+        };
+        const broken = {
+          id: "broken",
+          onDeadline: () => {
+            throw new Error("broken owner");
+          },
+        };
+        const other = owner("other");
+        d.arm(broken, "login", 1000);
+        d.arm(again, "login", 1000);
+        d.arm(other, "login", 1000);
+        yield* TestClock.adjust("1000 millis");
+        expect(other.fired).toEqual(["login"]);
+        expect(fired).toEqual(["again:login"]);
+        yield* TestClock.adjust("100 millis");
+        expect(fired).toEqual(["again:login", "again:linger"]);
+        expect(d.size).toBe(0);
+      }),
+    ));
+
+  it("a thousand logins armed and cleared take one timer fiber, not one each", () =>
+    Effect.runPromise(
+      Effect.scoped(
+        Effect.gen(function* () {
+          const fork = yield* FiberSet.makeRuntime<never>();
+          let forks = 0;
+          const d = new Deadlines(
+            (e) => {
+              forks++;
+              return fork(e);
+            },
+            yield* Clock.Clock,
+          );
+          const owners = Array.from({ length: 1000 }, (_, i) => owner(`c${i}`));
+          for (const o of owners) {
+            d.arm(o, "login", 10_000);
+            yield* TestClock.adjust("1 millis");
+          }
+          for (const o of owners) d.clear(o, "login");
+          expect(forks).toBe(1);
+          expect(d.size).toBe(0);
+          yield* TestClock.adjust("20 seconds");
+          expect(owners.every((o) => o.fired.length === 0)).toBe(true);
+        }),
+      ).pipe(Effect.provide(TestClock.layer())),
     ));
 });

@@ -1,3 +1,4 @@
+import * as Clock from "effect/Clock";
 import * as Effect from "effect/Effect";
 import * as FiberSet from "effect/FiberSet";
 import * as TestClock from "effect/testing/TestClock";
@@ -99,7 +100,7 @@ describe("Deadlines with the shared sweep", () => {
   it("watch adds no fiber per session; clear('session') and clearAll take the session out", () =>
     withTestClock((fork) =>
       Effect.gen(function* () {
-        const d = new Deadlines(fork);
+        const d = new Deadlines(fork, yield* Clock.Clock);
         const sessions = Array.from({ length: 1000 }, (_, i) => member(`c${i}`));
         for (const s of sessions) d.watch(s, 200);
         expect(d.size).toBe(0);
