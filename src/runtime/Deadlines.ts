@@ -150,46 +150,41 @@ export class Deadlines {
   }
 
   private remove(entry: Armed): void {
-    const heap = this.heap;
-    const i = entry.index;
-    const last = heap.pop()!;
+    const last = this.heap.pop()!;
     if (last === entry) return;
-    heap[i] = last;
-    last.index = i;
-    this.up(i);
+    this.place(last, entry.index);
+    this.up(last.index);
     this.down(last.index);
   }
 
-  private up(i: number): void {
-    const heap = this.heap;
-    const entry = heap[i]!;
-    while (i > 0) {
-      const parent = (i - 1) >> 1;
-      const p = heap[parent]!;
-      if (p.at <= entry.at) break;
-      heap[i] = p;
-      p.index = i;
-      i = parent;
-    }
-    heap[i] = entry;
+  private place(entry: Armed, i: number): void {
+    this.heap[i] = entry;
     entry.index = i;
   }
 
+  /** Moves the entry at `i` towards the root while it is due before its parent. */
+  private up(i: number): void {
+    const entry = this.heap[i]!;
+    let at = i;
+    for (let parent = (at - 1) >> 1; at > 0 && this.heap[parent]!.at > entry.at; parent = (at - 1) >> 1) {
+      this.place(this.heap[parent]!, at);
+      at = parent;
+    }
+    this.place(entry, at);
+  }
+
+  /** Moves the entry at `i` towards the leaves while a child is due before it. */
   private down(i: number): void {
     const heap = this.heap;
-    const n = heap.length;
     const entry = heap[i]!;
+    let at = i;
     for (;;) {
-      let child = 2 * i + 1;
-      if (child >= n) break;
-      if (child + 1 < n && heap[child + 1]!.at < heap[child]!.at) child++;
-      const c = heap[child]!;
-      if (entry.at <= c.at) break;
-      heap[i] = c;
-      c.index = i;
-      i = child;
+      let child = 2 * at + 1;
+      if (child + 1 < heap.length && heap[child + 1]!.at < heap[child]!.at) child++;
+      if (child >= heap.length || entry.at <= heap[child]!.at) break;
+      this.place(heap[child]!, at);
+      at = child;
     }
-    heap[i] = entry;
-    entry.index = i;
+    this.place(entry, at);
   }
 }

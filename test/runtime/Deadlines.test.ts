@@ -1,3 +1,4 @@
+import { fc, test } from "@fast-check/vitest";
 import * as Clock from "effect/Clock";
 import * as Effect from "effect/Effect";
 import * as FiberSet from "effect/FiberSet";
@@ -181,4 +182,56 @@ describe("Deadlines on Effect's Clock", () => {
         }),
       ).pipe(Effect.provide(TestClock.layer())),
     ));
+
+  const op = fc.oneof(
+    fc.record({ kind: fc.constant("arm" as const), who: fc.nat(9), ms: fc.nat(5000) }),
+    fc.record({ kind: fc.constant("clear" as const), who: fc.nat(9) }),
+    fc.record({ kind: fc.constant("wait" as const), ms: fc.nat(2000) }),
+  );
+
+  test.prop([fc.array(op, { maxLength: 60 })], { numRuns: 200 })(
+    "any sequence of arms, clears and waits fires exactly the deadlines still armed, each when due",
+    (ops) =>
+      withTestClock((d) =>
+        Effect.gen(function* () {
+          let now = 0;
+          const fired: { who: number; at: number }[] = [];
+          const owners = Array.from({ length: 10 }, (_, who) => ({
+            id: `c${who}`,
+            onDeadline: () => void fired.push({ who, at: now }),
+          }));
+          const expected = new Map<number, number>();
+          const check = () => {
+            for (const f of fired.splice(0)) {
+              expect(expected.get(f.who)).toBe(f.at);
+              expected.delete(f.who);
+            }
+            for (const at of expected.values()) expect(at).toBeGreaterThan(now);
+          };
+          // The clock moves a millisecond at a time, so each firing is seen at its due time.
+          const advance = function* (ms: number) {
+            for (let i = 0; i < ms; i++) {
+              now++;
+              yield* TestClock.adjust("1 millis");
+              check();
+            }
+          };
+          for (const o of ops) {
+            if (o.kind === "arm") {
+              d.arm(owners[o.who]!, "login", o.ms);
+              expected.set(o.who, now + o.ms);
+              // Armed for now: due at once, fired on the next turn of the clock.
+              if (o.ms === 0) expected.set(o.who, now + 1);
+            } else if (o.kind === "clear") {
+              d.clear(owners[o.who]!, "login");
+              expected.delete(o.who);
+            } else yield* advance(Math.min(o.ms, 200));
+          }
+          expect(d.size).toBe(expected.size);
+          yield* advance(5001);
+          expect(expected.size).toBe(0);
+          expect(d.size).toBe(0);
+        }),
+      ),
+  );
 });
