@@ -469,11 +469,7 @@ export class ServerConnection implements SocketOwner, ReadSink {
     if (this.socket === undefined) this.resolveClosed();
   }
 
-  /**
-   * Cancels what the backend is running; resolves once PostgreSQL has closed the cancel
-   * connection. Until then the connection serves no other client, so a late cancel cannot land
-   * on someone else's statement (PostgreSQL ignores a cancel that reaches an idle backend).
-   */
+  /** The cancel secret's bytes, rebuilt from the number a 4-byte secret is kept as. */
   private secretBytes(): Buffer {
     const s = this.cancelSecret;
     if (typeof s !== "number") return s;
@@ -482,6 +478,11 @@ export class ServerConnection implements SocketOwner, ReadSink {
     return bytes;
   }
 
+  /**
+   * Cancels what the backend is running; resolves once PostgreSQL has closed the cancel
+   * connection. Until then the connection serves no other client, so a late cancel cannot land
+   * on someone else's statement (PostgreSQL ignores a cancel that reaches an idle backend).
+   */
   async cancel(): Promise<void> {
     const processId = this.backendPid;
     if (processId === undefined || this.machine.done) return;
