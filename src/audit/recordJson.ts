@@ -1,11 +1,12 @@
 import { canonicalJson, canonicalValue, quoteKey } from "./canonicalJson.ts";
 
 /**
- * A record's canonical text (canonicalJson.ts) for the writer's hot path, written directly from
- * the event and the envelope, without merging them into one object and sorting its keys: the
- * members in the sorted order a plan made once per event shape (kind and member list) gives,
- * each value by canonicalJson's own writer. A member name JS would reorder (an array index,
- * `__proto__`) sends the record to canonicalJson whole.
+ * A record's canonical text (canonicalJson.ts) for the writer's hot path, from the event and the
+ * envelope without sorting their keys: a plan made once per event shape (kind and member list)
+ * knows the sorted member order. A kept plan builds the record as one object in that order, and
+ * JSON.stringify writes it when every value is one it writes exactly as canonicalJson would;
+ * otherwise the members are written one by one with canonicalJson's own writer. A member name JS
+ * would reorder (an array index, `__proto__`) sends the record to canonicalJson whole.
  */
 
 /** What the chain adds to every event (Chain.ts); these win over event members of the same name. */
@@ -39,6 +40,8 @@ interface Plan {
   readonly names: readonly string[];
   /** Per member of `order`: taken from the envelope (1) or the event (0). */
   readonly fromEnvelope: Uint8Array;
+  /** The record as one object with its members in `order`, for the native writer; only kept plans have one. */
+  readonly build?: (event: Record<string, unknown>, envelope: Envelope) => Record<string, unknown>;
 }
 
 const MAX_PLANS_PER_KIND = 32;
@@ -66,17 +69,73 @@ const planFor = (event: Record<string, unknown>): Plan | undefined => {
   const order = [...new Set([...keys, ...ENVELOPE_KEYS])].sort();
   const fromEnvelope = Uint8Array.from(order, (k) => (ENVELOPE_SET.has(k) ? 1 : 0));
   const names = order.map((k) => `${quoteKey(k)}:`);
-  const plan: Plan = { keys, order, names, fromEnvelope };
-  if (list === undefined) {
-    if (plans.size < 256) plans.set(kind, [plan]);
-  } else if (list.length < MAX_PLANS_PER_KIND) list.push(plan);
+  const keep = list === undefined ? plans.size < 256 : list.length < MAX_PLANS_PER_KIND;
+  // Only a plan that is kept is compiled: one made afresh for every record would compile each time.
+  if (!keep) return { keys, order, names, fromEnvelope };
+  const plan: Plan = { keys, order, names, fromEnvelope, build: builder(order, fromEnvelope) };
+  if (list === undefined) plans.set(kind, [plan]);
+  else list.push(plan);
   return plan;
+};
+
+/**
+ * An object literal of `order`'s members, compiled once per plan: V8 makes it with one shape and
+ * its members in literal order, which JSON.stringify then writes natively (about half the time
+ * of writing it member by member here). The source holds only member names, each quoted by
+ * JSON.stringify, which makes any name a plain string literal; `order` has no name a literal
+ * would treat specially (`unorderable` sends those elsewhere), and no value enters the source.
+ */
+const builder = (order: readonly string[], fromEnvelope: Uint8Array): Plan["build"] => {
+  const members = order.map(
+    (k, i) => `${JSON.stringify(k)}: ${fromEnvelope[i] === 1 ? "n" : "e"}[${JSON.stringify(k)}]`,
+  );
+  return new Function("e", "n", `"use strict"; return { ${members.join(", ")} };`) as Plan["build"];
+};
+
+/**
+ * Whether JSON.stringify writes `value` exactly as canonicalValue would: finite numbers, plain
+ * objects whose members are already in sorted order, and nothing with a toJSON (which
+ * JSON.stringify would call and canonicalJson ignores). Anything else is left to canonicalValue,
+ * which orders it or refuses it.
+ */
+const nativeReady = (value: unknown): boolean => {
+  switch (typeof value) {
+    case "string":
+    case "boolean":
+    case "undefined":
+      return true;
+    case "number":
+      return Number.isFinite(value);
+    case "object": {
+      if (value === null) return true;
+      if (typeof (value as { toJSON?: unknown }).toJSON === "function") return false;
+      if (Array.isArray(value)) {
+        for (let i = 0; i < value.length; i++) if (!nativeReady(value[i])) return false;
+        return true;
+      }
+      const proto = Object.getPrototypeOf(value) as unknown;
+      if (proto !== Object.prototype && proto !== null) return false;
+      // for-in gives own members in property order here: a plain object whose prototype holds
+      // none. Strictly increasing names are the sorted order canonicalJson would write.
+      let prev: string | undefined;
+      for (const k in value) {
+        if (!Object.hasOwn(value, k) || (prev !== undefined && !(prev < k))) return false;
+        prev = k;
+        if (!nativeReady((value as Record<string, unknown>)[k])) return false;
+      }
+      return true;
+    }
+    default:
+      return false;
+  }
 };
 
 /** canonicalJson of the event with the envelope's members added. */
 export const recordJson = (event: Record<string, unknown>, envelope: Envelope): string => {
   const plan = planFor(event);
   if (plan === undefined) return canonicalJson({ ...event, ...envelope });
+  const record = plan.build?.(event, envelope);
+  if (record !== undefined && nativeReady(record)) return JSON.stringify(record);
   const { order, names, fromEnvelope } = plan;
   let out = "{";
   for (let i = 0; i < order.length; i++) {
