@@ -130,12 +130,18 @@ const nativeReady = (value: unknown): boolean => {
   }
 };
 
+/** A built record is plain and in order by construction: only its values need the check. */
+const valuesReady = (record: Record<string, unknown>): boolean => {
+  for (const k in record) if (!nativeReady(record[k])) return false;
+  return true;
+};
+
 /** canonicalJson of the event with the envelope's members added. */
 export const recordJson = (event: Record<string, unknown>, envelope: Envelope): string => {
   const plan = planFor(event);
   if (plan === undefined) return canonicalJson({ ...event, ...envelope });
   const record = plan.build?.(event, envelope);
-  if (record !== undefined && nativeReady(record)) return JSON.stringify(record);
+  if (record !== undefined && valuesReady(record)) return JSON.stringify(record);
   const { order, names, fromEnvelope } = plan;
   let out = "{";
   for (let i = 0; i < order.length; i++) {
