@@ -10,7 +10,8 @@ import { makeEpochMsClock } from "./timestamp.ts";
 
 /**
  * The audit pipeline on its own thread. The proxy's emit stamps the event and appends it to
- * this tick's batch (synchronous, O(1)); one postMessage per tick hands the batch over. Events
+ * the current batch (synchronous, O(1)); one postMessage hands the batch over a millisecond after
+ * its first event: one per event-loop tick woke the worker for a transaction or two at a time. Events
  * the worker has not taken yet are bounded by `audit.queueMax`: beyond it they are dropped and
  * counted, and under `block` statements and connections are refused. The worker reports its
  * status (and so whether to block) every 25 ms.
@@ -21,6 +22,9 @@ type FromWorker =
   | { t: "status"; status: PipelineStatus; ingested: number }
   | { t: "log"; level: "info" | "warn" | "error"; obj: unknown; msg?: string }
   | { t: "closed"; error: AuditError | undefined };
+
+/** How long a batch collects events after its first before it is handed over. */
+const HANDOFF_MS = 1;
 
 const starting: PipelineStatus = {
   durableSeq: 0,
@@ -83,7 +87,7 @@ export const startAuditWorker = (
       }
       if (!scheduled) {
         scheduled = true;
-        setImmediate(flush);
+        setTimeout(flush, HANDOFF_MS);
       }
       return true;
     };

@@ -48,7 +48,15 @@ void everyMemberListed;
 /** A statement's members' values by position; `undefined` where the event has none. */
 type StatementTuple = unknown[];
 
-const tupleOf = (s: StatementObservation): StatementTuple => STATEMENT_MEMBERS.map((k) => s[k]);
+/**
+ * Built by push, not `map`: `map` makes a holey array, which the structured clone writes and reads
+ * index by index as a sparse one; a packed array goes over as one dense run.
+ */
+const tupleOf = (s: StatementObservation): StatementTuple => {
+  const t: unknown[] = [];
+  for (const k of STATEMENT_MEMBERS) t.push(s[k]);
+  return t;
+};
 
 const statementOf = (t: StatementTuple): StatementObservation => {
   const s: Record<string, unknown> = { kind: "statement" };
