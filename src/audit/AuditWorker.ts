@@ -6,6 +6,7 @@ import { type AuditError, auditError } from "./AuditError.ts";
 import { EventBatcher } from "./EventBatch.ts";
 import type { AuditHandle, RunningAudit } from "./openPipeline.ts";
 import type { PipelineStatus } from "./Pipeline.ts";
+import { withPipelineYoungGeneration } from "./pipelineHeap.ts";
 import { makeEpochMsClock } from "./timestamp.ts";
 
 /**
@@ -41,9 +42,12 @@ export const startAuditWorker = (
   version: string,
 ): Promise<RunningAudit | AuditError> =>
   new Promise((resolve) => {
-    const worker = new Worker(new URL("./pipelineThread.ts", import.meta.url), {
-      workerData: { config, version },
-    });
+    const worker = withPipelineYoungGeneration(
+      () =>
+        new Worker(new URL("./pipelineThread.ts", import.meta.url), {
+          workerData: { config, version },
+        }),
+    );
     const clock = makeEpochMsClock();
     let status = starting;
     let ingested = 0;
