@@ -3,7 +3,8 @@
 // else the TypeScript sources directly (type stripping); bin/bundle.js says why. The compile cache keeps the stripped, compiled modules between starts, which saves
 // both start time and about 20 MB of start memory; it lives in Node's default cache directory
 // (or NODE_COMPILE_CACHE) and is only an optimisation: without it everything still works.
-// The shebang caps V8's young generation at 1 MB: the proxy allocates little per message, and
+// The shebang caps V8's young generation at 1 MB (the audit pipeline's thread raises its own,
+// src/audit/pipelineHeap.ts): the proxy allocates little per message, and
 // the default semi-spaces grow to 16 MB while modules load and stay committed (≈ 30 MB of RSS).
 // It also leaves out V8's mid tier (Maglev) and compiles TurboFan's code on the main thread:
 // while the first thousand connections warm the code, the background compilers' malloc arenas
