@@ -19,6 +19,11 @@ export interface HmacKey {
    */
   readonly digestLine: (line: string, cut: number) => LineDigest;
   /**
+   * `digestLine` of the line whose UTF-8 bytes are `bytes[start, end)`, copied rather than
+   * encoded again: what the verifier's chunks use, holding the segment's bytes already.
+   */
+  readonly digestBytes: (bytes: Buffer, start: number, end: number, cut: number) => LineDigest;
+  /**
    * The writer's hot path, from one UTF-8 copy of `body`: the sealed line (recordLine.ts: the
    * body's final `}` replaced by the hmac member) and that line's record hash.
    */
@@ -63,7 +68,7 @@ export const hmacKeyFromBytes = (bytes: Uint8Array): HmacKey | AuditError => {
  * record is MACed once when written and once when verified. (One-shot hashing of a view on a
  * small dedicated buffer is markedly cheaper than of a Buffer sliced from a shared pool.)
  */
-const oneShotHmac = (raw: Buffer): Pick<HmacKey, "mac" | "digestLine" | "seal"> => {
+const oneShotHmac = (raw: Buffer): Pick<HmacKey, "mac" | "digestLine" | "digestBytes" | "seal"> => {
   const block = 64;
   const k = raw.length > block ? createHash("sha256").update(raw).digest() : raw;
   const outer = new Uint8Array(block + 32);
@@ -98,6 +103,15 @@ const oneShotHmac = (raw: Buffer): Pick<HmacKey, "mac" | "digestLine" | "seal"> 
     outerBuf.write(hash("sha256", new Uint8Array(store, 0, block + n), "binary"), block, "latin1");
     return hash("sha256", outer, "hex");
   };
+  /** The body HMAC and record hash of the `total` line bytes now in the scratch buffer. */
+  const digestScratch = (total: number, cut: number): LineDigest => {
+    const n = total - cut;
+    const cutByte = scratch[block + n]!;
+    scratch[block + n] = 0x7d;
+    const mac = finish(n + 1);
+    scratch[block + n] = cutByte;
+    return { mac, hash: leafOfScratch(total) };
+  };
   return {
     mac: (data) => {
       if (typeof data === "string") {
@@ -110,13 +124,11 @@ const oneShotHmac = (raw: Buffer): Pick<HmacKey, "mac" | "digestLine" | "seal"> 
     },
     digestLine: (line, cut) => {
       room(line.length * 3);
-      const total = scratch.write(line, block);
-      const n = total - cut;
-      const cutByte = scratch[block + n]!;
-      scratch[block + n] = 0x7d;
-      const mac = finish(n + 1);
-      scratch[block + n] = cutByte;
-      return { mac, hash: leafOfScratch(total) };
+      return digestScratch(scratch.write(line, block), cut);
+    },
+    digestBytes: (bytes, start, end, cut) => {
+      room(end - start);
+      return digestScratch(bytes.copy(scratch, block, start, end), cut);
     },
     seal: (body) => {
       room(body.length * 3 + HMAC_SUFFIX_LENGTH);

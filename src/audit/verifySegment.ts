@@ -101,6 +101,7 @@ interface RecordView {
   kind?: unknown;
 }
 
+const ASCII = /^[\x00-\x7f]*$/;
 const KIND_AT = ',"kind":"';
 const PREV_AT = ',"prev":"';
 const SCHEMA_AT = `,"schema":${AUDIT_SCHEMA_VERSION},`;
@@ -247,6 +248,9 @@ export class SegmentCheck {
   readonly #instancePart: string;
   readonly #idPart: string;
   #keyPart = "";
+  /** Whether the envelope parts are ASCII, so that a line's Latin-1 reading can be searched for them. */
+  readonly #asciiParts: boolean;
+  #keyAscii = false;
   #keyFor: string | undefined;
   #macKey: HmacKey | undefined;
   /** The seq and record hash of the line `#check` accepted last. */
@@ -272,6 +276,7 @@ export class SegmentCheck {
     } = start);
     this.#instancePart = `,"instance":${JSON.stringify(task.instance)},`;
     this.#idPart = `,"id":${JSON.stringify(`${task.instance}-`).slice(0, -1)}`;
+    this.#asciiParts = ASCII.test(this.#instancePart) && ASCII.test(this.#idPart);
   }
 
   get point(): ChainPoint {
@@ -292,17 +297,39 @@ export class SegmentCheck {
     for (let i = 0; i < lines.length; i++) {
       const verdict = i === badLine ? this.#notUtf8(base + i) : this.#check(base + i, lines[i]!);
       if (verdict !== Line.Ok) return i;
-      if (!this.#sealed) {
-        this.#merkle.addLeaf(this.#hash);
-        this.#segFirstSeq ??= this.#seq;
-      }
-      this.#prevHash = this.#hash;
-      this.#expectSeq = this.#seq + 1;
-      this.#firstSeq ??= this.#seq;
-      this.#lastSeq = this.#seq;
-      this.#records++;
+      this.#accepted();
     }
     return lines.length;
+  }
+
+  /**
+   * `lines` over the bytes of whole lines, all valid UTF-8 (the caller checked): each line is
+   * read as Latin-1, one character per byte, for the layout checks, and its bytes are hashed as
+   * they are; only a line the fast path does not take is decoded as UTF-8 for the full path.
+   * Decoding a chunk whole and encoding each line again for its HMAC cost more than the hashing.
+   */
+  bytesLines(bytes: Buffer, base: number): number {
+    let i = 0;
+    for (let p = 0; ; i++) {
+      const e = bytes.indexOf(10, p);
+      if (e < 0) return i;
+      if (this.#checkBytes(base + i, bytes, p, e) !== Line.Ok) return i;
+      this.#accepted();
+      p = e + 1;
+    }
+  }
+
+  /** The chain moves past the line `#check` accepted last. */
+  #accepted(): void {
+    if (!this.#sealed) {
+      this.#merkle.addLeaf(this.#hash);
+      this.#segFirstSeq ??= this.#seq;
+    }
+    this.#prevHash = this.#hash;
+    this.#expectSeq = this.#seq + 1;
+    this.#firstSeq ??= this.#seq;
+    this.#lastSeq = this.#seq;
+    this.#records++;
   }
 
   /** Whether a finding ended the segment. */
@@ -434,12 +461,26 @@ export class SegmentCheck {
     return Line.Ok;
   }
 
+  /** `#check` of the line in `bytes[start, end)`. */
+  #checkBytes(i: number, bytes: Buffer, start: number, end: number): Line {
+    if (!this.#sealed && this.#checkMacs && this.#asciiParts) {
+      const d = this.#fast(bytes.toString("latin1", start, end), bytes, start);
+      if (d !== undefined) {
+        this.#seq = this.#expectSeq!;
+        this.#hash = d.hash;
+        return Line.Ok;
+      }
+    }
+    return this.#check(i, bytes.toString("utf8", start, end));
+  }
+
   /**
    * The layout a verified writer produces, checked in place: the envelope members are found in
    * their canonical (sorted) order, each search starting where the previous one matched. Gives
-   * the line's digests, or undefined to send the line to the full path.
+   * the line's digests, or undefined to send the line to the full path. With `bytes`, `line` is
+   * the Latin-1 reading of the line at `start` there, and the bytes are what is hashed.
    */
-  #fast(line: string): LineDigest | undefined {
+  #fast(line: string, bytes?: Buffer, start = 0): LineDigest | undefined {
     const expectSeq = this.#expectSeq;
     const prevHash = this.#prevHash;
     const macKeyId = this.#macKeyId;
@@ -450,10 +491,11 @@ export class SegmentCheck {
     if (this.#keyFor !== macKeyId) {
       this.#keyFor = macKeyId;
       this.#keyPart = `,"hmacKey":"${macKeyId}",`;
+      this.#keyAscii = ASCII.test(this.#keyPart);
       this.#macKey = this.#keys.macKeys.get(macKeyId);
     }
     const macKey = this.#macKey;
-    if (macKey === undefined) return undefined;
+    if (macKey === undefined || (bytes !== undefined && !this.#keyAscii)) return undefined;
     const seqText = String(expectSeq);
     let p = line.indexOf(this.#keyPart);
     if (p < 0) return undefined;
@@ -470,7 +512,10 @@ export class SegmentCheck {
     if (p < 0) return undefined;
     p = line.indexOf(SEQ_AT, p);
     if (p < 0 || !endsWith(line, p + SEQ_AT.length, seqText, 0x2c)) return undefined;
-    const d = macKey.digestLine(line, HMAC_SUFFIX_LENGTH);
+    const d =
+      bytes === undefined
+        ? macKey.digestLine(line, HMAC_SUFFIX_LENGTH)
+        : macKey.digestBytes(bytes, start, start + line.length, HMAC_SUFFIX_LENGTH);
     return line.startsWith(d.mac, at + HMAC_PREFIX.length) ? d : undefined;
   }
 
@@ -646,7 +691,9 @@ export const verifyChunk = (bytes: Uint8Array, c: ChunkTask, keys: SegmentKeys):
           // No checkpoint inside a segment: a chunk continues the segment's checkpoint chain.
           prevCheckpoint: c.task.start.prevCheckpoint,
         };
-  const { lines, badLine } = decodeLines(bytes.subarray(c.from, c.to));
   const check = new SegmentCheck(c.task, keys, start);
+  const chunk = Buffer.from(bytes.buffer, bytes.byteOffset + c.from, c.to - c.from);
+  if (isUtf8(chunk)) return check.chunkResult(start, check.bytesLines(chunk, c.base));
+  const { lines, badLine } = decodeLines(chunk);
   return check.chunkResult(start, check.lines(lines, c.base, badLine));
 };

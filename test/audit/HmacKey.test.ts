@@ -23,13 +23,20 @@ describe("HMAC key", () => {
   );
 
   test.prop([fc.array(fc.string({ unit: "binary", maxLength: 3000 }), { minLength: 1, maxLength: 5 })])(
-    "digestLine gives a sealed line's body HMAC and its record hash H(0x00 ‖ line), and leaves the key intact",
+    "digestLine and digestBytes give a sealed line's body HMAC and its record hash H(0x00 ‖ line), and leave the key intact",
     (texts) => {
       for (const text of texts) {
         const body = bodyOf(text);
         const line = sealLine(body, key);
         expect(line.length - HMAC_SUFFIX_LENGTH).toBe(body.length - 1);
         expect(key.digestLine(line, HMAC_SUFFIX_LENGTH)).toEqual({ mac: hmac(body), hash: leaf(line) });
+        // The same from the line's bytes where a chunk of a segment holds them, between others.
+        const bytes = Buffer.from(`x\n${line}\ny`);
+        const end = bytes.length - 2;
+        expect(key.digestBytes(bytes, 2, end, HMAC_SUFFIX_LENGTH)).toEqual({
+          mac: hmac(body),
+          hash: leaf(line),
+        });
         expect(lineHash(line)).toBe(leaf(line));
         // The pad byte borrowed for the leaf prefix is back: the next HMAC is still right.
         expect(key.mac(body)).toBe(hmac(body));
