@@ -31,6 +31,11 @@ describe.skipIf(skip !== undefined)(`session state in transaction mode (${skip ?
     open.push(s);
     return s;
   };
+  const namedSession = async (applicationName: string) => {
+    const s = await target.session(role, { application_name: applicationName });
+    open.push(s);
+    return s;
+  };
   const other = (pid: number) => servers.find((p) => p !== pid)!;
   let defaults: (string | null)[];
 
@@ -127,5 +132,24 @@ describe.skipIf(skip !== undefined)(`session state in transaction mode (${skip ?
       [fixture.database],
     );
     expect(left.rows).toEqual([{ n: 0 }]);
+  });
+  it("announces each client's own startup settings at login; logins with the same startup get the same report", async () => {
+    const reported = (s: PgSession) =>
+      new Map(
+        s.wire
+          .messages()
+          .filter((m) => m.type === "S")
+          .map((m) => m.msg.toString("utf8", 5, m.msg.length - 1).split("\0") as [string, string]),
+      );
+    const alpha = reported(await namedSession("alpha"));
+    const beta = reported(await namedSession("beta"));
+    expect(alpha.get("application_name")).toBe("alpha");
+    expect(beta.get("application_name")).toBe("beta");
+    expect(reported(await namedSession("alpha"))).toEqual(alpha);
+    // Everything else is the pool's, the same for both.
+    expect(new Map([...beta].filter(([k]) => k !== "application_name"))).toEqual(
+      new Map([...alpha].filter(([k]) => k !== "application_name")),
+    );
+    expect(alpha.get("server_version")).toBeDefined();
   });
 });
