@@ -315,10 +315,10 @@ export const makeAuditPipeline = (
 
     // Group commit: under load one write and fdatasync per `fsyncBatchMs` at most, so their cost
     // (and this loop's) is shared by every record that arrived in the window; after a quiet spell
-    // the first event is written at once.
-    let lastDrain = 0;
+    // the first event is written at once. Monotonic time: a wall-clock step must not stall it.
+    let lastDrain = Number.NEGATIVE_INFINITY;
     const pace = Effect.suspend(() => {
-      const wait = lastDrain + o.fsyncBatchMs - clock();
+      const wait = lastDrain + o.fsyncBatchMs - performance.now();
       return wait > 0 && !closing ? Effect.sleep(Duration.millis(wait)) : Effect.void;
     });
     const worker = yield* Effect.forkScoped(
@@ -327,7 +327,7 @@ export const makeAuditPipeline = (
           if (localError !== undefined) return yield* reopen;
           yield* hasWork.await;
           yield* pace;
-          lastDrain = clock();
+          lastDrain = performance.now();
           yield* drainOnce;
         }),
       ),
