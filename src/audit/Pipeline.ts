@@ -152,6 +152,8 @@ export const makeAuditPipeline = (
     const clock = makeEpochMsClock();
     const ring = new Ring(o.queueMax);
     const hasWork = yield* Latch.make(false);
+    /** Opened by close: a commit waiting out its window goes at once. */
+    const closeCalled = yield* Latch.make(false);
     const builder = new RecordBuilder({
       statements: o.statements,
       parser: o.parser,
@@ -319,7 +321,9 @@ export const makeAuditPipeline = (
     let lastDrain = Number.NEGATIVE_INFINITY;
     const pace = Effect.suspend(() => {
       const wait = lastDrain + o.fsyncBatchMs - performance.now();
-      return wait > 0 && !closing ? Effect.sleep(Duration.millis(wait)) : Effect.void;
+      return wait > 0 && !closing
+        ? Effect.race(Effect.sleep(Duration.millis(wait)), closeCalled.await)
+        : Effect.void;
     });
     const worker = yield* Effect.forkScoped(
       Effect.forever(
@@ -393,12 +397,16 @@ export const makeAuditPipeline = (
       Effect.gen(function* () {
         const deadline = Date.now() + timeoutMs;
         closing = true;
+        closeCalled.openUnsafe();
         hasWork.openUnsafe();
         yield* settled(
           deadline,
           () => (ring.size === 0 && !busy && builder.holding === 0) || localError !== undefined,
         );
         yield* Fiber.interrupt(worker);
+        // What the deadline left queued was never written: counted, so that stop() says so.
+        const unwritten = ring.size;
+        if (unwritten > 0) log.error({ unwritten }, "audit events not written before the shutdown deadline");
         const err = yield* Effect.promise(() => writer.close());
         if (err !== undefined) log.error({ error: describe(err) }, "audit segments not sealed");
         yield* settled(deadline, () => feeds.every((f) => !f.catchingUp));
@@ -415,7 +423,14 @@ export const makeAuditPipeline = (
         if (dropped > 0) log.error({ dropped }, "audit events dropped: the queue was full");
         return (
           err ??
-          (dropped > 0 ? auditError("PGW_AUDIT_IO", `${dropped} audit events were dropped`) : undefined)
+          (dropped > 0
+            ? auditError("PGW_AUDIT_IO", `${dropped} audit events were dropped`)
+            : unwritten > 0
+              ? auditError(
+                  "PGW_AUDIT_IO",
+                  `${unwritten} audit events were not written before the shutdown deadline`,
+                )
+              : undefined)
         );
       });
 

@@ -7,7 +7,9 @@ import type { Worker } from "node:worker_threads";
  * allocates several KiB per record (its event, text and line), so with 1 MiB it scavenged every
  * 15 ms under pgbench and promoted the records waiting for their fsync. V8 reads the flag for
  * each isolate it creates, and a Worker's `resourceLimits` do not override it, so the flag is
- * raised while the worker's isolate is made and put back once the worker runs.
+ * raised while the worker's isolate is made and put back once the worker runs. (It has to wait
+ * for 'online': the isolate is made on the worker's own thread. Any other isolate made meanwhile
+ * would get the larger semi-space too; the proxy starts no other thread then.)
  */
 export const PIPELINE_SEMI_SPACE_MB = 16;
 

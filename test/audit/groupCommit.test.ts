@@ -87,4 +87,17 @@ describe("audit group commit (audit.fsyncBatchMs)", () => {
     expect(Date.now() - started).toBeLessThan(250);
     await running.stop(10_000);
   });
+  it("closing cuts a commit's wait short: nothing queued is left behind, and close does not wait out the window", async () => {
+    const { dir, running } = await pipelineWith(5_000);
+    // A commit (audit.started) has just started a window; these events wait for its end.
+    await sleep(100);
+    for (let i = 0; i < 5; i++) running.pipeline.sink.emit(accepted(i));
+    await sleep(50);
+    const started = Date.now();
+    expect(await running.stop(10_000)).toBeUndefined();
+    expect(Date.now() - started).toBeLessThan(2_000);
+    const report = await verifyDirectory(dir, { hmacKeys: [keys.hmacKey], trustedKeys: [] });
+    // audit.started, the five, and the shutdown checkpoint.
+    expect(report.records).toBe(7);
+  });
 });
