@@ -1,7 +1,20 @@
 import { type PgwardenError, pgwardenError, SqlState } from "../errors.ts";
+import { encodeParameterStatus } from "../protocol/backend.ts";
 import type { ServerConnection } from "../runtime/ServerConnection.ts";
 import { PreparedStatements } from "./PreparedStatements.ts";
 import { SessionState } from "./SessionState.ts";
+
+/** ParameterStatus for a client: the pool's reported values, the client's startup settings over them. */
+const startupReport = (
+  defaults: ReadonlyMap<string, string>,
+  parameters: ReadonlyMap<string, string>,
+): Buffer => {
+  const own = new Map<string, string>();
+  for (const [k, v] of parameters) if (k !== "user" && k !== "database") own.set(k.toLowerCase(), v);
+  return Buffer.concat(
+    [...defaults].map(([k, v]) => encodeParameterStatus(k, own.get(k.toLowerCase()) ?? v)),
+  );
+};
 
 export type PoolMode = "session" | "transaction" | "statement";
 
@@ -132,21 +145,43 @@ export class Pool {
     parameters: ReadonlyMap<string, string>,
     fallback: ReadonlyMap<string, string>,
   ): SessionState {
+    return this.startup(parameters, fallback).state;
+  }
+
+  /**
+   * `startupSettings`, and the ParameterStatus messages that announce them to a client the pool
+   * answers itself (pooled modes), as one buffer: logins with the same startup get the same
+   * bytes, encoded once with their template.
+   */
+  startup(
+    parameters: ReadonlyMap<string, string>,
+    fallback: ReadonlyMap<string, string>,
+  ): { readonly state: SessionState; readonly report: Buffer } {
     const key = JSON.stringify([...parameters]);
     let t = this.templates.get(key);
     if (t === undefined) {
-      const own: Record<string, string> = Object.fromEntries(this.defaults ?? fallback);
+      const defaults = this.defaults ?? fallback;
+      const own: Record<string, string> = Object.fromEntries(defaults);
       for (const [k, v] of parameters) if (k !== "user" && k !== "database") own[k] = v;
-      t = SessionState.fromStartup(own);
+      t = { state: SessionState.fromStartup(own), defaults, parameters, report: undefined };
       if (this.templates.size >= 256) this.templates.clear();
       this.templates.set(key, t);
     }
+    t.report ??= startupReport(t.defaults, t.parameters);
     const state = new SessionState();
-    state.adoptFrom(t);
-    return state;
+    state.adoptFrom(t.state);
+    return { state, report: t.report };
   }
 
-  private readonly templates = new Map<string, SessionState>();
+  private readonly templates = new Map<
+    string,
+    {
+      readonly state: SessionState;
+      readonly defaults: ReadonlyMap<string, string>;
+      readonly parameters: ReadonlyMap<string, string>;
+      report: Buffer | undefined;
+    }
+  >();
 
   /** Open connections plus logins under way: what `size` bounds. */
   get open(): number {

@@ -46,7 +46,6 @@ import {
   encodeBackendKeyData,
   encodeError,
   encodeNegotiateProtocolVersion,
-  encodeParameterStatus,
 } from "../protocol/backend.ts";
 import { frontendName } from "../protocol/messageTypes.ts";
 import { clientAuthPolicy, clientSessionTypes } from "../protocol/policies.ts";
@@ -181,36 +180,6 @@ const forwarded = (parameters: ReadonlyMap<string, string>): Map<string, string>
 const loginKeyOf = (parameters: ReadonlyMap<string, string>): string =>
   JSON.stringify([...forwarded(parameters)].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
 
-/**
- * Encoded reports by pool defaults (a pool sets its map once) and then by startup parameters:
- * logins with the same startup get the same bytes, so a burst of them encodes nothing. Bounded
- * like the pool's settings templates.
- */
-const reports = new WeakMap<ReadonlyMap<string, string>, Map<string, Buffer>>();
-const MAX_REPORTS_PER_POOL = 256;
-
-/** ParameterStatus for a client, as one buffer: the pool's reported values, the client's startup settings over them. */
-const startupReport = (
-  defaults: ReadonlyMap<string, string>,
-  parameters: ReadonlyMap<string, string>,
-): Buffer => {
-  let byStartup = reports.get(defaults);
-  if (byStartup === undefined) {
-    byStartup = new Map();
-    reports.set(defaults, byStartup);
-  }
-  const key = JSON.stringify([...parameters]);
-  const known = byStartup.get(key);
-  if (known !== undefined) return known;
-  const own = new Map<string, string>();
-  for (const [k, v] of parameters) if (k !== "user" && k !== "database") own.set(k.toLowerCase(), v);
-  const report = Buffer.concat(
-    [...defaults].map(([k, v]) => encodeParameterStatus(k, own.get(k.toLowerCase()) ?? v)),
-  );
-  if (byStartup.size >= MAX_REPORTS_PER_POOL) byStartup.clear();
-  byStartup.set(key, report);
-  return report;
-};
 const poolFull = pgwardenError(
   "PGW_POOL_FULL",
   SqlState.tooManyConnections,
@@ -1105,10 +1074,11 @@ export class ClientConnection implements SocketOwner {
     if (pool.settings.mode !== "session" && pool.defaults !== undefined) {
       // Pooled modes answer the startup from what the pool's logins reported, with the client's own
       // settings over them: no server connection is taken until the client asks for something.
-      this.sessionState = pool.startupSettings(parameters, pool.defaults);
+      const { state, report } = pool.startup(parameters, pool.defaults);
+      this.sessionState = state;
       this.serverReady = {
         pid: undefined,
-        startupMessages: [startupReport(pool.defaults, parameters)],
+        startupMessages: [report],
         method: "",
         tlsProtocol: undefined,
       };
